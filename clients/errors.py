@@ -1,0 +1,31 @@
+"""fedsim's exceptions: one root, a few children.
+
+They live in ``clients/`` because every package may raise them and the
+dependency direction (simulator -> server -> clients) lets all of them import
+from here.
+"""
+
+
+class FedsimError(Exception):
+    """Root of every error fedsim reports to a user (exit code 2 at the CLI)."""
+
+
+class ConfigError(FedsimError):
+    """A config file, key or value is not acceptable."""
+
+
+class DataError(FedsimError):
+    """A dataset is missing, malformed or cannot be partitioned as asked."""
+
+
+class ClusterError(FedsimError):
+    """Ray could not be started, reached, or gave too few resources."""
+
+
+class ClientFailure(FedsimError):
+    """A client's local training raised; names the client and round."""
+
+    def __init__(self, client_id: int, round_: int, message: str):
+        super().__init__(f"client {client_id} failed in round {round_}: {message}")
+        self.client_id = client_id
+        self.round = round_
