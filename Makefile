@@ -1,0 +1,46 @@
+# fedsim: `make run` and `make test` work on a machine with only Python 3.11 and pip.
+# Everything installs into .venv (with the system's site-packages visible, so an
+# existing torch build -- CPU or CUDA -- is reused rather than replaced).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Installed only when no torch is importable. On a CUDA machine install your own torch first.
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= configs/default.yaml
+RUN_DIR ?= runs/$(basename $(notdir $(CONFIG)))-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: install install-test run test bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(VENV)/bin/fedsim run $(CONFIG) --out $(RUN_DIR)
+	$(VENV)/bin/fedsim report $(RUN_DIR)
+
+test: install-test
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/overhead.py
+
+lint: install-test
+	$(PY) -m pip install --quiet ruff
+	$(PY) -m ruff check simulator server clients tests bench
+	$(PY) -m ruff format --check simulator server clients tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

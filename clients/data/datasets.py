@@ -1,0 +1,265 @@
+"""Datasets fedsim can train on: scikit-learn's digits and FedProx's Synthetic(α, β).
+
+``make_synthetic`` follows Li, Sahu, Zaheer, Sanjabi, Talwalkar & Smith
+(2020), "Federated Optimization in Heterogeneous Networks" (FedProx),
+arXiv:1812.06127, Section 5.1, and its public generator script
+``generate_synthetic.py``. For device k:
+
+    u_k ~ N(0, α²),  B_k ~ N(0, β²)          (α, β are standard deviations,
+                                               as in ``np.random.normal(0, alpha)``)
+    W_k[c, j] ~ N(u_k, 1),  b_k[c] ~ N(u_k, 1)  W_k: (C, d), b_k: (C,)
+    v_k[j] ~ N(B_k, 1)                         v_k: (d,)
+    x ~ N(v_k, Σ),  Σ = diag(j^-1.2), j = 1..d
+    y = argmax softmax(W_k x + b_k)
+
+Sample counts per device are ``int(lognormal(4, 2)) + 50``, as in the script;
+that heavy tail occasionally gives a device tens of thousands of samples.
+
+Note on α: ``u_k`` is added to every entry of W_k and b_k, so it shifts all C
+logits by the same amount, u_k · (Σ_j x_j + 1), and cannot change the argmax.
+The labels therefore do not depend on α (only on the unit-variance parts of
+W_k, b_k and on β through v_k); this is a property of the paper's generator,
+kept here on purpose.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import sklearn.datasets
+
+from clients.errors import DataError
+
+DIGITS_MAX_PIXEL = 16.0  # sklearn's digits are 4-bit intensities, 0..16
+SYNTHETIC_COV_EXPONENT = -1.2  # Σ_jj = j^-1.2 (FedProx Section 5.1)
+LOGNORMAL_MEAN, LOGNORMAL_SIGMA, MIN_DEVICE_SAMPLES = 4.0, 2.0, 50  # from the script
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split held in memory.
+
+    x_train: (N, *input_shape) float32; y_train: (N,) int64.
+    x_test: (M, *input_shape) float32; y_test: (M,) int64.
+    train_owner: (N,) int64 natural client id of each training row, or None
+    when the dataset has no natural clients. All arrays are C-contiguous.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+    train_owner: np.ndarray | None
+
+    def __post_init__(self) -> None:
+        _check_split(self.name, "train", self.x_train, self.y_train, self.input_shape)
+        _check_split(self.name, "test", self.x_test, self.y_test, self.input_shape)
+        if self.train_owner is not None:
+            _check_array(self.name, "train_owner", self.train_owner, np.int64)
+            if self.train_owner.shape != self.y_train.shape:
+                raise DataError(
+                    f"dataset {self.name!r}: train_owner has shape "
+                    f"{self.train_owner.shape}, expected {self.y_train.shape}"
+                )
+
+
+def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, input_shape: tuple) -> None:
+    """Raise DataError unless x: (N, *input_shape) float32 and y: (N,) int64 line up."""
+    _check_array(name, f"x_{split}", x, np.float32)
+    _check_array(name, f"y_{split}", y, np.int64)
+    if x.shape[1:] != tuple(input_shape) or y.shape != x.shape[:1]:
+        raise DataError(
+            f"dataset {name!r}: x_{split} has shape {x.shape} and y_{split} {y.shape}; "
+            f"expected (N, *{tuple(input_shape)}) and (N,)"
+        )
+
+
+def _check_array(name: str, field: str, array: np.ndarray, dtype: type) -> None:
+    """Raise DataError unless array is a C-contiguous ndarray of dtype."""
+    if not isinstance(array, np.ndarray) or array.dtype != dtype:
+        raise DataError(f"dataset {name!r}: {field} must be a {np.dtype(dtype)} ndarray")
+    if not array.flags.c_contiguous:
+        raise DataError(f"dataset {name!r}: {field} must be C-contiguous")
+
+
+def load_digits(seed: int, test_fraction: float) -> Dataset:
+    """scikit-learn's 1797 8x8 digit images, split per class with a seeded shuffle.
+
+    Pixels are scaled to [0, 1]; x: (N, 1, 8, 8) float32, y: (N,) int64, 10 classes.
+    Each class holds out round(test_fraction * count) images, clamped so that
+    every class has at least one image in both train and test.
+    """
+    _check_fraction(test_fraction)
+    bunch = sklearn.datasets.load_digits()
+    images = (bunch.images / DIGITS_MAX_PIXEL).astype(np.float32)[:, None, :, :]
+    labels = bunch.target.astype(np.int64)
+    test_mask = _stratified_test_mask(labels, test_fraction, np.random.default_rng(seed))
+    return Dataset(
+        name="digits",
+        x_train=np.ascontiguousarray(images[~test_mask]),
+        y_train=np.ascontiguousarray(labels[~test_mask]),
+        x_test=np.ascontiguousarray(images[test_mask]),
+        y_test=np.ascontiguousarray(labels[test_mask]),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        train_owner=None,
+    )
+
+
+def _stratified_test_mask(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """(N,) bool, True for the rows held out: a shuffled share of each class."""
+    test_mask = np.zeros(labels.shape, dtype=bool)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        test_mask[members[: int(_held_out_count(len(members), test_fraction))]] = True
+    return test_mask
+
+
+def _held_out_count(count: np.ndarray | int, test_fraction: float) -> np.ndarray:
+    """round(test_fraction * count), kept in [1, count - 1] so both sides are non-empty.
+
+    count: scalar or (K,) with every count >= 2; returns int64 of the same shape.
+    """
+    rounded = np.rint(test_fraction * np.asarray(count)).astype(np.int64)
+    return np.clip(rounded, 1, np.asarray(count) - 1)
+
+
+def make_synthetic(
+    alpha: float,
+    beta: float,
+    num_devices: int,
+    seed: int,
+    num_features: int = 60,
+    num_classes: int = 10,
+    samples_per_device: int | None = None,
+    test_fraction: float = 0.2,
+) -> Dataset:
+    """FedProx's Synthetic(α, β): one logistic-regression task per device (see module docstring).
+
+    Each device's samples are shuffled; the last round(test_fraction * n) of
+    them (at least 1, at most n - 1) go to a pooled server test set and the
+    rest are its training rows (train_owner = device id).
+    x: (N, num_features) float32, y: (N,) int64.
+    """
+    _check_synthetic_args(alpha, beta, num_devices, num_features, num_classes, samples_per_device)
+    _check_fraction(test_fraction)
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    counts = _device_sample_counts(rng, num_devices, samples_per_device)
+    x, y, owner = _sample_devices(rng, alpha, beta, counts, num_features, num_classes)
+    order, test_mask = _per_device_holdout(rng, owner, counts, test_fraction)
+    train_rows, test_rows = order[~test_mask], order[test_mask]
+    return Dataset(
+        name=f"synthetic_{alpha:g}_{beta:g}",
+        x_train=x[train_rows],
+        y_train=y[train_rows],
+        x_test=x[test_rows],
+        y_test=y[test_rows],
+        num_classes=num_classes,
+        input_shape=(num_features,),
+        train_owner=owner[train_rows],
+    )
+
+
+def _check_synthetic_args(
+    alpha: float,
+    beta: float,
+    num_devices: int,
+    num_features: int,
+    num_classes: int,
+    samples_per_device: int | None,
+) -> None:
+    """Raise DataError naming the first make_synthetic argument out of range."""
+    if not alpha >= 0 or not beta >= 0:
+        raise DataError(f"alpha={alpha} and beta={beta} must both be >= 0 (they are standard deviations)")
+    if num_devices < 1:
+        raise DataError(f"num_devices={num_devices} must be >= 1")
+    if num_features < 1:
+        raise DataError(f"num_features={num_features} must be >= 1")
+    if num_classes < 2:
+        raise DataError(f"num_classes={num_classes} must be >= 2")
+    if samples_per_device is not None and samples_per_device < 2:
+        raise DataError(
+            f"samples_per_device={samples_per_device} must be None or >= 2 "
+            "(one sample to train on, one to test)"
+        )
+
+
+def _check_fraction(test_fraction: float) -> None:
+    """Raise DataError unless 0 < test_fraction < 1."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction={test_fraction} must be in the open interval (0, 1)")
+
+
+def _device_sample_counts(
+    rng: np.random.Generator, num_devices: int, samples_per_device: int | None
+) -> np.ndarray:
+    """(K,) int64 samples per device: int(lognormal(4, 2)) + 50, or samples_per_device each.
+
+    The lognormal is drawn either way so that the devices' parameters, drawn
+    next, are the same whether or not samples_per_device is given.
+    """
+    lognormal = rng.lognormal(LOGNORMAL_MEAN, LOGNORMAL_SIGMA, num_devices)
+    if samples_per_device is not None:
+        return np.full(num_devices, samples_per_device, dtype=np.int64)
+    return lognormal.astype(np.int64) + MIN_DEVICE_SAMPLES
+
+
+def _draw_device_models(
+    rng: np.random.Generator, alpha: float, beta: float, num_devices: int, d: int, c: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-device feature means v: (K, d), weights W: (K, C, d) and biases b: (K, C)."""
+    weight_mean = rng.normal(0.0, alpha, num_devices)  # u_k
+    feature_mean_prior = rng.normal(0.0, beta, num_devices)  # B_k
+    feature_mean = rng.normal(feature_mean_prior[:, None], 1.0, (num_devices, d))  # v_k
+    weights = rng.normal(weight_mean[:, None, None], 1.0, (num_devices, c, d))
+    biases = rng.normal(weight_mean[:, None], 1.0, (num_devices, c))
+    return feature_mean, weights, biases
+
+
+def _sample_devices(
+    rng: np.random.Generator,
+    alpha: float,
+    beta: float,
+    counts: np.ndarray,
+    num_features: int,
+    num_classes: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw every device's model and samples.
+
+    counts: (K,). Returns x: (N, d) float32, y: (N,) int64 and owner: (N,)
+    int64, rows grouped by device in ascending device order.
+    """
+    feature_mean, weights, biases = _draw_device_models(
+        rng, alpha, beta, len(counts), num_features, num_classes
+    )
+    feature_std = np.arange(1, num_features + 1, dtype=np.float64) ** (SYNTHETIC_COV_EXPONENT / 2)
+    # Σ is diagonal, so x = v_k + z * sqrt(diag Σ) with z standard normal.
+    x = rng.standard_normal((int(counts.sum()), num_features), dtype=np.float32)
+    x *= feature_std.astype(np.float32)
+    y = np.empty(len(x), dtype=np.int64)
+    ends = np.cumsum(counts)
+    for device, (start, end) in enumerate(zip(ends - counts, ends, strict=True)):
+        x[start:end] += feature_mean[device].astype(np.float32)
+        # softmax is monotone, so argmax of the logits is argmax of the softmax.
+        y[start:end] = np.argmax(x[start:end] @ weights[device].T + biases[device], axis=1)
+    owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    return x, y, owner
+
+
+def _per_device_holdout(
+    rng: np.random.Generator, owner: np.ndarray, counts: np.ndarray, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle each device's rows and mark the last share of each as test.
+
+    owner: (N,) grouped by device; counts: (K,). Returns order: (N,) row
+    indices, still grouped by device but shuffled within it, and test_mask:
+    (N,) bool over positions in order.
+    """
+    order = np.lexsort((rng.random(len(owner)), owner))
+    starts = np.cumsum(counts) - counts
+    rank_in_device = np.arange(len(owner)) - starts[owner]
+    kept = counts - _held_out_count(counts, test_fraction)
+    test_mask = rank_in_device >= kept[owner]
+    return order, test_mask

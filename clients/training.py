@@ -1,0 +1,76 @@
+"""What one client computes in one round: local SGD from the global model.
+
+All randomness (the data order) comes from a generator derived from
+(seed, round, client id, purpose), so a client's update does not depend on
+which worker computes it or when.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clients.optim import SGD
+
+PURPOSE_DATA_ORDER = 1
+
+
+def client_rng(seed: int, round_: int, client_id: int, purpose: int) -> np.random.Generator:
+    """The generator for one (seed, round, client, purpose); independent streams."""
+    return np.random.default_rng(np.random.SeedSequence([seed, round_, client_id, purpose]))
+
+
+@dataclass(frozen=True)
+class LocalTrainingConfig:
+    lr: float
+    momentum: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+
+
+@dataclass
+class ClientResult:
+    """One client's round: its update and what it measured.
+
+    delta: (n,) float32, local - global.
+    """
+
+    client_id: int
+    num_samples: int
+    train_loss: float
+    delta: np.ndarray
+
+
+def train_client(
+    model,
+    global_params: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    shard: np.ndarray,
+    cfg: LocalTrainingConfig,
+    rng: np.random.Generator,
+    client_id: int,
+) -> ClientResult:
+    """Run ``cfg.epochs`` of minibatch SGD on the client's shard from ``global_params``.
+
+    model: an engine model with flat ``params``/``grad`` and ``loss_and_grad``.
+    x: (N, *input_shape) float32 and y: (N,) int64, the whole (read-only) training set;
+    shard: (m,) int64 indices of this client's samples in it.
+    Returns the delta and the sample-weighted mean minibatch loss.
+    """
+    model.params[:] = global_params
+    optimizer = SGD(cfg.lr, cfg.momentum, cfg.weight_decay)
+    loss_sum, seen = 0.0, 0
+    for _ in range(cfg.epochs):
+        order = shard[rng.permutation(len(shard))]
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start : start + cfg.batch_size]
+            loss = model.loss_and_grad(x[batch], y[batch])
+            optimizer.step(model.params, model.grad)
+            loss_sum += loss * len(batch)
+            seen += len(batch)
+    delta = model.params - global_params
+    mean_loss = loss_sum / seen if seen else float("nan")
+    return ClientResult(client_id, len(shard), mean_loss, delta)

@@ -1,0 +1,138 @@
+"""The ``fedsim`` command line: run, validate, report.
+
+Bad input gets one clear line and exit code 2 (a traceback only with
+``--debug``); Ctrl-C leaves a resumable run directory and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from clients.errors import FedsimError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedsim", description="Federated training simulator on Ray.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and Ray's own logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a config")
+    run.add_argument("config", nargs="?", type=Path, help="YAML config (optional with --resume)")
+    _add_set(run)
+    run.add_argument("--workers", type=int, help="worker actors (overrides runtime.workers)")
+    run.add_argument("--address", help="Ray cluster address: auto, HOST:PORT or ray://HOST:PORT")
+    run.add_argument("--out", type=Path, help="run directory to create (default: runtime.out_dir/NAME-TIME)")
+    run.add_argument("--name", help="run name (overrides name)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    validate = sub.add_parser("validate", help="check a config and print it resolved")
+    validate.add_argument("config", type=Path)
+    _add_set(validate)
+    validate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    report = sub.add_parser("report", help="charts and report.html for run directories")
+    report.add_argument("run_dirs", nargs="+", type=Path)
+    report.add_argument("--out", type=Path, help="output folder (default: the first run directory)")
+    report.add_argument("--target", type=float, help="accuracy whose rounds-to-target is reported, e.g. 0.9")
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def _add_set(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dotted key, e.g. client.lr=0.05 (repeatable)",
+    )
+
+
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"runtime.workers={args.workers}")
+    if args.address is not None:
+        overrides.append(f"runtime.address={args.address}")
+    if args.name is not None:
+        overrides.append(f"name={args.name}")
+    return overrides
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from simulator.config import load_config
+    from simulator.simulation import Simulation
+
+    overrides = _run_overrides(args)
+    options = {"quiet": args.quiet, "debug": args.debug}
+    if args.resume is not None:
+        sim = Simulation.resume_from(args.resume, overrides, **options)
+    elif args.config is None:
+        raise FedsimError("fedsim run: give a CONFIG file (or --resume RUN_DIR)")
+    else:
+        sim = Simulation(load_config(args.config, overrides), args.out, **options)
+    try:
+        history = sim.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with: fedsim run --resume {sim.run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_summary(history.summary, history.run_dir, args.quiet)
+    return 0
+
+
+def _print_summary(summary: dict, run_dir: Path, quiet: bool) -> None:
+    if quiet:
+        return
+    acc = summary["final_test_accuracy"]
+    acc_text = "-" if acc is None else f"{acc:.4f}"
+    print(
+        f"done: {summary['rounds_completed']} rounds in {summary['total_seconds']:.1f}s, "
+        f"final test accuracy {acc_text}; run directory {run_dir}\n"
+        f"report: fedsim report {run_dir}"
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from simulator.config import dump_yaml, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(dump_yaml(cfg), end="")
+    print(f"# valid; {cfg.sampled_per_round()} of {cfg.data.num_clients} clients per round", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from simulator.report import write_report
+
+    out = args.out or args.run_dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_report(list(args.run_dirs), out, target_accuracy=args.target)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FedsimError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"fedsim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Starting or joining Ray, and sizing the worker pool from its resources.
+
+fedsim shuts Ray down only when it started it; a cluster it merely connected
+to is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import ray
+
+from clients.errors import ClusterError
+
+log = logging.getLogger("fedsim")
+
+
+@dataclass(frozen=True)
+class RaySession:
+    started_here: bool
+    cpus: float
+
+
+@contextmanager
+def ray_session(address: str | None, debug: bool = False):
+    """Yield a RaySession: reuse an initialised Ray, connect to ``address``, or start one."""
+    if ray.is_initialized():
+        yield RaySession(False, _cluster_cpus())
+        return
+    started = address is None
+    _quiet_ray_environment(debug)
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=debug,
+            logging_level=logging.INFO if debug else logging.ERROR,
+            configure_logging=True,
+        )
+    except Exception as exc:  # Ray raises many types for an unreachable cluster
+        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        raise ClusterError(f"could not start or reach {where}: {exc}") from exc
+    try:
+        yield RaySession(started, _cluster_cpus())
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _quiet_ray_environment(debug: bool) -> None:
+    if not debug:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def _cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def pool_size(requested: int | None, cluster_cpus: float, cpus_per_worker: float, max_useful: int) -> int:
+    """Workers to start: the request, or what the CPUs allow, never more than ``max_useful``."""
+    fit = math.floor(cluster_cpus / cpus_per_worker + 1e-9)
+    if requested is not None:
+        if requested > fit:
+            raise ClusterError(
+                f"runtime.workers={requested} needs {requested * cpus_per_worker:g} CPUs "
+                f"(runtime.cpus_per_worker={cpus_per_worker:g}) but the cluster has {cluster_cpus:g}"
+            )
+        return requested
+    if fit < 1:
+        raise ClusterError(
+            f"the cluster has {cluster_cpus:g} CPUs, fewer than runtime.cpus_per_worker={cpus_per_worker:g}"
+        )
+    return max(1, min(fit, max_useful))

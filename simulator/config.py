@@ -1,0 +1,363 @@
+"""Typed, frozen run configuration, read from YAML at the edge.
+
+Every field has a default and a description (units, meaning). A config file
+is a short diff over these defaults; ``--set a.b=v`` overrides one value with
+YAML type coercion. Unknown keys are refused with a "did you mean", bad
+values with the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clients.errors import ConfigError
+
+DATASETS = ("digits", "synthetic")
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+MODELS = ("logreg", "mlp", "cnn")
+ENGINES = ("torch",)
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
+
+
+def _field(default: Any, help_: str, choices: tuple[str, ...] | None = None) -> Any:
+    meta = {"help": help_, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    alpha: float = _field(1.0, "Synthetic(α, β): spread of the per-device models u_k ~ N(0, α)")
+    beta: float = _field(1.0, "Synthetic(α, β): spread of the per-device feature means B_k ~ N(0, β)")
+    num_features: int = _field(60, "input dimension d")
+    num_classes: int = _field(10, "number of classes")
+    samples_per_device: int | None = _field(
+        None, "samples on every device; null = lognormal(4, 2) + 50 as in the paper"
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _field("digits", "which dataset", DATASETS)
+    num_clients: int = _field(50, "registered clients (devices for synthetic)")
+    partition: str = _field("dirichlet", "how training data is split over clients", PARTITIONS)
+    alpha: float = _field(0.5, "Dirichlet concentration; smaller = more label skew")
+    shards_per_client: int = _field(2, "shards partition: label-sorted shards per client")
+    min_samples_per_client: int = _field(2, "dirichlet: redraw until every client has this many")
+    test_fraction: float = _field(0.2, "share of the data held out as the server test set")
+    synthetic: SyntheticConfig = _field(SyntheticConfig(), "Synthetic(α, β) generator settings")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _field("mlp", "architecture", MODELS)
+    engine: str = _field("torch", "backpropagation engine", ENGINES)
+    hidden: list[int] = _field([200, 200], "mlp: hidden layer widths")
+    activation: str = _field("relu", "mlp: hidden activation", ACTIVATIONS)
+    conv_channels: list[int] = _field([32, 64], "cnn: channels of the two 5x5 convolutions")
+    fc_width: int = _field(512, "cnn: width of the fully connected layer")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    lr: float = _field(0.05, "local SGD learning rate")
+    momentum: float = _field(0.0, "local SGD momentum (0 = plain SGD)")
+    weight_decay: float = _field(0.0, "local L2 weight decay")
+    epochs: int = _field(1, "local epochs per round (E)")
+    batch_size: int = _field(10, "local minibatch size (B)")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    clients_per_round: int | float = _field(
+        10, "sampled clients per round: an int count, or a float fraction in (0, 1]"
+    )
+    lr: float = _field(1.0, "server learning rate on the averaged delta (1.0 = FedAvg)")
+    eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
+    eval_batch_size: int = _field(1024, "test-set evaluation batch size")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    workers: int | None = _field(None, "worker actors; null = what the cluster's CPUs allow")
+    cpus_per_worker: float = _field(1.0, "CPUs each worker reserves; also its torch thread count")
+    reduction_groups: int = _field(
+        16, "fixed number of partial sums per round; caps useful workers (determinism)"
+    )
+    checkpoint_every: int = _field(10, "write a checkpoint every this many rounds (and the last)")
+    address: str | None = _field(None, "Ray cluster address; null = start an embedded local Ray")
+    out_dir: str = _field("runs", "parent folder of run directories")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = _field("fedsim", "run name (run directory prefix, legend label)")
+    seed: int = _field(0, "root seed of every random draw")
+    rounds: int = _field(50, "communication rounds")
+    data: DataConfig = _field(DataConfig(), "dataset and partition")
+    model: ModelConfig = _field(ModelConfig(), "model architecture")
+    client: ClientConfig = _field(ClientConfig(), "local training")
+    server: ServerConfig = _field(ServerConfig(), "sampling, aggregation, evaluation")
+    runtime: RuntimeConfig = _field(RuntimeConfig(), "Ray workers, checkpoints, output")
+
+    def sampled_per_round(self) -> int:
+        """Number of clients sampled each round (a fraction resolves to at least 1)."""
+        per_round = self.server.clients_per_round
+        if isinstance(per_round, float):
+            return max(1, round(per_round * self.data.num_clients))
+        return per_round
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- building typed objects from plain dicts -------------------------------
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``path``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, path)
+            except ConfigError:
+                continue
+        raise _bad_type(path, value, tp)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _bad_type(path, value, tp)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)):
+            raise _bad_type(path, value, tp)
+        item_tp = typing.get_args(tp)[0]
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _bad_type(path, value, tp)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _bad_type(path, value, tp)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _bad_type(path, value, tp)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _bad_type(path, value, tp)
+    raise AssertionError(f"unsupported config type {tp!r} at {path}")
+
+
+def _bad_type(path: str, value: Any, tp: Any) -> ConfigError:
+    return ConfigError(f"{path}: {value!r} is not allowed; expected {_type_name(tp)}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        where = prefix or "the config"
+        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(path, str(key), list(fields), prefix))
+        tp = hints[key]
+        if _is_dataclass_type(tp):
+            kwargs[key] = _build(tp, value, f"{path}.")
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+            _check_choice(fields[key], kwargs[key], path)
+    return cls(**kwargs)
+
+
+def _check_choice(f: dataclasses.Field, value: Any, path: str) -> None:
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {', '.join(choices)}{hint}")
+
+
+def _unknown_key_message(path: str, key: str, valid: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+    return f"unknown key '{path}': {hint}valid keys here: {', '.join(valid)}"
+
+
+# --- value rules that types cannot express ---------------------------------
+
+
+def _require(ok: bool, path: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {value!r} is not allowed; must be {allowed}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check value ranges and cross-field rules; return ``cfg`` unchanged."""
+    d, c, s, r = cfg.data, cfg.client, cfg.server, cfg.runtime
+    _require(cfg.rounds >= 1, "rounds", cfg.rounds, ">= 1")
+    _require(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
+    _require(bool(cfg.name.strip()), "name", cfg.name, "a non-empty string")
+    _require(d.num_clients >= 1, "data.num_clients", d.num_clients, ">= 1")
+    _require(d.alpha > 0, "data.alpha", d.alpha, "> 0")
+    _require(d.shards_per_client >= 1, "data.shards_per_client", d.shards_per_client, ">= 1")
+    _require(d.min_samples_per_client >= 1, "data.min_samples_per_client", d.min_samples_per_client, ">= 1")
+    _require(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "in (0, 1)")
+    _require(d.synthetic.alpha >= 0, "data.synthetic.alpha", d.synthetic.alpha, ">= 0")
+    _require(d.synthetic.beta >= 0, "data.synthetic.beta", d.synthetic.beta, ">= 0")
+    _require(d.synthetic.num_features >= 1, "data.synthetic.num_features", d.synthetic.num_features, ">= 1")
+    _require(d.synthetic.num_classes >= 2, "data.synthetic.num_classes", d.synthetic.num_classes, ">= 2")
+    spd = d.synthetic.samples_per_device
+    _require(spd is None or spd >= 2, "data.synthetic.samples_per_device", spd, "null or >= 2")
+    if d.partition == "natural" and d.dataset != "synthetic":
+        raise ConfigError(
+            f"data.partition: 'natural' is not allowed for data.dataset {d.dataset!r}; "
+            "it has no natural clients (datasets with them: synthetic)"
+        )
+    _validate_model(cfg.model)
+    _validate_client(c)
+    _validate_server(s, d.num_clients)
+    _require(r.workers is None or r.workers >= 1, "runtime.workers", r.workers, "null or >= 1")
+    _require(r.cpus_per_worker > 0, "runtime.cpus_per_worker", r.cpus_per_worker, "> 0")
+    _require(r.reduction_groups >= 1, "runtime.reduction_groups", r.reduction_groups, ">= 1")
+    _require(r.checkpoint_every >= 1, "runtime.checkpoint_every", r.checkpoint_every, ">= 1")
+    return cfg
+
+
+def _validate_model(m: ModelConfig) -> None:
+    _require(all(h >= 1 for h in m.hidden), "model.hidden", m.hidden, "a list of widths >= 1")
+    _require(
+        len(m.conv_channels) == 2 and all(ch >= 1 for ch in m.conv_channels),
+        "model.conv_channels",
+        m.conv_channels,
+        "two channel counts >= 1",
+    )
+    _require(m.fc_width >= 1, "model.fc_width", m.fc_width, ">= 1")
+
+
+def _validate_client(c: ClientConfig) -> None:
+    _require(c.lr > 0, "client.lr", c.lr, "> 0")
+    _require(0 <= c.momentum < 1, "client.momentum", c.momentum, "in [0, 1)")
+    _require(c.weight_decay >= 0, "client.weight_decay", c.weight_decay, ">= 0")
+    _require(c.epochs >= 1, "client.epochs", c.epochs, ">= 1")
+    _require(c.batch_size >= 1, "client.batch_size", c.batch_size, ">= 1")
+
+
+def _validate_server(s: ServerConfig, num_clients: int) -> None:
+    per_round = s.clients_per_round
+    if isinstance(per_round, float):
+        _require(0 < per_round <= 1, "server.clients_per_round", per_round, "a fraction in (0, 1]")
+    else:
+        _require(
+            1 <= per_round <= num_clients,
+            "server.clients_per_round",
+            per_round,
+            f"a count in [1, data.num_clients={num_clients}]",
+        )
+    _require(s.lr > 0, "server.lr", s.lr, "> 0")
+    _require(s.eval_every >= 1, "server.eval_every", s.eval_every, ">= 1")
+    _require(s.eval_batch_size >= 1, "server.eval_batch_size", s.eval_batch_size, ">= 1")
+
+
+# --- the edge: YAML files and --set overrides -------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=v`` into (["a", "b"], YAML-parsed v)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. client.lr=0.05")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc.__class__.__name__})") from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted overrides applied (strings ``a.b=v`` or a dict)."""
+    items = (
+        [(k.split("."), v) for k, v in overrides.items()]
+        if isinstance(overrides, dict)
+        else [parse_override(o) for o in overrides]
+    )
+    merged = _deep_copy(raw)
+    for keys, value in items:
+        node = merged
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(f"--set {'.'.join(keys)}: '{where}' is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return merged
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a config file into a dict; every failure is a ConfigError naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    return validate(_build(Config, raw, ""))
+
+
+def load_config(path: Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Read ``path``, apply overrides, and return the validated typed config."""
+    raw = read_yaml(path)
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config, every default filled in, as YAML that loads back equal."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,85 @@
+"""A small pool of worker actors that knows nothing of their methods.
+
+Work items are submitted as ``fn(actor, item) -> ObjectRef``; results come
+back in item order. An actor that dies is evicted and its item re-run on
+another (every result depends only on the item, so nothing changes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from clients.errors import ClusterError, FedsimError
+
+log = logging.getLogger("fedsim")
+
+
+class WorkerPool:
+    def __init__(self, actors: Sequence[Any], in_flight_per_actor: int = 2):
+        if not actors:
+            raise ClusterError("a worker pool needs at least one actor")
+        self.actors = list(actors)
+        self.depth = in_flight_per_actor
+
+    def map(self, submit: Callable[[Any, Any], Any], items: Sequence[Any], max_retries: int = 3) -> list:
+        """Run ``submit(actor, item)`` for every item; return results in item order."""
+        results: list = [None] * len(items)
+        queue = deque(range(len(items)))
+        attempts = [0] * len(items)
+        running: dict[Any, tuple[Any, int]] = {}
+        load = {id(a): 0 for a in self.actors}
+        while queue or running:
+            self._fill(submit, items, queue, running, load)
+            done, _ = ray.wait(list(running), num_returns=1)
+            actor, index = running.pop(done[0])
+            load[id(actor)] -= 1
+            try:
+                results[index] = ray.get(done[0])
+            except RayActorError as exc:
+                self._evict(actor, exc)
+                attempts[index] += 1
+                if attempts[index] > max_retries:
+                    raise ClusterError(
+                        f"work item {index} failed on {attempts[index]} workers: {exc}"
+                    ) from exc
+                queue.appendleft(index)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from exc
+        return results
+
+    def _fill(self, submit, items, queue, running, load) -> None:
+        if not self.actors:
+            raise ClusterError("every worker actor died; no worker is left to run the round")
+        while queue:
+            actor = min(self.actors, key=lambda a: load[id(a)])
+            if load[id(actor)] >= self.depth:
+                return
+            index = queue.popleft()
+            running[submit(actor, items[index])] = (actor, index)
+            load[id(actor)] += 1
+
+    def shutdown(self) -> None:
+        """Kill every actor now rather than when their handles are garbage-collected,
+        so their CPUs are free for whatever runs next."""
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors.clear()
+
+    def _evict(self, actor, exc: Exception) -> None:
+        if actor in self.actors:
+            self.actors.remove(actor)
+            log.warning("evicted a dead worker (%d left): %s", len(self.actors), exc)
+
+
+def _unwrap(exc: RayTaskError) -> Exception:
+    """The client's own FedsimError when there is one, else the task error."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, FedsimError):
+        return cause
+    return FedsimError(f"a worker task failed: {cause!r}" if cause else str(exc))

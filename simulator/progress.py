@@ -1,0 +1,62 @@
+"""Terminal progress: a live bar on a terminal, one plain line per round otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+class RoundProgress:
+    """Shows round i/N, test accuracy, losses, seconds per round and ETA."""
+
+    def __init__(self, total_rounds: int, first_round: int, name: str, quiet: bool = False):
+        self.quiet = quiet
+        self.total = total_rounds
+        self.console = Console(stderr=False)
+        self.live = self.console.is_terminal and not quiet
+        self._start = time.perf_counter()
+        self._done_here = 0
+        self._progress = None
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._task = self._progress.add_task(
+                name, total=total_rounds, completed=first_round - 1, stats=""
+            )
+            self._progress.start()
+
+    def update(self, row: dict) -> None:
+        if self.quiet:
+            return
+        self._done_here += 1
+        per_round = (time.perf_counter() - self._start) / self._done_here
+        eta = per_round * (self.total - row["round"])
+        stats = (
+            f"acc {_fmt(row['test_accuracy'])}  test loss {_fmt(row['test_loss'])}  "
+            f"train loss {_fmt(row['train_loss'])}  {row['seconds']:.2f}s/round"
+        )
+        if self._progress is not None:
+            self._progress.update(self._task, completed=row["round"], stats=stats)
+        else:
+            print(f"round {row['round']}/{self.total}  {stats}  eta {eta:.0f}s", flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stdout, flush=True)

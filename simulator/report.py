@@ -1,0 +1,446 @@
+"""Charts and a self-contained HTML summary of one or more runs.
+
+Plots are made from a run directory's files only -- ``config.yaml``,
+``metrics.jsonl`` and ``summary.json`` -- never from live simulation objects,
+so a report can be drawn for a finished run, a crashed run, or runs made on
+another machine. A crash may leave ``summary.json`` missing or the last line
+of ``metrics.jsonl`` half-written: the half line is skipped and the summary is
+derived from the rows. Everything is rendered in memory first and each file is
+then written atomically, so a failed report never leaves a half-written
+``report.html``.
+
+Public API: :func:`write_report`, :func:`load_run`, :class:`RunRecord`,
+:func:`rounds_to_target`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+
+from clients.errors import FedsimError
+from simulator.rundir import atomic_write_bytes, read_metrics
+
+DPI = 110  # chart resolution, dots per inch
+FIGSIZE = (7.5, 4.6)  # chart size, inches
+MARKER_MAX_POINTS = 30  # draw point markers when a curve has at most this many
+REPORT_NAME = "report.html"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything the report reads from one run directory.
+
+    ``rows`` are the metrics.jsonl objects sorted by ``round``, one per round
+    (a round logged twice, e.g. after a resume, keeps its last row).
+    ``config`` and ``summary`` are empty dicts when their file is missing.
+    """
+
+    name: str
+    run_dir: Path
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Panel:
+    """One chart: which metric family (``accuracy``/``loss``) against which x."""
+
+    panel_id: str
+    filename: str
+    title: str
+    y: str  # "accuracy" | "loss"
+    x: str  # "round" | "time"
+
+
+PANELS = (
+    _Panel(
+        "panel-accuracy-vs-round",
+        "accuracy_vs_round.png",
+        "Test accuracy per round",
+        "accuracy",
+        "round",
+    ),
+    _Panel(
+        "panel-loss-vs-round",
+        "loss_vs_round.png",
+        "Loss per round (test solid, train dashed)",
+        "loss",
+        "round",
+    ),
+    _Panel(
+        "panel-accuracy-vs-time",
+        "accuracy_vs_time.png",
+        "Test accuracy against wall-clock time",
+        "accuracy",
+        "time",
+    ),
+    _Panel(
+        "panel-loss-vs-time",
+        "loss_vs_time.png",
+        "Loss against wall-clock time (test solid, train dashed)",
+        "loss",
+        "time",
+    ),
+)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Read one run directory; raise FedsimError if it has no usable metrics."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FedsimError(f"run directory not found: {run_dir}")
+    config = _read_config(run_dir / "config.yaml")
+    summary = _read_summary(run_dir / "summary.json")
+    rows = _read_metrics(run_dir / "metrics.jsonl")
+    name = summary.get("name") or config.get("name") or run_dir.name
+    return RunRecord(str(name), run_dir, config, rows, summary)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise FedsimError(f"{path}: not valid YAML: {exc}") from exc
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise FedsimError(f"{path}: expected a YAML mapping, got {type(config).__name__}")
+    return config
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """The summary, or {} if missing or cut short by a crash (rows fill in)."""
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Parse metrics.jsonl (a truncated last line is skipped); dedupe by round."""
+    if not path.is_file():
+        raise FedsimError(f"no metrics.jsonl in run directory {path.parent} (looked for {path})")
+    by_round: dict[int, dict[str, Any]] = {}
+    for row in read_metrics(path):
+        if _valid_row(row) is None:
+            raise FedsimError(f"{path}: a row is not a JSON object with an integer 'round': {row!r}")
+        by_round[row["round"]] = row
+    if not by_round:
+        raise FedsimError(f"{path}: no valid metrics rows")
+    return [by_round[r] for r in sorted(by_round)]
+
+
+def _valid_row(row: Any) -> dict[str, Any] | None:
+    if not isinstance(row, dict):
+        return None
+    rnd = row.get("round")
+    if not isinstance(rnd, int) or isinstance(rnd, bool):
+        return None
+    return row
+
+
+# ---------------------------------------------------------------- derived numbers
+
+
+def _metric(row: dict[str, Any], key: str) -> float | None:
+    """A row's numeric metric, or None if absent, null or not finite."""
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def rounds_to_target(rows: list[dict[str, Any]], target: float) -> int | None:
+    """First round whose test_accuracy >= target, or None if never reached.
+
+    rows: metrics rows sorted by round (as in ``RunRecord.rows``).
+    """
+    for row in rows:
+        acc = _metric(row, "test_accuracy")
+        if acc is not None and acc >= target:
+            return int(row["round"])
+    return None
+
+
+def _series(run: RunRecord, key: str, x: str) -> tuple[list[float], list[float]]:
+    """(xs, ys) of rows where `key` was measured; x is round or cumulative seconds."""
+    xs: list[float] = []
+    ys: list[float] = []
+    elapsed = 0.0
+    for row in run.rows:
+        elapsed += _metric(row, "seconds") or 0.0
+        y = _metric(row, key)
+        if y is not None:
+            xs.append(float(row["round"]) if x == "round" else elapsed)
+            ys.append(y)
+    return xs, ys
+
+
+@dataclass(frozen=True)
+class _RunStats:
+    """Summary-table values: as found in summary.json (any JSON type) or derived."""
+
+    final_acc: Any
+    best_acc: Any
+    best_round: Any
+    rounds_completed: Any
+    total_seconds: Any
+    bytes_up: Any
+    bytes_down: Any
+    status: Any
+
+
+def _run_stats(run: RunRecord) -> _RunStats:
+    """summary.json's numbers, each falling back to one derived from the rows."""
+    rounds, accs = _series(run, "test_accuracy", "round")
+    best = max(range(len(accs)), key=lambda i: (accs[i], -i), default=None)
+    s = run.summary
+    return _RunStats(
+        final_acc=s.get("final_test_accuracy", accs[-1] if accs else None),
+        best_acc=s.get("best_test_accuracy", None if best is None else accs[best]),
+        best_round=s.get("best_round", None if best is None else int(rounds[best])),
+        rounds_completed=s.get("rounds_completed", run.rows[-1]["round"]),
+        total_seconds=s.get("total_seconds", _total(run, "seconds")),
+        bytes_up=s.get("total_bytes_up", _total(run, "bytes_up")),
+        bytes_down=s.get("total_bytes_down", _total(run, "bytes_down")),
+        status=s.get("status", "incomplete (no readable summary.json)"),
+    )
+
+
+def _total(run: RunRecord, key: str) -> float:
+    return sum(_metric(row, key) or 0.0 for row in run.rows)
+
+
+def _labels(runs: list[RunRecord]) -> list[str]:
+    """Legend labels: the run name, plus the directory name when names clash."""
+    counts = Counter(run.name for run in runs)
+    labels = [f"{r.name} ({r.run_dir.name})" if counts[r.name] > 1 else r.name for r in runs]
+    clashes = Counter(labels)
+    return [f"{lab} #{i + 1}" if clashes[lab] > 1 else lab for i, lab in enumerate(labels)]
+
+
+# ---------------------------------------------------------------- charts
+
+
+def _colour(i: int, n: int) -> str:
+    """One distinct colour per run: tab10 up to 10 runs, tab20 beyond."""
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return to_hex(cmap(i % cmap.N))
+
+
+def _draw(ax: Axes, run: RunRecord, key: str, x: str, style: dict[str, Any]) -> None:
+    xs, ys = _series(run, key, x)
+    if not xs:
+        return
+    if key == "test_accuracy":
+        ys = [100.0 * y for y in ys]
+    marker = "o" if len(xs) <= MARKER_MAX_POINTS else None
+    ax.plot(xs, ys, marker=marker, markersize=4, linewidth=1.6, **style)
+
+
+def _plot_runs(ax: Axes, panel: _Panel, runs: list[RunRecord], labels: list[str]) -> None:
+    for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
+        colour = _colour(i, len(runs))
+        if panel.y == "accuracy":
+            _draw(ax, run, "test_accuracy", panel.x, {"color": colour, "label": label})
+            continue
+        _draw(
+            ax,
+            run,
+            "test_loss",
+            panel.x,
+            {"color": colour, "linestyle": "-", "label": f"{label} (test)"},
+        )
+        _draw(
+            ax,
+            run,
+            "train_loss",
+            panel.x,
+            {"color": colour, "linestyle": "--", "label": f"{label} (train)"},
+        )
+
+
+def _decorate(ax: Axes, panel: _Panel) -> None:
+    ax.set_title(panel.title, fontsize=13)
+    ax.set_xlabel("Round" if panel.x == "round" else "Cumulative wall-clock time (s)", fontsize=11)
+    ax.set_ylabel("Test accuracy (%)" if panel.y == "accuracy" else "Loss", fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=10, loc="best")
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "no evaluated rounds",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=11,
+            color="grey",
+        )
+
+
+def _render_panel(panel: _Panel, runs: list[RunRecord], labels: list[str]) -> bytes:
+    """One chart as PNG bytes (a Figure of its own: no pyplot global state)."""
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    ax = fig.add_subplot()
+    _plot_runs(ax, panel, runs, labels)
+    _decorate(ax, panel)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def _fmt_pct(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—" if value is None else str(value)
+    return f"{100.0 * value:.2f}%"
+
+
+def _fmt_bytes(value: Any) -> str:
+    """Bytes in binary units: 512 B, 1.50 KiB, 3.20 MiB, ..."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—" if value is None else str(value)
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    size, i = float(value), 0
+    while abs(size) >= 1024.0 and i < len(units) - 1:
+        size, i = size / 1024.0, i + 1
+    return f"{int(value)} B" if i == 0 else f"{size:.2f} {units[i]}"
+
+
+def _fmt_seconds(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—" if value is None else str(value)
+    return f"{value:.1f} s"
+
+
+def _fmt(value: Any) -> str:
+    return "—" if value is None else str(value)
+
+
+def _table_row(run: RunRecord, label: str, target: float | None) -> str:
+    st = _run_stats(run)
+    cells = [
+        label,
+        str(run.run_dir),
+        _fmt_pct(st.final_acc),
+        f"{_fmt_pct(st.best_acc)} (round {_fmt(st.best_round)})",
+        _fmt(st.rounds_completed),
+        _fmt_seconds(st.total_seconds),
+        _fmt_bytes(st.bytes_up),
+        _fmt_bytes(st.bytes_down),
+        _fmt(st.status),
+    ]
+    if target is not None:
+        reached = rounds_to_target(run.rows, target)
+        cells.append("not reached" if reached is None else str(reached))
+    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
+def _summary_section(runs: list[RunRecord], labels: list[str], target: float | None) -> str:
+    heads = [
+        "Run",
+        "Run directory",
+        "Final test accuracy",
+        "Best test accuracy",
+        "Rounds completed",
+        "Wall-clock",
+        "Bytes up",
+        "Bytes down",
+        "Status",
+    ]
+    if target is not None:
+        heads.append(f"Rounds to {_fmt_pct(target)}")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    body = "\n".join(_table_row(r, lab, target) for r, lab in zip(runs, labels, strict=True))
+    return (
+        f'<section id="panel-summary">\n<h2>Summary</h2>\n<table>\n'
+        f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n</section>"
+    )
+
+
+def _chart_section(panel: _Panel, png: bytes) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    title = html.escape(panel.title)
+    return (
+        f'<section id="{panel.panel_id}">\n<h2>{title}</h2>\n'
+        f'<img src="data:image/png;base64,{data}" alt="{title}">\n'
+        f'<p class="file">{html.escape(panel.filename)}</p>\n</section>'
+    )
+
+
+_CSS = """body{font-family:sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f2f2f2}img{max-width:100%}.file{color:#888;font-size:12px}"""
+
+
+def _render_html(
+    runs: list[RunRecord],
+    labels: list[str],
+    pngs: dict[str, bytes],
+    target: float | None,
+) -> str:
+    charts = "\n".join(_chart_section(p, pngs[p.filename]) for p in PANELS)
+    names = html.escape(", ".join(labels))
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>fedsim report: {names}</title>\n<style>\n{_CSS}\n</style>\n</head>\n"
+        f"<body>\n<h1>fedsim report</h1>\n<p>Runs: {names}</p>\n"
+        f"{_summary_section(runs, labels, target)}\n{charts}\n</body>\n</html>\n"
+    )
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_report(run_dirs: list[Path], out_dir: Path, target_accuracy: float | None = None) -> Path:
+    """Draw charts and an HTML summary of `run_dirs` into `out_dir`.
+
+    target_accuracy: a fraction in [0, 1]; adds a "rounds to target" column.
+    Writes the four chart PNGs and ``report.html`` (charts embedded as base64)
+    and returns the path of ``report.html``. Raises FedsimError for an
+    unusable run directory or target.
+    """
+    if not run_dirs:
+        raise FedsimError("report needs at least one run directory")
+    if target_accuracy is not None and not 0.0 <= target_accuracy <= 1.0:
+        raise FedsimError(f"target accuracy {target_accuracy} is not a fraction in [0, 1]")
+    runs = [load_run(Path(d)) for d in run_dirs]
+    labels = _labels(runs)
+    pngs = {p.filename: _render_panel(p, runs, labels) for p in PANELS}
+    page = _render_html(runs, labels, pngs, target_accuracy)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for filename, png in pngs.items():
+        atomic_write_bytes(out_dir / filename, png)
+    report = out_dir / REPORT_NAME
+    atomic_write_bytes(report, page.encode("utf-8"))
+    return report

@@ -1,0 +1,59 @@
+"""Turning a config into the objects a run needs: dataset, partition, model spec."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clients.data.datasets import Dataset, load_digits, make_synthetic
+from clients.data.partition import dirichlet_partition, iid_partition, natural_partition, shards_partition
+from clients.models.spec import ModelSpec, build_spec
+from clients.training import LocalTrainingConfig
+from simulator.config import Config, DataConfig, ModelConfig
+
+PURPOSE_PARTITION = 3
+
+
+def build_dataset(data: DataConfig, seed: int) -> Dataset:
+    if data.dataset == "digits":
+        return load_digits(seed=seed, test_fraction=data.test_fraction)
+    s = data.synthetic
+    return make_synthetic(
+        alpha=s.alpha,
+        beta=s.beta,
+        num_devices=data.num_clients,
+        seed=seed,
+        num_features=s.num_features,
+        num_classes=s.num_classes,
+        samples_per_device=s.samples_per_device,
+        test_fraction=data.test_fraction,
+    )
+
+
+def build_partition(dataset: Dataset, data: DataConfig, seed: int) -> list[np.ndarray]:
+    """Each client's training-sample indices, seeded by (seed, partition purpose)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_PARTITION]))
+    labels = dataset.y_train
+    if data.partition == "iid":
+        return iid_partition(len(labels), data.num_clients, rng)
+    if data.partition == "dirichlet":
+        return dirichlet_partition(labels, data.num_clients, data.alpha, rng, data.min_samples_per_client)
+    if data.partition == "shards":
+        return shards_partition(labels, data.num_clients, data.shards_per_client, rng)
+    return natural_partition(dataset.train_owner, data.num_clients)
+
+
+def build_model_spec(model: ModelConfig, dataset: Dataset) -> ModelSpec:
+    return build_spec(
+        model.name,
+        dataset.input_shape,
+        dataset.num_classes,
+        hidden=model.hidden,
+        activation=model.activation,
+        conv_channels=model.conv_channels,
+        fc_width=model.fc_width,
+    )
+
+
+def local_training(cfg: Config) -> LocalTrainingConfig:
+    c = cfg.client
+    return LocalTrainingConfig(c.lr, c.momentum, c.weight_decay, c.epochs, c.batch_size)

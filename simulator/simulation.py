@@ -1,0 +1,314 @@
+"""The round loop, written once: sample, broadcast, train, aggregate, step,
+evaluate, log, checkpoint.
+
+Determinism: every random draw derives from (seed, round, client, purpose);
+the sampled clients are cut into a fixed number of reduction groups; a worker
+sums its group in client-id order and the server adds group sums in group
+order. Worker count, scheduling and resumption cannot change a bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from clients.errors import ConfigError, FedsimError
+from clients.models.spec import init_params
+from clients.models.torch_engine import TorchModel
+from clients.worker import ClientShards, ClientWorker
+from server.aggregation import combine_partial_sums
+from server.evaluation import evaluate
+from server.optimizers import ServerSGD
+from server.sampling import reduction_groups, sample_clients
+from simulator import rundir
+from simulator.cluster import pool_size, ray_session
+from simulator.config import Config, dump_yaml, load_config
+from simulator.pool import WorkerPool
+from simulator.progress import RoundProgress
+from simulator.setup import build_dataset, build_model_spec, build_partition, local_training
+
+RoundCallback = Callable[[dict[str, Any]], None]
+MUTABLE_ON_RESUME = ("rounds", "runtime")
+
+
+@dataclass
+class History:
+    """What a run produced: per-round metrics rows, the run directory, the summary."""
+
+    rows: list[dict[str, Any]]
+    run_dir: Path
+    summary: dict[str, Any]
+    final_params: np.ndarray = field(repr=False)
+
+
+class Simulation:
+    """One federated training run from a validated Config.
+
+    ``Simulation.from_yaml(path, overrides={...}).run()`` -> History.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path | None = None,
+        *,
+        resume: bool = False,
+        quiet: bool = True,
+        debug: bool = False,
+        on_round_end: RoundCallback | None = None,
+    ):
+        self.cfg = config
+        self.run_dir = Path(run_dir) if run_dir else _default_run_dir(config)
+        self.resume = resume
+        self.quiet = quiet
+        self.debug = debug
+        self.on_round_end = on_round_end
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | Path, overrides: dict[str, Any] | list[str] | None = None, **kwargs
+    ) -> Simulation:
+        return cls(load_config(Path(path), overrides), **kwargs)
+
+    @classmethod
+    def resume_from(cls, run_dir: str | Path, overrides: dict[str, Any] | list[str] | None = None, **kwargs):
+        """Continue ``run_dir`` from its last checkpoint; only rounds and runtime.* may change."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise FedsimError(f"{run_dir}: not a run directory (no config.yaml)")
+        saved = load_config(run_dir / "config.yaml")
+        cfg = load_config(run_dir / "config.yaml", overrides)
+        _check_resume_compatible(saved, cfg)
+        return cls(cfg, run_dir, resume=True, **kwargs)
+
+    def run(self) -> History:
+        state = _RunState.prepare(self.cfg, self.run_dir, self.resume)
+        progress = RoundProgress(self.cfg.rounds, state.next_round, self.cfg.name, self.quiet)
+        try:
+            with ray_session(self.cfg.runtime.address, self.debug) as session:
+                pool = self._start_workers(state, session.cpus, progress)
+                try:
+                    self._loop(state, pool, progress)
+                finally:
+                    pool.shutdown()
+        except KeyboardInterrupt:
+            state.finish("interrupted")
+            raise
+        except Exception as exc:
+            state.finish("failed", error=str(exc))
+            raise
+        finally:
+            progress.close()
+        summary = state.finish("completed")
+        return History(list(state.metrics.rows), self.run_dir, summary, state.params)
+
+    def _start_workers(self, state: _RunState, cluster_cpus: float, progress: RoundProgress) -> WorkerPool:
+        rt = self.cfg.runtime
+        count = pool_size(rt.workers, cluster_cpus, rt.cpus_per_worker, rt.reduction_groups)
+        progress.message(
+            f"fedsim: {count} workers x {rt.cpus_per_worker:g} CPU (cluster has {cluster_cpus:g} CPUs); "
+            f"run directory {self.run_dir}"
+        )
+        actor_cls = ray.remote(ClientWorker).options(num_cpus=rt.cpus_per_worker, num_gpus=0)
+        refs = state.object_refs()
+        actors = [
+            actor_cls.remote(
+                state.spec,
+                refs["x"],
+                refs["y"],
+                refs["indices"],
+                refs["offsets"],
+                local_training(self.cfg),
+                self.cfg.seed,
+                _threads(rt.cpus_per_worker),
+            )
+            for _ in range(count)
+        ]
+        ray.get([a.ping.remote() for a in actors])
+        return WorkerPool(actors)
+
+    def _loop(self, state: _RunState, pool: WorkerPool, progress: RoundProgress) -> None:
+        for round_ in range(state.next_round, self.cfg.rounds + 1):
+            row = self._round(state, pool, round_)
+            if round_ > state.metrics.last_round():
+                state.metrics.append(row)
+            state.completed_round = round_
+            if round_ % self.cfg.runtime.checkpoint_every == 0 or round_ == self.cfg.rounds:
+                state.checkpoint()
+            progress.update(row)
+            if self.on_round_end:
+                self.on_round_end(row)
+
+    def _round(self, state: _RunState, pool: WorkerPool, round_: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        cfg = self.cfg
+        sampled = sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round())
+        groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
+        global_ref = ray.put(state.params)
+        results = pool.map(
+            lambda actor, item: actor.train_group.remote(global_ref, round_, item[0], item[1]),
+            list(enumerate(groups)),
+        )
+        aggregate = combine_partial_sums(
+            [r.weighted_delta_sum for r in results], [r.weight_total for r in results]
+        )
+        if aggregate is not None:
+            state.params = state.server_opt.step(state.params, -aggregate)
+        row = _round_row(round_, results, state.model_bytes)
+        row.update(self._maybe_evaluate(state, round_))
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+    def _maybe_evaluate(self, state: _RunState, round_: int) -> dict[str, float | None]:
+        s = self.cfg.server
+        if round_ % s.eval_every and round_ != self.cfg.rounds:
+            return {"test_accuracy": None, "test_loss": None}
+        with _torch_threads(_threads(self.cfg.runtime.cpus_per_worker)):
+            result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
+        return {"test_accuracy": result.accuracy, "test_loss": result.loss}
+
+
+def _round_row(round_: int, results: list, model_bytes: int) -> dict[str, Any]:
+    sizes = np.concatenate([r.num_samples for r in results])
+    losses = np.concatenate([r.train_losses for r in results])
+    accepted = np.concatenate([r.accepted for r in results])
+    weight = sizes[accepted].sum()
+    train_loss = float(np.dot(sizes[accepted], losses[accepted]) / weight) if weight else None
+    clients = len(sizes)
+    return {
+        "round": round_,
+        "test_accuracy": None,
+        "test_loss": None,
+        "train_loss": train_loss,
+        "num_clients": clients,
+        "num_samples": int(sizes.sum()),
+        "rejected_updates": int((~accepted).sum()),
+        "seconds": 0.0,
+        "bytes_up": clients * model_bytes,
+        "bytes_down": clients * model_bytes,
+    }
+
+
+class _RunState:
+    """Everything the loop mutates or reads each round, plus run-directory I/O."""
+
+    def __init__(self, cfg: Config, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        dataset = build_dataset(cfg.data, cfg.seed)
+        self.shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
+        self.spec = build_model_spec(cfg.model, dataset)
+        self.layout = self.spec.layout()
+        self.x_train, self.y_train = dataset.x_train, dataset.y_train
+        self.x_test, self.y_test = dataset.x_test, dataset.y_test
+        self.eval_model = TorchModel(self.spec)
+        self.server_opt = ServerSGD(cfg.server.lr)
+        self.params = init_params(self.spec, cfg.seed)
+        self.model_bytes = self.params.nbytes
+        self.completed_round = 0
+        self.next_round = 1
+        self.metrics: rundir.MetricsLog
+
+    @classmethod
+    def prepare(cls, cfg: Config, run_dir: Path, resume: bool) -> _RunState:
+        state = cls(cfg, run_dir)
+        if resume:
+            state._restore()
+        else:
+            rundir.create_run_dir(run_dir)
+            rundir.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        state.metrics = rundir.MetricsLog(run_dir / "metrics.jsonl")
+        return state
+
+    def _restore(self) -> None:
+        round_, params, server_state = rundir.load_latest_checkpoint(self.run_dir)
+        if params.shape != self.params.shape:
+            raise FedsimError(
+                f"{self.run_dir}: checkpoint has {params.size} parameters, model needs {self.params.size}"
+            )
+        self.params = params.astype(np.float32)
+        self.server_opt.load_state(server_state)
+        self.completed_round, self.next_round = round_, round_ + 1
+        rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+
+    def object_refs(self) -> dict[str, ray.ObjectRef]:
+        """The dataset and partition go into the object store once per run."""
+        return {
+            "x": ray.put(self.x_train),
+            "y": ray.put(self.y_train),
+            "indices": ray.put(self.shards.indices),
+            "offsets": ray.put(self.shards.offsets),
+        }
+
+    def checkpoint(self) -> None:
+        rundir.save_checkpoint(self.run_dir, self.completed_round, self.params, self.server_opt.state())
+
+    def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
+        """Checkpoint, write the model and summary.json; return the summary."""
+        if self.completed_round:
+            self.checkpoint()
+        meta = {"format": "fedsim-model-1", "round": str(self.completed_round), "name": self.cfg.name}
+        rundir.save_model(self.run_dir / "model.safetensors", self.layout, self.params, meta)
+        summary = _summary(self.cfg, self.metrics.rows, status, self.layout.size)
+        if error:
+            summary["error"] = error
+        rundir.write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def _summary(cfg: Config, rows: list[dict[str, Any]], status: str, num_params: int) -> dict[str, Any]:
+    evaluated = [r for r in rows if r.get("test_accuracy") is not None]
+    best = max(evaluated, key=lambda r: r["test_accuracy"], default=None)
+    final = evaluated[-1] if evaluated else None
+    return {
+        "name": cfg.name,
+        "status": status,
+        "seed": cfg.seed,
+        "rounds": cfg.rounds,
+        "rounds_completed": rows[-1]["round"] if rows else 0,
+        "final_test_accuracy": final["test_accuracy"] if final else None,
+        "final_test_loss": final["test_loss"] if final else None,
+        "best_test_accuracy": best["test_accuracy"] if best else None,
+        "best_round": best["round"] if best else None,
+        "total_seconds": sum(r["seconds"] for r in rows),
+        "total_bytes_up": sum(r["bytes_up"] for r in rows),
+        "total_bytes_down": sum(r["bytes_down"] for r in rows),
+        "num_parameters": num_params,
+    }
+
+
+def _check_resume_compatible(saved: Config, requested: Config) -> None:
+    old, new = saved.to_dict(), requested.to_dict()
+    for key in old:
+        if key not in MUTABLE_ON_RESUME and old[key] != new[key]:
+            raise ConfigError(
+                f"--resume: '{key}' differs from the run's config.yaml; only "
+                f"{', '.join(MUTABLE_ON_RESUME)} may change when resuming"
+            )
+
+
+def _default_run_dir(cfg: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.runtime.out_dir) / f"{cfg.name}-{stamp}"
+
+
+def _threads(cpus_per_worker: float) -> int:
+    return max(1, int(cpus_per_worker))
+
+
+@contextmanager
+def _torch_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

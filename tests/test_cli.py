@@ -1,0 +1,124 @@
+"""The command line as a user meets it: exit codes, one-line errors, run + report, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+
+DEFAULT = ROOT / "configs" / "default.yaml"
+
+
+def fedsim(*args, timeout=240):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "simulator", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedsim: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_validate_prints_the_resolved_config():
+    result = fedsim("validate", DEFAULT, "--set", "client.lr=0.05")
+    assert result.returncode == 0, result.stderr
+    assert "lr: 0.05" in result.stdout and "reduction_groups: 16" in result.stdout
+
+
+def test_malformed_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: 3\nclient: {lr: [\n")
+    assert_one_line_error(fedsim("validate", bad), "bad.yaml", "malformed YAML")
+
+
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(fedsim("run", tmp_path / "none.yaml"), "config file not found", "none.yaml")
+
+
+def test_unknown_dataset():
+    result = fedsim("run", DEFAULT, "--set", "data.dataset=mnits")
+    assert_one_line_error(result, "data.dataset", "'mnits'", "digits, synthetic")
+
+
+def test_unknown_key_suggests():
+    assert_one_line_error(
+        fedsim("validate", DEFAULT, "--set", "client.epoch=3"), "did you mean 'client.epochs'"
+    )
+
+
+def test_debug_shows_the_traceback():
+    result = fedsim("--debug", "validate", DEFAULT, "--set", "client.lr=-1")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_run_then_report_end_to_end(tmp_path):
+    run_dir = tmp_path / "default"
+    result = fedsim("run", DEFAULT, "--out", run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "round 80/80" in result.stdout  # one progress line per round when not a terminal
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_test_accuracy"] >= 0.90
+    report = fedsim("report", run_dir, "--out", tmp_path / "report", "--target", "0.9")
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "default" in html
+    assert (tmp_path / "report" / "accuracy_vs_round.png").stat().st_size > 5000
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    run_dir = tmp_path / "taken"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("keep me")
+    assert_one_line_error(fedsim("run", DEFAULT, "--out", run_dir), "already exists")
+    assert (run_dir / "notes.txt").read_text() == "keep me"
+
+
+def wait_for_rows(path, count, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{path} never reached {count} rows")
+
+
+def test_ctrl_c_leaves_a_resumable_run(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    args = [sys.executable, "-m", "simulator", "run", DEFAULT, "--out", run_dir, "--quiet"]
+    args += ["--set", "rounds=100000", "--set", "runtime.checkpoint_every=5"]
+    proc = subprocess.Popen(list(map(str, args)), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_rows(run_dir / "metrics.jsonl", 3)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert f"fedsim run --resume {run_dir}" in stderr
+    rows_before = (run_dir / "metrics.jsonl").read_text()
+    done = len(rows_before.splitlines())
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+    result = fedsim("run", "--resume", run_dir, "--set", f"rounds={done + 2}", "--quiet")
+    assert result.returncode == 0, result.stderr
+    text = (run_dir / "metrics.jsonl").read_text()
+    assert text.startswith(rows_before)
+    assert [json.loads(line)["round"] for line in text.splitlines()] == list(range(1, done + 3))

@@ -1,0 +1,232 @@
+"""Tests for simulator.report: reports drawn from hand-written run directories."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from clients.errors import FedsimError
+from simulator.report import PANELS, load_run, rounds_to_target, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(rnd: int, acc: float | None, loss: float | None, train: float) -> dict:
+    return {
+        "round": rnd,
+        "test_accuracy": acc,
+        "test_loss": loss,
+        "train_loss": train,
+        "num_clients": 4,
+        "seconds": 2.0,
+        "bytes_up": 512,
+        "bytes_down": 1024,
+    }
+
+
+def _make_run(
+    root: Path,
+    dirname: str,
+    name: str,
+    rows: list[dict],
+    *,
+    tail: str = "",
+    summary: dict | None = None,
+) -> Path:
+    """A run directory with config.yaml, metrics.jsonl (+ raw `tail`), summary.json."""
+    run_dir = root / dirname
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(
+        f"name: {json.dumps(name)}\nseed: 0\nrounds: 4\ndata: {{}}\nmodel: {{}}\n"
+    )
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    (run_dir / "metrics.jsonl").write_text(lines + tail)
+    if summary is not None:
+        (run_dir / "summary.json").write_text(json.dumps({"name": name, **summary}))
+    return run_dir
+
+
+@pytest.fixture
+def alpha(tmp_path: Path) -> Path:
+    """Finished run; round 2 not evaluated; accuracy first >= 0.8 at round 3."""
+    rows = [
+        _row(1, 0.50, 1.20, 1.50),
+        _row(2, None, None, 1.10),
+        _row(3, 0.82, 0.60, 0.90),
+        _row(4, 0.85, 0.50, 0.70),
+    ]
+    summary = {
+        "rounds_completed": 4,
+        "final_test_accuracy": 0.85,
+        "best_test_accuracy": 0.85,
+        "best_round": 4,
+        "total_seconds": 8.0,
+        "total_bytes_up": 1536,
+        "total_bytes_down": 3 * 1024 * 1024,
+        "status": "completed",
+    }
+    return _make_run(tmp_path, "alpha_dir", "alpha", rows, summary=summary)
+
+
+@pytest.fixture
+def beta(tmp_path: Path) -> Path:
+    """Crashed run: no summary.json, last metrics line cut in half."""
+    rows = [
+        _row(1, 0.40, 1.40, 1.60),
+        _row(2, 0.60, 1.00, 1.20),
+        _row(3, 0.70, 0.90, 1.00),
+    ]
+    return _make_run(tmp_path, "beta_dir", "beta", rows, tail='{"round": 4, "test_accu')
+
+
+def _table_row(page: str, label: str) -> list[str]:
+    """The cells of the summary-table row whose first cell is `label`."""
+    match = re.search(rf"<tr><td>{re.escape(label)}</td>(.*?)</tr>", page)
+    assert match is not None, f"no summary row for {label}"
+    return [label, *re.findall(r"<td>(.*?)</td>", match.group(1))]
+
+
+def test_report_embeds_every_chart_as_png(alpha: Path, beta: Path, tmp_path: Path):
+    out = tmp_path / "report"
+
+    report = write_report([alpha, beta], out)
+
+    assert report == out / "report.html" and report.is_file()
+    page = report.read_text(encoding="utf-8")
+    for panel in PANELS:
+        assert f'<section id="{panel.panel_id}">' in page
+    assert '<section id="panel-summary">' in page
+    assert "alpha" in page and "beta" in page
+    payloads = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(payloads) == len(PANELS)
+    for panel, payload in zip(PANELS, payloads, strict=True):
+        png = base64.b64decode(payload, validate=True)
+        assert png.startswith(PNG_SIGNATURE)
+        on_disk = (out / panel.filename).read_bytes()
+        assert on_disk == png and len(on_disk) > 5000
+    assert not list(out.glob("*.tmp")), "temporary files left behind"
+
+
+def test_rounds_to_target_counts_first_round_at_or_above(alpha: Path):
+    rows = load_run(alpha).rows
+
+    assert rounds_to_target(rows, 0.8) == 3
+    assert rounds_to_target(rows, 0.5) == 1  # equality counts
+    assert rounds_to_target(rows, 0.9) is None
+
+
+def test_summary_table_with_target(alpha: Path, beta: Path, tmp_path: Path):
+    page = write_report([alpha, beta], tmp_path / "out", target_accuracy=0.8).read_text()
+
+    a = _table_row(page, "alpha")
+    b = _table_row(page, "beta")
+
+    assert a[2:] == [
+        "85.00%",
+        "85.00% (round 4)",
+        "4",
+        "8.0 s",
+        "1.50 KiB",
+        "3.00 MiB",
+        "completed",
+        "3",
+    ]
+    # beta has no summary.json: numbers come from its three complete rows.
+    assert b[2:] == [
+        "70.00%",
+        "70.00% (round 3)",
+        "3",
+        "6.0 s",
+        "1.50 KiB",
+        "3.00 KiB",
+        "incomplete (no readable summary.json)",
+        "not reached",
+    ]
+    assert "Rounds to 80.00%" in page
+
+
+def test_truncated_last_line_is_skipped(beta: Path):
+    run = load_run(beta)
+
+    assert [r["round"] for r in run.rows] == [1, 2, 3]
+    assert run.name == "beta"  # from config.yaml, as summary.json is missing
+    assert run.summary == {}
+
+
+def test_run_without_metrics_raises_naming_path(tmp_path: Path):
+    run_dir = tmp_path / "empty_run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("name: empty\n")
+
+    with pytest.raises(FedsimError, match="metrics.jsonl") as info:
+        load_run(run_dir)
+
+    assert str(run_dir) in str(info.value)
+
+
+def test_metrics_without_valid_rows_raises_naming_file(tmp_path: Path):
+    run_dir = _make_run(tmp_path, "cut", "cut", [], tail='{"round": 1, "te')
+
+    with pytest.raises(FedsimError, match="no valid metrics rows") as info:
+        load_run(run_dir)
+
+    assert str(run_dir / "metrics.jsonl") in str(info.value)
+
+
+def test_corrupt_middle_line_raises_with_line_number(tmp_path: Path):
+    run_dir = _make_run(
+        tmp_path,
+        "bad",
+        "bad",
+        [_row(1, 0.5, 1.0, 1.0)],
+        tail="garbage\n" + json.dumps(_row(2, 0.6, 0.9, 0.9)) + "\n",
+    )
+
+    with pytest.raises(FedsimError, match=r"metrics\.jsonl:2"):
+        load_run(run_dir)
+
+
+def test_failed_report_leaves_no_report_html(alpha: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    no_metrics = tmp_path / "no_metrics"
+    no_metrics.mkdir()
+
+    with pytest.raises(FedsimError):
+        write_report([alpha, no_metrics], out)
+
+    assert not (out / "report.html").exists()
+
+
+def test_run_name_is_html_escaped(tmp_path: Path):
+    run_dir = _make_run(
+        tmp_path,
+        "evil",
+        "<b>x</b>",
+        [_row(1, 0.5, 1.0, 1.0)],
+        summary={"status": "completed"},
+    )
+
+    page = write_report([run_dir], tmp_path / "out").read_text()
+
+    assert "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "<b>x</b>" not in page
+
+
+def test_shared_names_are_disambiguated_by_directory(tmp_path: Path):
+    rows = [_row(1, 0.5, 1.0, 1.0), _row(2, 0.6, 0.9, 0.8)]
+    first = _make_run(tmp_path, "r1", "same", rows)
+    second = _make_run(tmp_path, "r2", "same", rows)
+
+    page = write_report([first, second], tmp_path / "out").read_text()
+
+    assert _table_row(page, "same (r1)")[1] == str(first)
+    assert _table_row(page, "same (r2)")[1] == str(second)
+
+
+def test_target_must_be_a_fraction(alpha: Path, tmp_path: Path):
+    with pytest.raises(FedsimError, match="80"):
+        write_report([alpha], tmp_path / "out", target_accuracy=80)

@@ -1,0 +1,142 @@
+"""The round loop on a session-wide Ray: determinism, resume, rejected updates, worker sums."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from clients.models.spec import init_params
+from clients.worker import ClientShards, ClientWorker
+from simulator import Simulation
+from simulator.setup import build_dataset, build_model_spec, build_partition, local_training
+from tests.conftest import ROOT, small_config, small_overrides
+
+TIMING_KEYS = {"seconds"}
+
+
+def run_small(tmp_path, name: str, **extra):
+    sim = Simulation.from_yaml(
+        ROOT / "configs" / "default.yaml", small_overrides(**extra), run_dir=tmp_path / name
+    )
+    return sim.run()
+
+
+def metrics_without_timing(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def test_same_bits_with_1_2_and_3_workers(ray_cluster, tmp_path):
+    runs = [run_small(tmp_path, f"w{n}", **{"runtime.workers": n}) for n in (1, 2, 3)]
+    reference_rows = metrics_without_timing(runs[0].run_dir)
+    reference_model = (runs[0].run_dir / "model.safetensors").read_bytes()
+    assert len(reference_rows) == 4 and reference_rows[-1]["test_accuracy"] is not None
+    for history in runs[1:]:
+        assert metrics_without_timing(history.run_dir) == reference_rows
+        assert (history.run_dir / "model.safetensors").read_bytes() == reference_model
+
+
+def test_run_directory_contract(ray_cluster, tmp_path):
+    history = run_small(tmp_path, "contract")
+    run_dir = history.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints"):
+        assert (run_dir / name).exists(), name
+    row = history.rows[-1]
+    for key in (
+        "round",
+        "test_accuracy",
+        "test_loss",
+        "train_loss",
+        "num_clients",
+        "seconds",
+        "bytes_up",
+        "bytes_down",
+    ):
+        assert key in row
+    assert row["num_clients"] == 6
+    assert row["bytes_up"] == 6 * history.final_params.nbytes
+    tensors = load_file(str(run_dir / "model.safetensors"))
+    assert set(tensors) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    assert tensors["fc1.weight"].shape == (32, 64)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 4
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "round_000002.safetensors",
+        "round_000004.safetensors",
+    ]
+
+
+class StopAfter:
+    """A round callback that presses Ctrl-C after ``rounds`` rounds."""
+
+    def __init__(self, rounds: int):
+        self.rounds = rounds
+
+    def __call__(self, row):
+        if row["round"] == self.rounds:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interrupt_is_bit_identical(ray_cluster, tmp_path):
+    overrides = small_overrides(rounds=6, **{"runtime.checkpoint_every": 4})
+    config = ROOT / "configs" / "default.yaml"
+    straight = Simulation.from_yaml(config, overrides, run_dir=tmp_path / "straight").run()
+
+    interrupted = Simulation.from_yaml(
+        config, overrides, run_dir=tmp_path / "resumed", on_round_end=StopAfter(3)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    written_before = (tmp_path / "resumed" / "metrics.jsonl").read_text()
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["status"] == "interrupted"
+    resumed = Simulation.resume_from(tmp_path / "resumed").run()
+
+    after = (tmp_path / "resumed" / "metrics.jsonl").read_text()
+    assert after.startswith(written_before)  # nothing already written was rewritten
+    assert metrics_without_timing(resumed.run_dir) == metrics_without_timing(straight.run_dir)
+    assert (resumed.run_dir / "model.safetensors").read_bytes() == (
+        straight.run_dir / "model.safetensors"
+    ).read_bytes()
+
+
+def test_resume_refuses_a_changed_experiment(ray_cluster, tmp_path):
+    run_small(tmp_path, "base")
+    with pytest.raises(Exception, match="'client' differs"):
+        Simulation.resume_from(tmp_path / "base", {"client.lr": 0.5})
+
+
+def test_non_finite_updates_are_rejected_and_leave_the_model(ray_cluster, tmp_path):
+    history = run_small(tmp_path, "nan", rounds=2, **{"client.lr": 1e38})
+    assert all(row["rejected_updates"] == 6 for row in history.rows)
+    cfg = small_config()
+    spec = build_model_spec(cfg.model, build_dataset(cfg.data, cfg.seed))
+    assert history.final_params.tobytes() == init_params(spec, cfg.seed).tobytes()
+
+
+def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
+    cfg = small_config()
+    dataset = build_dataset(cfg.data, cfg.seed)
+    shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
+    spec = build_model_spec(cfg.model, dataset)
+    worker = ClientWorker(
+        spec,
+        dataset.x_train,
+        dataset.y_train,
+        shards.indices,
+        shards.offsets,
+        local_training(cfg),
+        cfg.seed,
+        1,
+    )
+    start = init_params(spec, cfg.seed)
+    group = worker.train_group(start, 1, 0, np.array([1, 4, 9]))
+    expected = np.zeros(start.shape)
+    for cid in (1, 4, 9):
+        one = worker.train_group(start, 1, 0, np.array([cid]))
+        expected += one.weighted_delta_sum
+    assert group.weight_total == sum(shards.sizes()[[1, 4, 9]])
+    # Same float64 additions in the same client order: equal bits.
+    assert group.weighted_delta_sum.tobytes() == expected.tobytes()
