@@ -22,17 +22,33 @@ def weighted_mean(updates: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return weights @ updates / weights.sum()
 
 
-def combine_partial_sums(sums: list[np.ndarray], totals: list[float]) -> np.ndarray | None:
-    """Weighted mean from per-group (sum of w_i * u_i, sum of w_i), added in list order.
+class PartialSums:
+    """Adds per-group (sum of w_i * u_i, sum of w_i) in the order given, in float64.
 
-    Returns None when no weight arrived (every update rejected or empty).
+    The caller adds groups in group order, so the result does not depend on
+    which worker computed which group or when it arrived.
     """
+
+    def __init__(self, size: int):
+        self.total = np.zeros(size, dtype=np.float64)
+        self.weight = 0.0
+
+    def add(self, weighted_sum: np.ndarray, weight: float) -> None:
+        self.total += weighted_sum
+        self.weight += weight
+
+    def mean(self) -> np.ndarray | None:
+        """The weighted mean, or None when no weight arrived (all rejected or empty)."""
+        return self.total / self.weight if self.weight > 0 else None
+
+
+def combine_partial_sums(sums: list[np.ndarray], totals: list[float]) -> np.ndarray | None:
+    """Weighted mean from per-group partial sums, added in list order (see PartialSums)."""
     if len(sums) != len(totals):
         raise ValueError(f"{len(sums)} partial sums but {len(totals)} weight totals")
-    weight = float(sum(totals))
-    if weight <= 0:
+    if not sums:
         return None
-    acc = np.zeros_like(sums[0], dtype=np.float64)
-    for partial in sums:
-        acc += partial
-    return acc / weight
+    acc = PartialSums(len(sums[0]))
+    for partial, weight in zip(sums, totals, strict=True):
+        acc.add(partial, weight)
+    return acc.mean()

@@ -91,7 +91,7 @@ class RuntimeConfig:
     workers: int | None = _field(None, "worker actors; null = what the cluster's CPUs allow")
     cpus_per_worker: float = _field(1.0, "CPUs each worker reserves; also its torch thread count")
     reduction_groups: int = _field(
-        16, "fixed number of partial sums per round; caps useful workers (determinism)"
+        8, "fixed number of partial sums per round; caps useful workers (determinism)"
     )
     checkpoint_every: int = _field(10, "write a checkpoint every this many rounds (and the last)")
     address: str | None = _field(None, "Ray cluster address; null = start an embedded local Ray")

@@ -29,7 +29,13 @@ class WorkerPool:
 
     def map(self, submit: Callable[[Any, Any], Any], items: Sequence[Any], max_retries: int = 3) -> list:
         """Run ``submit(actor, item)`` for every item; return results in item order."""
-        results: list = [None] * len(items)
+        return list(self.imap(submit, items, max_retries))
+
+    def imap(self, submit: Callable[[Any, Any], Any], items: Sequence[Any], max_retries: int = 3):
+        """Like ``map`` but yields each result as soon as it and all before it are done,
+        so the caller's in-order work overlaps with the workers'."""
+        results: dict[int, Any] = {}
+        next_out = 0
         queue = deque(range(len(items)))
         attempts = [0] * len(items)
         running: dict[Any, tuple[Any, int]] = {}
@@ -51,7 +57,9 @@ class WorkerPool:
                 queue.appendleft(index)
             except RayTaskError as exc:
                 raise _unwrap(exc) from exc
-        return results
+            while next_out in results:
+                yield results.pop(next_out)
+                next_out += 1
 
     def _fill(self, submit, items, queue, running, load) -> None:
         if not self.actors:
@@ -63,6 +71,10 @@ class WorkerPool:
             index = queue.popleft()
             running[submit(actor, items[index])] = (actor, index)
             load[id(actor)] += 1
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
 
     def shutdown(self) -> None:
         """Kill every actor now rather than when their handles are garbage-collected,

@@ -25,7 +25,7 @@ from clients.errors import ConfigError, FedsimError
 from clients.models.spec import init_params
 from clients.models.torch_engine import TorchModel
 from clients.worker import ClientShards, ClientWorker
-from server.aggregation import combine_partial_sums
+from server.aggregation import PartialSums
 from server.evaluation import evaluate
 from server.optimizers import ServerSGD
 from server.sampling import reduction_groups, sample_clients
@@ -38,6 +38,7 @@ from simulator.setup import build_dataset, build_model_spec, build_partition, lo
 
 RoundCallback = Callable[[dict[str, Any]], None]
 MUTABLE_ON_RESUME = ("rounds", "runtime")
+TASKS_PER_WORKER = 1
 
 
 @dataclass
@@ -154,13 +155,15 @@ class Simulation:
         sampled = sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round())
         groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
         global_ref = ray.put(state.params)
-        results = pool.map(
-            lambda actor, item: actor.train_group.remote(global_ref, round_, item[0], item[1]),
-            list(enumerate(groups)),
-        )
-        aggregate = combine_partial_sums(
-            [r.weighted_delta_sum for r in results], [r.weight_total for r in results]
-        )
+        partial_sums, results = PartialSums(state.params.size), []
+        tasks = _tasks_of_groups(groups, pool.size)
+        for task_results in pool.imap(
+            lambda actor, task: actor.train_groups.remote(global_ref, round_, task), tasks
+        ):
+            for result in task_results:
+                partial_sums.add(result.weighted_delta_sum, result.weight_total)
+                results.append(result)
+        aggregate = partial_sums.mean()
         if aggregate is not None:
             state.params = state.server_opt.step(state.params, -aggregate)
         row = _round_row(round_, results, state.model_bytes)
@@ -175,6 +178,18 @@ class Simulation:
         with _torch_threads(_threads(self.cfg.runtime.cpus_per_worker)):
             result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
+
+
+def _tasks_of_groups(groups: list[np.ndarray], workers: int) -> list[list[tuple[int, np.ndarray]]]:
+    """Consecutive reduction groups batched into TASKS_PER_WORKER tasks per worker.
+
+    Each Ray call and each returned object costs milliseconds (measured with
+    bench/overhead.py), so fewer, larger tasks win on small models. Only who
+    carries a group depends on this, never a bit of the result."""
+    indexed = list(enumerate(groups))
+    count = min(len(indexed), TASKS_PER_WORKER * workers)
+    bounds = [round(i * len(indexed) / count) for i in range(count + 1)]
+    return [indexed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _round_row(round_: int, results: list, model_bytes: int) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def assert_one_line_error(result, *fragments):
 def test_validate_prints_the_resolved_config():
     result = fedsim("validate", DEFAULT, "--set", "client.lr=0.05")
     assert result.returncode == 0, result.stderr
-    assert "lr: 0.05" in result.stdout and "reduction_groups: 16" in result.stdout
+    assert "lr: 0.05" in result.stdout and "reduction_groups: 8" in result.stdout
 
 
 def test_malformed_yaml(tmp_path):

@@ -19,7 +19,7 @@ def test_defaults_fill_every_field(tmp_path):
     cfg = load_config(write(tmp_path, "rounds: 3\n"))
     assert cfg.rounds == 3
     assert cfg.data.dataset == "digits"
-    assert cfg.runtime.reduction_groups == 16
+    assert cfg.runtime.reduction_groups == 8
 
 
 def test_unknown_key_names_path_and_suggests(tmp_path):

@@ -133,10 +133,10 @@ def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
     )
     start = init_params(spec, cfg.seed)
     group = worker.train_group(start, 1, 0, np.array([1, 4, 9]))
-    expected = np.zeros(start.shape)
+    expected = np.zeros(start.shape, dtype=np.float32)
     for cid in (1, 4, 9):
         one = worker.train_group(start, 1, 0, np.array([cid]))
         expected += one.weighted_delta_sum
     assert group.weight_total == sum(shards.sizes()[[1, 4, 9]])
-    # Same float64 additions in the same client order: equal bits.
+    # Same float32 additions in the same client order: equal bits.
     assert group.weighted_delta_sum.tobytes() == expected.tobytes()
