@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,9 +34,13 @@ def ray_session(address: str | None, debug: bool = False):
         return
     started = address is None
     _quiet_ray_environment(debug)
+    if address is not None:
+        _check_reachable(address)
     try:
         ray.init(
-            address=address,
+            # "local" always starts a fresh embedded Ray, even when a cluster started
+            # with `ray start` is running on this machine (plain None would join it).
+            address="local" if address is None else address,
             include_dashboard=False,
             log_to_driver=debug,
             logging_level=logging.INFO if debug else logging.ERROR,
@@ -49,6 +54,21 @@ def ray_session(address: str | None, debug: bool = False):
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on HOST:PORT addresses nobody answers (Ray itself retries for minutes)."""
+    host_port = address.removeprefix("ray://")
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: Ray resolves and reports them itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"no Ray cluster answers at {address!r} ({exc.strerror or exc}); start one with "
+            "`ray start --head` or check --address / runtime.address"
+        ) from None
 
 
 def _quiet_ray_environment(debug: bool) -> None:

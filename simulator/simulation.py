@@ -92,15 +92,19 @@ class Simulation:
         return cls(cfg, run_dir, resume=True, **kwargs)
 
     def run(self) -> History:
-        state = _RunState.prepare(self.cfg, self.run_dir, self.resume)
+        state = _RunState(self.cfg, self.run_dir)
+        with ray_session(self.cfg.runtime.address, self.debug) as session:
+            state.open_run_dir(self.resume)
+            return self._run_with_workers(state, session.cpus)
+
+    def _run_with_workers(self, state: _RunState, cluster_cpus: float) -> History:
         progress = RoundProgress(self.cfg.rounds, state.next_round, self.cfg.name, self.quiet)
         try:
-            with ray_session(self.cfg.runtime.address, self.debug) as session:
-                pool = self._start_workers(state, session.cpus, progress)
-                try:
-                    self._loop(state, pool, progress)
-                finally:
-                    pool.shutdown()
+            pool = self._start_workers(state, cluster_cpus, progress)
+            try:
+                self._loop(state, pool, progress)
+            finally:
+                pool.shutdown()
         except KeyboardInterrupt:
             state.finish("interrupted")
             raise
@@ -232,16 +236,14 @@ class _RunState:
         self.next_round = 1
         self.metrics: rundir.MetricsLog
 
-    @classmethod
-    def prepare(cls, cfg: Config, run_dir: Path, resume: bool) -> _RunState:
-        state = cls(cfg, run_dir)
+    def open_run_dir(self, resume: bool) -> None:
+        """Create the run directory (or restore from its checkpoint) and open the metrics log."""
         if resume:
-            state._restore()
+            self._restore()
         else:
-            rundir.create_run_dir(run_dir)
-            rundir.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        state.metrics = rundir.MetricsLog(run_dir / "metrics.jsonl")
-        return state
+            rundir.create_run_dir(self.run_dir)
+            rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+        self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
 
     def _restore(self) -> None:
         round_, params, server_state = rundir.load_latest_checkpoint(self.run_dir)

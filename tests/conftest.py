@@ -15,7 +15,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def ray_cluster():
     """Ray started once per test session (2 CPUs, no dashboard); Simulation reuses it."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
+    )
     try:
         yield ray
     finally:

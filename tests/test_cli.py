@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,3 +123,13 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path):
     text = (run_dir / "metrics.jsonl").read_text()
     assert text.startswith(rows_before)
     assert [json.loads(line)["round"] for line in text.splitlines()] == list(range(1, done + 3))
+
+
+def test_unreachable_cluster_fails_fast_without_a_run_directory(tmp_path):
+    with socket.socket() as s:  # a port that was free a moment ago: nobody listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "never"
+    result = fedsim("run", DEFAULT, "--address", f"127.0.0.1:{port}", "--out", run_dir, timeout=60)
+    assert_one_line_error(result, "no Ray cluster answers", str(port))
+    assert not run_dir.exists()
