@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from clients.errors import FedsimError
+from simulator.config import read_yaml
 from simulator.rundir import atomic_write_bytes, read_metrics
 
 DPI = 110  # chart resolution, dots per inch
@@ -115,17 +115,7 @@ def load_run(run_dir: Path) -> RunRecord:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise FedsimError(f"{path}: not valid YAML: {exc}") from exc
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise FedsimError(f"{path}: expected a YAML mapping, got {type(config).__name__}")
-    return config
+    return read_yaml(path) if path.exists() else {}
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
