@@ -63,9 +63,15 @@ def workload(workers: int, rounds: int, per_round: int) -> Config:
 
 
 def time_simulator(cfg: Config) -> list[float]:
+    """Wall-clock seconds per round, end of round to end of round (so metrics writing,
+    checkpoints and the next broadcast count too); the first round is timed from its
+    own row."""
+    ends: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        history = Simulation(cfg, Path(tmp) / "run", quiet=True).run()
-    return [row["seconds"] for row in history.rows]
+        history = Simulation(
+            cfg, Path(tmp) / "run", quiet=True, on_round_end=lambda row: ends.append(time.perf_counter())
+        ).run()
+    return [history.rows[0]["seconds"]] + [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
 
 
 def time_plain_loop(cfg: Config) -> list[float]:
