@@ -35,6 +35,7 @@ test: install-test
 	$(PY) -m pytest -q
 
 bench: install
+	$(PY) bench/engines.py
 	$(PY) bench/overhead.py
 
 lint: install-test

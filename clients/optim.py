@@ -42,3 +42,51 @@ class SGD:
             direction = self._buf
         scaled = np.multiply(direction, self.lr, out=self._scratch)
         params -= scaled
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015, arXiv:1412.6980, Algorithm 1) with PyTorch's L2 weight decay:
+    g <- g + wd * w;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+    w <- w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
+    """
+
+    def __init__(
+        self,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self._m: np.ndarray | None = None
+        self._v: np.ndarray | None = None
+        self._t = 0
+
+    def reset(self) -> None:
+        self._m = self._v = None
+        self._t = 0
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+        """Update ``params`` in place from ``grad`` (both (n,))."""
+        b1, b2 = self.betas
+        g = grad + self.weight_decay * params if self.weight_decay else grad
+        if self._m is None:
+            self._m, self._v = np.zeros_like(params), np.zeros_like(params)
+        self._t += 1
+        self._m *= b1
+        self._m += (1 - b1) * g
+        self._v *= b2
+        self._v += (1 - b2) * np.square(g)
+        m_hat_scale = self.lr / (1 - b1**self._t)
+        denom = np.sqrt(self._v / (1 - b2**self._t))
+        denom += self.eps
+        params -= m_hat_scale * self._m / denom
+
+
+def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
+    """The local optimiser a client starts each round with (fresh state)."""
+    if name == "sgd":
+        return SGD(lr, momentum, weight_decay)
+    if name == "adam":
+        return Adam(lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam")

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clients.optim import SGD
+from clients.optim import make_optimizer
 
 PURPOSE_DATA_ORDER = 1
+PURPOSE_DROPOUT = 4
 
 
 def client_rng(seed: int, round_: int, client_id: int, purpose: int) -> np.random.Generator:
@@ -28,6 +29,7 @@ class LocalTrainingConfig:
     weight_decay: float
     epochs: int
     batch_size: int
+    optimizer: str = "sgd"
 
 
 @dataclass
@@ -41,6 +43,7 @@ class ClientResult:
     num_samples: int
     train_loss: float
     delta: np.ndarray
+    flow: np.ndarray | None = None  # (layers, 2) mean |dL/dh|, |dL/dθ| over local steps
 
 
 def train_client(
@@ -61,7 +64,8 @@ def train_client(
     Returns the delta and the sample-weighted mean minibatch loss.
     """
     model.params[:] = global_params
-    optimizer = SGD(cfg.lr, cfg.momentum, cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    flow = FlowAverage() if model.track_gradients else None
     loss_sum, seen = 0.0, 0
     for _ in range(cfg.epochs):
         order = shard[rng.permutation(len(shard))]
@@ -71,6 +75,24 @@ def train_client(
             optimizer.step(model.params, model.grad)
             loss_sum += loss * len(batch)
             seen += len(batch)
+            if flow is not None:
+                flow.add(model.last_flow)
     delta = model.params - global_params
     mean_loss = loss_sum / seen if seen else float("nan")
-    return ClientResult(client_id, len(shard), mean_loss, delta)
+    return ClientResult(client_id, len(shard), mean_loss, delta, flow.mean() if flow else None)
+
+
+class FlowAverage:
+    """Mean over local steps of each layer's (|dL/dh|, |dL/dθ|)."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.steps = 0
+
+    def add(self, flow: dict[str, tuple[float, float]]) -> None:
+        step = np.array(list(flow.values()), dtype=np.float64)
+        self.total = step if self.total is None else self.total + step
+        self.steps += 1
+
+    def mean(self) -> np.ndarray | None:
+        return None if self.total is None else self.total / self.steps

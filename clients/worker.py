@@ -15,11 +15,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from clients.errors import ClientFailure
+from clients.models.engines import build_model
 from clients.models.spec import ModelSpec
-from clients.models.torch_engine import TorchModel
-from clients.training import PURPOSE_DATA_ORDER, LocalTrainingConfig, client_rng, train_client
+from clients.training import (
+    PURPOSE_DATA_ORDER,
+    PURPOSE_DROPOUT,
+    LocalTrainingConfig,
+    client_rng,
+    train_client,
+)
 
 
 @dataclass
@@ -38,6 +45,7 @@ class GroupResult:
     num_samples: np.ndarray
     train_losses: np.ndarray
     accepted: np.ndarray
+    flow_sum: np.ndarray | None = None  # (layers, 2) sum over accepted clients of n_i * flow_i
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class ClientWorker:
     def __init__(
         self,
         spec: ModelSpec,
+        engine: str,
         x_train: np.ndarray,
         y_train: np.ndarray,
         shard_indices: np.ndarray,
@@ -75,10 +84,14 @@ class ClientWorker:
         training: LocalTrainingConfig,
         seed: int,
         threads: int,
+        track_gradients: bool = False,
     ):
         # Same thread count on every worker => kernels reduce in the same order.
         torch.set_num_threads(threads)
-        self.model = TorchModel(spec)
+        threadpool_limits(threads)  # numpy's BLAS too; stays in force for this process
+        self.model = build_model(spec, engine)
+        self.model.track_gradients = track_gradients
+        self.has_dropout = any(layer.kind == "dropout" for layer in spec.layers)
         self.x, self.y = x_train, y_train
         self.shards = ClientShards(shard_indices, shard_offsets)
         self.training = training
@@ -104,7 +117,7 @@ class ClientWorker:
         count = len(client_ids)
         sizes, losses = np.zeros(count, np.int64), np.zeros(count, np.float64)
         accepted = np.zeros(count, bool)
-        weight_total = 0.0
+        weight_total, flow_sum = 0.0, None
         for i, cid in enumerate(client_ids):
             result = self._train_one(global_params, round_, int(cid))
             sizes[i], losses[i] = result.num_samples, result.train_loss
@@ -113,10 +126,17 @@ class ClientWorker:
             accepted[i] = True
             add_weighted(total, result.delta, result.num_samples, scratch)
             weight_total += result.num_samples
-        return GroupResult(group_index, total, weight_total, np.asarray(client_ids), sizes, losses, accepted)
+            if result.flow is not None:
+                weighted = result.num_samples * result.flow
+                flow_sum = weighted if flow_sum is None else flow_sum + weighted
+        return GroupResult(
+            group_index, total, weight_total, np.asarray(client_ids), sizes, losses, accepted, flow_sum
+        )
 
     def _train_one(self, global_params: np.ndarray, round_: int, client_id: int):
         rng = client_rng(self.seed, round_, client_id, PURPOSE_DATA_ORDER)
+        if self.has_dropout:
+            self.model.set_rng(client_rng(self.seed, round_, client_id, PURPOSE_DROPOUT))
         try:
             return train_client(
                 self.model,

@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="output folder (default: the first run directory)")
     report.add_argument("--target", type=float, help="accuracy whose rounds-to-target is reported, e.g. 0.9")
     report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    grad = sub.add_parser("gradcheck", help="check every layer's and model's gradients")
+    grad.add_argument("--model", help="check only this built-in model (default: every layer and model)")
+    grad.add_argument(
+        "--engine", choices=("numpy", "torch"), default="numpy", help="engine whose gradients to check"
+    )
+    grad.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -120,7 +126,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report}
+def cmd_gradcheck(args: argparse.Namespace) -> int:
+    from clients.numpy_engine.gradcheck import MODEL_CASES, run_checks
+
+    if args.model is not None and args.model not in MODEL_CASES:
+        raise FedsimError(
+            f"--model: {args.model!r} is not a built-in model; choose one of {', '.join(MODEL_CASES)}"
+        )
+    results = run_checks(args.engine, args.model)
+    print(f"{'target':<24} {'kind':<6} {'check':<19} {'rel. error':>10} {'tolerance':>9}  result")
+    for r in results:
+        verdict = "ok" if r.passed else "FAIL"
+        print(f"{r.target:<24} {r.kind:<6} {r.check:<19} {r.error:>10.2e} {r.tolerance:>9.0e}  {verdict}")
+    failed = [r for r in results if not r.passed]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "gradcheck": cmd_gradcheck}
 
 
 def main(argv: list[str] | None = None) -> int:

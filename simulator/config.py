@@ -22,8 +22,9 @@ from clients.errors import ConfigError
 
 DATASETS = ("digits", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
-MODELS = ("logreg", "mlp", "cnn")
-ENGINES = ("torch",)
+MODELS = ("logreg", "mlp", "cnn", "resnet", "charlstm")
+ENGINES = ("torch", "numpy")
+IMAGE_DATASETS = ("digits",)
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
 
 
@@ -60,20 +61,33 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _field("mlp", "architecture", MODELS)
-    engine: str = _field("torch", "backpropagation engine", ENGINES)
+    engine: str = _field(
+        "torch", "backpropagation engine: torch, or numpy (fedsim's chain-rule engine)", ENGINES
+    )
     hidden: list[int] = _field([200, 200], "mlp: hidden layer widths")
     activation: str = _field("relu", "mlp: hidden activation", ACTIVATIONS)
-    conv_channels: list[int] = _field([32, 64], "cnn: channels of the two 5x5 convolutions")
+    residual: bool = _field(False, "mlp: hidden layers after the first are x + act(Wx + b)")
+    dropout: float = _field(0.0, "mlp: dropout probability after each hidden layer")
+    conv_channels: list[int] = _field(
+        [32, 64], "cnn: channels of the two 5x5 convolutions (resnet: the first)"
+    )
     fc_width: int = _field(512, "cnn: width of the fully connected layer")
+    embedding_dim: int = _field(8, "charlstm: character embedding width")
+    lstm_hidden: int = _field(256, "charlstm: LSTM width")
+    lstm_layers: int = _field(2, "charlstm: stacked LSTM layers")
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    lr: float = _field(0.05, "local SGD learning rate")
-    momentum: float = _field(0.0, "local SGD momentum (0 = plain SGD)")
+    optimizer: str = _field("sgd", "local optimiser (state is fresh every round)", ("sgd", "adam"))
+    lr: float = _field(0.05, "local learning rate")
+    momentum: float = _field(0.0, "local SGD momentum (0 = plain SGD; ignored by adam)")
     weight_decay: float = _field(0.0, "local L2 weight decay")
     epochs: int = _field(1, "local epochs per round (E)")
     batch_size: int = _field(10, "local minibatch size (B)")
+    track_gradients: bool = _field(
+        False, "record per-layer norms of dL/dh and of the parameter gradients (gradient flow)"
+    )
 
 
 @dataclass(frozen=True)
@@ -243,6 +257,7 @@ def validate(cfg: Config) -> Config:
             "it has no natural clients (datasets with them: synthetic)"
         )
     _validate_model(cfg.model)
+    _validate_model_fits_data(cfg.model, d)
     _validate_client(c)
     _validate_server(s, d.num_clients)
     _require(r.workers is None or r.workers >= 1, "runtime.workers", r.workers, "null or >= 1")
@@ -261,6 +276,28 @@ def _validate_model(m: ModelConfig) -> None:
         "two channel counts >= 1",
     )
     _require(m.fc_width >= 1, "model.fc_width", m.fc_width, ">= 1")
+    _require(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
+    _require(
+        not m.residual or len(set(m.hidden)) <= 1,
+        "model.hidden",
+        m.hidden,
+        "equal widths when model.residual is true",
+    )
+    for key in ("embedding_dim", "lstm_hidden", "lstm_layers"):
+        _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+
+
+def _validate_model_fits_data(m: ModelConfig, d: DataConfig) -> None:
+    if m.name in ("cnn", "resnet") and d.dataset not in IMAGE_DATASETS:
+        raise ConfigError(
+            f"model.name: {m.name!r} needs image inputs; data.dataset {d.dataset!r} is not an image "
+            f"dataset (image datasets: {', '.join(IMAGE_DATASETS)})"
+        )
+    if m.name == "charlstm":
+        raise ConfigError(
+            "model.name: 'charlstm' needs a text dataset of character ids, and no built-in dataset "
+            "is text yet (digits, synthetic); use it through `fedsim gradcheck --model charlstm`"
+        )
 
 
 def _validate_client(c: ClientConfig) -> None:

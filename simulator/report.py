@@ -300,6 +300,99 @@ def _render_panel(panel: _Panel, runs: list[RunRecord], labels: list[str]) -> by
     ax = fig.add_subplot()
     _plot_runs(ax, panel, runs, labels)
     _decorate(ax, panel)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- optional panels
+
+
+def _flow_rows(run: RunRecord) -> list[tuple[int, dict[str, dict[str, float]]]]:
+    return [(r["round"], r["gradient_flow"]) for r in run.rows if r.get("gradient_flow")]
+
+
+def _layer_order(runs: list[RunRecord]) -> list[str]:
+    layers: list[str] = []
+    for run in runs:
+        for _, flow in _flow_rows(run):
+            layers += [name for name in flow if name not in layers]
+    return layers
+
+
+def _gradient_flow_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    """One subplot per run that tracked gradients: each layer's mean |dL/dθ| per round."""
+    tracked = [(run, label) for run, label in zip(runs, labels, strict=True) if _flow_rows(run)]
+    if not tracked:
+        return None
+    layers = _layer_order(runs)
+    fig = Figure(figsize=(FIGSIZE[0], 2.6 * len(tracked) + 0.6), dpi=DPI, layout="tight")
+    axes = fig.subplots(len(tracked), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (run, label) in zip(axes, tracked, strict=True):
+        rows = _flow_rows(run)
+        for i, layer in enumerate(layers):
+            points = [(rnd, flow[layer]["grad_norm"]) for rnd, flow in rows if layer in flow]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, color=_colour(i, len(layers)), label=layer, linewidth=1.6)
+        ax.set_yscale("log")
+        ax.set_title(f"{label}: parameter-gradient norm per layer", fontsize=11)
+        ax.set_ylabel("mean |dL/dθ| (log)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, ncol=min(len(layers), 6), loc="best")
+    axes[-1].set_xlabel("Round", fontsize=10)
+    return fig
+
+
+def _gradient_flow_last_round(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    """Grouped bars: each layer's |dL/dθ| in each run's last tracked round (log scale)."""
+    tracked = [(run, label) for run, label in zip(runs, labels, strict=True) if _flow_rows(run)]
+    if not tracked:
+        return None
+    layers = _layer_order(runs)
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    ax = fig.add_subplot()
+    width = 0.8 / len(tracked)
+    for j, (run, label) in enumerate(tracked):
+        last = _flow_rows(run)[-1][1]
+        heights = [last[layer]["grad_norm"] if layer in last else float("nan") for layer in layers]
+        xs = [i + (j - (len(tracked) - 1) / 2) * width for i in range(len(layers))]
+        ax.bar(xs, heights, width=width, color=_colour(j, len(tracked)), label=label)
+    ax.set_xticks(range(len(layers)), layers, rotation=45 if len(layers) > 6 else 0, fontsize=9)
+    ax.set_yscale("log")
+    ax.set_xlabel("Layer (input → output)", fontsize=10)
+    ax.set_ylabel("mean |dL/dθ| (log)", fontsize=10)
+    ax.set_title("Gradient flow in the last round, per layer", fontsize=12)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=9)
+    return fig
+
+
+@dataclass(frozen=True)
+class _OptionalPanel:
+    """A chart drawn only when its metrics exist in at least one run."""
+
+    panel_id: str
+    filename: str
+    title: str
+    draw: Any  # (runs, labels) -> Figure | None
+
+
+OPTIONAL_PANELS = (
+    _OptionalPanel(
+        "panel-gradient-flow",
+        "gradient_flow.png",
+        "Gradient flow: per-layer gradient norm over rounds",
+        _gradient_flow_over_rounds,
+    ),
+    _OptionalPanel(
+        "panel-gradient-flow-last",
+        "gradient_flow_last_round.png",
+        "Gradient flow in the last round",
+        _gradient_flow_last_round,
+    ),
+)
+
+
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
@@ -376,7 +469,7 @@ def _summary_section(runs: list[RunRecord], labels: list[str], target: float | N
     )
 
 
-def _chart_section(panel: _Panel, png: bytes) -> str:
+def _chart_section(panel: _Panel | _OptionalPanel, png: bytes) -> str:
     data = base64.b64encode(png).decode("ascii")
     title = html.escape(panel.title)
     return (
@@ -398,7 +491,8 @@ def _render_html(
     pngs: dict[str, bytes],
     target: float | None,
 ) -> str:
-    charts = "\n".join(_chart_section(p, pngs[p.filename]) for p in PANELS)
+    panels = [p for p in (*PANELS, *OPTIONAL_PANELS) if p.filename in pngs]
+    charts = "\n".join(_chart_section(p, pngs[p.filename]) for p in panels)
     names = html.escape(", ".join(labels))
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -426,6 +520,10 @@ def write_report(run_dirs: list[Path], out_dir: Path, target_accuracy: float | N
     runs = [load_run(Path(d)) for d in run_dirs]
     labels = _labels(runs)
     pngs = {p.filename: _render_panel(p, runs, labels) for p in PANELS}
+    for panel in OPTIONAL_PANELS:
+        fig = panel.draw(runs, labels)
+        if fig is not None:
+            pngs[panel.filename] = _png(fig)
     page = _render_html(runs, labels, pngs, target_accuracy)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -51,9 +51,14 @@ def build_model_spec(model: ModelConfig, dataset: Dataset) -> ModelSpec:
         activation=model.activation,
         conv_channels=model.conv_channels,
         fc_width=model.fc_width,
+        residual=model.residual,
+        dropout=model.dropout,
+        embedding_dim=model.embedding_dim,
+        lstm_hidden=model.lstm_hidden,
+        lstm_layers=model.lstm_layers,
     )
 
 
 def local_training(cfg: Config) -> LocalTrainingConfig:
     c = cfg.client
-    return LocalTrainingConfig(c.lr, c.momentum, c.weight_decay, c.epochs, c.batch_size)
+    return LocalTrainingConfig(c.lr, c.momentum, c.weight_decay, c.epochs, c.batch_size, c.optimizer)

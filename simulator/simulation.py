@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from threadpoolctl import threadpool_limits
 
 from clients.errors import ConfigError, FedsimError
+from clients.models.engines import build_model
 from clients.models.spec import init_params
-from clients.models.torch_engine import TorchModel
 from clients.worker import ClientShards, ClientWorker
 from server.aggregation import PartialSums
 from server.evaluation import evaluate
@@ -128,6 +129,7 @@ class Simulation:
         actors = [
             actor_cls.remote(
                 state.spec,
+                self.cfg.model.engine,
                 refs["x"],
                 refs["y"],
                 refs["indices"],
@@ -135,6 +137,7 @@ class Simulation:
                 local_training(self.cfg),
                 self.cfg.seed,
                 _threads(rt.cpus_per_worker),
+                self.cfg.client.track_gradients,
             )
             for _ in range(count)
         ]
@@ -171,6 +174,8 @@ class Simulation:
         if aggregate is not None:
             state.params = state.server_opt.step(state.params, -aggregate)
         row = _round_row(round_, results, state.model_bytes)
+        if self.cfg.client.track_gradients:
+            row["gradient_flow"] = _gradient_flow(results, state.spec.tracked_layers())
         row.update(self._maybe_evaluate(state, round_))
         row["seconds"] = time.perf_counter() - start
         return row
@@ -179,7 +184,7 @@ class Simulation:
         s = self.cfg.server
         if round_ % s.eval_every and round_ != self.cfg.rounds:
             return {"test_accuracy": None, "test_loss": None}
-        with _torch_threads(_threads(self.cfg.runtime.cpus_per_worker)):
+        with _compute_threads(_threads(self.cfg.runtime.cpus_per_worker)):
             result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
 
@@ -194,6 +199,19 @@ def _tasks_of_groups(groups: list[np.ndarray], workers: int) -> list[list[tuple[
     count = min(len(indexed), TASKS_PER_WORKER * workers)
     bounds = [round(i * len(indexed) / count) for i in range(count + 1)]
     return [indexed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _gradient_flow(results: list, layers: list[str]) -> dict[str, dict[str, float]]:
+    """Sample-weighted mean over the round's accepted clients of each layer's norms."""
+    sums = [r.flow_sum for r in results if r.flow_sum is not None]
+    weight = sum(r.weight_total for r in results if r.flow_sum is not None)
+    if not sums or weight <= 0:
+        return {}
+    mean = np.sum(sums, axis=0) / weight
+    return {
+        name: {"signal_norm": float(s), "grad_norm": float(g)}
+        for name, (s, g) in zip(layers, mean, strict=True)
+    }
 
 
 def _round_row(round_: int, results: list, model_bytes: int) -> dict[str, Any]:
@@ -228,7 +246,7 @@ class _RunState:
         self.layout = self.spec.layout()
         self.x_train, self.y_train = dataset.x_train, dataset.y_train
         self.x_test, self.y_test = dataset.x_test, dataset.y_test
-        self.eval_model = TorchModel(self.spec)
+        self.eval_model = build_model(self.spec, cfg.model.engine)
         self.server_opt = ServerSGD(cfg.server.lr)
         self.params = init_params(self.spec, cfg.seed)
         self.model_bytes = self.params.nbytes
@@ -322,10 +340,12 @@ def _threads(cpus_per_worker: float) -> int:
 
 
 @contextmanager
-def _torch_threads(count: int):
+def _compute_threads(count: int):
+    """Torch and BLAS threads for the server's own compute, as a worker would use."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
-        yield
+        with threadpool_limits(count):
+            yield
     finally:
         torch.set_num_threads(before)

@@ -104,3 +104,22 @@ def test_local_training_moves_the_model_and_is_seeded():
     assert r1.num_samples == 20 and np.abs(r1.delta).max() > 0
     assert r1.delta.tobytes() == r2.delta.tobytes()
     assert r1.delta.tobytes() != r3.delta.tobytes()  # another round, another data order
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_flat_adam_matches_torch_adam(weight_decay):
+    from clients.optim import Adam
+
+    rng = np.random.default_rng(1)
+    params = rng.normal(size=6).astype(np.float32)
+    grads = [rng.normal(size=6).astype(np.float32) for _ in range(5)]
+    ours = params.copy()
+    opt = Adam(0.01, weight_decay=weight_decay)
+    theirs = torch.tensor(params.copy(), requires_grad=True)
+    topt = torch.optim.Adam([theirs], lr=0.01, weight_decay=weight_decay)
+    for g in grads:
+        opt.step(ours, g)
+        theirs.grad = torch.from_numpy(g.copy())
+        topt.step()
+    # float32 arithmetic in a different order: a few ulps.
+    np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-5, atol=1e-7)

@@ -123,6 +123,7 @@ def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
     spec = build_model_spec(cfg.model, dataset)
     worker = ClientWorker(
         spec,
+        "torch",
         dataset.x_train,
         dataset.y_train,
         shards.indices,

@@ -1,0 +1,131 @@
+"""A model of the chain-rule engine: modules built from a ModelSpec, chained end to end.
+
+Parameters and gradients are two flat arrays; every module's tensors are views
+into them, bound by the spec's names. ``loss_and_grad`` runs forward through
+the chain, the fused softmax cross-entropy, and backward through the chain in
+reverse, each module adding its parameter gradients into the flat gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clients.models.gradflow import layer_flow
+from clients.models.spec import LayerSpec, ModelSpec
+from clients.numpy_engine.activations import GELU, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
+from clients.numpy_engine.conv import AvgPool2d, Conv2d, MaxPool2d
+from clients.numpy_engine.core import Module
+from clients.numpy_engine.dense import Flatten, Linear
+from clients.numpy_engine.losses import softmax_cross_entropy
+from clients.numpy_engine.norm import BatchNorm
+from clients.numpy_engine.recurrent import LSTM, Embedding, LastStep
+from clients.numpy_engine.residual import ResidualBlock
+
+_ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid, "gelu": GELU, "leaky_relu": LeakyReLU}
+
+
+def build_module(layer: LayerSpec) -> Module:
+    """The numpy module for one layer spec (unbound)."""
+    a = layer.args
+    builders = {
+        "linear": lambda: Linear(a["in_features"], a["out_features"]),
+        "conv2d": lambda: Conv2d(
+            a["in_channels"], a["out_channels"], a["kernel"], stride=a.get("stride", 1), padding=a["padding"]
+        ),
+        "maxpool2d": lambda: MaxPool2d(a["kernel"]),
+        "avgpool2d": lambda: AvgPool2d(a["kernel"]),
+        "flatten": Flatten,
+        "dropout": lambda: Dropout(a["p"]),
+        "batchnorm": lambda: BatchNorm(a["num_features"]),
+        "residual": lambda: ResidualBlock([build_module(child) for child in layer.body]),
+        "embedding": lambda: Embedding(a["num_embeddings"], a["embedding_dim"]),
+        "lstm": lambda: LSTM(a["input_size"], a["hidden_size"], a["num_layers"]),
+        "last_step": LastStep,
+        **_ACTIVATIONS,
+    }
+    if layer.kind not in builders:
+        raise ValueError(f"numpy engine has no layer kind {layer.kind!r}")
+    return builders[layer.kind]()
+
+
+class NumpyModel:
+    """The chain-rule engine's model with flat ``params`` and ``grad`` (n,) arrays.
+
+    ``dtype``: float32 for training, float64 for gradient checks.
+    """
+
+    engine = "numpy"
+
+    def __init__(self, spec: ModelSpec, dtype=np.float32):
+        self.spec = spec
+        self.layout = spec.layout()
+        self.params = self.layout.zeros(dtype)
+        self.grad = self.layout.zeros(dtype)
+        self.modules = [build_module(layer) for layer in spec.layers]
+        for layer, module in zip(spec.layers, self.modules, strict=True):
+            self._bind(layer, module)
+        self.track_gradients = False
+        self.last_flow: dict[str, tuple[float, float]] = {}
+
+    def _bind(self, layer: LayerSpec, module: Module) -> None:
+        specs = layer.param_specs()
+        if not specs:
+            return
+        prefix = f"{layer.name}."
+        params = {p.name.removeprefix(prefix): self.layout.view(self.params, p.name) for p in specs}
+        grads = {p.name.removeprefix(prefix): self.layout.view(self.grad, p.name) for p in specs}
+        module.bind(params, grads)
+
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Dropout masks of the next steps come from ``rng`` (seeded per client and round)."""
+        for module in self._all_modules():
+            if isinstance(module, Dropout):
+                module.rng = rng
+
+    def _all_modules(self):
+        stack = list(self.modules)
+        while stack:
+            module = stack.pop()
+            yield module
+            stack.extend(getattr(module, "body", []))
+
+    def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+        """Logits (B, num_classes) for inputs (B, *input_shape)."""
+        h = x if self.spec.input_dtype == "int64" else x.astype(self.params.dtype, copy=False)
+        for module in self.modules:
+            h = module.forward(h, train)
+        return h
+
+    def backward(self, dlogits: np.ndarray) -> dict[str, float]:
+        """Chain rule from the logits back to the input; returns |dL/dh| per tracked layer,
+        the signal arriving at each parametrised layer's output."""
+        signals = {}
+        grad = dlogits
+        for layer, module in zip(reversed(self.spec.layers), reversed(self.modules), strict=True):
+            if self.track_gradients and layer.param_specs():
+                signals[layer.name] = float(np.linalg.norm(grad))
+            grad = module.backward(grad)
+            if grad is None:  # an embedding: no gradient for integer inputs
+                break
+        return signals
+
+    def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Mean cross-entropy on (x (B, ...), y (B,)); writes the flat gradient into ``self.grad``."""
+        self.grad.fill(0.0)
+        logits = self.forward(x, train=True)
+        loss, dlogits = softmax_cross_entropy(logits, y)
+        signals = self.backward(dlogits)
+        if self.track_gradients:
+            self.last_flow = layer_flow(self.spec, self.layout, self.grad, signals)
+        return float(loss)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float, int]:
+        """Summed cross-entropy, correct count and sample count over (x, y) in batches."""
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            logits = self.forward(xb, train=False)
+            loss, _ = softmax_cross_entropy(logits, yb)
+            loss_sum += float(loss) * len(yb)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+        return loss_sum, correct, len(x)
