@@ -91,7 +91,7 @@ def time_plain_loop(cfg: Config) -> list[float]:
             result = train_client(
                 model, params, dataset.x_train, dataset.y_train, parts[cid], training, rng, cid
             )
-            add_weighted(total, result.delta, result.num_samples, scratch)
+            add_weighted(total, result.update, result.num_samples, scratch)
             weight += result.num_samples
         params = (params + total.astype(np.float64) / weight).astype(np.float32)
         seconds.append(time.perf_counter() - start)

@@ -1,4 +1,5 @@
-"""What one client computes in one round: local SGD from the global model.
+"""What one client computes in one round: local training from the global model
+(FedAvg family) or the gradient at the global model (FedSGD).
 
 All randomness (the data order) comes from a generator derived from
 (seed, round, client id, purpose), so a client's update does not depend on
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clients.algorithms import StepTransform
 from clients.optim import make_optimizer
 
 PURPOSE_DATA_ORDER = 1
 PURPOSE_DROPOUT = 4
+PURPOSE_CLIENT_NOISE = 6
 
 
 def client_rng(seed: int, round_: int, client_id: int, purpose: int) -> np.random.Generator:
@@ -30,20 +33,25 @@ class LocalTrainingConfig:
     epochs: int
     batch_size: int
     optimizer: str = "sgd"
+    prox_mu: float = 0.0  # FedProx
+    max_grad_norm: float | None = None  # local per-step clipping
+    local_steps: int | None = None  # FedSGD: batches in the gradient (None = whole shard)
 
 
 @dataclass
 class ClientResult:
     """One client's round: its update and what it measured.
 
-    delta: (n,) float32, local - global.
+    update: (n,) float32: local - global (weights), or the mean loss gradient at
+    the global model (gradients). steps: local steps taken.
     """
 
     client_id: int
     num_samples: int
     train_loss: float
-    delta: np.ndarray
+    update: np.ndarray
     flow: np.ndarray | None = None  # (layers, 2) mean |dL/dh|, |dL/dθ| over local steps
+    steps: int = 0
 
 
 def train_client(
@@ -55,31 +63,69 @@ def train_client(
     cfg: LocalTrainingConfig,
     rng: np.random.Generator,
     client_id: int,
+    correction: np.ndarray | None = None,
 ) -> ClientResult:
-    """Run ``cfg.epochs`` of minibatch SGD on the client's shard from ``global_params``.
+    """Run ``cfg.epochs`` of minibatch local training on the client's shard from ``global_params``.
 
     model: an engine model with flat ``params``/``grad`` and ``loss_and_grad``.
-    x: (N, *input_shape) float32 and y: (N,) int64, the whole (read-only) training set;
+    x: (N, *input_shape) and y: (N,) int64, the whole (read-only) training set;
     shard: (m,) int64 indices of this client's samples in it.
+    correction: SCAFFOLD's c - c_i (n,), or None.
     Returns the delta and the sample-weighted mean minibatch loss.
     """
     model.params[:] = global_params
     optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    transform = StepTransform(cfg.prox_mu, global_params, cfg.max_grad_norm, correction)
     flow = FlowAverage() if model.track_gradients else None
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen, steps = 0.0, 0, 0
     for _ in range(cfg.epochs):
         order = shard[rng.permutation(len(shard))]
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
             loss = model.loss_and_grad(x[batch], y[batch])
+            if transform.active:
+                transform.apply(model.grad, model.params)
             optimizer.step(model.params, model.grad)
             loss_sum += loss * len(batch)
             seen += len(batch)
+            steps += 1
             if flow is not None:
                 flow.add(model.last_flow)
     delta = model.params - global_params
     mean_loss = loss_sum / seen if seen else float("nan")
-    return ClientResult(client_id, len(shard), mean_loss, delta, flow.mean() if flow else None)
+    return ClientResult(client_id, len(shard), mean_loss, delta, flow.mean() if flow else None, steps)
+
+
+def client_gradient(
+    model,
+    global_params: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    shard: np.ndarray,
+    cfg: LocalTrainingConfig,
+    rng: np.random.Generator,
+    client_id: int,
+) -> ClientResult:
+    """FedSGD (McMahan et al. 2017, arXiv:1602.05629, Section 2): the gradient of the
+    client's mean loss at ``global_params``, over its whole shard (in batches of
+    ``cfg.batch_size``, weighted by batch size) or over ``cfg.local_steps`` batches
+    of a seeded order. Returns it as ``update`` (n,) float32."""
+    model.params[:] = global_params
+    order = shard[rng.permutation(len(shard))]
+    batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+    if cfg.local_steps is not None:
+        batches = batches[: cfg.local_steps]
+    total = np.zeros_like(global_params, dtype=np.float64)
+    loss_sum, seen = 0.0, 0
+    for batch in batches:
+        loss = model.loss_and_grad(x[batch], y[batch])
+        total += len(batch) * model.grad
+        loss_sum += loss * len(batch)
+        seen += len(batch)
+    gradient = (total / max(seen, 1)).astype(np.float32)
+    return ClientResult(
+        client_id, seen, loss_sum / seen if seen else float("nan"), gradient, None, len(batches)
+    )
 
 
 class FlowAverage:

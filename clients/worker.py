@@ -1,51 +1,103 @@
 """The worker: one process that hosts many virtual clients.
 
-A virtual client is (id, shard indices); it is not a process. A worker keeps
-one model and the read-only training set (zero-copy from Ray's object store)
-and, per task, trains one reduction group of clients in client-id order and
-returns their sample-weighted SUM of deltas, so traffic per round is
-O(groups x model), not O(clients x model). The class is plain Python; the
-simulator wraps it with ``ray.remote``.
+A virtual client is (id, shard indices, optional state); it is not a process.
+A worker keeps one model and the read-only training set (zero-copy from Ray's
+object store) and, per task, trains reduction groups of clients in client-id
+order. Per client: train (or compute the FedSGD gradient), act maliciously if
+the client is an attacker, reject non-finite updates, then the server's
+per-client postprocessing (clip, compress) which the simulator hands in. For
+linear aggregation it returns the group's SUM of updates, so traffic per
+round is O(groups x model), not O(clients x model); for robust aggregators it
+returns the per-client updates. The class is plain Python; the simulator
+wraps it with ``ray.remote``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from clients.algorithms import scaffold_new_control
+from clients.attacks import attack_update, flip_labels
 from clients.errors import ClientFailure
 from clients.models.engines import build_model
 from clients.models.spec import ModelSpec
 from clients.training import (
+    PURPOSE_CLIENT_NOISE,
     PURPOSE_DATA_ORDER,
     PURPOSE_DROPOUT,
+    ClientResult,
     LocalTrainingConfig,
+    client_gradient,
     client_rng,
     train_client,
 )
 
+REDUCTIONS = ("weighted_sum", "unit_sum", "stack")
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """What every client of this run does, fixed for the run.
+
+    update_kind: "weights" (send local - global) or "gradients" (FedSGD).
+    reduction: "weighted_sum" (sample-weighted mean), "unit_sum" (DP-FedAvg's
+    unweighted sum of clipped updates) or "stack" (per-client, robust aggregators).
+    postprocess: the server's per-client step, ``process(update, clip_norm, rng,
+    residual) -> ProcessedUpdate``, or None.
+    """
+
+    training: LocalTrainingConfig
+    update_kind: str = "weights"
+    reduction: str = "weighted_sum"
+    scaffold: bool = False
+    attack_kind: str = "none"
+    malicious: tuple[int, ...] = ()
+    attack_scale: float = 10.0
+    attack_noise_std: float = 1.0
+    postprocess: Any = None
+    track_gradients: bool = False
+
+
+@dataclass(frozen=True)
+class RoundInput:
+    """What a task needs beyond the global model: this round's clip norm, SCAFFOLD's
+    server control variate, and the state of the group's clients."""
+
+    round: int
+    clip_norm: float | None = None
+    server_control: np.ndarray | None = None
+    client_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+
 
 @dataclass
 class GroupResult:
-    """A reduction group's contribution to one round.
+    """A reduction group's contribution to one round; per-client arrays follow ``client_ids``.
 
-    weighted_delta_sum: (n,) float32, sum over accepted clients of n_i * delta_i,
-    added in client-id order (float32 halves what travels back; the server adds
-    the group sums in float64). Per-client arrays are aligned with ``client_ids``.
+    weighted_sum: (n,) float32 sum over accepted clients of w_i * u_i (w_i = n_i, or
+    1 for "unit_sum"), added in client-id order; None for "stack", whose accepted
+    updates are ``stacked`` (k_accepted, n) with weights ``stacked_weights``.
     """
 
     group_index: int
-    weighted_delta_sum: np.ndarray
-    weight_total: float
     client_ids: np.ndarray
     num_samples: np.ndarray
     train_losses: np.ndarray
     accepted: np.ndarray
-    flow_sum: np.ndarray | None = None  # (layers, 2) sum over accepted clients of n_i * flow_i
+    norms: np.ndarray  # update norms before clipping (nan when rejected)
+    bytes_up: np.ndarray
+    weight_total: float
+    weighted_sum: np.ndarray | None = None
+    stacked: np.ndarray | None = None
+    stacked_weights: np.ndarray | None = None
+    flow_sum: np.ndarray | None = None  # (layers, 2) sum of n_i * flow_i over accepted clients
+    control_delta_sum: np.ndarray | None = None  # SCAFFOLD: sum of c_i+ - c_i
+    new_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,8 +122,39 @@ class ClientShards:
         return np.diff(self.offsets)
 
 
+class _GroupAccumulator:
+    """Collects a group's clients in order: sums, stacks, norms, bytes, states."""
+
+    def __init__(self, size: int, reduction: str):
+        self.reduction = reduction
+        self.total = np.zeros(size, np.float32) if reduction != "stack" else None
+        self.scratch = np.empty(size, np.float32)
+        self.stacked: list[np.ndarray] = []
+        self.stacked_weights: list[float] = []
+        self.weight_total = 0.0
+        self.flow_sum: np.ndarray | None = None
+        self.control_sum: np.ndarray | None = None
+
+    def add(self, update: np.ndarray, num_samples: int) -> None:
+        weight = 1.0 if self.reduction == "unit_sum" else float(num_samples)
+        self.weight_total += weight
+        if self.total is None:
+            self.stacked.append(update)
+            self.stacked_weights.append(weight)
+        else:
+            add_weighted(self.total, update, weight, self.scratch)
+
+    def add_flow(self, flow: np.ndarray | None, num_samples: int) -> None:
+        if flow is not None:
+            weighted = num_samples * flow
+            self.flow_sum = weighted if self.flow_sum is None else self.flow_sum + weighted
+
+    def add_control_delta(self, delta: np.ndarray) -> None:
+        self.control_sum = delta.copy() if self.control_sum is None else self.control_sum + delta
+
+
 class ClientWorker:
-    """Hosts virtual clients; trains a reduction group per call."""
+    """Hosts virtual clients; trains reduction groups per call."""
 
     def __init__(
         self,
@@ -81,82 +164,138 @@ class ClientWorker:
         y_train: np.ndarray,
         shard_indices: np.ndarray,
         shard_offsets: np.ndarray,
-        training: LocalTrainingConfig,
+        plan: ClientPlan,
         seed: int,
         threads: int,
-        track_gradients: bool = False,
     ):
         # Same thread count on every worker => kernels reduce in the same order.
         torch.set_num_threads(threads)
         threadpool_limits(threads)  # numpy's BLAS too; stays in force for this process
         self.model = build_model(spec, engine)
-        self.model.track_gradients = track_gradients
+        self.model.track_gradients = plan.track_gradients
         self.has_dropout = any(layer.kind == "dropout" for layer in spec.layers)
         self.x, self.y = x_train, y_train
+        self.y_flipped = flip_labels(y_train, spec.num_classes) if plan.attack_kind == "label_flip" else None
         self.shards = ClientShards(shard_indices, shard_offsets)
-        self.training = training
+        self.plan = plan
+        self.malicious = frozenset(plan.malicious)
         self.seed = seed
 
     def ping(self) -> int:
         return torch.get_num_threads()
 
     def train_groups(
-        self, global_params: np.ndarray, round_: int, groups: list[tuple[int, np.ndarray]]
+        self, global_params: np.ndarray, inputs: RoundInput, groups: list[tuple[int, np.ndarray]]
     ) -> list[GroupResult]:
         """Train several reduction groups in one call: one task and one returned
         object instead of several, which is what a Ray call costs. Each group's sum
         is still computed alone, so the result is the same whoever carries it."""
-        return [self.train_group(global_params, round_, index, ids) for index, ids in groups]
+        return [self.train_group(global_params, inputs, index, ids) for index, ids in groups]
 
     def train_group(
-        self, global_params: np.ndarray, round_: int, group_index: int, client_ids: np.ndarray
+        self, global_params: np.ndarray, inputs: RoundInput, group_index: int, client_ids: np.ndarray
     ) -> GroupResult:
-        """Train ``client_ids`` (ascending) from ``global_params``; return their weighted sum."""
-        total = np.zeros(global_params.shape, dtype=np.float32)
-        scratch = np.empty_like(total)
+        """Train ``client_ids`` (ascending) from ``global_params``; reduce them per the plan."""
         count = len(client_ids)
+        acc = _GroupAccumulator(global_params.size, self.plan.reduction)
         sizes, losses = np.zeros(count, np.int64), np.zeros(count, np.float64)
-        accepted = np.zeros(count, bool)
-        weight_total, flow_sum = 0.0, None
-        for i, cid in enumerate(client_ids):
-            result = self._train_one(global_params, round_, int(cid))
+        accepted, norms = np.zeros(count, bool), np.full(count, np.nan)
+        bytes_up = np.zeros(count, np.int64)
+        new_states: dict[int, dict[str, np.ndarray]] = {}
+        for i, cid in enumerate(int(c) for c in client_ids):
+            state = inputs.client_states.get(cid, {})
+            result = self._train_one(global_params, inputs, cid, state)
             sizes[i], losses[i] = result.num_samples, result.train_loss
-            if result.num_samples == 0 or not _is_finite(result.delta, result.train_loss):
-                continue  # a non-finite update never reaches the model
-            accepted[i] = True
-            add_weighted(total, result.delta, result.num_samples, scratch)
-            weight_total += result.num_samples
-            if result.flow is not None:
-                weighted = result.num_samples * result.flow
-                flow_sum = weighted if flow_sum is None else flow_sum + weighted
+            update, cid_state = self._client_update(result, global_params, inputs, state)
+            if update is None:
+                continue  # empty or non-finite: never reaches the model
+            processed = self._postprocess(update, inputs, cid, cid_state)
+            accepted[i], norms[i], bytes_up[i] = True, processed.norm, processed.bytes
+            acc.add(processed.update, result.num_samples)
+            acc.add_flow(result.flow, result.num_samples)
+            if "control_delta" in cid_state:
+                acc.add_control_delta(cid_state.pop("control_delta"))
+            if cid_state:
+                new_states[cid] = cid_state
         return GroupResult(
-            group_index, total, weight_total, np.asarray(client_ids), sizes, losses, accepted, flow_sum
-        )
+            group_index, np.asarray(client_ids), sizes, losses, accepted, norms, bytes_up, acc.weight_total,
+            acc.total, _stack(acc.stacked), np.asarray(acc.stacked_weights),
+            acc.flow_sum, acc.control_sum, new_states,
+        )  # fmt: skip
 
-    def _train_one(self, global_params: np.ndarray, round_: int, client_id: int):
-        rng = client_rng(self.seed, round_, client_id, PURPOSE_DATA_ORDER)
-        if self.has_dropout:
-            self.model.set_rng(client_rng(self.seed, round_, client_id, PURPOSE_DROPOUT))
-        try:
-            return train_client(
-                self.model,
-                global_params,
-                self.x,
-                self.y,
-                self.shards.shard(client_id),
-                self.training,
-                rng,
-                client_id,
+    def _client_update(self, result: ClientResult, global_params, inputs: RoundInput, state: dict):
+        """The update the client sends (after any attack) and its new state, or (None, {})."""
+        if result.num_samples == 0 or not _is_finite(result.update, result.train_loss):
+            return None, {}
+        new_state: dict[str, np.ndarray] = {}
+        if self.plan.scaffold:
+            old_c = state.get("control", np.zeros_like(global_params))
+            local = global_params + result.update
+            new_c = scaffold_new_control(
+                old_c, inputs.server_control, global_params, local, result.steps, self.plan.training.lr
             )
+            new_state["control"], new_state["control_delta"] = new_c, new_c - old_c
+        update = result.update
+        if result.client_id in self.malicious:
+            rng = client_rng(self.seed, inputs.round, result.client_id, PURPOSE_CLIENT_NOISE)
+            update = attack_update(
+                update, self.plan.attack_kind, self.plan.attack_scale, self.plan.attack_noise_std, rng
+            )
+        return update, new_state
+
+    def _postprocess(self, update: np.ndarray, inputs: RoundInput, cid: int, new_state: dict):
+        if self.plan.postprocess is None:
+            return _Unprocessed(update, float(np.linalg.norm(update)), update.size * 4)
+        rng = client_rng(self.seed, inputs.round, cid, PURPOSE_CLIENT_NOISE + 1)
+        residual = inputs.client_states.get(cid, {}).get("residual")
+        processed = self.plan.postprocess.process(update, inputs.clip_norm, rng, residual)
+        if processed.residual is not None:
+            new_state["residual"] = processed.residual
+        return processed
+
+    def _train_one(self, global_params: np.ndarray, inputs: RoundInput, client_id: int, state: dict):
+        rng = client_rng(self.seed, inputs.round, client_id, PURPOSE_DATA_ORDER)
+        if self.has_dropout:
+            self.model.set_rng(client_rng(self.seed, inputs.round, client_id, PURPOSE_DROPOUT))
+        labels = self.y_flipped if self.y_flipped is not None and client_id in self.malicious else self.y
+        args = (
+            self.model,
+            global_params,
+            self.x,
+            labels,
+            self.shards.shard(client_id),
+            self.plan.training,
+            rng,
+            client_id,
+        )
+        try:
+            if self.plan.update_kind == "gradients":
+                return client_gradient(*args)
+            correction = None
+            if self.plan.scaffold:
+                correction = inputs.server_control - state.get("control", np.zeros_like(global_params))
+            return train_client(*args, correction=correction)
         except Exception as exc:
-            raise ClientFailure(client_id, round_, f"{type(exc).__name__}: {exc}") from exc
+            raise ClientFailure(client_id, inputs.round, f"{type(exc).__name__}: {exc}") from exc
 
 
-def add_weighted(total: np.ndarray, delta: np.ndarray, weight: int, scratch: np.ndarray) -> None:
+@dataclass(frozen=True)
+class _Unprocessed:
+    update: np.ndarray
+    norm: float
+    bytes: int
+    residual: None = None
+
+
+def _stack(updates: list[np.ndarray]) -> np.ndarray | None:
+    return np.stack(updates) if updates else None
+
+
+def add_weighted(total: np.ndarray, delta: np.ndarray, weight: float, scratch: np.ndarray) -> None:
     """total += weight * delta, in float32, without temporaries (all (n,) float32)."""
     np.multiply(delta, np.float32(weight), out=scratch)
     total += scratch
 
 
-def _is_finite(delta: np.ndarray, loss: float) -> bool:
-    return math.isfinite(loss) and bool(np.isfinite(delta).all())
+def _is_finite(update: np.ndarray, loss: float) -> bool:
+    return math.isfinite(loss) and bool(np.isfinite(update).all())

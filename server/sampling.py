@@ -27,3 +27,12 @@ def reduction_groups(sorted_ids: np.ndarray, num_groups: int) -> list[np.ndarray
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     return [g for g in np.array_split(sorted_ids, num_groups) if len(g)]
+
+
+def poisson_sample(seed: int, round_: int, num_clients: int, rate: float) -> np.ndarray:
+    """Sorted ids of the clients included in ``round_``, each independently with
+    probability ``rate`` (the sampling DP-SGD style accounting assumes; the count varies)."""
+    if not 0 < rate <= 1:
+        raise ValueError(f"rate must be in (0, 1], got {rate}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, round_, PURPOSE_SAMPLING]))
+    return np.flatnonzero(rng.random(num_clients) < rate).astype(np.int64)

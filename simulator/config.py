@@ -88,6 +88,47 @@ class ClientConfig:
     track_gradients: bool = _field(
         False, "record per-layer norms of dL/dh and of the parameter gradients (gradient flow)"
     )
+    algorithm: str = _field(
+        "fedavg", "fedavg, or scaffold (control variates, option II)", ("fedavg", "scaffold")
+    )
+    prox_mu: float = _field(0.0, "FedProx proximal weight mu (0 = FedAvg)")
+    max_grad_norm: float | None = _field(None, "clip each local step's gradient to this L2 norm; null = off")
+    local_steps: int | None = _field(
+        None, "FedSGD: batches in each client's gradient; null = its whole shard"
+    )
+
+
+@dataclass(frozen=True)
+class ClippingConfig:
+    kind: str = _field("none", "per-client L2 clipping of updates", ("none", "fixed", "adaptive"))
+    norm: float = _field(1.0, "fixed: the clip norm C")
+    initial_norm: float = _field(0.1, "adaptive: starting C (Andrew et al. 2021)")
+    target_quantile: float = _field(0.5, "adaptive: fraction of updates meant to fall under C")
+    learning_rate: float = _field(0.2, "adaptive: geometric step size of C")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    noise_multiplier: float = _field(0.0, "DP-FedAvg Gaussian noise std / clip norm (z); 0 = no privacy")
+    delta: float = _field(1e-5, "the delta at which epsilon is reported")
+    sampling: str = _field("fixed", "fixed-size (m of N) or poisson client sampling", ("fixed", "poisson"))
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    kind: str = _field(
+        "none", "simulated malicious clients", ("none", "sign_flip", "scale", "gaussian", "label_flip")
+    )
+    fraction: float = _field(0.2, "share of the population that is malicious (fixed, seeded)")
+    scale: float = _field(10.0, "sign_flip / scale: the factor on the honest update")
+    noise_std: float = _field(1.0, "gaussian: std of the noise sent instead of an update")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    method: str = _field("none", "update compression", ("none", "topk", "qsgd8"))
+    fraction: float = _field(0.01, "topk: share of coordinates sent")
+    error_feedback: bool = _field(True, "carry what compression dropped into the client's next update")
 
 
 @dataclass(frozen=True)
@@ -96,6 +137,29 @@ class ServerConfig:
         10, "sampled clients per round: an int count, or a float fraction in (0, 1]"
     )
     lr: float = _field(1.0, "server learning rate on the averaged delta (1.0 = FedAvg)")
+    update: str = _field(
+        "weights", "clients send weights deltas (FedAvg) or gradients (FedSGD)", ("weights", "gradients")
+    )
+    optimizer: str = _field(
+        "sgd",
+        "server optimiser on the pseudo-gradient (Reddi et al. 2021)",
+        ("sgd", "momentum", "adam", "yogi", "adagrad"),
+    )
+    momentum: float = _field(0.9, "momentum: server momentum beta (FedAvgM)")
+    beta1: float = _field(0.9, "adam/yogi/adagrad: first-moment decay")
+    beta2: float = _field(0.99, "adam/yogi: second-moment decay")
+    tau: float = _field(1e-3, "adam/yogi/adagrad: adaptivity tau")
+    bias_correction: bool = _field(False, "adam/yogi: divide moments by (1 - beta^t)")
+    aggregator: str = _field(
+        "mean", "how updates are combined", ("mean", "median", "trimmed_mean", "krum", "multi_krum")
+    )
+    trim_beta: float = _field(0.1, "trimmed_mean: share trimmed at each end")
+    krum_f: int = _field(1, "krum/multi_krum: tolerated Byzantine clients f (needs k > 2f + 2)")
+    krum_m: int = _field(1, "multi_krum: updates averaged")
+    clipping: ClippingConfig = _field(ClippingConfig(), "per-client update clipping")
+    privacy: PrivacyConfig = _field(PrivacyConfig(), "DP-FedAvg noise and accounting")
+    attack: AttackConfig = _field(AttackConfig(), "attack simulation")
+    compression: CompressionConfig = _field(CompressionConfig(), "update compression")
     eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
     eval_batch_size: int = _field(1024, "test-set evaluation batch size")
 
@@ -125,10 +189,7 @@ class Config:
 
     def sampled_per_round(self) -> int:
         """Number of clients sampled each round (a fraction resolves to at least 1)."""
-        per_round = self.server.clients_per_round
-        if isinstance(per_round, float):
-            return max(1, round(per_round * self.data.num_clients))
-        return per_round
+        return _per_round(self.server, self.data.num_clients)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -260,6 +321,7 @@ def validate(cfg: Config) -> Config:
     _validate_model_fits_data(cfg.model, d)
     _validate_client(c)
     _validate_server(s, d.num_clients)
+    _validate_pipeline(c, s, d.num_clients)
     _require(r.workers is None or r.workers >= 1, "runtime.workers", r.workers, "null or >= 1")
     _require(r.cpus_per_worker > 0, "runtime.cpus_per_worker", r.cpus_per_worker, "> 0")
     _require(r.reduction_groups >= 1, "runtime.reduction_groups", r.reduction_groups, ">= 1")
@@ -306,6 +368,79 @@ def _validate_client(c: ClientConfig) -> None:
     _require(c.weight_decay >= 0, "client.weight_decay", c.weight_decay, ">= 0")
     _require(c.epochs >= 1, "client.epochs", c.epochs, ">= 1")
     _require(c.batch_size >= 1, "client.batch_size", c.batch_size, ">= 1")
+
+
+def _validate_pipeline(c: ClientConfig, s: ServerConfig, num_clients: int) -> None:
+    """Value ranges of the server pipeline and the combinations it cannot run."""
+    _require(c.prox_mu >= 0, "client.prox_mu", c.prox_mu, ">= 0")
+    _require(
+        c.max_grad_norm is None or c.max_grad_norm > 0, "client.max_grad_norm", c.max_grad_norm, "null or > 0"
+    )
+    _require(c.local_steps is None or c.local_steps >= 1, "client.local_steps", c.local_steps, "null or >= 1")
+    for key in ("momentum", "beta1", "beta2"):
+        _require(0 <= getattr(s, key) < 1, f"server.{key}", getattr(s, key), "in [0, 1)")
+    _require(s.tau > 0, "server.tau", s.tau, "> 0")
+    _require(0 <= s.trim_beta < 0.5, "server.trim_beta", s.trim_beta, "in [0, 0.5)")
+    _require(s.krum_f >= 0, "server.krum_f", s.krum_f, ">= 0")
+    _require(s.krum_m >= 1, "server.krum_m", s.krum_m, ">= 1")
+    cl, p, a, z = s.clipping, s.privacy, s.attack, s.compression
+    for key in ("norm", "initial_norm", "learning_rate"):
+        _require(getattr(cl, key) > 0, f"server.clipping.{key}", getattr(cl, key), "> 0")
+    _require(0 < cl.target_quantile < 1, "server.clipping.target_quantile", cl.target_quantile, "in (0, 1)")
+    _require(p.noise_multiplier >= 0, "server.privacy.noise_multiplier", p.noise_multiplier, ">= 0")
+    _require(0 < p.delta < 1, "server.privacy.delta", p.delta, "in (0, 1)")
+    _require(0 <= a.fraction < 1, "server.attack.fraction", a.fraction, "in [0, 1)")
+    _require(a.scale > 0, "server.attack.scale", a.scale, "> 0")
+    _require(a.noise_std > 0, "server.attack.noise_std", a.noise_std, "> 0")
+    _require(0 < z.fraction <= 1, "server.compression.fraction", z.fraction, "in (0, 1]")
+    _check_combinations(c, s, num_clients)
+
+
+def _per_round(s: ServerConfig, num_clients: int) -> int:
+    per_round = s.clients_per_round
+    return max(1, round(per_round * num_clients)) if isinstance(per_round, float) else per_round
+
+
+def _check_combinations(c: ClientConfig, s: ServerConfig, num_clients: int) -> None:
+    def refuse(key: str, value: Any, why: str) -> None:
+        raise ConfigError(f"{key}: {value!r} is not allowed here; {why}")
+
+    if c.algorithm == "scaffold":
+        if s.update != "weights":
+            refuse("client.algorithm", "scaffold", "SCAFFOLD needs server.update: weights")
+        if c.optimizer != "sgd" or c.momentum:
+            refuse(
+                "client.algorithm",
+                "scaffold",
+                "option II's control variate assumes plain local SGD (optimizer sgd, momentum 0)",
+            )
+    if s.aggregator in ("krum", "multi_krum"):
+        k = _per_round(s, num_clients)
+        if k <= 2 * s.krum_f + 2:
+            refuse("server.krum_f", s.krum_f, f"Krum needs clients per round k > 2f + 2, and k = {k}")
+        if s.aggregator == "multi_krum" and s.krum_m > k:
+            refuse("server.krum_m", s.krum_m, f"multi-Krum averages at most the k = {k} clients of a round")
+    if s.privacy.noise_multiplier > 0:
+        if s.clipping.kind == "none":
+            refuse(
+                "server.privacy.noise_multiplier",
+                s.privacy.noise_multiplier,
+                "DP needs server.clipping.kind fixed or adaptive",
+            )
+        if s.aggregator != "mean":
+            refuse("server.aggregator", s.aggregator, "DP-FedAvg's noise calibration needs the mean")
+        if s.compression.method == "qsgd8":
+            refuse(
+                "server.compression.method",
+                "qsgd8",
+                "quantisation can exceed the clip norm the privacy analysis relies on",
+            )
+    elif s.privacy.sampling == "poisson":
+        refuse(
+            "server.privacy.sampling",
+            "poisson",
+            "Poisson sampling is for DP runs (set server.privacy.noise_multiplier)",
+        )
 
 
 def _validate_server(s: ServerConfig, num_clients: int) -> None:

@@ -26,16 +26,15 @@ from clients.errors import ConfigError, FedsimError
 from clients.models.engines import build_model
 from clients.models.spec import init_params
 from clients.worker import ClientShards, ClientWorker
-from server.aggregation import PartialSums
 from server.evaluation import evaluate
-from server.optimizers import ServerSGD
-from server.sampling import reduction_groups, sample_clients
+from server.sampling import poisson_sample, reduction_groups, sample_clients
 from simulator import rundir
 from simulator.cluster import pool_size, ray_session
 from simulator.config import Config, dump_yaml, load_config
 from simulator.pool import WorkerPool
 from simulator.progress import RoundProgress
-from simulator.setup import build_dataset, build_model_spec, build_partition, local_training
+from simulator.server_state import ServerState
+from simulator.setup import build_dataset, build_model_spec, build_partition
 
 RoundCallback = Callable[[dict[str, Any]], None]
 MUTABLE_ON_RESUME = ("rounds", "runtime")
@@ -134,10 +133,9 @@ class Simulation:
                 refs["y"],
                 refs["indices"],
                 refs["offsets"],
-                local_training(self.cfg),
+                state.server.plan,
                 self.cfg.seed,
                 _threads(rt.cpus_per_worker),
-                self.cfg.client.track_gradients,
             )
             for _ in range(count)
         ]
@@ -159,26 +157,35 @@ class Simulation:
     def _round(self, state: _RunState, pool: WorkerPool, round_: int) -> dict[str, Any]:
         start = time.perf_counter()
         cfg = self.cfg
-        sampled = sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round())
+        sampled = self._sample(round_)
         groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
         global_ref = ray.put(state.params)
-        partial_sums, results = PartialSums(state.params.size), []
+        results = []
         tasks = _tasks_of_groups(groups, pool.size)
-        for task_results in pool.imap(
-            lambda actor, task: actor.train_groups.remote(global_ref, round_, task), tasks
-        ):
-            for result in task_results:
-                partial_sums.add(result.weighted_delta_sum, result.weight_total)
-                results.append(result)
-        aggregate = partial_sums.mean()
-        if aggregate is not None:
-            state.params = state.server_opt.step(state.params, -aggregate)
+        server = state.server
+
+        def submit(actor, task):
+            inputs = server.round_input(round_, np.concatenate([ids for _, ids in task]))
+            return actor.train_groups.remote(global_ref, inputs, task)
+
+        for task_results in pool.imap(submit, tasks):
+            results.extend(task_results)
+        server_metrics = server.step(round_, results)
         row = _round_row(round_, results, state.model_bytes)
+        row.update(server_metrics)
         if self.cfg.client.track_gradients:
             row["gradient_flow"] = _gradient_flow(results, state.spec.tracked_layers())
         row.update(self._maybe_evaluate(state, round_))
         row["seconds"] = time.perf_counter() - start
         return row
+
+    def _sample(self, round_: int) -> np.ndarray:
+        cfg = self.cfg
+        if cfg.server.privacy.noise_multiplier > 0 and cfg.server.privacy.sampling == "poisson":
+            return poisson_sample(
+                cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round() / cfg.data.num_clients
+            )
+        return sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round())
 
     def _maybe_evaluate(self, state: _RunState, round_: int) -> dict[str, float | None]:
         s = self.cfg.server
@@ -204,7 +211,7 @@ def _tasks_of_groups(groups: list[np.ndarray], workers: int) -> list[list[tuple[
 def _gradient_flow(results: list, layers: list[str]) -> dict[str, dict[str, float]]:
     """Sample-weighted mean over the round's accepted clients of each layer's norms."""
     sums = [r.flow_sum for r in results if r.flow_sum is not None]
-    weight = sum(r.weight_total for r in results if r.flow_sum is not None)
+    weight = sum(int(r.num_samples[r.accepted].sum()) for r in results if r.flow_sum is not None)
     if not sums or weight <= 0:
         return {}
     mean = np.sum(sums, axis=0) / weight
@@ -215,9 +222,11 @@ def _gradient_flow(results: list, layers: list[str]) -> dict[str, dict[str, floa
 
 
 def _round_row(round_: int, results: list, model_bytes: int) -> dict[str, Any]:
-    sizes = np.concatenate([r.num_samples for r in results])
-    losses = np.concatenate([r.train_losses for r in results])
-    accepted = np.concatenate([r.accepted for r in results])
+    def joined(field: str, dtype) -> np.ndarray:
+        return np.concatenate([getattr(r, field) for r in results]) if results else np.zeros(0, dtype)
+
+    sizes, losses = joined("num_samples", np.int64), joined("train_losses", np.float64)
+    accepted, sent = joined("accepted", bool), joined("bytes_up", np.int64)
     weight = sizes[accepted].sum()
     train_loss = float(np.dot(sizes[accepted], losses[accepted]) / weight) if weight else None
     clients = len(sizes)
@@ -230,7 +239,8 @@ def _round_row(round_: int, results: list, model_bytes: int) -> dict[str, Any]:
         "num_samples": int(sizes.sum()),
         "rejected_updates": int((~accepted).sum()),
         "seconds": 0.0,
-        "bytes_up": clients * model_bytes,
+        # A rejected update still travelled: it counts at full size.
+        "bytes_up": int(sent[accepted].sum()) + int((~accepted).sum()) * model_bytes,
         "bytes_down": clients * model_bytes,
     }
 
@@ -247,12 +257,15 @@ class _RunState:
         self.x_train, self.y_train = dataset.x_train, dataset.y_train
         self.x_test, self.y_test = dataset.x_test, dataset.y_test
         self.eval_model = build_model(self.spec, cfg.model.engine)
-        self.server_opt = ServerSGD(cfg.server.lr)
-        self.params = init_params(self.spec, cfg.seed)
+        self.server = ServerState(cfg, init_params(self.spec, cfg.seed))
         self.model_bytes = self.params.nbytes
         self.completed_round = 0
         self.next_round = 1
         self.metrics: rundir.MetricsLog
+
+    @property
+    def params(self) -> np.ndarray:
+        return self.server.params
 
     def open_run_dir(self, resume: bool) -> None:
         """Create the run directory (or restore from its checkpoint) and open the metrics log."""
@@ -269,8 +282,8 @@ class _RunState:
             raise FedsimError(
                 f"{self.run_dir}: checkpoint has {params.size} parameters, model needs {self.params.size}"
             )
-        self.params = params.astype(np.float32)
-        self.server_opt.load_state(server_state)
+        self.server.params = params.astype(np.float32)
+        self.server.load_arrays(server_state)
         self.completed_round, self.next_round = round_, round_ + 1
         rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
 
@@ -284,7 +297,7 @@ class _RunState:
         }
 
     def checkpoint(self) -> None:
-        rundir.save_checkpoint(self.run_dir, self.completed_round, self.params, self.server_opt.state())
+        rundir.save_checkpoint(self.run_dir, self.completed_round, self.params, self.server.arrays())
 
     def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
         """Checkpoint, write the model and summary.json; return the summary."""
@@ -317,6 +330,7 @@ def _summary(cfg: Config, rows: list[dict[str, Any]], status: str, num_params: i
         "total_bytes_up": sum(r["bytes_up"] for r in rows),
         "total_bytes_down": sum(r["bytes_down"] for r in rows),
         "num_parameters": num_params,
+        **({"epsilon": rows[-1]["epsilon"]} if rows and "epsilon" in rows[-1] else {}),
     }
 
 

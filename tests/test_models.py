@@ -101,9 +101,9 @@ def test_local_training_moves_the_model_and_is_seeded():
     r1 = train_client(model, start, x, y, shard, cfg, client_rng(0, 1, 7, 1), 7)
     r2 = train_client(model, start, x, y, shard, cfg, client_rng(0, 1, 7, 1), 7)
     r3 = train_client(model, start, x, y, shard, cfg, client_rng(0, 2, 7, 1), 7)
-    assert r1.num_samples == 20 and np.abs(r1.delta).max() > 0
-    assert r1.delta.tobytes() == r2.delta.tobytes()
-    assert r1.delta.tobytes() != r3.delta.tobytes()  # another round, another data order
+    assert r1.num_samples == 20 and np.abs(r1.update).max() > 0
+    assert r1.update.tobytes() == r2.update.tobytes()
+    assert r1.update.tobytes() != r3.update.tobytes()  # another round, another data order
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])

@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from clients.models.spec import init_params
-from clients.worker import ClientShards, ClientWorker
+from clients.worker import ClientPlan, ClientShards, ClientWorker, RoundInput
 from simulator import Simulation
 from simulator.setup import build_dataset, build_model_spec, build_partition, local_training
 from tests.conftest import ROOT, small_config, small_overrides
@@ -128,16 +128,16 @@ def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
         dataset.y_train,
         shards.indices,
         shards.offsets,
-        local_training(cfg),
+        ClientPlan(local_training(cfg)),
         cfg.seed,
         1,
     )
     start = init_params(spec, cfg.seed)
-    group = worker.train_group(start, 1, 0, np.array([1, 4, 9]))
+    group = worker.train_group(start, RoundInput(1), 0, np.array([1, 4, 9]))
     expected = np.zeros(start.shape, dtype=np.float32)
     for cid in (1, 4, 9):
-        one = worker.train_group(start, 1, 0, np.array([cid]))
-        expected += one.weighted_delta_sum
+        one = worker.train_group(start, RoundInput(1), 0, np.array([cid]))
+        expected += one.weighted_sum
     assert group.weight_total == sum(shards.sizes()[[1, 4, 9]])
     # Same float32 additions in the same client order: equal bits.
-    assert group.weighted_delta_sum.tobytes() == expected.tobytes()
+    assert group.weighted_sum.tobytes() == expected.tobytes()

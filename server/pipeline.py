@@ -1,0 +1,97 @@
+"""The server pipeline, composed from its units: per-client postprocessing
+(clip, compress), aggregation (linear sum, DP noise, or a robust aggregator),
+and the server optimiser. Nothing here knows about Ray.
+
+Per-client postprocessing runs on the workers, on the server's behalf: the
+simulator hands an ``UpdatePostprocessor`` to each worker, so an update is
+clipped where it is produced and only sums travel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server.aggregation import AGGREGATORS, PartialSums
+from server.clipping import clip_update
+from server.compression import compress
+from server.optimizers import SERVER_OPTIMIZERS
+from server.privacy import add_gaussian_noise, dp_mean
+
+
+@dataclass(frozen=True)
+class ProcessedUpdate:
+    update: np.ndarray  # (n,) float32: what the client sends
+    norm: float  # L2 norm before clipping
+    bytes: int  # bytes that would travel
+    residual: np.ndarray | None  # error-feedback state for the client's next round
+
+
+@dataclass(frozen=True)
+class UpdatePostprocessor:
+    """Clip to this round's norm (when clipping), then compress (with error feedback)."""
+
+    clip: bool
+    compression: str = "none"
+    fraction: float = 0.01
+    error_feedback: bool = True
+
+    def process(self, update: np.ndarray, clip_norm: float | None, rng, residual) -> ProcessedUpdate:
+        norm = float(np.linalg.norm(update))
+        if self.clip:
+            update, norm = clip_update(update, clip_norm)
+        if self.compression == "none":
+            return ProcessedUpdate(update.astype(np.float32, copy=False), norm, update.size * 4, None)
+        carried = residual if self.error_feedback else None
+        sent, new_residual, size = compress(update, self.compression, self.fraction, rng, carried)
+        return ProcessedUpdate(sent, norm, size, new_residual if self.error_feedback else None)
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """Combines a round's group results into one (n,) float64 update.
+
+    ``aggregator``: a name in AGGREGATORS; non-mean ones need per-client updates.
+    DP (noise_multiplier > 0): Gaussian noise on the sum of clipped updates, then
+    the fixed denominator ``expected_clients`` (McMahan et al. 2018).
+    """
+
+    aggregator: str = "mean"
+    hyper: tuple[tuple[str, Any], ...] = ()
+    noise_multiplier: float = 0.0
+    expected_clients: float = 1.0
+
+    @property
+    def reduction(self) -> str:
+        if self.aggregator != "mean":
+            return "stack"
+        return "unit_sum" if self.noise_multiplier > 0 else "weighted_sum"
+
+    def combine(
+        self, results: list, size: int, clip_norm: float | None, rng
+    ) -> tuple[np.ndarray | None, dict]:
+        if self.reduction == "stack":
+            return self._robust(results)
+        sums = PartialSums(size)
+        for r in results:
+            sums.add(r.weighted_sum, r.weight_total)
+        if self.noise_multiplier == 0:
+            return sums.mean(), {}
+        noised, std = add_gaussian_noise(sums.total, clip_norm, self.noise_multiplier, rng)
+        return dp_mean(noised, self.expected_clients), {"noise_std": std}
+
+    def _robust(self, results: list) -> tuple[np.ndarray | None, dict]:
+        stacks = [r.stacked for r in results if r.stacked is not None]
+        if not stacks:
+            return None, {}
+        updates = np.concatenate(stacks)
+        weights = np.concatenate([r.stacked_weights for r in results if r.stacked is not None])
+        return AGGREGATORS[self.aggregator](updates, weights, **dict(self.hyper)), {}
+
+
+def build_server_optimizer(name: str, lr: float, **hyper):
+    """The named server optimiser with only the hyper-parameters it takes."""
+    cls = SERVER_OPTIMIZERS[name]
+    return cls(lr, **hyper)

@@ -1,0 +1,184 @@
+"""Everything the server carries from round to round, and one round's server step.
+
+State: the global parameters, the server optimiser's moments, the adaptive
+clip norm, SCAFFOLD's server control variate, per-client state (SCAFFOLD's
+c_i, error-feedback residuals) and the privacy accountant. All of it goes into
+checkpoints as named arrays, so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from clients.attacks import malicious_clients
+from clients.errors import FedsimError
+from clients.worker import ClientPlan, RoundInput
+from server.clipping import AdaptiveClipNorm
+from server.pipeline import Aggregation, UpdatePostprocessor, build_server_optimizer
+from server.privacy import PrivacyAccountant
+from simulator.config import Config
+from simulator.setup import local_training
+
+PURPOSE_SERVER_NOISE = 7
+
+
+def build_plan(cfg: Config, aggregation: Aggregation) -> ClientPlan:
+    s = cfg.server
+    clip = s.clipping.kind != "none"
+    postprocess = None
+    if clip or s.compression.method != "none":
+        z = s.compression
+        postprocess = UpdatePostprocessor(clip, z.method, z.fraction, z.error_feedback)
+    malicious = ()
+    if s.attack.kind != "none":
+        malicious = tuple(
+            int(c) for c in malicious_clients(cfg.seed, cfg.data.num_clients, s.attack.fraction)
+        )
+    return ClientPlan(
+        training=local_training(cfg),
+        update_kind=s.update,
+        reduction=aggregation.reduction,
+        scaffold=cfg.client.algorithm == "scaffold",
+        attack_kind=s.attack.kind,
+        malicious=malicious,
+        attack_scale=s.attack.scale,
+        attack_noise_std=s.attack.noise_std,
+        postprocess=postprocess,
+        track_gradients=cfg.client.track_gradients,
+    )
+
+
+def build_aggregation(cfg: Config) -> Aggregation:
+    s = cfg.server
+    hyper: dict[str, Any] = {}
+    if s.aggregator == "trimmed_mean":
+        hyper = {"beta": s.trim_beta}
+    elif s.aggregator == "krum":
+        hyper = {"f": s.krum_f}
+    elif s.aggregator == "multi_krum":
+        hyper = {"f": s.krum_f, "m": s.krum_m}
+    return Aggregation(
+        s.aggregator, tuple(hyper.items()), s.privacy.noise_multiplier, cfg.sampled_per_round()
+    )
+
+
+def _optimizer(cfg: Config):
+    s = cfg.server
+    hyper = {
+        "sgd": {},
+        "momentum": {"momentum": s.momentum},
+        "adagrad": {"beta1": s.beta1, "tau": s.tau},
+        "adam": {"beta1": s.beta1, "beta2": s.beta2, "tau": s.tau, "bias_correction": s.bias_correction},
+        "yogi": {"beta1": s.beta1, "beta2": s.beta2, "tau": s.tau, "bias_correction": s.bias_correction},
+    }[s.optimizer]
+    return build_server_optimizer(s.optimizer, s.lr, **hyper)
+
+
+class ServerState:
+    def __init__(self, cfg: Config, params: np.ndarray):
+        self.cfg = cfg
+        self.params = params
+        self.aggregation = build_aggregation(cfg)
+        self.plan = build_plan(cfg, self.aggregation)
+        self.optimizer = _optimizer(cfg)
+        c = cfg.server.clipping
+        self.clipper = (
+            AdaptiveClipNorm(c.initial_norm, c.target_quantile, c.learning_rate)
+            if c.kind == "adaptive"
+            else None
+        )
+        self.server_control = np.zeros_like(params) if cfg.client.algorithm == "scaffold" else None
+        self.client_states: dict[int, dict[str, np.ndarray]] = {}
+        self.accountant = _accountant(cfg)
+
+    def clip_norm(self) -> float | None:
+        kind = self.cfg.server.clipping.kind
+        if kind == "none":
+            return None
+        return self.clipper.norm if self.clipper else self.cfg.server.clipping.norm
+
+    def round_input(self, round_: int, client_ids) -> RoundInput:
+        states = {int(c): self.client_states[int(c)] for c in client_ids if int(c) in self.client_states}
+        return RoundInput(round_, self.clip_norm(), self.server_control, states)
+
+    def step(self, round_: int, results: list) -> dict[str, Any]:
+        """Aggregate, add noise, step the optimiser and update all state; returns metrics."""
+        clip_norm = self.clip_norm()
+        rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, round_, PURPOSE_SERVER_NOISE]))
+        try:
+            aggregate, metrics = self.aggregation.combine(results, self.params.size, clip_norm, rng)
+        except ValueError as exc:  # e.g. too few accepted updates for Krum this round
+            raise FedsimError(
+                f"round {round_}: server aggregation ({self.aggregation.aggregator}) failed: {exc}"
+            ) from exc
+        if aggregate is not None:
+            pseudo_grad = aggregate if self.cfg.server.update == "gradients" else -aggregate
+            self.params = self.optimizer.step(self.params, pseudo_grad)
+        self._update_client_state(results)
+        metrics.update(self._clip_metrics(results, clip_norm))
+        if self.accountant is not None:
+            metrics["epsilon"] = self.accountant.epsilon(round_)
+        return metrics
+
+    def _update_client_state(self, results: list) -> None:
+        for r in results:
+            self.client_states.update(r.new_states)
+        if self.server_control is not None:
+            deltas = [r.control_delta_sum for r in results if r.control_delta_sum is not None]
+            if deltas:
+                # c <- c + |S|/N * mean_i(dc_i) = c + sum_i(dc_i) / N
+                self.server_control = (
+                    self.server_control + np.sum(deltas, axis=0) / self.cfg.data.num_clients
+                ).astype(np.float32)
+
+    def _clip_metrics(self, results: list, clip_norm: float | None) -> dict[str, Any]:
+        norms = np.concatenate([r.norms for r in results])
+        norms = norms[np.isfinite(norms)]
+        if not len(norms):
+            return {}
+        out = {"update_norm_mean": float(norms.mean()), "update_norm_max": float(norms.max())}
+        if clip_norm is not None:
+            out["clip_norm"] = clip_norm
+            out["clipped_fraction"] = float((norms > clip_norm).mean())
+            if self.clipper is not None:
+                self.clipper.update(norms)
+        return out
+
+    # --- checkpoints ---------------------------------------------------------
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every piece of server state as named arrays (checkpoint tensors)."""
+        out = {f"optimizer.{k}": v for k, v in self.optimizer.state().items()}
+        if self.clipper is not None:
+            out.update({f"clipper.{k}": np.asarray(v) for k, v in self.clipper.state().items()})
+        if self.server_control is not None:
+            out["server_control"] = self.server_control
+        for cid, state in self.client_states.items():
+            out.update({f"client.{cid}.{key}": value for key, value in state.items()})
+        return out
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        def section(prefix: str) -> dict[str, np.ndarray]:
+            return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+
+        self.optimizer.load_state(section("optimizer."))
+        if self.clipper is not None:
+            self.clipper.load_state(section("clipper."))
+        if "server_control" in arrays:
+            self.server_control = arrays["server_control"]
+        for key, value in section("client.").items():
+            cid, name = key.split(".", 1)
+            self.client_states.setdefault(int(cid), {})[name] = value
+
+
+def _accountant(cfg: Config) -> PrivacyAccountant | None:
+    p = cfg.server.privacy
+    if p.noise_multiplier <= 0:
+        return None
+    n = cfg.data.num_clients
+    per_round = cfg.sampled_per_round()
+    if p.sampling == "poisson":
+        return PrivacyAccountant(p.noise_multiplier, n, "poisson", sampling_rate=per_round / n, delta=p.delta)
+    return PrivacyAccountant(p.noise_multiplier, n, "fixed", clients_per_round=per_round, delta=p.delta)

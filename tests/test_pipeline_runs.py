@@ -1,0 +1,161 @@
+"""The server pipeline end to end on a session-wide Ray: FedSGD, FedProx, SCAFFOLD,
+robust aggregation under attack, adaptive clipping, DP accounting, stateful resume."""
+
+from __future__ import annotations
+
+import json
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting import rdp
+
+from clients.models.engines import build_model
+from clients.models.spec import init_params
+from clients.training import LocalTrainingConfig, client_rng, train_client
+from simulator import Simulation
+from simulator.config import apply_overrides, from_dict, load_config
+from simulator.setup import build_dataset, build_model_spec
+from tests.conftest import ROOT, small_overrides
+
+DEFAULT = ROOT / "configs" / "default.yaml"
+
+
+def run(tmp_path, run_name: str, overrides: dict, config=DEFAULT):
+    return Simulation.from_yaml(
+        config, {"runtime.workers": 2, **overrides}, run_dir=tmp_path / run_name
+    ).run()
+
+
+def union_loss(history, config, overrides: dict) -> float:
+    """The global model's mean loss on the whole training set (the federated objective)."""
+    cfg = load_config(config, overrides)
+    dataset = build_dataset(cfg.data, cfg.seed)
+    model = build_model(build_model_spec(cfg.model, dataset), cfg.model.engine)
+    model.params[:] = history.final_params
+    loss_sum, _, count = model.evaluate(dataset.x_train, dataset.y_train, 4096)
+    return loss_sum / count
+
+
+def test_fedsgd_with_full_shards_is_centralised_gradient_descent(ray_cluster, tmp_path):
+    overrides = {
+        "rounds": 3, "data.num_clients": 10, "data.partition": "iid", "model.name": "logreg",
+        "server.clients_per_round": 10, "server.update": "gradients", "server.lr": 0.5,
+        "client.batch_size": 64,
+    }  # fmt: skip
+    history = run(tmp_path, "fedsgd", overrides)
+    cfg = from_dict(apply_overrides({}, overrides))
+    dataset = build_dataset(cfg.data, cfg.seed)
+    model = build_model(build_model_spec(cfg.model, dataset), "torch")
+    params = init_params(model.spec, cfg.seed)
+    for _ in range(3):
+        model.params[:] = params
+        model.loss_and_grad(dataset.x_train, dataset.y_train)  # mean over the union
+        params = params - 0.5 * model.grad
+    # Same gradient, summed in another order in float32: agreement to ~1e-6 relative.
+    np.testing.assert_allclose(history.final_params, params, rtol=1e-4, atol=1e-6)
+
+
+def test_fedprox_term_changes_the_update_and_mu_zero_is_fedavg():
+    cfg = from_dict(apply_overrides({}, small_overrides()))
+    dataset = build_dataset(cfg.data, cfg.seed)
+    model = build_model(build_model_spec(cfg.model, dataset), "torch")
+    start = init_params(model.spec, 0)
+    shard = np.arange(40)
+
+    def delta(mu: float) -> np.ndarray:
+        training = LocalTrainingConfig(0.1, 0.0, 0.0, 2, 10, prox_mu=mu)
+        rng = client_rng(0, 1, 3, 1)
+        return train_client(model, start, dataset.x_train, dataset.y_train, shard, training, rng, 3).update
+
+    zero, prox = delta(0.0), delta(1.0)
+    training = LocalTrainingConfig(0.1, 0.0, 0.0, 2, 10)  # no prox_mu at all: plain FedAvg
+    plain = train_client(
+        model, start, dataset.x_train, dataset.y_train, shard, training, client_rng(0, 1, 3, 1), 3
+    ).update
+    assert zero.tobytes() == plain.tobytes()
+    assert not np.allclose(prox, plain)
+    assert np.linalg.norm(prox) < np.linalg.norm(plain)  # the proximal term pulls toward w_t
+
+
+def test_scaffold_beats_fedavg_when_every_client_holds_one_label(ray_cluster, tmp_path):
+    config = ROOT / "configs" / "scaffold.yaml"
+    base = {"rounds": 30}
+    scaffold = run(tmp_path, "scaffold", base, config)
+    fedavg = run(tmp_path, "fedavg", {**base, "client.algorithm": "fedavg"}, config)
+    # The clients' own minibatch losses are low under FedAvg (each fits its one label);
+    # the objective that matters is the global model's loss on all the training data.
+    assert union_loss(scaffold, config, base) < union_loss(fedavg, config, base)
+
+
+def test_robust_aggregators_survive_sign_flipping_attackers(ray_cluster, tmp_path):
+    config = ROOT / "configs" / "robust_attack.yaml"
+    clean = run(tmp_path, "clean", {"server.attack.kind": "none", "server.aggregator": "mean"}, config)
+    accuracy = {"clean": clean.summary["final_test_accuracy"]}
+    cases = {
+        "mean": {"server.aggregator": "mean"},
+        "median": {"server.aggregator": "median"},
+        "trimmed_mean": {"server.aggregator": "trimmed_mean", "server.trim_beta": 0.25},
+        "krum": {"server.aggregator": "krum", "server.krum_f": 4},
+    }
+    for name, overrides in cases.items():
+        accuracy[name] = run(tmp_path, name, overrides, config).summary["final_test_accuracy"]
+    assert accuracy["clean"] - accuracy["mean"] >= 0.20, accuracy
+    for name in ("median", "trimmed_mean", "krum"):
+        assert accuracy["clean"] - accuracy[name] <= 0.05, accuracy
+
+
+def test_adaptive_clipping_converges_to_the_target_quantile(ray_cluster, tmp_path):
+    overrides = small_overrides(rounds=40, **{
+        "server.clients_per_round": 12, "server.clipping.kind": "adaptive",
+        "server.clipping.target_quantile": 0.75, "server.clipping.learning_rate": 0.3,
+    })  # fmt: skip
+    history = run(tmp_path, "adaptive", overrides)
+    clip_norms = [row["clip_norm"] for row in history.rows]
+    late = [row["clipped_fraction"] for row in history.rows[-15:]]
+    assert clip_norms[0] == pytest.approx(0.1)  # Andrew et al.'s initial norm
+    assert clip_norms[-1] > 0.1  # grew toward the update norms
+    assert abs(np.mean(late) - 0.25) < 0.12  # 75% under the norm => a quarter clipped
+
+
+def test_dp_epsilon_matches_the_accountant_and_noise_has_its_std(ray_cluster, tmp_path):
+    overrides = small_overrides(rounds=3, **{
+        "data.num_clients": 40, "data.partition": "iid", "server.clients_per_round": 8,
+        "server.clipping.kind": "fixed", "server.clipping.norm": 0.5,
+        "server.privacy.noise_multiplier": 1.1, "server.privacy.sampling": "poisson", "runtime.workers": 2,
+    })  # fmt: skip
+    history = run(tmp_path, "dp", overrides)
+    q, z, delta = 8 / 40, 1.1, 1e-5
+    for row in history.rows:
+        accountant = rdp.RdpAccountant(
+            neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+        )
+        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z))
+        accountant.compose(dp_accounting.SelfComposedDpEvent(event, row["round"]))
+        assert row["epsilon"] == pytest.approx(accountant.get_epsilon(delta), rel=1e-9)
+        assert row["noise_std"] == pytest.approx(z * 0.5)
+    summary = json.loads((history.run_dir / "summary.json").read_text())
+    assert summary["epsilon"] == pytest.approx(history.rows[-1]["epsilon"])
+
+
+def test_resume_with_every_kind_of_server_state_is_bit_identical(ray_cluster, tmp_path):
+    overrides = small_overrides(rounds=6, **{
+        "client.algorithm": "scaffold", "server.optimizer": "adam", "server.lr": 0.01,
+        "server.clipping.kind": "adaptive", "server.compression.method": "topk",
+        "server.compression.fraction": 0.1, "runtime.checkpoint_every": 2,
+    })  # fmt: skip
+    straight = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "straight").run()
+
+    def stop_after_three(row):
+        if row["round"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Simulation.from_yaml(
+            DEFAULT, overrides, run_dir=tmp_path / "resumed", on_round_end=stop_after_three
+        ).run()
+    resumed = Simulation.resume_from(tmp_path / "resumed").run()
+    assert resumed.final_params.tobytes() == straight.final_params.tobytes()
+    strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in h.rows] for h in (straight, resumed)]
+    assert strip[0] == strip[1]
+    assert straight.rows[-1]["bytes_up"] < straight.rows[-1]["num_clients"] * straight.final_params.nbytes
