@@ -81,6 +81,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = _run_overrides(args)
     options = {"quiet": args.quiet, "debug": args.debug}
     if args.resume is not None:
+        if args.config is not None or args.out is not None:
+            raise FedsimError(
+                "fedsim run --resume RUN_DIR takes its config and directory from RUN_DIR; drop CONFIG/--out"
+            )
         sim = Simulation.resume_from(args.resume, overrides, **options)
     elif args.config is None:
         raise FedsimError("fedsim run: give a CONFIG file (or --resume RUN_DIR)")
@@ -120,7 +124,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from simulator.report import write_report
 
     out = args.out or args.run_dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FedsimError(f"report --out {out} is an existing file; give a folder")
     path = write_report(list(args.run_dirs), out, target_accuracy=args.target)
     print(f"wrote {path}")
     return 0

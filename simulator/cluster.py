@@ -10,8 +10,10 @@ import logging
 import math
 import os
 import socket
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
@@ -35,7 +37,7 @@ def ray_session(address: str | None, debug: bool = False):
     started = address is None
     _quiet_ray_environment(debug)
     if address is not None:
-        _check_reachable(address)
+        _check_reachable(_resolve_auto(address))
     try:
         ray.init(
             # "local" always starts a fresh embedded Ray, even when a cluster started
@@ -54,6 +56,19 @@ def ray_session(address: str | None, debug: bool = False):
     finally:
         if started:
             ray.shutdown()
+
+
+def _resolve_auto(address: str) -> str:
+    """``auto`` means RAY_ADDRESS or the cluster `ray start` recorded on this machine."""
+    if address != "auto":
+        return address
+    recorded = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    found = os.environ.get("RAY_ADDRESS") or (recorded.read_text().strip() if recorded.is_file() else "")
+    if not found:
+        raise ClusterError(
+            "--address auto: no running Ray cluster found on this machine (start one with `ray start --head`)"
+        )
+    return found
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

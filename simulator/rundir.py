@@ -44,6 +44,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def create_run_dir(path: Path) -> Path:
     """Make a fresh run directory; refuse one that already holds files."""
+    if path.exists() and not path.is_dir():
+        raise FedsimError(f"run directory {path} is an existing file; pick another --out")
     if path.exists() and any(path.iterdir()):
         raise FedsimError(f"run directory {path} already exists and is not empty; pick another --out")
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -55,7 +57,11 @@ class MetricsLog:
 
     def __init__(self, path: Path):
         self.path = path
+        if path.exists():
+            _drop_torn_tail(path)
         self.rows = read_metrics(path) if path.exists() else []
+        if any(not isinstance(r, dict) or not isinstance(r.get("round"), int) for r in self.rows):
+            raise FedsimError(f"{path}: every row must be a JSON object with an integer 'round'")
 
     def last_round(self) -> int:
         return self.rows[-1]["round"] if self.rows else 0
@@ -69,10 +75,22 @@ class MetricsLog:
         self.rows.append(row)
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline: it is not a row, and
+    appending after it would glue the next row onto it. Complete rows are never touched."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl; a truncated last line (a crash mid-write) is skipped."""
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise FedsimError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -132,6 +150,8 @@ def load_latest_checkpoint(run_dir: Path) -> tuple[int, np.ndarray, dict[str, np
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise FedsimError(f"{path}: unreadable checkpoint: {exc}") from exc
+    if "global_params" not in tensors:
+        raise FedsimError(f"{path}: not a fedsim checkpoint (no 'global_params' tensor)")
     round_ = int(CHECKPOINT_PATTERN.match(path.name).group(1))
     state = {k.removeprefix("server."): v for k, v in tensors.items() if k.startswith("server.")}
     return round_, tensors["global_params"], state

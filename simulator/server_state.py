@@ -115,7 +115,11 @@ class ServerState:
             ) from exc
         if aggregate is not None:
             pseudo_grad = aggregate if self.cfg.server.update == "gradients" else -aggregate
-            self.params = self.optimizer.step(self.params, pseudo_grad)
+            stepped = self.optimizer.step(self.params, pseudo_grad)
+            # Finite updates can still overflow once summed or cast to float32.
+            metrics["rejected_aggregate"] = not bool(np.isfinite(stepped).all())
+            if not metrics["rejected_aggregate"]:
+                self.params = stepped
         self._update_client_state(results)
         metrics.update(self._clip_metrics(results, clip_norm))
         if self.accountant is not None:

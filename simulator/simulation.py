@@ -38,6 +38,8 @@ from simulator.setup import build_dataset, build_model_spec, build_partition
 
 RoundCallback = Callable[[dict[str, Any]], None]
 MUTABLE_ON_RESUME = ("rounds", "runtime")
+# runtime keys that change bits: the summation order and the kernels' thread count
+FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker")
 TASKS_PER_WORKER = 1
 
 
@@ -274,10 +276,16 @@ class _RunState:
         else:
             rundir.create_run_dir(self.run_dir)
             rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+            self.checkpoint()  # round 0: resumable even if stopped before its first round
         self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
 
     def _restore(self) -> None:
         round_, params, server_state = rundir.load_latest_checkpoint(self.run_dir)
+        if round_ > self.cfg.rounds:
+            raise ConfigError(
+                f"--resume: rounds={self.cfg.rounds} is below the {round_} rounds already "
+                "completed; rounds can only be extended"
+            )
         if params.shape != self.params.shape:
             raise FedsimError(
                 f"{self.run_dir}: checkpoint has {params.size} parameters, model needs {self.params.size}"
@@ -301,8 +309,7 @@ class _RunState:
 
     def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
         """Checkpoint, write the model and summary.json; return the summary."""
-        if self.completed_round:
-            self.checkpoint()
+        self.checkpoint()
         meta = {"format": "fedsim-model-1", "round": str(self.completed_round), "name": self.cfg.name}
         rundir.save_model(self.run_dir / "model.safetensors", self.layout, self.params, meta)
         summary = _summary(self.cfg, self.metrics.rows, status, self.layout.size)
@@ -339,9 +346,12 @@ def _check_resume_compatible(saved: Config, requested: Config) -> None:
     for key in old:
         if key not in MUTABLE_ON_RESUME and old[key] != new[key]:
             raise ConfigError(
-                f"--resume: '{key}' differs from the run's config.yaml; only "
-                f"{', '.join(MUTABLE_ON_RESUME)} may change when resuming"
+                f"--resume: '{key}' differs from the run's config.yaml; only rounds and runtime.* "
+                f"(except {', '.join(FIXED_RUNTIME_ON_RESUME)}) may change when resuming"
             )
+    for key in FIXED_RUNTIME_ON_RESUME:
+        if old["runtime"][key] != new["runtime"][key]:
+            raise ConfigError(f"--resume: 'runtime.{key}' cannot change when resuming; it changes the bits")
 
 
 def _default_run_dir(cfg: Config) -> Path:

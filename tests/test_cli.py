@@ -133,3 +133,13 @@ def test_unreachable_cluster_fails_fast_without_a_run_directory(tmp_path):
     result = fedsim("run", DEFAULT, "--address", f"127.0.0.1:{port}", "--out", run_dir, timeout=60)
     assert_one_line_error(result, "no Ray cluster answers", str(port))
     assert not run_dir.exists()
+
+
+def test_report_on_a_missing_run_does_not_create_it(tmp_path):
+    missing = tmp_path / "typo"
+    assert_one_line_error(fedsim("report", missing), "not found")
+    assert not missing.exists()
+
+
+def test_resume_with_a_config_too_is_refused(tmp_path):
+    assert_one_line_error(fedsim("run", DEFAULT, "--resume", tmp_path), "drop CONFIG")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from clients.errors import ConfigError
 from clients.models.spec import init_params
 from clients.worker import ClientPlan, ClientShards, ClientWorker, RoundInput
 from simulator import Simulation
@@ -64,6 +65,7 @@ def test_run_directory_contract(ray_cluster, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 4
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "round_000000.safetensors",
         "round_000002.safetensors",
         "round_000004.safetensors",
     ]
@@ -104,7 +106,7 @@ def test_resume_after_interrupt_is_bit_identical(ray_cluster, tmp_path):
 
 def test_resume_refuses_a_changed_experiment(ray_cluster, tmp_path):
     run_small(tmp_path, "base")
-    with pytest.raises(Exception, match="'client' differs"):
+    with pytest.raises(ConfigError, match="'client' differs"):
         Simulation.resume_from(tmp_path / "base", {"client.lr": 0.5})
 
 
@@ -141,3 +143,41 @@ def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
     assert group.weight_total == sum(shards.sizes()[[1, 4, 9]])
     # Same float32 additions in the same client order: equal bits.
     assert group.weighted_sum.tobytes() == expected.tobytes()
+
+
+def test_resume_refuses_changes_that_alter_the_bits(ray_cluster, tmp_path):
+    run_small(tmp_path, "fixed", rounds=2)
+    with pytest.raises(ConfigError, match="reduction_groups"):
+        Simulation.resume_from(tmp_path / "fixed", {"runtime.reduction_groups": 2})
+    with pytest.raises(ConfigError, match="below the 2 rounds"):
+        Simulation.resume_from(tmp_path / "fixed", {"rounds": 1}).run()
+
+
+def test_a_torn_metrics_line_is_dropped_and_resume_appends_cleanly(ray_cluster, tmp_path):
+    overrides = small_overrides(rounds=4, **{"runtime.checkpoint_every": 1})
+    straight = Simulation.from_yaml(
+        ROOT / "configs" / "default.yaml", overrides, run_dir=tmp_path / "s"
+    ).run()
+    stopped = Simulation.from_yaml(
+        ROOT / "configs" / "default.yaml", overrides, run_dir=tmp_path / "t", on_round_end=StopAfter(2)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        stopped.run()
+    metrics = tmp_path / "t" / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"round": 3, "test_acc')  # a crash in the middle of writing round 3
+    Simulation.resume_from(tmp_path / "t").run()
+    assert metrics_without_timing(tmp_path / "t") == metrics_without_timing(straight.run_dir)
+
+
+def test_a_run_stopped_in_its_first_round_is_resumable(ray_cluster, tmp_path):
+    def stop_now(row):
+        raise KeyboardInterrupt
+
+    overrides = small_overrides(rounds=2)
+    with pytest.raises(KeyboardInterrupt):
+        Simulation.from_yaml(
+            ROOT / "configs" / "default.yaml", overrides, run_dir=tmp_path / "r", on_round_end=stop_now
+        ).run()
+    resumed = Simulation.resume_from(tmp_path / "r").run()
+    assert [row["round"] for row in resumed.rows] == [1, 2]
