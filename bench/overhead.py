@@ -85,13 +85,13 @@ def time_plain_loop(cfg: Config) -> list[float]:
     seconds = []
     for round_ in range(1, cfg.rounds + 1):
         start = time.perf_counter()
-        total, scratch, weight = np.zeros_like(params), np.empty_like(params), 0
+        total, weight = np.zeros_like(params), 0
         for cid in sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round()):
             rng = client_rng(cfg.seed, round_, int(cid), PURPOSE_DATA_ORDER)
             result = train_client(
                 model, params, dataset.x_train, dataset.y_train, parts[cid], training, rng, cid
             )
-            add_weighted(total, result.update, result.num_samples, scratch)
+            add_weighted(total, result.update, result.num_samples)
             weight += result.num_samples
         params = (params + total.astype(np.float64) / weight).astype(np.float32)
         seconds.append(time.perf_counter() - start)

@@ -128,7 +128,6 @@ class _GroupAccumulator:
     def __init__(self, size: int, reduction: str):
         self.reduction = reduction
         self.total = np.zeros(size, np.float32) if reduction != "stack" else None
-        self.scratch = np.empty(size, np.float32)
         self.stacked: list[np.ndarray] = []
         self.stacked_weights: list[float] = []
         self.weight_total = 0.0
@@ -142,7 +141,7 @@ class _GroupAccumulator:
             self.stacked.append(update)
             self.stacked_weights.append(weight)
         else:
-            add_weighted(self.total, update, weight, self.scratch)
+            add_weighted(self.total, update, weight)
 
     def add_flow(self, flow: np.ndarray | None, num_samples: int) -> None:
         if flow is not None:
@@ -206,10 +205,10 @@ class ClientWorker:
             state = inputs.client_states.get(cid, {})
             result = self._train_one(global_params, inputs, cid, state)
             sizes[i], losses[i] = result.num_samples, result.train_loss
-            update, cid_state = self._client_update(result, global_params, inputs, state)
+            update, norm, cid_state = self._client_update(result, global_params, inputs, state)
             if update is None:
                 continue  # empty or non-finite: never reaches the model
-            processed = self._postprocess(update, inputs, cid, cid_state)
+            processed = self._postprocess(update, norm, inputs, cid, cid_state)
             accepted[i], norms[i], bytes_up[i] = True, processed.norm, processed.bytes
             acc.add(processed.update, result.num_samples)
             acc.add_flow(result.flow, result.num_samples)
@@ -224,9 +223,11 @@ class ClientWorker:
         )  # fmt: skip
 
     def _client_update(self, result: ClientResult, global_params, inputs: RoundInput, state: dict):
-        """The update the client sends (after any attack) and its new state, or (None, {})."""
-        if result.num_samples == 0 or not _is_finite(result.update, result.train_loss):
-            return None, {}
+        """The update the client sends (after any attack), its L2 norm and the client's new
+        state; (None, nan, {}) for an empty or non-finite update."""
+        norm = update_norm(result.update)
+        if result.num_samples == 0 or not (math.isfinite(result.train_loss) and math.isfinite(norm)):
+            return None, math.nan, {}
         new_state: dict[str, np.ndarray] = {}
         if self.plan.scaffold:
             old_c = state.get("control", np.zeros_like(global_params))
@@ -241,11 +242,12 @@ class ClientWorker:
             update = attack_update(
                 update, self.plan.attack_kind, self.plan.attack_scale, self.plan.attack_noise_std, rng
             )
-        return update, new_state
+            norm = update_norm(update)
+        return update, norm, new_state
 
-    def _postprocess(self, update: np.ndarray, inputs: RoundInput, cid: int, new_state: dict):
+    def _postprocess(self, update: np.ndarray, norm: float, inputs: RoundInput, cid: int, new_state: dict):
         if self.plan.postprocess is None:
-            return _Unprocessed(update, float(np.linalg.norm(update)), update.size * 4)
+            return _Unprocessed(update, norm, update.size * 4)
         rng = client_rng(self.seed, inputs.round, cid, PURPOSE_CLIENT_NOISE + 1)
         residual = inputs.client_states.get(cid, {}).get("residual")
         processed = self.plan.postprocess.process(update, inputs.clip_norm, rng, residual)
@@ -291,11 +293,13 @@ def _stack(updates: list[np.ndarray]) -> np.ndarray | None:
     return np.stack(updates) if updates else None
 
 
-def add_weighted(total: np.ndarray, delta: np.ndarray, weight: float, scratch: np.ndarray) -> None:
-    """total += weight * delta, in float32, without temporaries (all (n,) float32)."""
-    np.multiply(delta, np.float32(weight), out=scratch)
-    total += scratch
+def add_weighted(total: np.ndarray, delta: np.ndarray, weight: float) -> None:
+    """total += weight * delta, in float32, in one fused pass (torch's axpy on the same
+    memory; numpy would need two passes and a temporary)."""
+    torch.from_numpy(total).add_(torch.from_numpy(delta), alpha=float(np.float32(weight)))
 
 
-def _is_finite(update: np.ndarray, loss: float) -> bool:
-    return math.isfinite(loss) and bool(np.isfinite(update).all())
+def update_norm(update: np.ndarray) -> float:
+    """L2 norm in one BLAS pass; NaN or Inf anywhere makes it non-finite, and so does a
+    squared norm beyond float32's range (|u| > 1.8e19), which no usable update has."""
+    return math.sqrt(float(np.dot(update, update)))

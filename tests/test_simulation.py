@@ -9,8 +9,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from clients.errors import ConfigError
+from clients.models.engines import build_model
 from clients.models.spec import init_params
-from clients.worker import ClientPlan, ClientShards, ClientWorker, RoundInput
+from clients.training import PURPOSE_DATA_ORDER, client_rng, train_client
+from clients.worker import ClientPlan, ClientShards, ClientWorker, RoundInput, add_weighted
 from simulator import Simulation
 from simulator.setup import build_dataset, build_model_spec, build_partition, local_training
 from tests.conftest import ROOT, small_config, small_overrides
@@ -123,23 +125,19 @@ def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
     dataset = build_dataset(cfg.data, cfg.seed)
     shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
     spec = build_model_spec(cfg.model, dataset)
-    worker = ClientWorker(
-        spec,
-        "torch",
-        dataset.x_train,
-        dataset.y_train,
-        shards.indices,
-        shards.offsets,
-        ClientPlan(local_training(cfg)),
-        cfg.seed,
-        1,
-    )
+    args = (dataset.x_train, dataset.y_train, shards.indices, shards.offsets)
+    worker = ClientWorker(spec, "torch", *args, ClientPlan(local_training(cfg)), cfg.seed, 1)
     start = init_params(spec, cfg.seed)
     group = worker.train_group(start, RoundInput(1), 0, np.array([1, 4, 9]))
-    expected = np.zeros(start.shape, dtype=np.float32)
+    # Expected, independently: each client's own local training, weighted by its shard size.
+    model, expected = build_model(spec, "torch"), np.zeros(start.shape, dtype=np.float32)
     for cid in (1, 4, 9):
-        one = worker.train_group(start, RoundInput(1), 0, np.array([cid]))
-        expected += one.weighted_sum
+        rng = client_rng(cfg.seed, 1, cid, PURPOSE_DATA_ORDER)
+        result = train_client(
+            model, start, dataset.x_train, dataset.y_train, shards.shard(cid), local_training(cfg), rng, cid
+        )
+        assert result.num_samples == shards.sizes()[cid]
+        add_weighted(expected, result.update, result.num_samples)
     assert group.weight_total == sum(shards.sizes()[[1, 4, 9]])
     # Same float32 additions in the same client order: equal bits.
     assert group.weighted_sum.tobytes() == expected.tobytes()
