@@ -64,6 +64,7 @@ def train_client(
     rng: np.random.Generator,
     client_id: int,
     correction: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> ClientResult:
     """Run ``cfg.epochs`` of minibatch local training on the client's shard from ``global_params``.
 
@@ -71,6 +72,7 @@ def train_client(
     x: (N, *input_shape) and y: (N,) int64, the whole (read-only) training set;
     shard: (m,) int64 indices of this client's samples in it.
     correction: SCAFFOLD's c - c_i (n,), or None.
+    mask: (n,) bool pruning mask: pruned weights get no gradient and stay exactly zero.
     Returns the delta and the sample-weighted mean minibatch loss.
     """
     model.params[:] = global_params
@@ -85,7 +87,11 @@ def train_client(
             loss = model.loss_and_grad(x[batch], y[batch])
             if transform.active:
                 transform.apply(model.grad, model.params)
+            if mask is not None:
+                model.grad *= mask
             optimizer.step(model.params, model.grad)
+            if mask is not None:
+                model.params *= mask  # weight decay / momentum must not revive a pruned weight
             loss_sum += loss * len(batch)
             seen += len(batch)
             steps += 1
@@ -105,6 +111,7 @@ def client_gradient(
     cfg: LocalTrainingConfig,
     rng: np.random.Generator,
     client_id: int,
+    mask: np.ndarray | None = None,
 ) -> ClientResult:
     """FedSGD (McMahan et al. 2017, arXiv:1602.05629, Section 2): the gradient of the
     client's mean loss at ``global_params``, over its whole shard (in batches of
@@ -123,9 +130,32 @@ def client_gradient(
         loss_sum += loss * len(batch)
         seen += len(batch)
     gradient = (total / max(seen, 1)).astype(np.float32)
+    if mask is not None:
+        gradient *= mask
     return ClientResult(
         client_id, seen, loss_sum / seen if seen else float("nan"), gradient, None, len(batches)
     )
+
+
+SCORE_KINDS = ("saliency", "squared_gradient")
+
+
+def client_scores(model, global_params, x, y, shard, batch_size: int, kind: str) -> np.ndarray:
+    """One client's pruning scores (n,) float64 on its whole shard at ``global_params``:
+    ``saliency`` |w ⊙ g| with g its mean loss gradient (SNIP, Lee et al. 2019), or
+    ``squared_gradient`` the batch-size-weighted mean of squared batch gradients
+    (PruneFL, Jiang et al. 2022). Batches in shard order: no randomness."""
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"unknown score kind {kind!r}; known: {', '.join(SCORE_KINDS)}")
+    model.params[:] = global_params
+    total = np.zeros(global_params.shape, dtype=np.float64)
+    for start in range(0, len(shard), batch_size):
+        batch = shard[start : start + batch_size]
+        model.loss_and_grad(x[batch], y[batch])
+        grad = model.grad.astype(np.float64)
+        total += len(batch) * (grad if kind == "saliency" else grad * grad)
+    mean = total / max(len(shard), 1)
+    return np.abs(global_params * mean) if kind == "saliency" else mean
 
 
 class FlowAverage:

@@ -35,6 +35,7 @@ from clients.training import (
     LocalTrainingConfig,
     client_gradient,
     client_rng,
+    client_scores,
     train_client,
 )
 
@@ -73,6 +74,7 @@ class RoundInput:
     clip_norm: float | None = None
     server_control: np.ndarray | None = None
     client_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    mask: np.ndarray | None = None  # (n,) bool pruning mask broadcast with the model
 
 
 @dataclass
@@ -250,10 +252,27 @@ class ClientWorker:
             return _Unprocessed(update, norm, update.size * 4)
         rng = client_rng(self.seed, inputs.round, cid, PURPOSE_CLIENT_NOISE + 1)
         residual = inputs.client_states.get(cid, {}).get("residual")
-        processed = self.plan.postprocess.process(update, inputs.clip_norm, rng, residual)
+        processed = self.plan.postprocess.process(update, inputs.clip_norm, rng, residual, inputs.mask)
         if processed.residual is not None:
             new_state["residual"] = processed.residual
         return processed
+
+    def score_groups(
+        self, global_params: np.ndarray, groups: list[tuple[int, np.ndarray]], kind: str
+    ) -> list[tuple[int, np.ndarray, float]]:
+        """Per group: (index, sum over clients of n_i x scores_i (n,) float64, sum of n_i)."""
+        out = []
+        for index, client_ids in groups:
+            total, weight = np.zeros(global_params.shape, np.float64), 0.0
+            for cid in (int(c) for c in client_ids):
+                shard = self.shards.shard(cid)
+                scores = client_scores(
+                    self.model, global_params, self.x, self.y, shard, self.plan.training.batch_size, kind
+                )
+                total += len(shard) * scores
+                weight += len(shard)
+            out.append((index, total, weight))
+        return out
 
     def _train_one(self, global_params: np.ndarray, inputs: RoundInput, client_id: int, state: dict):
         rng = client_rng(self.seed, inputs.round, client_id, PURPOSE_DATA_ORDER)
@@ -272,11 +291,11 @@ class ClientWorker:
         )
         try:
             if self.plan.update_kind == "gradients":
-                return client_gradient(*args)
+                return client_gradient(*args, mask=inputs.mask)
             correction = None
             if self.plan.scaffold:
                 correction = inputs.server_control - state.get("control", np.zeros_like(global_params))
-            return train_client(*args, correction=correction)
+            return train_client(*args, correction=correction, mask=inputs.mask)
         except Exception as exc:
             raise ClientFailure(client_id, inputs.round, f"{type(exc).__name__}: {exc}") from exc
 

@@ -19,6 +19,7 @@ from server.clipping import clip_update
 from server.compression import compress
 from server.optimizers import SERVER_OPTIMIZERS
 from server.privacy import add_gaussian_noise, dp_mean
+from server.pruning import sparse_bytes
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,18 @@ class UpdatePostprocessor:
     fraction: float = 0.01
     error_feedback: bool = True
 
-    def process(self, update: np.ndarray, clip_norm: float | None, rng, residual) -> ProcessedUpdate:
+    def process(
+        self, update: np.ndarray, clip_norm: float | None, rng, residual, mask=None
+    ) -> ProcessedUpdate:
+        """``mask``: the round's pruning mask; a masked update travels as its kept entries."""
         norm = float(np.linalg.norm(update))
         if self.clip:
             update, norm = clip_update(update, clip_norm)
         if self.compression == "none":
-            return ProcessedUpdate(update.astype(np.float32, copy=False), norm, update.size * 4, None)
+            size = update.size * 4
+            if mask is not None:  # a sender picks the cheaper encoding
+                size = min(size, sparse_bytes(update, mask))
+            return ProcessedUpdate(update.astype(np.float32, copy=False), norm, size, None)
         carried = residual if self.error_feedback else None
         sent, new_residual, size = compress(update, self.compression, self.fraction, rng, carried)
         return ProcessedUpdate(sent, norm, size, new_residual if self.error_feedback else None)

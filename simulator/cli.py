@@ -43,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="output folder (default: the first run directory)")
     report.add_argument("--target", type=float, help="accuracy whose rounds-to-target is reported, e.g. 0.9")
     report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    prune = sub.add_parser("prune", help="which weights matter: prune a run's model and evaluate")
+    prune.add_argument("run_dir", type=Path)
+    prune.add_argument(
+        "--method",
+        default="magnitude,saliency,squared_gradient,random",
+        help="comma-separated: magnitude, saliency, squared_gradient, random",
+    )
+    prune.add_argument("--sparsity", default="0.5,0.8,0.9,0.95,0.99", help="comma-separated fractions pruned")
+    prune.add_argument("--finetune-rounds", type=int, default=0, help="federated rounds under each mask")
+    prune.add_argument("--scope", choices=("global", "layer"), default="global")
+    prune.add_argument("--out", type=Path, help="output folder (default: the run directory)")
+    prune.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     grad = sub.add_parser("gradcheck", help="check every layer's and model's gradients")
     grad.add_argument("--model", help="check only this built-in model (default: every layer and model)")
     grad.add_argument(
@@ -148,7 +161,53 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "gradcheck": cmd_gradcheck}
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FedsimError(f"{flag}: {text!r} is not a comma-separated list of numbers") from None
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from simulator.prune import prune_run
+
+    if not (args.run_dir / "config.yaml").is_file():
+        raise FedsimError(f"{args.run_dir}: not a run directory (no config.yaml)")
+    if args.finetune_rounds < 0:
+        raise FedsimError(f"--finetune-rounds: {args.finetune_rounds} is not allowed; must be >= 0")
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    path = prune_run(
+        args.run_dir,
+        methods,
+        _floats(args.sparsity, "--sparsity"),
+        args.finetune_rounds,
+        args.scope,
+        args.out,
+    )
+    _print_prune_table(path)
+    return 0
+
+
+def _print_prune_table(path: Path) -> None:
+    import json
+
+    prune = json.loads(path.read_text())
+    tuned = prune["finetune_rounds"] > 0
+    print(f"unpruned test accuracy {prune['baseline']['test_accuracy']:.4f}")
+    print(f"{'method':<18} {'sparsity':>8} {'accuracy':>9}" + (f" {'fine-tuned':>10}" if tuned else ""))
+    for r in prune["results"]:
+        extra = f" {r['finetuned_test_accuracy']:>10.4f}" if tuned else ""
+        print(f"{r['method']:<18} {r['sparsity']:>8.2f} {r['test_accuracy']:>9.4f}{extra}")
+    print(f"wrote {path}")
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "report": cmd_report,
+    "gradcheck": cmd_gradcheck,
+    "prune": cmd_prune,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

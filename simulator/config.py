@@ -131,6 +131,23 @@ class CompressionConfig:
     error_feedback: bool = _field(True, "carry what compression dropped into the client's next update")
 
 
+PRUNING_METHODS = ("none", "magnitude", "saliency", "squared_gradient", "random")
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    method: str = _field("none", "what ranks weights for pruning", PRUNING_METHODS)
+    scope: str = _field("global", "rank all weights together or each layer alone", ("global", "layer"))
+    schedule: str = _field(
+        "gradual", "one_shot at start_round, or gradual (Zhu & Gupta 2017)", ("one_shot", "gradual")
+    )
+    initial_sparsity: float = _field(0.0, "gradual: sparsity at start_round")
+    sparsity: float = _field(0.9, "final share of weights pruned (biases are never pruned)")
+    start_round: int = _field(10, "first pruning round (one_shot: the only one)")
+    end_round: int = _field(40, "gradual: round that reaches the final sparsity")
+    every: int = _field(5, "gradual: rounds between pruning steps")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     clients_per_round: int | float = _field(
@@ -160,6 +177,7 @@ class ServerConfig:
     privacy: PrivacyConfig = _field(PrivacyConfig(), "DP-FedAvg noise and accounting")
     attack: AttackConfig = _field(AttackConfig(), "attack simulation")
     compression: CompressionConfig = _field(CompressionConfig(), "update compression")
+    pruning: PruningConfig = _field(PruningConfig(), "pruning in the round pipeline")
     eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
     eval_batch_size: int = _field(1024, "test-set evaluation batch size")
 
@@ -393,6 +411,17 @@ def _validate_pipeline(c: ClientConfig, s: ServerConfig, num_clients: int) -> No
     _require(a.scale > 0, "server.attack.scale", a.scale, "> 0")
     _require(a.noise_std > 0, "server.attack.noise_std", a.noise_std, "> 0")
     _require(0 < z.fraction <= 1, "server.compression.fraction", z.fraction, "in (0, 1]")
+    pr = s.pruning
+    _require(
+        0 <= pr.initial_sparsity <= pr.sparsity,
+        "server.pruning.initial_sparsity",
+        pr.initial_sparsity,
+        "in [0, sparsity]",
+    )
+    _require(0 <= pr.sparsity < 1, "server.pruning.sparsity", pr.sparsity, "in [0, 1)")
+    _require(pr.start_round >= 1, "server.pruning.start_round", pr.start_round, ">= 1")
+    _require(pr.end_round >= pr.start_round, "server.pruning.end_round", pr.end_round, ">= start_round")
+    _require(pr.every >= 1, "server.pruning.every", pr.every, ">= 1")
     _check_combinations(c, s, num_clients)
 
 

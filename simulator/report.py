@@ -366,6 +366,114 @@ def _gradient_flow_last_round(runs: list[RunRecord], labels: list[str]) -> Figur
     return fig
 
 
+def _prune_results(run: RunRecord) -> dict[str, Any] | None:
+    path = run.run_dir / "prune.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FedsimError(f"{path}: unreadable prune results: {exc}") from exc
+
+
+def _prune_accuracy_figure(prune: dict[str, Any], title: str) -> Figure:
+    """Test accuracy against sparsity, one line per method (dashed: after fine-tuning)."""
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    ax = fig.add_subplot()
+    methods = list(dict.fromkeys(r["method"] for r in prune["results"]))
+    for i, method in enumerate(methods):
+        rows = sorted((r for r in prune["results"] if r["method"] == method), key=lambda r: r["sparsity"])
+        xs = [100 * r["sparsity"] for r in rows]
+        colour = _colour(i, len(methods))
+        ax.plot(xs, [100 * r["test_accuracy"] for r in rows], marker="o", color=colour, label=method)
+        if rows and "finetuned_test_accuracy" in rows[0]:
+            tuned = [100 * r["finetuned_test_accuracy"] for r in rows]
+            ax.plot(xs, tuned, marker="o", linestyle="--", color=colour, label=f"{method}, fine-tuned")
+    ax.axhline(100 * prune["baseline"]["test_accuracy"], color="grey", linestyle=":", label="unpruned")
+    ax.set_xlabel("Sparsity (% of weights pruned)", fontsize=10)
+    ax.set_ylabel("Test accuracy (%)", fontsize=10)
+    ax.set_title(title, fontsize=12)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=9)
+    return fig
+
+
+def _prune_layers_figure(prune: dict[str, Any], title: str) -> Figure:
+    """Per-layer density at the highest sparsity, one bar group per method."""
+    top = max(r["sparsity"] for r in prune["results"])
+    rows = [r for r in prune["results"] if r["sparsity"] == top]
+    layers = list(rows[0]["layer_density"]) if rows else []
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(rows), 1)
+    for j, row in enumerate(rows):
+        xs = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(layers))]
+        heights = [100 * row["layer_density"][layer] for layer in layers]
+        ax.bar(xs, heights, width=width, color=_colour(j, len(rows)), label=row["method"])
+    ax.set_xticks(range(len(layers)), layers, rotation=45 if len(layers) > 4 else 0, fontsize=9)
+    ax.set_xlabel("Layer", fontsize=10)
+    ax.set_ylabel("Weights kept (%)", fontsize=10)
+    ax.set_title(f"{title} at {100 * top:g}% sparsity", fontsize=12)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=9)
+    return fig
+
+
+PRUNE_CHARTS = (
+    ("prune_accuracy.png", _prune_accuracy_figure, "Accuracy against sparsity"),
+    ("prune_layers.png", _prune_layers_figure, "Per-layer density"),
+)
+
+
+def write_prune_charts(prune: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The `fedsim prune` charts as PNG files in ``out_dir``."""
+    paths = []
+    for filename, draw, title in PRUNE_CHARTS:
+        path = Path(out_dir) / filename
+        atomic_write_bytes(path, _png(draw(prune, title)))
+        paths.append(path)
+    return paths
+
+
+def _first_prune(runs: list[RunRecord], labels: list[str]):
+    for run, label in zip(runs, labels, strict=True):
+        prune = _prune_results(run)
+        if prune is not None:
+            return prune, label
+    return None, None
+
+
+def _prune_accuracy_panel(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    prune, label = _first_prune(runs, labels)
+    return None if prune is None else _prune_accuracy_figure(prune, f"{label}: accuracy against sparsity")
+
+
+def _prune_layers_panel(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    prune, label = _first_prune(runs, labels)
+    return None if prune is None else _prune_layers_figure(prune, f"{label}: per-layer density")
+
+
+def _density_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    """Density of the pruned model per round, for runs that pruned while training."""
+    tracked = [
+        (r, lab) for r, lab in zip(runs, labels, strict=True) if any("density" in row for row in r.rows)
+    ]
+    if not tracked:
+        return None
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    ax = fig.add_subplot()
+    for i, (run, label) in enumerate(tracked):
+        points = [(row["round"], 100 * row["density"]) for row in run.rows if "density" in row]
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, color=_colour(i, len(tracked)), label=label, linewidth=1.8)
+    ax.set_xlabel("Round", fontsize=10)
+    ax.set_ylabel("Weights kept (%)", fontsize=10)
+    ax.set_title("Model density over rounds (pruning in the pipeline)", fontsize=12)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=9)
+    return fig
+
+
 @dataclass(frozen=True)
 class _OptionalPanel:
     """A chart drawn only when its metrics exist in at least one run."""
@@ -389,6 +497,16 @@ OPTIONAL_PANELS = (
         "Gradient flow in the last round",
         _gradient_flow_last_round,
     ),
+    _OptionalPanel(
+        "panel-prune-accuracy",
+        "prune_accuracy.png",
+        "Pruning: accuracy against sparsity",
+        _prune_accuracy_panel,
+    ),
+    _OptionalPanel(
+        "panel-prune-layers", "prune_layers.png", "Pruning: per-layer density", _prune_layers_panel
+    ),
+    _OptionalPanel("panel-density", "density.png", "Density over rounds", _density_over_rounds),
 )
 
 

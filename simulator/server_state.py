@@ -14,10 +14,20 @@ import numpy as np
 
 from clients.attacks import malicious_clients
 from clients.errors import FedsimError
+from clients.models.layout import Layout
 from clients.worker import ClientPlan, RoundInput
 from server.clipping import AdaptiveClipNorm
 from server.pipeline import Aggregation, UpdatePostprocessor, build_server_optimizer
 from server.privacy import PrivacyAccountant
+from server.pruning import (
+    build_mask,
+    density,
+    is_pruning_round,
+    layer_densities,
+    polynomial_sparsity,
+    prunable,
+    sparse_bytes,
+)
 from simulator.config import Config
 from simulator.setup import local_training
 
@@ -28,7 +38,7 @@ def build_plan(cfg: Config, aggregation: Aggregation) -> ClientPlan:
     s = cfg.server
     clip = s.clipping.kind != "none"
     postprocess = None
-    if clip or s.compression.method != "none":
+    if clip or s.compression.method != "none" or s.pruning.method != "none":
         z = s.compression
         postprocess = UpdatePostprocessor(clip, z.method, z.fraction, z.error_feedback)
     malicious = ()
@@ -77,9 +87,12 @@ def _optimizer(cfg: Config):
 
 
 class ServerState:
-    def __init__(self, cfg: Config, params: np.ndarray):
+    def __init__(self, cfg: Config, params: np.ndarray, layout: Layout):
         self.cfg = cfg
         self.params = params
+        self.layout = layout
+        self.prunable = prunable(layout)
+        self.mask: np.ndarray | None = None  # bool (n,), set by the first pruning step
         self.aggregation = build_aggregation(cfg)
         self.plan = build_plan(cfg, self.aggregation)
         self.optimizer = _optimizer(cfg)
@@ -101,7 +114,7 @@ class ServerState:
 
     def round_input(self, round_: int, client_ids) -> RoundInput:
         states = {int(c): self.client_states[int(c)] for c in client_ids if int(c) in self.client_states}
-        return RoundInput(round_, self.clip_norm(), self.server_control, states)
+        return RoundInput(round_, self.clip_norm(), self.server_control, states, self.mask)
 
     def step(self, round_: int, results: list) -> dict[str, Any]:
         """Aggregate, add noise, step the optimiser and update all state; returns metrics."""
@@ -119,7 +132,8 @@ class ServerState:
             # Finite updates can still overflow once summed or cast to float32.
             metrics["rejected_aggregate"] = not bool(np.isfinite(stepped).all())
             if not metrics["rejected_aggregate"]:
-                self.params = stepped
+                # Server momentum may still carry a pruned weight's past: the mask wins.
+                self.params = stepped if self.mask is None else stepped * self.mask
         self._update_client_state(results)
         metrics.update(self._clip_metrics(results, clip_norm))
         if self.accountant is not None:
@@ -150,6 +164,43 @@ class ServerState:
                 self.clipper.update(norms)
         return out
 
+    # --- pruning ---------------------------------------------------------------
+
+    def pruning_target(self, round_: int) -> float | None:
+        """The sparsity to prune to at the end of ``round_``, or None when no step is due."""
+        p = self.cfg.server.pruning
+        if p.method == "none":
+            return None
+        if p.schedule == "one_shot":
+            return p.sparsity if round_ == p.start_round else None
+        if not is_pruning_round(round_, p.start_round, p.end_round, p.every):
+            return None
+        return polynomial_sparsity(
+            round_, p.initial_sparsity, p.sparsity, p.start_round, p.end_round, p.every
+        )
+
+    def prune(self, scores: np.ndarray, sparsity: float) -> None:
+        """Prune to ``sparsity``; weights pruned before stay pruned (they rank lowest)."""
+        ranked = scores.astype(np.float64, copy=True)
+        if self.mask is not None:
+            ranked[~self.mask] = -1.0  # below every score (all are >= 0): pruned stays pruned
+        self.mask = build_mask(ranked, self.prunable, sparsity, self.layout, self.cfg.server.pruning.scope)
+        self.params = self.params * self.mask
+
+    def pruning_metrics(self) -> dict[str, Any]:
+        if self.mask is None:
+            return {}
+        return {
+            "density": density(self.mask, self.prunable),
+            "layer_density": layer_densities(self.mask, self.layout),
+        }
+
+    def bytes_down(self, clients: int) -> int:
+        per_client = self.params.nbytes
+        if self.mask is not None:  # a sender picks the cheaper encoding
+            per_client = min(per_client, sparse_bytes(self.params, self.mask))
+        return clients * per_client
+
     # --- checkpoints ---------------------------------------------------------
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -159,6 +210,8 @@ class ServerState:
             out.update({f"clipper.{k}": np.asarray(v) for k, v in self.clipper.state().items()})
         if self.server_control is not None:
             out["server_control"] = self.server_control
+        if self.mask is not None:
+            out["mask"] = self.mask.astype(np.uint8)
         for cid, state in self.client_states.items():
             out.update({f"client.{cid}.{key}": value for key, value in state.items()})
         return out
@@ -172,6 +225,8 @@ class ServerState:
             self.clipper.load_state(section("clipper."))
         if "server_control" in arrays:
             self.server_control = arrays["server_control"]
+        if "mask" in arrays:
+            self.mask = arrays["mask"].astype(bool)
         for key, value in section("client.").items():
             cid, name = key.split(".", 1)
             self.client_states.setdefault(int(cid), {})[name] = value

@@ -27,6 +27,7 @@ from clients.models.engines import build_model
 from clients.models.spec import init_params
 from clients.worker import ClientShards, ClientWorker
 from server.evaluation import evaluate
+from server.pruning import magnitude_scores, random_scores
 from server.sampling import poisson_sample, reduction_groups, sample_clients
 from simulator import rundir
 from simulator.cluster import pool_size, ray_session
@@ -41,6 +42,7 @@ MUTABLE_ON_RESUME = ("rounds", "runtime")
 # runtime keys that change bits: the summation order and the kernels' thread count
 FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker")
 TASKS_PER_WORKER = 1
+PURPOSE_PRUNING = 8
 
 
 @dataclass
@@ -172,14 +174,29 @@ class Simulation:
 
         for task_results in pool.imap(submit, tasks):
             results.extend(task_results)
+        bytes_down = server.bytes_down(len(sampled))  # the model as broadcast this round
         server_metrics = server.step(round_, results)
+        target = server.pruning_target(round_)
+        if target is not None:
+            server.prune(self._pruning_scores(state, pool, sampled), target)
         row = _round_row(round_, results, state.model_bytes)
-        row.update(server_metrics)
+        row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics())
         if self.cfg.client.track_gradients:
             row["gradient_flow"] = _gradient_flow(results, state.spec.tracked_layers())
         row.update(self._maybe_evaluate(state, round_))
         row["seconds"] = time.perf_counter() - start
         return row
+
+    def _pruning_scores(self, state: _RunState, pool: WorkerPool, clients: np.ndarray) -> np.ndarray:
+        """Scores for ``server.pruning.method``; gradient-based ones are computed by the
+        round's sampled clients on their own shards and averaged by samples."""
+        method, params = self.cfg.server.pruning.method, state.params
+        if method == "magnitude":
+            return magnitude_scores(params)
+        if method == "random":
+            rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, PURPOSE_PRUNING]))
+            return random_scores(params.size, rng)
+        return federated_scores(pool, params, clients, method, self.cfg.runtime.reduction_groups)
 
     def _sample(self, round_: int) -> np.ndarray:
         cfg = self.cfg
@@ -196,6 +213,19 @@ class Simulation:
         with _compute_threads(_threads(self.cfg.runtime.cpus_per_worker)):
             result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
+
+
+def federated_scores(pool: WorkerPool, params: np.ndarray, clients: np.ndarray, kind: str, groups: int):
+    """Sample-weighted mean over ``clients`` of their scores at ``params`` (n,) float64,
+    added in group order (so it does not depend on the workers)."""
+    params_ref = ray.put(params)
+    tasks = _tasks_of_groups(reduction_groups(clients, groups), pool.size)
+    total, weight = np.zeros(params.size, np.float64), 0.0
+    for task in pool.imap(lambda actor, task: actor.score_groups.remote(params_ref, task, kind), tasks):
+        for _, group_total, group_weight in task:
+            total += group_total
+            weight += group_weight
+    return total / max(weight, 1.0)
 
 
 def _tasks_of_groups(groups: list[np.ndarray], workers: int) -> list[list[tuple[int, np.ndarray]]]:
@@ -259,7 +289,7 @@ class _RunState:
         self.x_train, self.y_train = dataset.x_train, dataset.y_train
         self.x_test, self.y_test = dataset.x_test, dataset.y_test
         self.eval_model = build_model(self.spec, cfg.model.engine)
-        self.server = ServerState(cfg, init_params(self.spec, cfg.seed))
+        self.server = ServerState(cfg, init_params(self.spec, cfg.seed), self.layout)
         self.model_bytes = self.params.nbytes
         self.completed_round = 0
         self.next_round = 1
