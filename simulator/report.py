@@ -64,10 +64,17 @@ class _Panel:
     filename: str
     title: str
     y: str  # "accuracy" | "loss"
-    x: str  # "round" | "time"
+    x: str  # "round" | "time" | "bytes"
 
 
 PANELS = (
+    _Panel(
+        "panel-accuracy-vs-bytes",
+        "accuracy_vs_bytes.png",
+        "Test accuracy against traffic (what clients would send and receive)",
+        "accuracy",
+        "bytes",
+    ),
     _Panel(
         "panel-accuracy-vs-round",
         "accuracy_vs_round.png",
@@ -176,15 +183,17 @@ def rounds_to_target(rows: list[dict[str, Any]], target: float) -> int | None:
 
 
 def _series(run: RunRecord, key: str, x: str) -> tuple[list[float], list[float]]:
-    """(xs, ys) of rows where `key` was measured; x is round or cumulative seconds."""
+    """(xs, ys) of rows where `key` was measured; x is the round, cumulative seconds or
+    cumulative MiB moved (up + down)."""
     xs: list[float] = []
     ys: list[float] = []
-    elapsed = 0.0
+    elapsed, moved = 0.0, 0.0
     for row in run.rows:
         elapsed += _metric(row, "seconds") or 0.0
+        moved += ((_metric(row, "bytes_up") or 0.0) + (_metric(row, "bytes_down") or 0.0)) / 2**20
         y = _metric(row, key)
         if y is not None:
-            xs.append(float(row["round"]) if x == "round" else elapsed)
+            xs.append({"round": float(row["round"]), "time": elapsed, "bytes": moved}[x])
             ys.append(y)
     return xs, ys
 
@@ -275,7 +284,12 @@ def _plot_runs(ax: Axes, panel: _Panel, runs: list[RunRecord], labels: list[str]
 
 def _decorate(ax: Axes, panel: _Panel) -> None:
     ax.set_title(panel.title, fontsize=13)
-    ax.set_xlabel("Round" if panel.x == "round" else "Cumulative wall-clock time (s)", fontsize=11)
+    xlabel = {
+        "round": "Round",
+        "time": "Cumulative wall-clock time (s)",
+        "bytes": "Cumulative traffic, up + down (MiB)",
+    }
+    ax.set_xlabel(xlabel[panel.x], fontsize=11)
     ax.set_ylabel("Test accuracy (%)" if panel.y == "accuracy" else "Loss", fontsize=11)
     ax.tick_params(labelsize=10)
     ax.grid(True, alpha=0.3)
