@@ -47,6 +47,8 @@ def ray_session(address: str | None, debug: bool = False):
             log_to_driver=debug,
             logging_level=logging.INFO if debug else logging.ERROR,
             configure_logging=True,
+            # On a cluster, fedsim's own packages travel with the job: nodes need only the dependencies.
+            runtime_env=None if address is None else {"py_modules": _package_dirs()},
         )
     except Exception as exc:  # Ray raises many types for an unreachable cluster
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
@@ -56,6 +58,14 @@ def ray_session(address: str | None, debug: bool = False):
     finally:
         if started:
             ray.shutdown()
+
+
+def _package_dirs() -> list[str]:
+    import clients
+    import server
+    import simulator
+
+    return [str(Path(m.__file__).parent) for m in (simulator, server, clients)]
 
 
 def _resolve_auto(address: str) -> str:

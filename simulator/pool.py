@@ -1,8 +1,9 @@
 """A small pool of worker actors that knows nothing of their methods.
 
 Work items are submitted as ``fn(actor, item) -> ObjectRef``; results come
-back in item order. An actor that dies is evicted and its item re-run on
-another (every result depends only on the item, so nothing changes).
+back in item order. An actor that dies (killed process, lost node) is evicted,
+a replacement is started when a ``respawn`` factory is given, and its items
+re-run elsewhere: every result depends only on the item, so nothing changes.
 """
 
 from __future__ import annotations
@@ -21,11 +22,20 @@ log = logging.getLogger("fedsim")
 
 
 class WorkerPool:
-    def __init__(self, actors: Sequence[Any], in_flight_per_actor: int = 2):
+    def __init__(
+        self,
+        actors: Sequence[Any],
+        in_flight_per_actor: int = 2,
+        respawn: Callable[[], Any] | None = None,
+        max_respawns: int = 8,
+    ):
         if not actors:
             raise ClusterError("a worker pool needs at least one actor")
         self.actors = list(actors)
         self.depth = in_flight_per_actor
+        self.respawn = respawn
+        self.respawns_left = max_respawns
+        self.evicted = 0
 
     def map(self, submit: Callable[[Any, Any], Any], items: Sequence[Any], max_retries: int = 3) -> list:
         """Run ``submit(actor, item)`` for every item; return results in item order."""
@@ -48,7 +58,7 @@ class WorkerPool:
             try:
                 results[index] = ray.get(done[0])
             except RayActorError as exc:
-                self._evict(actor, exc)
+                self._evict(actor, exc, load)
                 attempts[index] += 1
                 if attempts[index] > max_retries:
                     raise ClusterError(
@@ -83,10 +93,21 @@ class WorkerPool:
             ray.kill(actor)
         self.actors.clear()
 
-    def _evict(self, actor, exc: Exception) -> None:
-        if actor in self.actors:
-            self.actors.remove(actor)
-            log.warning("evicted a dead worker (%d left): %s", len(self.actors), exc)
+    def _evict(self, actor, exc: Exception, load: dict) -> None:
+        if actor not in self.actors:
+            return
+        self.actors.remove(actor)
+        self.evicted += 1
+        log.warning("evicted a dead worker (%d left): %s", len(self.actors), str(exc).splitlines()[0])
+        if self.respawn is not None and self.respawns_left > 0:
+            self.respawns_left -= 1
+            try:
+                replacement = self.respawn()
+            except Exception as err:  # no room left on the cluster: carry on with fewer
+                log.warning("could not start a replacement worker: %s", err)
+                return
+            self.actors.append(replacement)
+            load[id(replacement)] = 0
 
 
 def _unwrap(exc: RayTaskError) -> Exception:

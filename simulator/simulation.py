@@ -22,7 +22,7 @@ import ray
 import torch
 from threadpoolctl import threadpool_limits
 
-from clients.errors import ConfigError, FedsimError
+from clients.errors import ClusterError, ConfigError, FedsimError
 from clients.models.engines import build_model
 from clients.models.spec import init_params
 from clients.worker import ClientShards, ClientWorker
@@ -129,8 +129,9 @@ class Simulation:
         )
         actor_cls = ray.remote(ClientWorker).options(num_cpus=rt.cpus_per_worker, num_gpus=0)
         refs = state.object_refs()
-        actors = [
-            actor_cls.remote(
+
+        def make_actor():
+            return actor_cls.remote(
                 state.spec,
                 self.cfg.model.engine,
                 refs["x"],
@@ -141,10 +142,16 @@ class Simulation:
                 self.cfg.seed,
                 _threads(rt.cpus_per_worker),
             )
-            for _ in range(count)
-        ]
+
+        def respawn():
+            # Only where a worker fits now: a pending actor would stall the round.
+            if ray.available_resources().get("CPU", 0.0) + 1e-9 < rt.cpus_per_worker:
+                raise ClusterError("no free CPUs for a replacement worker")
+            return make_actor()
+
+        actors = [make_actor() for _ in range(count)]
         ray.get([a.ping.remote() for a in actors])
-        return WorkerPool(actors)
+        return WorkerPool(actors, respawn=respawn)
 
     def _loop(self, state: _RunState, pool: WorkerPool, progress: RoundProgress) -> None:
         for round_ in range(state.next_round, self.cfg.rounds + 1):
@@ -172,8 +179,13 @@ class Simulation:
             inputs = server.round_input(round_, np.concatenate([ids for _, ids in task]))
             return actor.train_groups.remote(global_ref, inputs, task)
 
-        for task_results in pool.imap(submit, tasks):
-            results.extend(task_results)
+        try:
+            for task_results in pool.imap(submit, tasks):
+                results.extend(task_results)
+        except ClusterError as exc:
+            raise ClusterError(
+                f"round {round_} (clients {sampled.tolist()[:8]}{'...' if len(sampled) > 8 else ''}): {exc}"
+            ) from exc
         bytes_down = server.bytes_down(len(sampled))  # the model as broadcast this round
         server_metrics = server.step(round_, results)
         target = server.pruning_target(round_)
