@@ -78,6 +78,16 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SystemConfig:
+    speed: float = _field(1000.0, "median client speed, samples per simulated second")
+    speed_sigma: float = _field(0.0, "lognormal spread of client speeds (0 = all equal)")
+    availability: float = _field(1.0, "probability a client is online in a round")
+    dropout: float = _field(0.0, "probability a selected client fails to report")
+    deadline: float | None = _field(None, "round deadline in simulated seconds; null = none")
+    over_selection: float = _field(0.0, "extra share of clients selected; the first k to finish count")
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     optimizer: str = _field("sgd", "local optimiser (state is fresh every round)", ("sgd", "adam"))
     lr: float = _field(0.05, "local learning rate")
@@ -95,6 +105,9 @@ class ClientConfig:
     max_grad_norm: float | None = _field(None, "clip each local step's gradient to this L2 norm; null = off")
     local_steps: int | None = _field(
         None, "FedSGD: batches in each client's gradient; null = its whole shard"
+    )
+    system: SystemConfig = _field(
+        SystemConfig(), "system heterogeneity: speeds, availability, dropout, deadline"
     )
 
 
@@ -395,6 +408,13 @@ def _validate_pipeline(c: ClientConfig, s: ServerConfig, num_clients: int) -> No
         c.max_grad_norm is None or c.max_grad_norm > 0, "client.max_grad_norm", c.max_grad_norm, "null or > 0"
     )
     _require(c.local_steps is None or c.local_steps >= 1, "client.local_steps", c.local_steps, "null or >= 1")
+    y = c.system
+    _require(y.speed > 0, "client.system.speed", y.speed, "> 0")
+    _require(y.speed_sigma >= 0, "client.system.speed_sigma", y.speed_sigma, ">= 0")
+    _require(0 < y.availability <= 1, "client.system.availability", y.availability, "in (0, 1]")
+    _require(0 <= y.dropout < 1, "client.system.dropout", y.dropout, "in [0, 1)")
+    _require(y.deadline is None or y.deadline > 0, "client.system.deadline", y.deadline, "null or > 0")
+    _require(y.over_selection >= 0, "client.system.over_selection", y.over_selection, ">= 0")
     for key in ("momentum", "beta1", "beta2"):
         _require(0 <= getattr(s, key) < 1, f"server.{key}", getattr(s, key), "in [0, 1)")
     _require(s.tau > 0, "server.tau", s.tau, "> 0")
@@ -463,6 +483,10 @@ def _check_combinations(c: ClientConfig, s: ServerConfig, num_clients: int) -> N
                 "server.compression.method",
                 "qsgd8",
                 "quantisation can exceed the clip norm the privacy analysis relies on",
+            )
+        if c.system != SystemConfig():
+            refuse(
+                "client.system", "(set)", "DP accounting assumes the configured sampling; drop client.system"
             )
     elif s.privacy.sampling == "poisson":
         refuse(

@@ -488,6 +488,34 @@ def _density_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figure | N
     return fig
 
 
+def _accuracy_vs_simulated_time(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    """Test accuracy against simulated time, for runs with a system-heterogeneity model."""
+    tracked = [
+        (r, lab)
+        for r, lab in zip(runs, labels, strict=True)
+        if any("simulated_elapsed" in row for row in r.rows)
+    ]
+    if not tracked:
+        return None
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    ax = fig.add_subplot()
+    for i, (run, label) in enumerate(tracked):
+        points = [
+            (row["simulated_elapsed"], 100 * row["test_accuracy"])
+            for row in run.rows
+            if row.get("test_accuracy") is not None and "simulated_elapsed" in row
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, color=_colour(i, len(tracked)), label=label, linewidth=1.8)
+    ax.set_xlabel("Simulated time (s): clients' speeds, deadlines, stragglers", fontsize=10)
+    ax.set_ylabel("Test accuracy (%)", fontsize=10)
+    ax.set_title("Test accuracy against simulated time", fontsize=12)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=9)
+    return fig
+
+
 @dataclass(frozen=True)
 class _OptionalPanel:
     """A chart drawn only when its metrics exist in at least one run."""
@@ -521,6 +549,12 @@ OPTIONAL_PANELS = (
         "panel-prune-layers", "prune_layers.png", "Pruning: per-layer density", _prune_layers_panel
     ),
     _OptionalPanel("panel-density", "density.png", "Density over rounds", _density_over_rounds),
+    _OptionalPanel(
+        "panel-accuracy-vs-simulated-time",
+        "accuracy_vs_simulated_time.png",
+        "Test accuracy against simulated time",
+        _accuracy_vs_simulated_time,
+    ),
 )
 
 

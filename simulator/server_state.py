@@ -152,6 +152,8 @@ class ServerState:
                 ).astype(np.float32)
 
     def _clip_metrics(self, results: list, clip_norm: float | None) -> dict[str, Any]:
+        if not results:
+            return {}
         norms = np.concatenate([r.norms for r in results])
         norms = norms[np.isfinite(norms)]
         if not len(norms):

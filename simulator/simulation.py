@@ -9,6 +9,7 @@ order. Worker count, scheduling and resumption cannot change a bit.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from clients.worker import ClientShards, ClientWorker
 from server.evaluation import evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import poisson_sample, reduction_groups, sample_clients
+from server.system import SystemModel, plan_round
 from simulator import rundir
 from simulator.cluster import pool_size, ray_session
 from simulator.config import Config, dump_yaml, load_config
@@ -168,7 +170,7 @@ class Simulation:
     def _round(self, state: _RunState, pool: WorkerPool, round_: int) -> dict[str, Any]:
         start = time.perf_counter()
         cfg = self.cfg
-        sampled = self._sample(round_)
+        sampled, system_metrics = self._sample(state, round_)
         groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
         global_ref = ray.put(state.params)
         results = []
@@ -192,7 +194,7 @@ class Simulation:
         if target is not None:
             server.prune(self._pruning_scores(state, pool, sampled), target)
         row = _round_row(round_, results, state.model_bytes)
-        row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics())
+        row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
         if self.cfg.client.track_gradients:
             row["gradient_flow"] = _gradient_flow(results, state.spec.tracked_layers())
         row.update(self._maybe_evaluate(state, round_))
@@ -210,13 +212,23 @@ class Simulation:
             return random_scores(params.size, rng)
         return federated_scores(pool, params, clients, method, self.cfg.runtime.reduction_groups)
 
-    def _sample(self, round_: int) -> np.ndarray:
+    def _sample(self, state: _RunState, round_: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """This round's participants, and what the system model measured."""
         cfg = self.cfg
         if cfg.server.privacy.noise_multiplier > 0 and cfg.server.privacy.sampling == "poisson":
-            return poisson_sample(
-                cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round() / cfg.data.num_clients
-            )
-        return sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round())
+            rate = cfg.sampled_per_round() / cfg.data.num_clients
+            return poisson_sample(cfg.seed, round_, cfg.data.num_clients, rate), {}
+        system = SystemModel(**dataclasses.asdict(cfg.client.system))
+        if not system.active:
+            return sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round()), {}
+        work = state.shards.sizes() * cfg.client.epochs
+        plan = plan_round(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round(), work, system)
+        state.simulated_elapsed += plan.simulated_seconds
+        return plan.participants, {
+            "num_selected": len(plan.selected),
+            "simulated_seconds": plan.simulated_seconds,
+            "simulated_elapsed": state.simulated_elapsed,
+        }
 
     def _maybe_evaluate(self, state: _RunState, round_: int) -> dict[str, float | None]:
         s = self.cfg.server
@@ -247,6 +259,8 @@ def _tasks_of_groups(groups: list[np.ndarray], workers: int) -> list[list[tuple[
     bench/overhead.py), so fewer, larger tasks win on small models. Only who
     carries a group depends on this, never a bit of the result."""
     indexed = list(enumerate(groups))
+    if not indexed:
+        return []
     count = min(len(indexed), TASKS_PER_WORKER * workers)
     bounds = [round(i * len(indexed) / count) for i in range(count + 1)]
     return [indexed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -305,6 +319,7 @@ class _RunState:
         self.model_bytes = self.params.nbytes
         self.completed_round = 0
         self.next_round = 1
+        self.simulated_elapsed = 0.0
         self.metrics: rundir.MetricsLog
 
     @property
@@ -320,6 +335,8 @@ class _RunState:
             rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
             self.checkpoint()  # round 0: resumable even if stopped before its first round
         self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
+        done = [r for r in self.metrics.rows if r["round"] <= self.completed_round]
+        self.simulated_elapsed = float(done[-1].get("simulated_elapsed", 0.0)) if done else 0.0
 
     def _restore(self) -> None:
         round_, params, server_state = rundir.load_latest_checkpoint(self.run_dir)
