@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from clients.algorithms import scaffold_new_control
 from clients.attacks import attack_update, flip_labels
+from clients.data.datasets import SyntheticClients
 from clients.errors import ClientFailure
 from clients.models.engines import build_model
 from clients.models.spec import ModelSpec
@@ -168,6 +169,7 @@ class ClientWorker:
         plan: ClientPlan,
         seed: int,
         threads: int,
+        population: SyntheticClients | None = None,
     ):
         # Same thread count on every worker => kernels reduce in the same order.
         torch.set_num_threads(threads)
@@ -178,6 +180,7 @@ class ClientWorker:
         self.x, self.y = x_train, y_train
         self.y_flipped = flip_labels(y_train, spec.num_classes) if plan.attack_kind == "label_flip" else None
         self.shards = ClientShards(shard_indices, shard_offsets)
+        self.population = population  # when set, clients' data are generated here on demand
         self.plan = plan
         self.malicious = frozenset(plan.malicious)
         self.seed = seed
@@ -265,30 +268,34 @@ class ClientWorker:
         for index, client_ids in groups:
             total, weight = np.zeros(global_params.shape, np.float64), 0.0
             for cid in (int(c) for c in client_ids):
-                shard = self.shards.shard(cid)
+                x, y, shard = self._client_data(cid)
                 scores = client_scores(
-                    self.model, global_params, self.x, self.y, shard, self.plan.training.batch_size, kind
+                    self.model, global_params, x, y, shard, self.plan.training.batch_size, kind
                 )
                 total += len(shard) * scores
                 weight += len(shard)
             out.append((index, total, weight))
         return out
 
+    def _client_data(self, client_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, y, indices of the client's rows in them)."""
+        if self.population is not None:
+            x, y, _, _ = self.population.device(client_id)
+            return x, y, np.arange(len(x))
+        return self.x, self.y, self.shards.shard(client_id)
+
     def _train_one(self, global_params: np.ndarray, inputs: RoundInput, client_id: int, state: dict):
         rng = client_rng(self.seed, inputs.round, client_id, PURPOSE_DATA_ORDER)
         if self.has_dropout:
             self.model.set_rng(client_rng(self.seed, inputs.round, client_id, PURPOSE_DROPOUT))
-        labels = self.y_flipped if self.y_flipped is not None and client_id in self.malicious else self.y
-        args = (
-            self.model,
-            global_params,
-            self.x,
-            labels,
-            self.shards.shard(client_id),
-            self.plan.training,
-            rng,
-            client_id,
-        )
+        x, labels, shard = self._client_data(client_id)
+        if self.plan.attack_kind == "label_flip" and client_id in self.malicious:
+            labels = (
+                self.y_flipped
+                if self.population is None
+                else flip_labels(labels, self.model.spec.num_classes)
+            )
+        args = (self.model, global_params, x, labels, shard, self.plan.training, rng, client_id)
         try:
             if self.plan.update_kind == "gradients":
                 return client_gradient(*args, mask=inputs.mask)

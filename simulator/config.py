@@ -55,6 +55,9 @@ class DataConfig:
     shards_per_client: int = _field(2, "shards partition: label-sorted shards per client")
     min_samples_per_client: int = _field(2, "dirichlet: redraw until every client has this many")
     test_fraction: float = _field(0.2, "share of the data held out as the server test set")
+    generate_on_workers: bool = _field(
+        False, "synthetic: workers generate each client's data from (seed, id); any population size"
+    )
     synthetic: SyntheticConfig = _field(SyntheticConfig(), "Synthetic(α, β) generator settings")
 
 
@@ -343,6 +346,14 @@ def validate(cfg: Config) -> Config:
     _require(d.synthetic.num_classes >= 2, "data.synthetic.num_classes", d.synthetic.num_classes, ">= 2")
     spd = d.synthetic.samples_per_device
     _require(spd is None or spd >= 2, "data.synthetic.samples_per_device", spd, "null or >= 2")
+    if d.generate_on_workers and (d.dataset, d.partition) != ("synthetic", "natural"):
+        raise ConfigError(
+            "data.generate_on_workers: true needs data.dataset synthetic and data.partition natural"
+        )
+    if d.generate_on_workers and d.synthetic.samples_per_device is None:
+        raise ConfigError(
+            "data.generate_on_workers: true needs data.synthetic.samples_per_device (a fixed count)"
+        )
     if d.partition == "natural" and d.dataset != "synthetic":
         raise ConfigError(
             f"data.partition: 'natural' is not allowed for data.dataset {d.dataset!r}; "

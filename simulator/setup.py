@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.data.datasets import Dataset, load_digits, make_synthetic
+from clients.data.datasets import Dataset, SyntheticClients, load_digits, make_synthetic
 from clients.data.partition import dirichlet_partition, iid_partition, natural_partition, shards_partition
 from clients.models.spec import ModelSpec, build_spec
 from clients.training import LocalTrainingConfig
@@ -13,7 +13,26 @@ from simulator.config import Config, DataConfig, ModelConfig
 PURPOSE_PARTITION = 3
 
 
+def build_population(data: DataConfig, seed: int) -> SyntheticClients | None:
+    """The on-demand synthetic population, when clients' data are generated on workers."""
+    if not data.generate_on_workers:
+        return None
+    s = data.synthetic
+    return SyntheticClients(
+        seed, s.alpha, s.beta, s.num_features, s.num_classes, s.samples_per_device, data.test_fraction
+    )
+
+
 def build_dataset(data: DataConfig, seed: int) -> Dataset:
+    """The driver's dataset; with generated populations only the server test set is held."""
+    population = build_population(data, seed)
+    if population is not None:
+        x_test, y_test = population.server_test_set(data.num_clients)
+        empty_x = np.zeros((0, population.num_features), np.float32)
+        return Dataset(
+            "synthetic_generated", empty_x, np.zeros(0, np.int64), x_test, y_test,
+            population.num_classes, (population.num_features,), None,
+        )  # fmt: skip
     if data.dataset == "digits":
         return load_digits(seed=seed, test_fraction=data.test_fraction)
     s = data.synthetic
@@ -35,6 +54,8 @@ def build_partition(dataset: Dataset, data: DataConfig, seed: int) -> list[np.nd
     labels = dataset.y_train
     if data.partition == "iid":
         return iid_partition(len(labels), data.num_clients, rng)
+    if data.generate_on_workers:
+        return []  # no shards: each worker generates a client's rows when it trains it
     if data.partition == "dirichlet":
         return dirichlet_partition(labels, data.num_clients, data.alpha, rng, data.min_samples_per_client)
     if data.partition == "shards":

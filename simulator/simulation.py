@@ -37,7 +37,7 @@ from simulator.config import Config, dump_yaml, load_config
 from simulator.pool import WorkerPool
 from simulator.progress import RoundProgress
 from simulator.server_state import ServerState
-from simulator.setup import build_dataset, build_model_spec, build_partition
+from simulator.setup import build_dataset, build_model_spec, build_partition, build_population
 
 RoundCallback = Callable[[dict[str, Any]], None]
 MUTABLE_ON_RESUME = ("rounds", "runtime")
@@ -143,6 +143,7 @@ class Simulation:
                 state.server.plan,
                 self.cfg.seed,
                 _threads(rt.cpus_per_worker),
+                state.population,
             )
 
         def respawn():
@@ -221,7 +222,7 @@ class Simulation:
         system = SystemModel(**dataclasses.asdict(cfg.client.system))
         if not system.active:
             return sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round()), {}
-        work = state.shards.sizes() * cfg.client.epochs
+        work = state.client_sizes() * cfg.client.epochs
         plan = plan_round(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round(), work, system)
         state.simulated_elapsed += plan.simulated_seconds
         return plan.participants, {
@@ -310,6 +311,7 @@ class _RunState:
         self.cfg, self.run_dir = cfg, run_dir
         dataset = build_dataset(cfg.data, cfg.seed)
         self.shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
+        self.population = build_population(cfg.data, cfg.seed)
         self.spec = build_model_spec(cfg.model, dataset)
         self.layout = self.spec.layout()
         self.x_train, self.y_train = dataset.x_train, dataset.y_train
@@ -353,6 +355,12 @@ class _RunState:
         self.server.load_arrays(server_state)
         self.completed_round, self.next_round = round_, round_ + 1
         rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+
+    def client_sizes(self) -> np.ndarray:
+        """Training samples of every client (num_clients,)."""
+        if self.population is not None:
+            return np.full(self.cfg.data.num_clients, self.population.train_size())
+        return self.shards.sizes()
 
     def object_refs(self) -> dict[str, ray.ObjectRef]:
         """The dataset and partition go into the object store once per run."""

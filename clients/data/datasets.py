@@ -263,3 +263,39 @@ def _per_device_holdout(
     kept = counts - _held_out_count(counts, test_fraction)
     test_mask = rank_in_device >= kept[owner]
     return order, test_mask
+
+
+@dataclass(frozen=True)
+class SyntheticClients:
+    """Synthetic(α, β) devices generated on demand from (seed, device): a population of
+    any size costs no memory until a client is sampled. Device k's data come from its
+    own generator, so any worker makes the same bits (not the bits of make_synthetic,
+    which draws all devices from one stream)."""
+
+    seed: int
+    alpha: float
+    beta: float
+    num_features: int
+    num_classes: int
+    samples_per_device: int
+    test_fraction: float
+
+    def device(self, device: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x_train, y_train, x_test, y_test) of one device: x float32 (m, d), y int64."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, device, 0x5E]))
+        counts = np.array([self.samples_per_device])
+        x, y, owner = _sample_devices(rng, self.alpha, self.beta, counts, self.num_features, self.num_classes)
+        order, test_mask = _per_device_holdout(rng, owner, counts, self.test_fraction)
+        train, test = order[~test_mask], order[test_mask]
+        return x[train], y[train], x[test], y[test]
+
+    def train_size(self) -> int:
+        return int(
+            self.samples_per_device
+            - _held_out_count(np.array([self.samples_per_device]), self.test_fraction)[0]
+        )
+
+    def server_test_set(self, num_devices: int, max_devices: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out rows of the first min(num_devices, max_devices) devices."""
+        parts = [self.device(k)[2:] for k in range(min(num_devices, max_devices))]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
