@@ -126,6 +126,18 @@ def main() -> None:
         ratios.append(sim / floor)
         print(f"{i + 1:>6}  {sim:>17.3f}  {t1:>10.3f}  {floor:>13.3f}  {sim / floor:.3f}")
     print(f"median ratio simulator / floor: {statistics.median(ratios):.3f}  (1.0 = zero overhead)")
+    model_mib = _model_bytes(cfg) / 2**20
+    groups = min(cfg.runtime.reduction_groups, cfg.sampled_per_round())
+    print(
+        f"object store per round: the global model put once ({model_mib:.2f} MiB) + {groups} float32 "
+        f"group sums ({groups * model_mib:.2f} MiB) = {(1 + groups) * model_mib:.2f} MiB, "
+        f"against {cfg.sampled_per_round() * model_mib:.1f} MiB if every client's update travelled"
+    )
+
+
+def _model_bytes(cfg: Config) -> int:
+    spec = build_model_spec(cfg.model, build_dataset(cfg.data, cfg.seed))
+    return spec.layout().size * 4
 
 
 if __name__ == "__main__":
