@@ -19,13 +19,14 @@ from typing import Any
 import yaml
 
 from clients.errors import ConfigError
+from clients.models.engines import ENGINES
+from clients.models.spec import ACTIVATION_KINDS, MODEL_NAMES
 
 DATASETS = ("digits", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
-MODELS = ("logreg", "mlp", "cnn", "resnet", "charlstm")
-ENGINES = ("torch", "numpy")
+MODELS = MODEL_NAMES
 IMAGE_DATASETS = ("digits",)
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
+ACTIVATIONS = ACTIVATION_KINDS
 
 
 def _field(default: Any, help_: str, choices: tuple[str, ...] | None = None) -> Any:
