@@ -22,6 +22,7 @@ from clients.numpy_engine.conv import (
 )
 from clients.numpy_engine.core import Module, bind_standalone
 from clients.numpy_engine.dense import Flatten, Linear, linear_backward, linear_forward
+from clients.numpy_engine.gradcheck import numeric_gradient
 from clients.numpy_engine.losses import mse, softmax_cross_entropy
 from clients.numpy_engine.residual import ResidualBlock
 
@@ -47,21 +48,6 @@ def _loss(module: Module, x: np.ndarray, upstream: np.ndarray, before_forward: C
     return float(np.sum(module.forward(x, True) * upstream))
 
 
-def _numeric_gradient(f: Callable[[], float], values: np.ndarray) -> np.ndarray:
-    """Centred differences of f with respect to every entry of ``values`` (perturbed in place)."""
-    flat = values.reshape(-1)
-    grad = np.empty(flat.size)
-    for k in range(flat.size):
-        keep = flat[k]
-        flat[k] = keep + FD_STEP
-        up = f()
-        flat[k] = keep - FD_STEP
-        down = f()
-        flat[k] = keep
-        grad[k] = (up - down) / (2 * FD_STEP)
-    return grad.reshape(values.shape)
-
-
 def check_finite_differences(
     module: Module, x: np.ndarray, before_forward: Callable[[Module], None] | None = None, seed: int = 0
 ) -> None:
@@ -81,9 +67,9 @@ def check_finite_differences(
     def loss() -> float:
         return _loss(module, x, upstream, before_forward)
 
-    errors = {"dx": relative_error(dx, _numeric_gradient(loss, x))}
+    errors = {"dx": relative_error(dx, numeric_gradient(loss, x))}
     for name, p in module.params.items():
-        errors[name] = relative_error(analytic[name], _numeric_gradient(loss, p))
+        errors[name] = relative_error(analytic[name], numeric_gradient(loss, p))
     worst = max(errors, key=errors.__getitem__)
     assert errors[worst] < FD_TOLERANCE, (
         f"{type(module).__name__} {worst}: relative error {errors[worst]:.2e}"
@@ -367,7 +353,7 @@ def test_softmax_cross_entropy_finite_differences():
     rng = np.random.default_rng(18)
     logits, labels = rng.normal(size=(4, 6)), rng.integers(0, 6, size=4)
     _, dlogits = softmax_cross_entropy(logits, labels)
-    numeric = _numeric_gradient(lambda: softmax_cross_entropy(logits, labels)[0], logits)
+    numeric = numeric_gradient(lambda: softmax_cross_entropy(logits, labels)[0], logits)
     assert relative_error(dlogits, numeric) < FD_TOLERANCE
 
 
@@ -403,7 +389,7 @@ def test_mse_matches_torch_and_finite_differences():
     np.testing.assert_allclose(loss, t_loss.item(), rtol=RTOL)
     assert_close(dpred, t_pred.grad, "dpred")
     p64, t64 = pred.astype(np.float64), target.astype(np.float64)
-    numeric = _numeric_gradient(lambda: mse(p64, t64)[0], p64)
+    numeric = numeric_gradient(lambda: mse(p64, t64)[0], p64)
     assert relative_error(mse(p64, t64)[1], numeric) < FD_TOLERANCE
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from clients.numpy_engine.core import bind_standalone
+from clients.numpy_engine.gradcheck import numeric_gradient
 from clients.numpy_engine.norm import BatchNorm, update_running_stats
 from clients.numpy_engine.recurrent import LSTM, Embedding, LastStep, embedding_weight_grad, sigmoid
 
@@ -34,20 +35,6 @@ def max_rel_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
     return float(np.abs(analytic - numeric).max() / scale)
 
 
-def numeric_grad(loss, arr: np.ndarray, h: float = FD_STEP) -> np.ndarray:
-    """Centred differences (L(a + h) - L(a - h)) / 2h of ``loss()`` in every entry of ``arr`` (in place)."""
-    grad = np.zeros_like(arr)
-    for idx in np.ndindex(arr.shape):
-        old = arr[idx]
-        arr[idx] = old + h
-        up = loss()
-        arr[idx] = old - h
-        down = loss()
-        arr[idx] = old
-        grad[idx] = (up - down) / (2 * h)
-    return grad
-
-
 def fd_check(module, x: np.ndarray, train: bool, check_dx: bool = True) -> None:
     """L = sum(forward(x) * G) for a fixed random G: analytic dx and param grads vs finite differences."""
     rng = np.random.default_rng(1)
@@ -62,9 +49,9 @@ def fd_check(module, x: np.ndarray, train: bool, check_dx: bool = True) -> None:
     module.forward(x, train=train)
     dx = module.backward(upstream)
     if check_dx:
-        assert max_rel_error(dx, numeric_grad(loss, x)) < FD_TOL
+        assert max_rel_error(dx, numeric_gradient(loss, x)) < FD_TOL
     for name, param in module.params.items():
-        err = max_rel_error(module.grads[name], numeric_grad(loss, param))
+        err = max_rel_error(module.grads[name], numeric_gradient(loss, param))
         assert err < FD_TOL, f"{name}: {err}"
 
 

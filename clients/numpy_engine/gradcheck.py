@@ -101,12 +101,16 @@ def _fd_coords(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(size) if size <= MAX_COORDS else rng.choice(size, MAX_COORDS, replace=False)
 
 
-def _fd_error(f: Callable[[], float], values: np.ndarray, analytic: np.ndarray, rng) -> float:
-    """Centred differences of f over sampled coordinates of ``values`` (perturbed in place)."""
-    flat, grad = values.reshape(-1), analytic.reshape(-1)
-    coords = _fd_coords(flat.size, rng)
-    numeric = np.empty(len(coords))
-    for i, c in enumerate(coords):
+def numeric_gradient(
+    f: Callable[[], float], values: np.ndarray, coords: np.ndarray | None = None
+) -> np.ndarray:
+    """Centred differences (f(v + h) - f(v - h)) / 2h of ``f()`` in the flat coordinates
+    ``coords`` of ``values`` (all by default; perturbed in place and restored).
+    Returns values.shape when coords is None, else (len(coords),)."""
+    flat = values.reshape(-1)
+    chosen = np.arange(flat.size) if coords is None else coords
+    numeric = np.empty(len(chosen))
+    for i, c in enumerate(chosen):
         keep = flat[c]
         flat[c] = keep + FD_STEP
         up = f()
@@ -114,7 +118,13 @@ def _fd_error(f: Callable[[], float], values: np.ndarray, analytic: np.ndarray, 
         down = f()
         flat[c] = keep
         numeric[i] = (up - down) / (2 * FD_STEP)
-    return relative_error(grad[coords], numeric)
+    return numeric.reshape(values.shape) if coords is None else numeric
+
+
+def _fd_error(f: Callable[[], float], values: np.ndarray, analytic: np.ndarray, rng) -> float:
+    """Relative error of ``analytic`` against centred differences on sampled coordinates."""
+    coords = _fd_coords(values.size, rng)
+    return relative_error(analytic.reshape(-1)[coords], numeric_gradient(f, values, coords))
 
 
 def check_layer_fd(name: str) -> CheckResult:
