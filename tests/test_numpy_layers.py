@@ -26,7 +26,6 @@ from clients.numpy_engine.gradcheck import numeric_gradient
 from clients.numpy_engine.losses import mse, softmax_cross_entropy
 from clients.numpy_engine.residual import ResidualBlock
 
-FD_STEP = 1e-6
 # Error measure of a finite-difference check, per tensor: norm-based,
 # ||analytic - numeric|| / max(||analytic|| + ||numeric||, 1e-12). Elementwise ratios blow up
 # on entries whose true gradient is ~0; the norm ratio does not, and centred differences in

@@ -15,7 +15,6 @@ from clients.numpy_engine.gradcheck import numeric_gradient
 from clients.numpy_engine.norm import BatchNorm, update_running_stats
 from clients.numpy_engine.recurrent import LSTM, Embedding, LastStep, embedding_weight_grad, sigmoid
 
-FD_STEP = 1e-6
 FD_TOL = 1e-6
 # LSTM in float32 over up to 40 steps: rounding grows with the recurrence, so
 # outputs / gradients agree with torch to rtol 1e-4 plus atol 1e-5.
