@@ -40,6 +40,7 @@ from clients.training import (
     train_client,
 )
 
+PURPOSE_SCORES = 9
 REDUCTIONS = ("weighted_sum", "unit_sum", "stack")
 
 
@@ -214,7 +215,9 @@ class ClientWorker:
             if update is None:
                 continue  # empty or non-finite: never reaches the model
             processed = self._postprocess(update, norm, inputs, cid, cid_state)
-            accepted[i], norms[i], bytes_up[i] = True, processed.norm, processed.bytes
+            # SCAFFOLD clients also upload their control-variate change (n float32).
+            extra = update.size * 4 if self.plan.scaffold else 0
+            accepted[i], norms[i], bytes_up[i] = True, processed.norm, processed.bytes + extra
             acc.add(processed.update, result.num_samples)
             acc.add_flow(result.flow, result.num_samples)
             if "control_delta" in cid_state:
@@ -268,6 +271,8 @@ class ClientWorker:
         for index, client_ids in groups:
             total, weight = np.zeros(global_params.shape, np.float64), 0.0
             for cid in (int(c) for c in client_ids):
+                if self.has_dropout:  # scores must not depend on what this worker ran before
+                    self.model.set_rng(client_rng(self.seed, 0, cid, PURPOSE_SCORES))
                 x, y, shard = self._client_data(cid)
                 scores = client_scores(
                     self.model, global_params, x, y, shard, self.plan.training.batch_size, kind

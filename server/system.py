@@ -64,7 +64,7 @@ def plan_round(
 ) -> RoundPlan:
     """``work``: (num_clients,) samples each client processes in a round (epochs x shard size)."""
     online = np.flatnonzero(_draws(seed, round_, num_clients, PURPOSE_AVAILABLE) < model.availability)
-    wanted = min(len(online), math.ceil(per_round * (1 + model.over_selection)))
+    wanted = min(len(online), math.ceil(per_round * (1 + model.over_selection) - 1e-9))  # 100 * 1.1 is 110
     order = _rng(seed, round_, -1, PURPOSE_SELECT).permutation(len(online))
     selected = np.sort(online[order[:wanted]])
     if not len(selected):

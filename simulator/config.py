@@ -490,11 +490,21 @@ def _check_combinations(c: ClientConfig, s: ServerConfig, num_clients: int) -> N
             )
         if s.aggregator != "mean":
             refuse("server.aggregator", s.aggregator, "DP-FedAvg's noise calibration needs the mean")
-        if s.compression.method == "qsgd8":
+        if s.compression.method != "none":
             refuse(
                 "server.compression.method",
-                "qsgd8",
-                "quantisation can exceed the clip norm the privacy analysis relies on",
+                s.compression.method,
+                "compressed updates (with error feedback) can exceed the clip norm DP relies on",
+            )
+        if s.clipping.kind == "adaptive":
+            refuse(
+                "server.clipping.kind",
+                "adaptive",
+                "the adaptive norm follows an un-noised quantile of client norms; use fixed clipping with DP",
+            )
+        if c.algorithm == "scaffold":
+            refuse(
+                "client.algorithm", "scaffold", "SCAFFOLD's control variates would reach the server un-noised"
             )
         if c.system != SystemConfig():
             refuse(

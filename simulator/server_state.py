@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from clients.attacks import malicious_clients
-from clients.errors import FedsimError
 from clients.models.layout import Layout
 from clients.worker import ClientPlan, RoundInput
 from server.clipping import AdaptiveClipNorm
@@ -122,23 +121,28 @@ class ServerState:
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, round_, PURPOSE_SERVER_NOISE]))
         try:
             aggregate, metrics = self.aggregation.combine(results, self.params.size, clip_norm, rng)
-        except ValueError as exc:  # e.g. too few accepted updates for Krum this round
-            raise FedsimError(
-                f"round {round_}: server aggregation ({self.aggregation.aggregator}) failed: {exc}"
-            ) from exc
+        except ValueError as exc:  # e.g. dropouts left too few updates for Krum this round
+            aggregate, metrics = None, {"aggregation_skipped": str(exc)}
         if aggregate is not None:
-            pseudo_grad = aggregate if self.cfg.server.update == "gradients" else -aggregate
-            stepped = self.optimizer.step(self.params, pseudo_grad)
-            # Finite updates can still overflow once summed or cast to float32.
-            metrics["rejected_aggregate"] = not bool(np.isfinite(stepped).all())
-            if not metrics["rejected_aggregate"]:
-                # Server momentum may still carry a pruned weight's past: the mask wins.
-                self.params = stepped if self.mask is None else stepped * self.mask
+            self._apply(aggregate, metrics)
         self._update_client_state(results)
         metrics.update(self._clip_metrics(results, clip_norm))
         if self.accountant is not None:
             metrics["epsilon"] = self.accountant.epsilon(round_)
         return metrics
+
+    def _apply(self, aggregate: np.ndarray, metrics: dict[str, Any]) -> None:
+        """One server-optimiser step; an aggregate or step that is not finite is not
+        applied, and the optimiser's state is rolled back so it cannot poison later rounds."""
+        saved = {k: np.array(v, copy=True) for k, v in self.optimizer.state().items()}
+        pseudo_grad = aggregate if self.cfg.server.update == "gradients" else -aggregate
+        stepped = self.optimizer.step(self.params, pseudo_grad)
+        metrics["rejected_aggregate"] = not bool(np.isfinite(stepped).all())
+        if metrics["rejected_aggregate"]:
+            self.optimizer.load_state(saved)
+        else:
+            # Server momentum may still carry a pruned weight's past: the mask wins.
+            self.params = stepped if self.mask is None else stepped * self.mask
 
     def _update_client_state(self, results: list) -> None:
         for r in results:

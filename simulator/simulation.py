@@ -189,10 +189,12 @@ class Simulation:
             raise ClusterError(
                 f"round {round_} (clients {sampled.tolist()[:8]}{'...' if len(sampled) > 8 else ''}): {exc}"
             ) from exc
-        bytes_down = server.bytes_down(len(sampled))  # the model as broadcast this round
+        # The model as broadcast this round, to every selected client (stragglers too).
+        bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
         server_metrics = server.step(round_, results)
         target = server.pruning_target(round_)
-        if target is not None:
+        gradient_based = cfg.server.pruning.method in ("saliency", "squared_gradient")
+        if target is not None and (len(sampled) or not gradient_based):  # no clients: no scores yet
             server.prune(self._pruning_scores(state, pool, sampled), target)
         row = _round_row(round_, results, state.model_bytes)
         row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
