@@ -320,6 +320,15 @@ def _render_panel(panel: _Panel, runs: list[RunRecord], labels: list[str]) -> by
 # ---------------------------------------------------------------- optional panels
 
 
+def _runs_with(runs: list[RunRecord], labels: list[str], keep) -> list[tuple[RunRecord, str]]:
+    """(run, label) of the runs an optional panel has something to draw for."""
+    return [(run, label) for run, label in zip(runs, labels, strict=True) if keep(run)]
+
+
+def _logs(run: RunRecord, key: str) -> bool:
+    return any(key in row for row in run.rows)
+
+
 def _flow_rows(run: RunRecord) -> list[tuple[int, dict[str, dict[str, float]]]]:
     return [(r["round"], r["gradient_flow"]) for r in run.rows if r.get("gradient_flow")]
 
@@ -334,7 +343,7 @@ def _layer_order(runs: list[RunRecord]) -> list[str]:
 
 def _gradient_flow_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figure | None:
     """One subplot per run that tracked gradients: each layer's mean |dL/dθ| per round."""
-    tracked = [(run, label) for run, label in zip(runs, labels, strict=True) if _flow_rows(run)]
+    tracked = _runs_with(runs, labels, lambda run: bool(_flow_rows(run)))
     if not tracked:
         return None
     layers = _layer_order(runs)
@@ -358,7 +367,7 @@ def _gradient_flow_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figu
 
 def _gradient_flow_last_round(runs: list[RunRecord], labels: list[str]) -> Figure | None:
     """Grouped bars: each layer's |dL/dθ| in each run's last tracked round (log scale)."""
-    tracked = [(run, label) for run, label in zip(runs, labels, strict=True) if _flow_rows(run)]
+    tracked = _runs_with(runs, labels, lambda run: bool(_flow_rows(run)))
     if not tracked:
         return None
     layers = _layer_order(runs)
@@ -469,9 +478,7 @@ def _prune_layers_panel(runs: list[RunRecord], labels: list[str]) -> Figure | No
 
 def _density_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figure | None:
     """Density of the pruned model per round, for runs that pruned while training."""
-    tracked = [
-        (r, lab) for r, lab in zip(runs, labels, strict=True) if any("density" in row for row in r.rows)
-    ]
+    tracked = _runs_with(runs, labels, lambda run: _logs(run, "density"))
     if not tracked:
         return None
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
@@ -490,11 +497,7 @@ def _density_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figure | N
 
 def _accuracy_vs_simulated_time(runs: list[RunRecord], labels: list[str]) -> Figure | None:
     """Test accuracy against simulated time, for runs with a system-heterogeneity model."""
-    tracked = [
-        (r, lab)
-        for r, lab in zip(runs, labels, strict=True)
-        if any("simulated_elapsed" in row for row in r.rows)
-    ]
+    tracked = _runs_with(runs, labels, lambda run: _logs(run, "simulated_elapsed"))
     if not tracked:
         return None
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")

@@ -93,8 +93,7 @@ def _fresh_rng_for_dropout(module: Module) -> None:
 
 
 def _loss(module: Module, x: np.ndarray, upstream: np.ndarray) -> float:
-    _fresh_rng_for_dropout(module)
-    return float(np.sum(module.forward(x, True) * upstream))
+    return float(np.sum(_forward(module, x) * upstream))
 
 
 def _fd_coords(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -127,13 +126,18 @@ def _fd_error(f: Callable[[], float], values: np.ndarray, analytic: np.ndarray, 
     return relative_error(analytic.reshape(-1)[coords], numeric_gradient(f, values, coords))
 
 
-def check_layer_fd(name: str) -> CheckResult:
-    """The numpy module's dx and parameter gradients against finite differences (float64)."""
+def _layer_case(name: str, seed: int):
+    """(spec, module bound to fresh float64 vectors, params, grads, input, rng) of a layer case."""
     spec, make_input = LAYER_CASES[name]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     module = build_module(spec)
     flat_p, flat_g = bind_standalone(module, np.float64, rng)
-    x = make_input(rng)
+    return spec, module, flat_p, flat_g, make_input(rng), rng
+
+
+def check_layer_fd(name: str) -> CheckResult:
+    """The numpy module's dx and parameter gradients against finite differences (float64)."""
+    _, module, flat_p, flat_g, x, rng = _layer_case(name, 0)
     upstream = rng.normal(size=np.shape(_forward(module, x)))
     dx = module.backward(upstream)
     analytic_g = flat_g.copy()
@@ -152,13 +156,9 @@ def _forward(module: Module, x: np.ndarray) -> np.ndarray:
 
 def check_layer_torch(name: str) -> CheckResult:
     """The numpy module against the same layer in PyTorch (float64): output, dx, every grad."""
-    spec, make_input = LAYER_CASES[name]
-    rng = np.random.default_rng(1)
-    module = build_module(spec)
-    flat_p, flat_g = bind_standalone(module, np.float64, rng)
-    x = make_input(rng)
+    spec, module, flat_p, flat_g, x, rng = _layer_case(name, 1)
     train = spec.kind != "dropout"  # torch draws its own masks; compare dropout in eval mode
-    y = module.forward(x, train) if train else module.forward(x, False)
+    y = module.forward(x, train)
     upstream = rng.normal(size=y.shape)
     dx = module.backward(upstream)
     t_module, t_params = _torch_twin(spec, flat_p, train)
