@@ -7,14 +7,18 @@
   control variate becomes c_i+ = c_i - c + (x - y_i) / (K eta_l).
 - Local gradient-norm clipping: each step's gradient g <- g min(1, C / ||g||).
 
-All are pure vector maths on flat (n,) arrays.
+All are pure vector maths on flat (n,) arrays: numpy on the host, or torch
+tensors on the model's device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from clients.models import arrays
 
 
 @dataclass(frozen=True)
@@ -27,20 +31,20 @@ class StepTransform:
     """
 
     prox_mu: float = 0.0
-    global_params: np.ndarray | None = None
+    global_params: Any = None
     max_grad_norm: float | None = None
-    correction: np.ndarray | None = None
+    correction: Any = None
 
     @property
     def active(self) -> bool:
         return bool(self.prox_mu) or self.max_grad_norm is not None or self.correction is not None
 
-    def apply(self, grad: np.ndarray, params: np.ndarray) -> None:
+    def apply(self, grad, params) -> None:
         """Modify ``grad`` (n,) in place for the step from ``params`` (n,)."""
         if self.prox_mu:
             grad += self.prox_mu * (params - self.global_params)
         if self.max_grad_norm is not None:
-            norm = float(np.linalg.norm(grad))
+            norm = arrays.l2_norm(grad)
             if norm > self.max_grad_norm:
                 grad *= self.max_grad_norm / norm
         if self.correction is not None:

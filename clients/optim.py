@@ -1,12 +1,13 @@
 """Local optimisers over flat vectors, kept apart from the layers.
 
-Pure vector math on the model's flat ``params`` and ``grad`` arrays, so every
-engine shares them.
+Pure vector math on the model's flat ``params`` and ``grad``, so every engine
+shares them: numpy arrays on the host, or torch tensors on a device (only
+in-place operators both support, plus ``clients.models.arrays``).
 """
 
 from __future__ import annotations
 
-import numpy as np
+from clients.models import arrays
 
 
 class SGD:
@@ -18,30 +19,35 @@ class SGD:
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
-        self._buf: np.ndarray | None = None
-        self._scratch: np.ndarray | None = None
+        self._buf = None
+        self._scratch = None
 
     def reset(self) -> None:
         """Forget the momentum buffer (a new client's local training starts fresh)."""
-        self._buf = None
+        self._buf = self._scratch = None
 
-    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+    def step(self, params, grad) -> None:
         """Update ``params`` in place from ``grad`` (both (n,) float32)."""
         if self._scratch is None or self._scratch.shape != grad.shape:
-            self._scratch = np.empty_like(grad)
+            self._scratch = arrays.zeros_like(grad)
+        scratch = self._scratch
         direction = grad
         if self.weight_decay:
-            direction = np.multiply(params, self.weight_decay, out=self._scratch)
-            direction += grad
+            scratch[...] = params
+            scratch *= self.weight_decay
+            scratch += grad
+            direction = scratch
         if self.momentum:
             if self._buf is None:
-                self._buf = direction.copy()
+                self._buf = arrays.copy(direction)
             else:
                 self._buf *= self.momentum
                 self._buf += direction
             direction = self._buf
-        scaled = np.multiply(direction, self.lr, out=self._scratch)
-        params -= scaled
+        if direction is not scratch:
+            scratch[...] = direction
+        scratch *= self.lr
+        params -= scratch
 
 
 class Adam:
@@ -58,27 +64,29 @@ class Adam:
         weight_decay: float = 0.0,
     ):
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
-        self._m: np.ndarray | None = None
-        self._v: np.ndarray | None = None
+        self._m = None
+        self._v = None
         self._t = 0
 
     def reset(self) -> None:
         self._m = self._v = None
         self._t = 0
 
-    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+    def step(self, params, grad) -> None:
         """Update ``params`` in place from ``grad`` (both (n,))."""
         b1, b2 = self.betas
         g = grad + self.weight_decay * params if self.weight_decay else grad
         if self._m is None:
-            self._m, self._v = np.zeros_like(params), np.zeros_like(params)
+            self._m, self._v = arrays.zeros_like(params), arrays.zeros_like(params)
         self._t += 1
         self._m *= b1
         self._m += (1 - b1) * g
         self._v *= b2
-        self._v += (1 - b2) * np.square(g)
+        self._v += (1 - b2) * (g * g)
         m_hat_scale = self.lr / (1 - b1**self._t)
-        denom = np.sqrt(self._v / (1 - b2**self._t))
+        # Times the reciprocal, not divided by the scalar: torch divides by a scalar that
+        # way itself, so numpy must too for the two to give the same bits.
+        denom = arrays.sqrt(self._v * (1 / (1 - b2**self._t)))
         denom += self.eps
         params -= m_hat_scale * self._m / denom
 

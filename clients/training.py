@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clients.algorithms import StepTransform
+from clients.models import arrays
 from clients.optim import make_optimizer
 
 PURPOSE_DATA_ORDER = 1
@@ -68,23 +69,28 @@ def train_client(
 ) -> ClientResult:
     """Run ``cfg.epochs`` of minibatch local training on the client's shard from ``global_params``.
 
-    model: an engine model with flat ``params``/``grad`` and ``loss_and_grad``.
+    model: an engine model with flat ``params``/``grad``, ``loss_and_grad`` and the
+    array methods of ``clients.models.arrays.HostArrays`` (its vectors may live on a
+    device: the update comes back as a host array either way).
     x: (N, *input_shape) and y: (N,) int64, the whole (read-only) training set;
     shard: (m,) int64 indices of this client's samples in it.
     correction: SCAFFOLD's c - c_i (n,), or None.
     mask: (n,) bool pruning mask: pruned weights get no gradient and stay exactly zero.
     Returns the delta and the sample-weighted mean minibatch loss.
     """
-    model.params[:] = global_params
+    model.load_params(global_params)
+    start_params = model.to_engine(global_params)
     optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    transform = StepTransform(cfg.prox_mu, global_params, cfg.max_grad_norm, correction)
+    transform = StepTransform(cfg.prox_mu, start_params, cfg.max_grad_norm, model.to_engine(correction))
+    mask = None if mask is None else model.to_engine(mask)
+    data = model.shard_data(x, y, shard)
     flow = FlowAverage() if model.track_gradients else None
     loss_sum, seen, steps = 0.0, 0, 0
     for _ in range(cfg.epochs):
-        order = shard[rng.permutation(len(shard))]
+        order = rng.permutation(len(shard))
         for start in range(0, len(order), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
-            loss = model.loss_and_grad(x[batch], y[batch])
+            positions = order[start : start + cfg.batch_size]
+            loss = model.loss_and_grad(*data.batch(positions))
             if transform.active:
                 transform.apply(model.grad, model.params)
             if mask is not None:
@@ -92,12 +98,12 @@ def train_client(
             optimizer.step(model.params, model.grad)
             if mask is not None:
                 model.params *= mask  # weight decay / momentum must not revive a pruned weight
-            loss_sum += loss * len(batch)
-            seen += len(batch)
+            loss_sum += loss * len(positions)
+            seen += len(positions)
             steps += 1
             if flow is not None:
                 flow.add(model.last_flow)
-    delta = model.params - global_params
+    delta = arrays.to_numpy(model.params - start_params)
     mean_loss = loss_sum / seen if seen else float("nan")
     return ClientResult(client_id, len(shard), mean_loss, delta, flow.mean() if flow else None, steps)
 
@@ -117,19 +123,20 @@ def client_gradient(
     client's mean loss at ``global_params``, over its whole shard (in batches of
     ``cfg.batch_size``, weighted by batch size) or over ``cfg.local_steps`` batches
     of a seeded order. Returns it as ``update`` (n,) float32."""
-    model.params[:] = global_params
-    order = shard[rng.permutation(len(shard))]
+    model.load_params(global_params)
+    data = model.shard_data(x, y, shard)
+    order = rng.permutation(len(shard))
     batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
     if cfg.local_steps is not None:
         batches = batches[: cfg.local_steps]
-    total = np.zeros_like(global_params, dtype=np.float64)
+    total = arrays.zeros_like(model.grad, dtype=np.float64)
     loss_sum, seen = 0.0, 0
-    for batch in batches:
-        loss = model.loss_and_grad(x[batch], y[batch])
-        total += len(batch) * model.grad
-        loss_sum += loss * len(batch)
-        seen += len(batch)
-    gradient = (total / max(seen, 1)).astype(np.float32)
+    for positions in batches:
+        loss = model.loss_and_grad(*data.batch(positions))
+        total += len(positions) * model.grad
+        loss_sum += loss * len(positions)
+        seen += len(positions)
+    gradient = arrays.to_numpy(total / max(seen, 1)).astype(np.float32)
     if mask is not None:
         gradient *= mask
     return ClientResult(
@@ -147,13 +154,14 @@ def client_scores(model, global_params, x, y, shard, batch_size: int, kind: str)
     (PruneFL, Jiang et al. 2022). Batches in shard order: no randomness."""
     if kind not in SCORE_KINDS:
         raise ValueError(f"unknown score kind {kind!r}; known: {', '.join(SCORE_KINDS)}")
-    model.params[:] = global_params
+    model.load_params(global_params)
+    data = model.shard_data(x, y, shard)
     total = np.zeros(global_params.shape, dtype=np.float64)
     for start in range(0, len(shard), batch_size):
-        batch = shard[start : start + batch_size]
-        model.loss_and_grad(x[batch], y[batch])
-        grad = model.grad.astype(np.float64)
-        total += len(batch) * (grad if kind == "saliency" else grad * grad)
+        positions = np.arange(start, min(start + batch_size, len(shard)))
+        model.loss_and_grad(*data.batch(positions))
+        grad = arrays.to_numpy(model.grad).astype(np.float64)
+        total += len(positions) * (grad if kind == "saliency" else grad * grad)
     mean = total / max(len(shard), 1)
     return np.abs(global_params * mean) if kind == "saliency" else mean
 

@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from clients.algorithms import scaffold_new_control
 from clients.attacks import attack_update, flip_labels
 from clients.data.datasets import SyntheticClients
+from clients.devices import worker_device
 from clients.errors import ClientFailure
 from clients.models.engines import build_model
 from clients.models.spec import ModelSpec
@@ -171,11 +172,14 @@ class ClientWorker:
         seed: int,
         threads: int,
         population: SyntheticClients | None = None,
+        device: str = "cpu",
+        gpus_per_worker: float = 0.0,
     ):
         # Same thread count on every worker => kernels reduce in the same order.
         torch.set_num_threads(threads)
         threadpool_limits(threads)  # numpy's BLAS too; stays in force for this process
-        self.model = build_model(spec, engine)
+        self.device = worker_device(device, gpus_per_worker)
+        self.model = build_model(spec, engine, device=self.device)
         self.model.track_gradients = plan.track_gradients
         self.has_dropout = any(layer.kind == "dropout" for layer in spec.layers)
         self.x, self.y = x_train, y_train
@@ -186,8 +190,9 @@ class ClientWorker:
         self.malicious = frozenset(plan.malicious)
         self.seed = seed
 
-    def ping(self) -> int:
-        return torch.get_num_threads()
+    def ping(self) -> dict[str, Any]:
+        """What this worker runs with: torch threads and the device it trains on."""
+        return {"threads": torch.get_num_threads(), "device": self.model.device_name}
 
     def train_groups(
         self, global_params: np.ndarray, inputs: RoundInput, groups: list[tuple[int, np.ndarray]]

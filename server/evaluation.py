@@ -16,7 +16,7 @@ class EvalResult:
 
 def evaluate(model, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch_size: int) -> EvalResult:
     """Load ``params`` into ``model`` and measure mean loss and accuracy on (x, y), batched."""
-    model.params[:] = params
+    model.load_params(params)
     loss_sum, correct, count = model.evaluate(x, y, batch_size)
     if count == 0:
         raise ValueError("cannot evaluate on an empty test set")

@@ -26,13 +26,14 @@ log = logging.getLogger("fedsim")
 class RaySession:
     started_here: bool
     cpus: float
+    gpus: float = 0.0
 
 
 @contextmanager
 def ray_session(address: str | None, debug: bool = False):
     """Yield a RaySession: reuse an initialised Ray, connect to ``address``, or start one."""
     if ray.is_initialized():
-        yield RaySession(False, _cluster_cpus())
+        yield RaySession(False, *_cluster_cpus_gpus())
         return
     started = address is None
     _quiet_ray_environment(debug)
@@ -54,7 +55,7 @@ def ray_session(address: str | None, debug: bool = False):
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise ClusterError(f"could not start or reach {where}: {exc}") from exc
     try:
-        yield RaySession(started, _cluster_cpus())
+        yield RaySession(started, *_cluster_cpus_gpus())
     finally:
         if started:
             ray.shutdown()
@@ -102,22 +103,34 @@ def _quiet_ray_environment(debug: bool) -> None:
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
-def _cluster_cpus() -> float:
-    return float(ray.cluster_resources().get("CPU", 0.0))
+def _cluster_cpus_gpus() -> tuple[float, float]:
+    resources = ray.cluster_resources()
+    return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
 
 
-def pool_size(requested: int | None, cluster_cpus: float, cpus_per_worker: float, max_useful: int) -> int:
-    """Workers to start: the request, or what the CPUs allow, never more than ``max_useful``."""
-    fit = math.floor(cluster_cpus / cpus_per_worker + 1e-9)
+def pool_size(
+    requested: int | None,
+    session: RaySession,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    max_useful: int,
+) -> int:
+    """Workers to start: the request, or what the CPUs (and GPUs, when workers take
+    them) allow, never more than ``max_useful``."""
+    fit = math.floor(session.cpus / cpus_per_worker + 1e-9)
+    need = f"{cpus_per_worker:g} CPU"
+    have = f"{session.cpus:g} CPUs"
+    if gpus_per_worker > 0:
+        fit = min(fit, math.floor(session.gpus / gpus_per_worker + 1e-9))
+        need += f" + {gpus_per_worker:g} GPU"
+        have += f" and {session.gpus:g} GPUs"
     if requested is not None:
         if requested > fit:
             raise ClusterError(
-                f"runtime.workers={requested} needs {requested * cpus_per_worker:g} CPUs "
-                f"(runtime.cpus_per_worker={cpus_per_worker:g}) but the cluster has {cluster_cpus:g}"
+                f"runtime.workers={requested} needs {requested} x ({need}) "
+                f"(runtime.cpus_per_worker / gpus_per_worker) but the cluster has {have}"
             )
         return requested
     if fit < 1:
-        raise ClusterError(
-            f"the cluster has {cluster_cpus:g} CPUs, fewer than runtime.cpus_per_worker={cpus_per_worker:g}"
-        )
+        raise ClusterError(f"the cluster has {have}, fewer than one worker needs ({need})")
     return max(1, min(fit, max_useful))

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from clients.devices import DEVICES
 from clients.errors import ConfigError
 from clients.models.engines import ENGINES
 from clients.models.spec import ACTIVATION_KINDS, MODEL_NAMES
@@ -79,6 +80,12 @@ class ModelConfig:
     embedding_dim: int = _field(8, "charlstm: character embedding width")
     lstm_hidden: int = _field(256, "charlstm: LSTM width")
     lstm_layers: int = _field(2, "charlstm: stacked LSTM layers")
+    device: str = _field(
+        "auto",
+        "where workers train: cuda (needs runtime.gpus_per_worker > 0), cpu, or auto "
+        "(cuda when the worker was given a GPU and torch sees one, else cpu)",
+        DEVICES,
+    )
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,9 @@ class ServerConfig:
 class RuntimeConfig:
     workers: int | None = _field(None, "worker actors; null = what the cluster's CPUs allow")
     cpus_per_worker: float = _field(1.0, "CPUs each worker reserves; also its torch thread count")
+    gpus_per_worker: float = _field(
+        0.0, "GPUs each worker reserves (fractional shares one GPU between workers); 0 = none"
+    )
     reduction_groups: int = _field(
         8, "fixed number of partial sums per round; caps useful workers (determinism)"
     )
@@ -367,6 +377,7 @@ def validate(cfg: Config) -> Config:
     _validate_pipeline(c, s, d.num_clients)
     _require(r.workers is None or r.workers >= 1, "runtime.workers", r.workers, "null or >= 1")
     _require(r.cpus_per_worker > 0, "runtime.cpus_per_worker", r.cpus_per_worker, "> 0")
+    _validate_devices(cfg.model, r)
     _require(r.reduction_groups >= 1, "runtime.reduction_groups", r.reduction_groups, ">= 1")
     _require(r.checkpoint_every >= 1, "runtime.checkpoint_every", r.checkpoint_every, ">= 1")
     return cfg
@@ -390,6 +401,25 @@ def _validate_model(m: ModelConfig) -> None:
     )
     for key in ("embedding_dim", "lstm_hidden", "lstm_layers"):
         _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+
+
+def _validate_devices(m: ModelConfig, r: RuntimeConfig) -> None:
+    _require(r.gpus_per_worker >= 0, "runtime.gpus_per_worker", r.gpus_per_worker, ">= 0")
+    _require(
+        r.gpus_per_worker <= 1 or float(r.gpus_per_worker).is_integer(),
+        "runtime.gpus_per_worker",
+        r.gpus_per_worker,
+        "a fraction up to 1, or a whole number of GPUs (Ray's rule)",
+    )
+    if m.device == "cuda" and r.gpus_per_worker == 0:
+        raise ConfigError(
+            "model.device: cuda needs runtime.gpus_per_worker > 0, so that Ray gives each worker a GPU"
+        )
+    if m.engine == "numpy" and (m.device == "cuda" or r.gpus_per_worker > 0):
+        raise ConfigError(
+            "model.engine: numpy runs on CPUs only; use model.engine: torch for "
+            "model.device: cuda / runtime.gpus_per_worker > 0"
+        )
 
 
 def _validate_model_fits_data(m: ModelConfig, d: DataConfig) -> None:

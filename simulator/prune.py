@@ -62,7 +62,7 @@ def prune_run(
     trained = load_model_params(run_dir, state)
     sim = Simulation(cfg, run_dir, quiet=True)
     with ray_session(cfg.runtime.address) as session:
-        pool = sim._start_workers(state, session.cpus, RoundProgress(1, 1, cfg.name, quiet=True))
+        pool = sim._start_workers(state, session, RoundProgress(1, 1, cfg.name, quiet=True))
         try:
             results = _evaluate_all(sim, state, pool, trained, methods, sparsities, finetune_rounds, scope)
         finally:

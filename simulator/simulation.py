@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.exceptions import RayActorError
 import torch
 from threadpoolctl import threadpool_limits
 
@@ -32,7 +33,7 @@ from server.pruning import magnitude_scores, random_scores
 from server.sampling import poisson_sample, reduction_groups, sample_clients
 from server.system import SystemModel, plan_round
 from simulator import rundir
-from simulator.cluster import pool_size, ray_session
+from simulator.cluster import RaySession, pool_size, ray_session
 from simulator.config import Config, dump_yaml, load_config
 from simulator.pool import WorkerPool
 from simulator.progress import RoundProgress
@@ -42,7 +43,7 @@ from simulator.setup import build_dataset, build_model_spec, build_partition, bu
 RoundCallback = Callable[[dict[str, Any]], None]
 MUTABLE_ON_RESUME = ("rounds", "runtime")
 # runtime keys that change bits: the summation order and the kernels' thread count
-FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker")
+FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker", "gpus_per_worker")
 TASKS_PER_WORKER = 1
 PURPOSE_PRUNING = 8
 
@@ -101,12 +102,12 @@ class Simulation:
         state = _RunState(self.cfg, self.run_dir)
         with ray_session(self.cfg.runtime.address, self.debug) as session:
             state.open_run_dir(self.resume)
-            return self._run_with_workers(state, session.cpus)
+            return self._run_with_workers(state, session)
 
-    def _run_with_workers(self, state: _RunState, cluster_cpus: float) -> History:
+    def _run_with_workers(self, state: _RunState, session: RaySession) -> History:
         progress = RoundProgress(self.cfg.rounds, state.next_round, self.cfg.name, self.quiet)
         try:
-            pool = self._start_workers(state, cluster_cpus, progress)
+            pool = self._start_workers(state, session, progress)
             try:
                 self._loop(state, pool, progress)
             finally:
@@ -122,14 +123,10 @@ class Simulation:
         summary = state.finish("completed")
         return History(list(state.metrics.rows), self.run_dir, summary, state.params)
 
-    def _start_workers(self, state: _RunState, cluster_cpus: float, progress: RoundProgress) -> WorkerPool:
+    def _start_workers(self, state: _RunState, session: RaySession, progress: RoundProgress) -> WorkerPool:
         rt = self.cfg.runtime
-        count = pool_size(rt.workers, cluster_cpus, rt.cpus_per_worker, rt.reduction_groups)
-        progress.message(
-            f"fedsim: {count} workers x {rt.cpus_per_worker:g} CPU (cluster has {cluster_cpus:g} CPUs); "
-            f"run directory {self.run_dir}"
-        )
-        actor_cls = ray.remote(ClientWorker).options(num_cpus=rt.cpus_per_worker, num_gpus=0)
+        count = pool_size(rt.workers, session, rt.cpus_per_worker, rt.gpus_per_worker, rt.reduction_groups)
+        actor_cls = ray.remote(ClientWorker).options(num_cpus=rt.cpus_per_worker, num_gpus=rt.gpus_per_worker)
         refs = state.object_refs()
 
         def make_actor():
@@ -144,16 +141,25 @@ class Simulation:
                 self.cfg.seed,
                 _threads(rt.cpus_per_worker),
                 state.population,
+                self.cfg.model.device,
+                rt.gpus_per_worker,
             )
 
         def respawn():
             # Only where a worker fits now: a pending actor would stall the round.
-            if ray.available_resources().get("CPU", 0.0) + 1e-9 < rt.cpus_per_worker:
-                raise ClusterError("no free CPUs for a replacement worker")
+            free = ray.available_resources()
+            short_of_cpu = free.get("CPU", 0.0) + 1e-9 < rt.cpus_per_worker
+            if short_of_cpu or free.get("GPU", 0.0) + 1e-9 < rt.gpus_per_worker:
+                raise ClusterError("no free CPUs/GPUs for a replacement worker")
             return make_actor()
 
         actors = [make_actor() for _ in range(count)]
-        ray.get([a.ping.remote() for a in actors])
+        devices = sorted({info["device"] for info in _started(actors)})
+        gpus = f" + {rt.gpus_per_worker:g} GPU" if rt.gpus_per_worker else ""
+        progress.message(
+            f"fedsim: {count} workers x ({rt.cpus_per_worker:g} CPU{gpus}) on {', '.join(devices)} "
+            f"(cluster has {session.cpus:g} CPUs, {session.gpus:g} GPUs); run directory {self.run_dir}"
+        )
         return WorkerPool(actors, respawn=respawn)
 
     def _loop(self, state: _RunState, pool: WorkerPool, progress: RoundProgress) -> None:
@@ -240,6 +246,15 @@ class Simulation:
         with _compute_threads(_threads(self.cfg.runtime.cpus_per_worker)):
             result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
+
+
+def _started(actors: list) -> list[dict[str, Any]]:
+    """Each worker's ping, once it is constructed; a constructor's error becomes one line."""
+    try:
+        return ray.get([a.ping.remote() for a in actors])
+    except RayActorError as exc:
+        causes = [line.split("Error: ", 1)[1] for line in str(exc).splitlines() if "Error: " in line]
+        raise ClusterError(f"the worker actors could not start: {(causes or [str(exc)])[-1].strip()}") from None
 
 
 def federated_scores(pool: WorkerPool, params: np.ndarray, clients: np.ndarray, kind: str, groups: int):

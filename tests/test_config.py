@@ -43,12 +43,21 @@ def test_unknown_top_level_section(tmp_path):
         ("data.dataset=mnits", "choose one of digits, synthetic"),
         ("client.epochs=two", "client.epochs: 'two' is not allowed; expected int"),
         ("data.test_fraction=1", "in (0, 1)"),
+        ("model.device=gpu", "model.device: 'gpu' is not allowed; choose one of auto, cpu, cuda"),
+        ("runtime.gpus_per_worker=-1", "runtime.gpus_per_worker: -1.0 is not allowed; must be >= 0"),
+        ("runtime.gpus_per_worker=1.5", "a fraction up to 1, or a whole number of GPUs"),
+        ("model.device=cuda", "model.device: cuda needs runtime.gpus_per_worker > 0"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(override, fragment):
     with pytest.raises(ConfigError) as err:
         load_config(ROOT / "configs" / "default.yaml", [override])
     assert fragment in str(err.value)
+
+
+def test_the_numpy_engine_is_refused_gpus():
+    with pytest.raises(ConfigError, match="model.engine: numpy runs on CPUs only"):
+        from_dict({"model": {"engine": "numpy"}, "runtime": {"gpus_per_worker": 0.25}})
 
 
 def test_natural_partition_needs_natural_dataset():

@@ -85,7 +85,7 @@ def test_federated_saliency_is_the_weighted_mean_of_client_scores(ray_cluster, t
     state = _RunState(cfg, tmp_path / "unused")
     sim = Simulation(cfg, tmp_path / "unused")
     with ray_session(None) as session:
-        pool = sim._start_workers(state, session.cpus, RoundProgress(1, 1, "x", quiet=True))
+        pool = sim._start_workers(state, session, RoundProgress(1, 1, "x", quiet=True))
         try:
             clients = sample_clients(cfg.seed, 1, cfg.data.num_clients, cfg.sampled_per_round())
             federated = federated_scores(

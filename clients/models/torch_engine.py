@@ -1,9 +1,11 @@
 """The PyTorch engine: layers built from a ModelSpec over one flat parameter tensor.
 
-Every ``nn.Parameter`` is a view into one flat tensor that shares memory with
-a numpy array, and every ``.grad`` is a view into one flat gradient array:
-after ``backward`` the whole gradient is one numpy vector, and optimisers are
-vector math over it.
+Every ``nn.Parameter`` is a view into one flat tensor and every ``.grad`` a
+view into one flat gradient tensor: after ``backward`` the whole gradient is
+one vector, and optimisers are vector math over it. On the host (no device
+given) both flat tensors share memory with numpy arrays, which is what
+``params`` and ``grad`` are. With a device (CUDA) they are tensors resident
+there, and ``params``/``grad`` are those tensors.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clients.models.arrays import DeviceShard, HostArrays, tensor_from_numpy, to_numpy
 from clients.models.gradflow import layer_flow
 from clients.models.spec import LayerSpec, ModelSpec
 
@@ -80,28 +83,38 @@ def _module(layer: LayerSpec) -> nn.Module:
     return builders[layer.kind]()
 
 
-class TorchModel:
-    """A model whose parameters and gradients are flat numpy arrays.
+class TorchModel(HostArrays):
+    """A model whose parameters and gradients are flat vectors.
 
     ``params``: (n,) writable, shared with the torch parameters.
     ``grad``:   (n,) shared with every parameter's ``.grad``.
     ``dtype``: float32 for training, float64 for gradient checks.
+    ``device``: None keeps both as numpy arrays in host memory; a torch device
+    (``cuda:0``, or ``cpu`` to run the device code path on the host) makes them
+    tensors resident there.
     """
 
     engine = "torch"
 
-    def __init__(self, spec: ModelSpec, dtype=np.float32):
+    def __init__(self, spec: ModelSpec, dtype=np.float32, device: torch.device | str | None = None):
         self.spec = spec
         self.layout = spec.layout()
-        self.params = self.layout.zeros(dtype)
-        self.grad = self.layout.zeros(dtype)
+        self.device = None if device is None else torch.device(device)
+        self.device_name = "cpu" if device is None else str(self.device)
+        host_params, host_grad = self.layout.zeros(dtype), self.layout.zeros(dtype)
+        flat_p, flat_g = torch.from_numpy(host_params), torch.from_numpy(host_grad)
+        if self.device is None:
+            self.params, self.grad = host_params, host_grad
+        else:
+            flat_p, flat_g = flat_p.to(self.device), flat_g.to(self.device)
+            self.params, self.grad = flat_p, flat_g
         self.net = nn.Sequential(*[_module(layer) for layer in spec.layers]).to(_DTYPES[np.dtype(dtype)])
-        self._bind_flat_views()
+        self.net.to(flat_p.device)
+        self._bind_flat_views(flat_p, flat_g)
         self.track_gradients = False
         self.last_flow: dict[str, tuple[float, float]] = {}
 
-    def _bind_flat_views(self) -> None:
-        flat_p, flat_g = torch.from_numpy(self.params), torch.from_numpy(self.grad)
+    def _bind_flat_views(self, flat_p: torch.Tensor, flat_g: torch.Tensor) -> None:
         for layer_spec, module in zip(self.spec.layers, self.net, strict=True):
             named = list(module.named_parameters())
             specs = layer_spec.param_specs()
@@ -114,6 +127,29 @@ class TorchModel:
                 owner_name, _, attr = torch_name.rpartition(".")
                 setattr(module.get_submodule(owner_name) if owner_name else module, attr, param)
 
+    # Array side: host models inherit HostArrays' numpy behaviour; a device model moves data.
+
+    def to_engine(self, array):
+        if self.device is None or array is None:
+            return array
+        return tensor_from_numpy(array, self.device)
+
+    def load_params(self, values: np.ndarray) -> None:
+        if self.device is None:
+            self.params[:] = values
+        else:
+            self.params.copy_(tensor_from_numpy(values, self.device))
+
+    def shard_data(self, x: np.ndarray, y: np.ndarray, shard: np.ndarray):
+        if self.device is None:
+            return super().shard_data(x, y, shard)
+        return DeviceShard(x, y, shard, self.device)
+
+    def _tensor(self, array) -> torch.Tensor:
+        if isinstance(array, torch.Tensor):
+            return array
+        return torch.from_numpy(array) if self.device is None else tensor_from_numpy(array, self.device)
+
     def set_rng(self, rng: np.random.Generator) -> None:
         """Seed dropout from the client's generator (torch's RNG is per worker process)."""
         torch.manual_seed(int(rng.integers(2**63 - 1)))
@@ -121,17 +157,18 @@ class TorchModel:
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> float:
         """Mean cross-entropy on the batch; writes d(loss)/d(params) into ``self.grad``.
 
-        x: (B, *input_shape) float or int64 tokens; y: (B,) int64.
+        x: (B, *input_shape) float or int64 tokens; y: (B,) int64 (numpy arrays, or
+        tensors already on the model's device).
         With ``track_gradients``, ``last_flow[layer] = (|dL/dh|, |dL/dθ|)``.
         """
-        self.grad.fill(0.0)
+        self.grad[...] = 0
         self.net.train()
         signals: dict[str, torch.Tensor] = {}
-        logits = self._forward(torch.from_numpy(x), signals if self.track_gradients else None)
-        loss = F.cross_entropy(logits, torch.from_numpy(y))
+        logits = self._forward(self._tensor(x), signals if self.track_gradients else None)
+        loss = F.cross_entropy(logits, self._tensor(y))
         loss.backward()
         if self.track_gradients:
-            self.last_flow = layer_flow(self.spec, self.layout, self.grad, signals)
+            self.last_flow = layer_flow(self.spec, self.layout, to_numpy(self.grad), signals)
         return float(loss.detach())
 
     def _forward(self, h: torch.Tensor, signals: dict | None) -> torch.Tensor:
@@ -147,8 +184,8 @@ class TorchModel:
         self.net.eval()
         loss_sum, correct = 0.0, 0
         for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
-            yb = torch.from_numpy(np.ascontiguousarray(y[start : start + batch_size]))
+            xb = self._tensor(np.ascontiguousarray(x[start : start + batch_size]))
+            yb = self._tensor(np.ascontiguousarray(y[start : start + batch_size]))
             logits = self.net(xb)
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(dim=1) == yb).sum())

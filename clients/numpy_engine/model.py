@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from clients.models.arrays import HostArrays
 from clients.models.gradflow import layer_flow
 from clients.models.spec import LayerSpec, ModelSpec
 from clients.numpy_engine.activations import GELU, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
@@ -48,7 +49,7 @@ def build_module(layer: LayerSpec) -> Module:
     return builders[layer.kind]()
 
 
-class NumpyModel:
+class NumpyModel(HostArrays):
     """The chain-rule engine's model with flat ``params`` and ``grad`` (n,) arrays.
 
     ``dtype``: float32 for training, float64 for gradient checks.
