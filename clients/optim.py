@@ -30,13 +30,10 @@ class SGD:
         """Update ``params`` in place from ``grad`` (both (n,) float32)."""
         if self._scratch is None or self._scratch.shape != grad.shape:
             self._scratch = arrays.zeros_like(grad)
-        scratch = self._scratch
         direction = grad
         if self.weight_decay:
-            scratch[...] = params
-            scratch *= self.weight_decay
-            scratch += grad
-            direction = scratch
+            direction = arrays.scaled_into(self._scratch, params, self.weight_decay)
+            direction += grad
         if self.momentum:
             if self._buf is None:
                 self._buf = arrays.copy(direction)
@@ -44,10 +41,7 @@ class SGD:
                 self._buf *= self.momentum
                 self._buf += direction
             direction = self._buf
-        if direction is not scratch:
-            scratch[...] = direction
-        scratch *= self.lr
-        params -= scratch
+        params -= arrays.scaled_into(self._scratch, direction, self.lr)
 
 
 class Adam:

@@ -33,6 +33,13 @@ def zeros_like(array, dtype=None):
     return np.zeros_like(array, dtype=dtype)
 
 
+def scaled_into(out, source, factor: float):
+    """out = source * factor in one pass (no temporary); returns out."""
+    if is_tensor(out):
+        return torch.mul(source, factor, out=out)
+    return np.multiply(source, factor, out=out)
+
+
 def sqrt(array):
     """Correctly rounded, as numpy's is: torch's float32 sqrt on CPU is not (it differs
     from numpy in the last bit for about 1 input in 6), its float64 sqrt is, and a
