@@ -15,6 +15,7 @@ wraps it with ``ray.remote``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from clients.algorithms import scaffold_new_control
 from clients.attacks import attack_update, flip_labels
 from clients.data.datasets import SyntheticClients
 from clients.devices import worker_device
-from clients.errors import ClientFailure
+from clients.errors import ClientFailure, FedsimError
 from clients.models.engines import build_model
 from clients.models.spec import ModelSpec
 from clients.training import (
@@ -103,6 +104,7 @@ class GroupResult:
     flow_sum: np.ndarray | None = None  # (layers, 2) sum of n_i * flow_i over accepted clients
     control_delta_sum: np.ndarray | None = None  # SCAFFOLD: sum of c_i+ - c_i
     new_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # distinct warnings its clients raised, "Category: message"
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,8 @@ class ClientWorker:
         population: SyntheticClients | None = None,
         device: str = "cpu",
         gpus_per_worker: float = 0.0,
+        eval_indices: np.ndarray | None = None,
+        eval_offsets: np.ndarray | None = None,
     ):
         # Same thread count on every worker => kernels reduce in the same order.
         torch.set_num_threads(threads)
@@ -185,6 +189,8 @@ class ClientWorker:
         self.x, self.y = x_train, y_train
         self.y_flipped = flip_labels(y_train, spec.num_classes) if plan.attack_kind == "label_flip" else None
         self.shards = ClientShards(shard_indices, shard_offsets)
+        # Clients' own held-out samples, for federated evaluation (None when it is off).
+        self.eval_shards = None if eval_indices is None else ClientShards(eval_indices, eval_offsets)
         self.population = population  # when set, clients' data are generated here on demand
         self.plan = plan
         self.malicious = frozenset(plan.malicious)
@@ -200,7 +206,14 @@ class ClientWorker:
         """Train several reduction groups in one call: one task and one returned
         object instead of several, which is what a Ray call costs. Each group's sum
         is still computed alone, so the result is the same whoever carries it."""
-        return [self.train_group(global_params, inputs, index, ids) for index, ids in groups]
+        results = []
+        for index, ids in groups:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # record every one; the driver shows each once
+                result = self.train_group(global_params, inputs, index, ids)
+            result.warnings = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+            results.append(result)
+        return results
 
     def train_group(
         self, global_params: np.ndarray, inputs: RoundInput, group_index: int, client_ids: np.ndarray
@@ -286,6 +299,31 @@ class ClientWorker:
                 weight += len(shard)
             out.append((index, total, weight))
         return out
+
+    def evaluate_groups(
+        self, global_params: np.ndarray, groups: list[tuple[int, np.ndarray]], batch_size: int
+    ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Federated evaluation: per group, (index, client ids, held-out sample counts,
+        summed losses, correct counts), each (k,) in client order."""
+        self.model.load_params(global_params)
+        out = []
+        for index, client_ids in groups:
+            counts = np.zeros(len(client_ids), np.int64)
+            loss_sums, correct = np.zeros(len(client_ids)), np.zeros(len(client_ids), np.int64)
+            for i, cid in enumerate(int(c) for c in client_ids):
+                x, y = self._held_out_data(cid)
+                if len(y):
+                    loss_sums[i], correct[i], counts[i] = self.model.evaluate(x, y, batch_size)
+            out.append((index, np.asarray(client_ids), counts, loss_sums, correct))
+        return out
+
+    def _held_out_data(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.population is not None:
+            return self.population.device(client_id)[2:]
+        if self.eval_shards is None:
+            raise FedsimError("federated evaluation needs held-out shards; this worker was given none")
+        shard = self.eval_shards.shard(client_id)
+        return self.x[shard], self.y[shard]
 
     def _client_data(self, client_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x, y, indices of the client's rows in them)."""

@@ -159,6 +159,19 @@ PRUNING_METHODS = ("none", "magnitude", "saliency", "squared_gradient", "random"
 
 
 @dataclass(frozen=True)
+class FederatedEvalConfig:
+    every: int = _field(
+        0,
+        "evaluate the global model on sampled clients' own held-out data every this many rounds "
+        "(and the last); 0 = off",
+    )
+    fraction: float = _field(0.1, "share of all clients evaluated each time (at least one)")
+    holdout: float = _field(
+        0.2, "share of each client's samples held out from its training for its own evaluation"
+    )
+
+
+@dataclass(frozen=True)
 class PruningConfig:
     method: str = _field("none", "what ranks weights for pruning", PRUNING_METHODS)
     scope: str = _field("global", "rank all weights together or each layer alone", ("global", "layer"))
@@ -204,6 +217,9 @@ class ServerConfig:
     pruning: PruningConfig = _field(PruningConfig(), "pruning in the round pipeline")
     eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
     eval_batch_size: int = _field(1024, "test-set evaluation batch size")
+    federated_eval: FederatedEvalConfig = _field(
+        FederatedEvalConfig(), "per-client evaluation on clients' own held-out data (clients.jsonl)"
+    )
 
 
 @dataclass(frozen=True)
@@ -219,6 +235,11 @@ class RuntimeConfig:
     checkpoint_every: int = _field(10, "write a checkpoint every this many rounds (and the last)")
     address: str | None = _field(None, "Ray cluster address; null = start an embedded local Ray")
     out_dir: str = _field("runs", "parent folder of run directories")
+    tensorboard: bool = _field(False, "write TensorBoard scalars per round under RUN_DIR/tensorboard")
+    mlflow: str | None = _field(
+        None, "MLflow tracking URI (e.g. file:///path/mlruns); logs params, metrics, report; null = off"
+    )
+    mlflow_experiment: str = _field("fedsim", "MLflow experiment the run is logged under")
 
 
 @dataclass(frozen=True)
@@ -561,6 +582,10 @@ def _validate_server(s: ServerConfig, num_clients: int) -> None:
         )
     _require(s.lr > 0, "server.lr", s.lr, "> 0")
     _require(s.eval_every >= 1, "server.eval_every", s.eval_every, ">= 1")
+    fe = s.federated_eval
+    _require(fe.every >= 0, "server.federated_eval.every", fe.every, ">= 0 (0 = off)")
+    _require(0 < fe.fraction <= 1, "server.federated_eval.fraction", fe.fraction, "in (0, 1]")
+    _require(0 < fe.holdout < 1, "server.federated_eval.holdout", fe.holdout, "in (0, 1)")
     _require(s.eval_batch_size >= 1, "server.eval_batch_size", s.eval_batch_size, ">= 1")
 
 

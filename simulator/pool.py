@@ -13,12 +13,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from clients.errors import ClusterError, FedsimError
 
 log = logging.getLogger("fedsim")
+TASKS_PER_WORKER = 1
 
 
 class WorkerPool:
@@ -116,3 +118,17 @@ def _unwrap(exc: RayTaskError) -> Exception:
     if isinstance(cause, FedsimError):
         return cause
     return FedsimError(f"a worker task failed: {cause!r}" if cause else str(exc))
+
+
+def tasks_of_groups(groups: list[np.ndarray], workers: int) -> list[list[tuple[int, np.ndarray]]]:
+    """Consecutive reduction groups batched into TASKS_PER_WORKER tasks per worker.
+
+    Each Ray call and each returned object costs milliseconds (measured with
+    bench/overhead.py), so fewer, larger tasks win on small models. Only who
+    carries a group depends on this, never a bit of the result."""
+    indexed = list(enumerate(groups))
+    if not indexed:
+        return []
+    count = min(len(indexed), TASKS_PER_WORKER * workers)
+    bounds = [round(i * len(indexed) / count) for i in range(count + 1)]
+    return [indexed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -67,12 +67,37 @@ class MetricsLog:
         return self.rows[-1]["round"] if self.rows else 0
 
     def append(self, row: dict[str, Any]) -> None:
-        line = json.dumps(row, allow_nan=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        _append_lines(self.path, [row])
         self.rows.append(row)
+
+
+class ClientEvalLog:
+    """Append-only clients.jsonl: one row per client evaluation. Only the last round
+    logged is kept in memory, so the driver stays small however many clients report."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._last_round = 0
+        if path.exists():
+            _drop_torn_tail(path)
+            rows = read_metrics(path)
+            self._last_round = rows[-1]["round"] if rows else 0
+
+    def last_round(self) -> int:
+        return self._last_round
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            _append_lines(self.path, rows)
+            self._last_round = rows[-1]["round"]
+
+
+def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(row, allow_nan=True) + "\n" for row in rows)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _drop_torn_tail(path: Path) -> None:

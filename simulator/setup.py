@@ -5,12 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 from clients.data.datasets import Dataset, SyntheticClients, load_digits, make_synthetic
-from clients.data.partition import dirichlet_partition, iid_partition, natural_partition, shards_partition
+from clients.data.partition import (
+    dirichlet_partition,
+    holdout_split,
+    iid_partition,
+    natural_partition,
+    shards_partition,
+)
 from clients.models.spec import ModelSpec, build_spec
 from clients.training import LocalTrainingConfig
 from simulator.config import Config, DataConfig, ModelConfig
 
 PURPOSE_PARTITION = 3
+PURPOSE_HOLDOUT = 10
 
 
 def build_population(data: DataConfig, seed: int) -> SyntheticClients | None:
@@ -61,6 +68,18 @@ def build_partition(dataset: Dataset, data: DataConfig, seed: int) -> list[np.nd
     if data.partition == "shards":
         return shards_partition(labels, data.num_clients, data.shards_per_client, rng)
     return natural_partition(dataset.train_owner, data.num_clients)
+
+
+def federated_holdout(
+    parts: list[np.ndarray], cfg: Config
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """(training parts, held-out parts) when federated evaluation is on, else (parts, None).
+    Generated populations hold their per-device test rows already."""
+    fe = cfg.server.federated_eval
+    if fe.every == 0 or cfg.data.generate_on_workers:
+        return parts, None
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, PURPOSE_HOLDOUT]))
+    return holdout_split(parts, fe.holdout, rng)
 
 
 def build_model_spec(model: ModelConfig, dataset: Dataset) -> ModelSpec:

@@ -10,6 +10,7 @@ order. Worker count, scheduling and resumption cannot change a bit.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -20,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
 import torch
+from ray.exceptions import RayActorError
 from threadpoolctl import threadpool_limits
 
 from clients.errors import ClusterError, ConfigError, FedsimError
@@ -35,16 +36,31 @@ from server.system import SystemModel, plan_round
 from simulator import rundir
 from simulator.cluster import RaySession, pool_size, ray_session
 from simulator.config import Config, dump_yaml, load_config
-from simulator.pool import WorkerPool
+from simulator.federated_eval import (
+    client_rows,
+    clients_to_evaluate,
+    evaluate_clients,
+    federated_eval_due,
+    round_metrics,
+)
+from simulator.pool import WorkerPool, tasks_of_groups
 from simulator.progress import RoundProgress
 from simulator.server_state import ServerState
-from simulator.setup import build_dataset, build_model_spec, build_partition, build_population
+from simulator.setup import (
+    build_dataset,
+    build_model_spec,
+    build_partition,
+    build_population,
+    federated_holdout,
+)
+from simulator.tracking import Trackers
+
+log = logging.getLogger("fedsim")
 
 RoundCallback = Callable[[dict[str, Any]], None]
 MUTABLE_ON_RESUME = ("rounds", "runtime")
 # runtime keys that change bits: the summation order and the kernels' thread count
 FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker", "gpus_per_worker")
-TASKS_PER_WORKER = 1
 PURPOSE_PRUNING = 8
 
 
@@ -80,6 +96,7 @@ class Simulation:
         self.quiet = quiet
         self.debug = debug
         self.on_round_end = on_round_end
+        self._warned: set[str] = set()
 
     @classmethod
     def from_yaml(
@@ -99,28 +116,33 @@ class Simulation:
         return cls(cfg, run_dir, resume=True, **kwargs)
 
     def run(self) -> History:
+        trackers = Trackers(self.cfg, self.run_dir)  # a missing tracking package fails here, first
         state = _RunState(self.cfg, self.run_dir)
         with ray_session(self.cfg.runtime.address, self.debug) as session:
             state.open_run_dir(self.resume)
-            return self._run_with_workers(state, session)
+            trackers.start()
+            return self._run_with_workers(state, session, trackers)
 
-    def _run_with_workers(self, state: _RunState, session: RaySession) -> History:
+    def _run_with_workers(self, state: _RunState, session: RaySession, trackers: Trackers) -> History:
         progress = RoundProgress(self.cfg.rounds, state.next_round, self.cfg.name, self.quiet)
         try:
             pool = self._start_workers(state, session, progress)
             try:
-                self._loop(state, pool, progress)
+                self._loop(state, pool, progress, trackers)
             finally:
                 pool.shutdown()
         except KeyboardInterrupt:
             state.finish("interrupted")
+            trackers.finish("interrupted")
             raise
         except Exception as exc:
             state.finish("failed", error=str(exc))
+            trackers.finish("failed")
             raise
         finally:
             progress.close()
         summary = state.finish("completed")
+        trackers.finish("completed")
         return History(list(state.metrics.rows), self.run_dir, summary, state.params)
 
     def _start_workers(self, state: _RunState, session: RaySession, progress: RoundProgress) -> WorkerPool:
@@ -143,6 +165,8 @@ class Simulation:
                 state.population,
                 self.cfg.model.device,
                 rt.gpus_per_worker,
+                refs["eval_indices"],
+                refs["eval_offsets"],
             )
 
         def respawn():
@@ -162,11 +186,12 @@ class Simulation:
         )
         return WorkerPool(actors, respawn=respawn)
 
-    def _loop(self, state: _RunState, pool: WorkerPool, progress: RoundProgress) -> None:
+    def _loop(self, state: _RunState, pool: WorkerPool, progress: RoundProgress, trackers: Trackers) -> None:
         for round_ in range(state.next_round, self.cfg.rounds + 1):
             row = self._round(state, pool, round_)
             if round_ > state.metrics.last_round():
                 state.metrics.append(row)
+                trackers.log_round(row)
             state.completed_round = round_
             if round_ % self.cfg.runtime.checkpoint_every == 0 or round_ == self.cfg.rounds:
                 state.checkpoint()
@@ -181,7 +206,7 @@ class Simulation:
         groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
         global_ref = ray.put(state.params)
         results = []
-        tasks = _tasks_of_groups(groups, pool.size)
+        tasks = tasks_of_groups(groups, pool.size)
         server = state.server
 
         def submit(actor, task):
@@ -191,6 +216,8 @@ class Simulation:
         try:
             for task_results in pool.imap(submit, tasks):
                 results.extend(task_results)
+                for result in task_results:
+                    self._warn_once(result.warnings)
         except ClusterError as exc:
             raise ClusterError(
                 f"round {round_} (clients {sampled.tolist()[:8]}{'...' if len(sampled) > 8 else ''}): {exc}"
@@ -207,6 +234,8 @@ class Simulation:
         if self.cfg.client.track_gradients:
             row["gradient_flow"] = _gradient_flow(results, state.spec.tracked_layers())
         row.update(self._maybe_evaluate(state, round_))
+        row.update(self._maybe_federated_eval(state, pool, round_))
+        row["clients"] = sampled.tolist()
         row["seconds"] = time.perf_counter() - start
         return row
 
@@ -239,6 +268,22 @@ class Simulation:
             "simulated_elapsed": state.simulated_elapsed,
         }
 
+    def _warn_once(self, messages: tuple[str, ...]) -> None:
+        """A warning raised by clients is logged the first time it is seen in this run."""
+        for message in messages:
+            if message not in self._warned:
+                self._warned.add(message)
+                log.warning("a client warned (shown once per run): %s", message)
+
+    def _maybe_federated_eval(self, state: _RunState, pool: WorkerPool, round_: int) -> dict[str, Any]:
+        if not federated_eval_due(self.cfg, round_):
+            return {}
+        clients = clients_to_evaluate(self.cfg, round_)
+        ids, counts, loss_sums, correct = evaluate_clients(pool, state.params, clients, self.cfg)
+        if round_ > state.client_evals.last_round():
+            state.client_evals.append(client_rows(round_, ids, counts, loss_sums, correct))
+        return round_metrics(counts, loss_sums, correct)
+
     def _maybe_evaluate(self, state: _RunState, round_: int) -> dict[str, float | None]:
         s = self.cfg.server
         if round_ % s.eval_every and round_ != self.cfg.rounds:
@@ -254,34 +299,22 @@ def _started(actors: list) -> list[dict[str, Any]]:
         return ray.get([a.ping.remote() for a in actors])
     except RayActorError as exc:
         causes = [line.split("Error: ", 1)[1] for line in str(exc).splitlines() if "Error: " in line]
-        raise ClusterError(f"the worker actors could not start: {(causes or [str(exc)])[-1].strip()}") from None
+        raise ClusterError(
+            f"the worker actors could not start: {(causes or [str(exc)])[-1].strip()}"
+        ) from None
 
 
 def federated_scores(pool: WorkerPool, params: np.ndarray, clients: np.ndarray, kind: str, groups: int):
     """Sample-weighted mean over ``clients`` of their scores at ``params`` (n,) float64,
     added in group order (so it does not depend on the workers)."""
     params_ref = ray.put(params)
-    tasks = _tasks_of_groups(reduction_groups(clients, groups), pool.size)
+    tasks = tasks_of_groups(reduction_groups(clients, groups), pool.size)
     total, weight = np.zeros(params.size, np.float64), 0.0
     for task in pool.imap(lambda actor, task: actor.score_groups.remote(params_ref, task, kind), tasks):
         for _, group_total, group_weight in task:
             total += group_total
             weight += group_weight
     return total / max(weight, 1.0)
-
-
-def _tasks_of_groups(groups: list[np.ndarray], workers: int) -> list[list[tuple[int, np.ndarray]]]:
-    """Consecutive reduction groups batched into TASKS_PER_WORKER tasks per worker.
-
-    Each Ray call and each returned object costs milliseconds (measured with
-    bench/overhead.py), so fewer, larger tasks win on small models. Only who
-    carries a group depends on this, never a bit of the result."""
-    indexed = list(enumerate(groups))
-    if not indexed:
-        return []
-    count = min(len(indexed), TASKS_PER_WORKER * workers)
-    bounds = [round(i * len(indexed) / count) for i in range(count + 1)]
-    return [indexed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _gradient_flow(results: list, layers: list[str]) -> dict[str, dict[str, float]]:
@@ -327,7 +360,9 @@ class _RunState:
     def __init__(self, cfg: Config, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         dataset = build_dataset(cfg.data, cfg.seed)
-        self.shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
+        train_parts, eval_parts = federated_holdout(build_partition(dataset, cfg.data, cfg.seed), cfg)
+        self.shards = ClientShards.pack(train_parts)
+        self.eval_shards = None if eval_parts is None else ClientShards.pack(eval_parts)
         self.population = build_population(cfg.data, cfg.seed)
         self.spec = build_model_spec(cfg.model, dataset)
         self.layout = self.spec.layout()
@@ -340,6 +375,7 @@ class _RunState:
         self.next_round = 1
         self.simulated_elapsed = 0.0
         self.metrics: rundir.MetricsLog
+        self.client_evals: rundir.ClientEvalLog
 
     @property
     def params(self) -> np.ndarray:
@@ -354,6 +390,7 @@ class _RunState:
             rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
             self.checkpoint()  # round 0: resumable even if stopped before its first round
         self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
+        self.client_evals = rundir.ClientEvalLog(self.run_dir / "clients.jsonl")
         done = [r for r in self.metrics.rows if r["round"] <= self.completed_round]
         self.simulated_elapsed = float(done[-1].get("simulated_elapsed", 0.0)) if done else 0.0
 
@@ -381,11 +418,14 @@ class _RunState:
 
     def object_refs(self) -> dict[str, ray.ObjectRef]:
         """The dataset and partition go into the object store once per run."""
+        held_out = self.eval_shards
         return {
             "x": ray.put(self.x_train),
             "y": ray.put(self.y_train),
             "indices": ray.put(self.shards.indices),
             "offsets": ray.put(self.shards.offsets),
+            "eval_indices": None if held_out is None else ray.put(held_out.indices),
+            "eval_offsets": None if held_out is None else ray.put(held_out.offsets),
         }
 
     def checkpoint(self) -> None:

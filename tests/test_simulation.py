@@ -179,3 +179,54 @@ def test_a_run_stopped_in_its_first_round_is_resumable(ray_cluster, tmp_path):
         ).run()
     resumed = Simulation.resume_from(tmp_path / "r").run()
     assert [row["round"] for row in resumed.rows] == [1, 2]
+
+
+def test_a_warning_raised_by_every_client_reaches_the_driver_once(monkeypatch, caplog):
+    import warnings
+
+    import clients.worker as worker_module
+
+    def warning_train_client(*args, **kwargs):
+        warnings.warn("lr looks large", UserWarning, stacklevel=1)
+        return train_client(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "train_client", warning_train_client)
+    cfg = small_config()
+    dataset = build_dataset(cfg.data, cfg.seed)
+    shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
+    spec = build_model_spec(cfg.model, dataset)
+    args = (dataset.x_train, dataset.y_train, shards.indices, shards.offsets)
+    worker = ClientWorker(spec, "torch", *args, ClientPlan(local_training(cfg)), cfg.seed, 1)
+    groups = [(0, np.array([1, 4, 9])), (1, np.array([2, 3]))]
+    results = worker.train_groups(init_params(spec, cfg.seed), RoundInput(1), groups)
+    assert [r.warnings for r in results] == [("UserWarning: lr looks large",)] * 2
+    sim = Simulation(cfg)
+    with caplog.at_level("WARNING", logger="fedsim"):
+        for result in results:
+            sim._warn_once(result.warnings)
+    assert [r.getMessage() for r in caplog.records] == [
+        "a client warned (shown once per run): UserWarning: lr looks large"
+    ]
+
+
+def test_the_python_api_returns_the_metrics_the_cli_writes(ray_cluster, tmp_path):
+    from simulator.cli import main
+
+    overrides = small_overrides(rounds=3)
+    sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    assert (
+        main(
+            ["run", str(ROOT / "configs" / "default.yaml"), *sets, "--out", str(tmp_path / "cli"), "--quiet"]
+        )
+        == 0
+    )
+    history = Simulation.from_yaml(
+        ROOT / "configs" / "default.yaml", overrides, run_dir=tmp_path / "api"
+    ).run()
+    written = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert timeless(history.rows) == timeless(written)
+    assert len(written) == 3 and history.run_dir == tmp_path / "api"

@@ -177,3 +177,21 @@ def _check_dirichlet_args(alpha: float, min_samples: int, num_clients: int, num_
             f"min_samples={min_samples} must be >= 0 and at most num_samples / num_clients = "
             f"{num_samples} / {num_clients}"
         )
+
+
+def holdout_split(
+    parts: list[np.ndarray], fraction: float, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each client's indices split into (training, held-out): floor(fraction x n) held out
+    at random, at least one sample kept for training; both parts sorted."""
+    if not 0 < fraction < 1:
+        raise DataError(f"holdout fraction must be in (0, 1), got {fraction}")
+    train, held_out = [], []
+    for part in parts:
+        count = min(int(fraction * len(part)), max(len(part) - 1, 0))
+        chosen = rng.permutation(len(part))[:count]
+        mask = np.zeros(len(part), bool)
+        mask[chosen] = True
+        train.append(_sorted_int64(part[~mask]))
+        held_out.append(_sorted_int64(part[mask]))
+    return train, held_out

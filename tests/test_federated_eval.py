@@ -1,0 +1,105 @@
+"""Federated evaluation: clients evaluate the global model on their own held-out data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clients.data.partition import holdout_split
+from clients.models.engines import build_model
+from simulator import Simulation
+from simulator.config import load_config
+from simulator.federated_eval import clients_to_evaluate, round_metrics
+from simulator.setup import build_dataset, build_model_spec, build_partition, federated_holdout
+from tests.conftest import ROOT, small_overrides
+
+DEFAULT = ROOT / "configs" / "default.yaml"
+FEDERATED = {"server.federated_eval.every": 2, "server.federated_eval.fraction": 0.5}
+
+
+def _client_rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "clients.jsonl").read_text().splitlines()]
+
+
+def test_holdout_split_keeps_every_index_once_and_one_for_training():
+    parts = [np.arange(0, 10), np.arange(10, 11), np.arange(11, 11), np.arange(11, 31)]
+    train, held = holdout_split(parts, 0.25, np.random.default_rng(0))
+    for part, t, h in zip(parts, train, held, strict=True):
+        assert np.array_equal(np.sort(np.concatenate([t, h])), part)
+        assert not np.intersect1d(t, h).size
+        assert len(h) == min(int(0.25 * len(part)), max(len(part) - 1, 0))
+        assert np.all(np.diff(t) > 0) and np.all(np.diff(h) > 0)
+    assert [len(h) for h in held] == [2, 0, 0, 5]
+
+
+def test_evaluated_clients_are_a_seeded_fraction():
+    cfg = load_config(DEFAULT, {**small_overrides(), **FEDERATED})
+    first = clients_to_evaluate(cfg, 2)
+    assert len(first) == 6 and np.array_equal(first, np.unique(first))
+    assert np.array_equal(first, clients_to_evaluate(cfg, 2))
+    assert not np.array_equal(first, clients_to_evaluate(cfg, 4))
+
+
+def test_round_metrics_weight_by_samples_and_take_the_worst_tenth():
+    counts = np.array([10, 0, 30, 20])
+    correct = np.array([5, 0, 30, 4])
+    metrics = round_metrics(counts, np.array([10.0, 0.0, 3.0, 40.0]), correct)
+    assert metrics["federated_clients"] == 3
+    assert metrics["federated_accuracy"] == pytest.approx(39 / 60, abs=0)
+    assert metrics["federated_loss"] == pytest.approx(53 / 60)
+    assert metrics["federated_accuracy_worst10"] == pytest.approx(0.2)  # one of 3 clients
+    assert metrics["federated_accuracy_std"] == pytest.approx(np.std([0.5, 1.0, 0.2]))
+
+
+def test_per_client_metrics_aggregate_to_the_logged_round_value(ray_cluster, tmp_path):
+    overrides = {**small_overrides(rounds=4), **FEDERATED}
+    history = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "fed").run()
+    rows = _client_rows(tmp_path / "fed")
+    assert sorted({r["round"] for r in rows}) == [2, 4]
+    for metrics in (history.rows[1], history.rows[3]):
+        mine = [r for r in rows if r["round"] == metrics["round"]]
+        weight = sum(r["num_samples"] for r in mine)
+        # n * (c / n) is c to within one rounding per client: 1e-12 is generous.
+        assert sum(r["num_samples"] * r["accuracy"] for r in mine) / weight == pytest.approx(
+            metrics["federated_accuracy"], rel=1e-12
+        )
+        assert sum(r["num_samples"] * r["loss"] for r in mine) / weight == pytest.approx(
+            metrics["federated_loss"], rel=1e-12
+        )
+        assert metrics["federated_clients"] == len(mine) > 0
+    assert "federated_accuracy" not in history.rows[0]
+    assert all(len(row["clients"]) == 6 for row in history.rows)
+
+
+def test_workers_report_what_the_final_model_scores_on_each_clients_holdout(ray_cluster, tmp_path):
+    """Recompute the last round's per-client results on the driver from scratch."""
+    overrides = {**small_overrides(rounds=2), **FEDERATED}
+    history = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "fed").run()
+    cfg = load_config(DEFAULT, overrides)
+    dataset = build_dataset(cfg.data, cfg.seed)
+    train, held = federated_holdout(build_partition(dataset, cfg.data, cfg.seed), cfg)
+    model = build_model(build_model_spec(cfg.model, dataset), "torch")
+    model.load_params(history.final_params)
+    rows = [r for r in _client_rows(tmp_path / "fed") if r["round"] == 2]
+    for row in rows:
+        shard = held[row["client"]]
+        _, correct, count = model.evaluate(dataset.x_train[shard], dataset.y_train[shard], 1024)
+        assert (row["num_samples"], row["accuracy"]) == (count, correct / count)
+    trained = {c for r in history.rows for c in r["clients"]}
+    assert all(len(train[c]) + len(held[c]) > 0 for c in trained)
+
+
+def test_generated_populations_evaluate_on_each_devices_test_rows(ray_cluster, tmp_path):
+    overrides = {
+        "rounds": 1, "data.num_clients": 2000, "server.clients_per_round": 40,
+        "server.federated_eval.every": 1, "server.federated_eval.fraction": 0.01,
+        "runtime.workers": 2, "runtime.cpus_per_worker": 1.0,
+    }  # fmt: skip
+    history = Simulation.from_yaml(
+        ROOT / "configs" / "population_100k.yaml", overrides, run_dir=tmp_path / "p"
+    ).run()
+    rows = _client_rows(tmp_path / "p")
+    assert len(rows) == 20 and all(r["num_samples"] == 5 for r in rows)  # 25 per device, 20% test
+    assert history.rows[0]["federated_clients"] == 20
