@@ -1,12 +1,14 @@
 """Charts and a self-contained HTML summary of one or more runs.
 
 Plots are made from a run directory's files only -- ``config.yaml``,
-``metrics.jsonl`` and ``summary.json`` -- never from live simulation objects,
-so a report can be drawn for a finished run, a crashed run, or runs made on
-another machine. A crash may leave ``summary.json`` missing or the last line
-of ``metrics.jsonl`` half-written: the half line is skipped and the summary is
-derived from the rows. Everything is rendered in memory first and each file is
-then written atomically, so a failed report never leaves a half-written
+``metrics.jsonl``, ``summary.json`` and, when present, ``clients.jsonl``
+(per-client federated evaluations) and ``prune.json`` -- never from live
+simulation objects, so a report can be drawn for a finished run, a crashed
+run, or runs made on another machine. A crash may leave ``summary.json``
+missing or the last line of ``metrics.jsonl`` half-written: the half line is
+skipped and the summary is derived from the rows; ``clients.jsonl`` is read
+the same way. Everything is rendered in memory first and each file is then
+written atomically, so a failed report never leaves a half-written
 ``report.html``.
 
 Public API: :func:`write_report`, :func:`load_run`, :class:`RunRecord`,
@@ -16,27 +18,34 @@ Public API: :func:`write_report`, :func:`load_run`, :class:`RunRecord`,
 from __future__ import annotations
 
 import base64
+import dataclasses
+import functools
 import html
 import io
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from clients.errors import FedsimError
-from simulator.config import read_yaml
+from simulator.config import Config, read_yaml
 from simulator.rundir import atomic_write_bytes, read_metrics
 
 DPI = 110  # chart resolution, dots per inch
 FIGSIZE = (7.5, 4.6)  # chart size, inches
 MARKER_MAX_POINTS = 30  # draw point markers when a curve has at most this many
+# Metrics logged as fractions in [0, 1] and charted as percentages.
+PERCENT_KEYS = frozenset(
+    {"test_accuracy", "federated_accuracy", "federated_accuracy_worst10", "clipped_fraction"}
+)
 REPORT_NAME = "report.html"
 
 
@@ -47,6 +56,8 @@ class RunRecord:
     ``rows`` are the metrics.jsonl objects sorted by ``round``, one per round
     (a round logged twice, e.g. after a resume, keeps its last row).
     ``config`` and ``summary`` are empty dicts when their file is missing.
+    ``client_evals`` are the clients.jsonl objects (one per client evaluation:
+    round, client, num_samples, accuracy, loss), empty without federated evaluation.
     """
 
     name: str
@@ -54,6 +65,7 @@ class RunRecord:
     config: dict[str, Any]
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
+    client_evals: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -117,8 +129,9 @@ def load_run(run_dir: Path) -> RunRecord:
     config = _read_config(run_dir / "config.yaml")
     summary = _read_summary(run_dir / "summary.json")
     rows = _read_metrics(run_dir / "metrics.jsonl")
+    client_evals = _read_client_evals(run_dir / "clients.jsonl")
     name = summary.get("name") or config.get("name") or run_dir.name
-    return RunRecord(str(name), run_dir, config, rows, summary)
+    return RunRecord(str(name), run_dir, config, rows, summary, client_evals)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -148,6 +161,24 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not by_round:
         raise FedsimError(f"{path}: no valid metrics rows")
     return [by_round[r] for r in sorted(by_round)]
+
+
+def _read_client_evals(path: Path) -> list[dict[str, Any]]:
+    """Parse clients.jsonl ([] when absent; a truncated last line is skipped)."""
+    if not path.is_file():
+        return []
+    rows = read_metrics(path)
+    for row in rows:
+        if (
+            _valid_row(row) is None
+            or not isinstance(row.get("client"), int)
+            or _metric(row, "accuracy") is None
+        ):
+            raise FedsimError(
+                f"{path}: a row is not a JSON object with integer 'round' and 'client' "
+                f"and a numeric 'accuracy': {row!r}"
+            )
+    return rows
 
 
 def _valid_row(row: Any) -> dict[str, Any] | None:
@@ -250,11 +281,27 @@ def _colour(i: int, n: int) -> str:
     return to_hex(cmap(i % cmap.N))
 
 
+def _new_axes() -> tuple[Figure, Axes]:
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    return fig, fig.add_subplot()
+
+
+def _finish(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
+    """Title, axis labels, grid and (when something was drawn) a legend."""
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel(xlabel, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=10)
+    ax.tick_params(labelsize=9)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9, loc="best")
+
+
 def _draw(ax: Axes, run: RunRecord, key: str, x: str, style: dict[str, Any]) -> None:
     xs, ys = _series(run, key, x)
     if not xs:
         return
-    if key == "test_accuracy":
+    if key in PERCENT_KEYS:
         ys = [100.0 * y for y in ys]
     marker = "o" if len(xs) <= MARKER_MAX_POINTS else None
     ax.plot(xs, ys, marker=marker, markersize=4, linewidth=1.6, **style)
@@ -310,8 +357,7 @@ def _decorate(ax: Axes, panel: _Panel) -> None:
 
 def _render_panel(panel: _Panel, runs: list[RunRecord], labels: list[str]) -> bytes:
     """One chart as PNG bytes (a Figure of its own: no pyplot global state)."""
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
-    ax = fig.add_subplot()
+    fig, ax = _new_axes()
     _plot_runs(ax, panel, runs, labels)
     _decorate(ax, panel)
     return _png(fig)
@@ -371,8 +417,7 @@ def _gradient_flow_last_round(runs: list[RunRecord], labels: list[str]) -> Figur
     if not tracked:
         return None
     layers = _layer_order(runs)
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
-    ax = fig.add_subplot()
+    fig, ax = _new_axes()
     width = 0.8 / len(tracked)
     for j, (run, label) in enumerate(tracked):
         last = _flow_rows(run)[-1][1]
@@ -401,8 +446,7 @@ def _prune_results(run: RunRecord) -> dict[str, Any] | None:
 
 def _prune_accuracy_figure(prune: dict[str, Any], title: str) -> Figure:
     """Test accuracy against sparsity, one line per method (dashed: after fine-tuning)."""
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
-    ax = fig.add_subplot()
+    fig, ax = _new_axes()
     methods = list(dict.fromkeys(r["method"] for r in prune["results"]))
     for i, method in enumerate(methods):
         rows = sorted((r for r in prune["results"] if r["method"] == method), key=lambda r: r["sparsity"])
@@ -426,8 +470,7 @@ def _prune_layers_figure(prune: dict[str, Any], title: str) -> Figure:
     top = max(r["sparsity"] for r in prune["results"])
     rows = [r for r in prune["results"] if r["sparsity"] == top]
     layers = list(rows[0]["layer_density"]) if rows else []
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
-    ax = fig.add_subplot()
+    fig, ax = _new_axes()
     width = 0.8 / max(len(rows), 1)
     for j, row in enumerate(rows):
         xs = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(layers))]
@@ -481,17 +524,12 @@ def _density_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figure | N
     tracked = _runs_with(runs, labels, lambda run: _logs(run, "density"))
     if not tracked:
         return None
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
-    ax = fig.add_subplot()
+    fig, ax = _new_axes()
     for i, (run, label) in enumerate(tracked):
         points = [(row["round"], 100 * row["density"]) for row in run.rows if "density" in row]
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, color=_colour(i, len(tracked)), label=label, linewidth=1.8)
-    ax.set_xlabel("Round", fontsize=10)
-    ax.set_ylabel("Weights kept (%)", fontsize=10)
-    ax.set_title("Model density over rounds (pruning in the pipeline)", fontsize=12)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=9)
+    _finish(ax, "Model density over rounds (pruning in the pipeline)", "Round", "Weights kept (%)")
     return fig
 
 
@@ -500,8 +538,7 @@ def _accuracy_vs_simulated_time(runs: list[RunRecord], labels: list[str]) -> Fig
     tracked = _runs_with(runs, labels, lambda run: _logs(run, "simulated_elapsed"))
     if not tracked:
         return None
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
-    ax = fig.add_subplot()
+    fig, ax = _new_axes()
     for i, (run, label) in enumerate(tracked):
         points = [
             (row["simulated_elapsed"], 100 * row["test_accuracy"])
@@ -511,12 +548,212 @@ def _accuracy_vs_simulated_time(runs: list[RunRecord], labels: list[str]) -> Fig
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, color=_colour(i, len(tracked)), label=label, linewidth=1.8)
-    ax.set_xlabel("Simulated time (s): clients' speeds, deadlines, stragglers", fontsize=10)
-    ax.set_ylabel("Test accuracy (%)", fontsize=10)
-    ax.set_title("Test accuracy against simulated time", fontsize=12)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=9)
+    xlabel = "Simulated time (s): clients' speeds, deadlines, stragglers"
+    _finish(ax, "Test accuracy against simulated time", xlabel, "Test accuracy (%)")
     return fig
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One metric drawn over rounds in a rounds chart; every run draws it in its own colour."""
+
+    key: str
+    linestyle: str = "-"
+    suffix: str = ""  # appended to the run's legend label
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One subplot of a rounds chart: its y label and the metrics sharing its y axis."""
+
+    ylabel: str
+    lines: tuple[_Line, ...]
+
+
+def _measured(run: RunRecord, axes: tuple[_Axis, ...]) -> bool:
+    return any(_series(run, line.key, "round")[0] for axis in axes for line in axis.lines)
+
+
+def _rounds_chart(
+    runs: list[RunRecord], labels: list[str], title: str, axes: tuple[_Axis, ...]
+) -> Figure | None:
+    """Metrics against the round, one subplot per `_Axis`; None if no run measured any of them."""
+    tracked = _runs_with(runs, labels, lambda run: _measured(run, axes))
+    if not tracked:
+        return None
+    fig = Figure(figsize=(FIGSIZE[0], 3.0 * len(axes) + 1.0), dpi=DPI, layout="tight")
+    subplots = fig.subplots(len(axes), 1, sharex=True, squeeze=False)[:, 0]
+    for k, (ax, axis) in enumerate(zip(subplots, axes, strict=True)):
+        for i, (run, label) in enumerate(tracked):
+            for line in axis.lines:
+                style = {"color": _colour(i, len(tracked)), "linestyle": line.linestyle}
+                _draw(ax, run, line.key, "round", {**style, "label": f"{label}{line.suffix}"})
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        # Subplots share the x axis: one title on top, one "Round" label at the bottom.
+        _finish(ax, title if k == 0 else "", "Round" if k == len(axes) - 1 else "", axis.ylabel)
+    return fig
+
+
+_update_norms = functools.partial(
+    _rounds_chart,
+    title="Client update norms per round (mean solid, max dashed)",
+    axes=(
+        _Axis(
+            "L2 norm of a client's update",
+            (_Line("update_norm_mean", "-", " (mean)"), _Line("update_norm_max", "--", " (max)")),
+        ),
+    ),
+)
+
+_clipping = functools.partial(
+    _rounds_chart,
+    title="Update clipping per round",
+    axes=(
+        _Axis("Updates clipped (% of clients)", (_Line("clipped_fraction"),)),
+        _Axis("Clipping bound (L2 norm)", (_Line("clip_norm"),)),
+    ),
+)
+
+_epsilon = functools.partial(
+    _rounds_chart,
+    title="Privacy spent: ε after each round (at the configured δ)",
+    axes=(_Axis("ε (cumulative privacy loss)", (_Line("epsilon"),)),),
+)
+
+_federated_accuracy = functools.partial(
+    _rounds_chart,
+    title="Federated evaluation: accuracy on clients' own data (worst 10% dashed)",
+    axes=(
+        _Axis(
+            "Accuracy on evaluated clients (%)",
+            (
+                _Line("federated_accuracy", "-", " (sample-weighted)"),
+                _Line("federated_accuracy_worst10", "--", " (worst 10%)"),
+            ),
+        ),
+    ),
+)
+
+
+def _overlaid_histograms(ax: Axes, captioned: list[tuple[list[float], str]], bins: Any) -> None:
+    """One translucent histogram per run (values, legend caption), counts on the y axis."""
+    for i, (values, caption) in enumerate(captioned):
+        colour = _colour(i, len(captioned))
+        ax.hist(values, bins=bins, color=colour, alpha=0.35, edgecolor=colour, linewidth=1.5, label=caption)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.margins(y=0.25)  # headroom above the tallest bar for the legend
+
+
+def _participation_counts(run: RunRecord) -> list[int]:
+    """Rounds each client trained in, for every client id (never-sampled clients count 0);
+    [] when the run did not log which clients trained."""
+    rounds = [row["clients"] for row in run.rows if isinstance(row.get("clients"), list)]
+    if not rounds:
+        return []
+    counts = Counter(client for ids in rounds for client in ids)
+    num_clients = _config_value(run.config, "data.num_clients")
+    population = max(num_clients if isinstance(num_clients, int) else 0, max(counts, default=-1) + 1)
+    return [counts.get(client, 0) for client in range(population)]
+
+
+def _participation(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    """Histogram per run: how many clients trained in 0, 1, 2, ... rounds."""
+    pairs = zip((_participation_counts(run) for run in runs), labels, strict=True)
+    tracked = [(counts, label) for counts, label in pairs if counts]
+    if not tracked:
+        return None
+    fig, ax = _new_axes()
+    bins = np.arange(-0.5, max(max(counts) for counts, _ in tracked) + 1.5)
+    captioned = []
+    for counts, label in tracked:
+        spread = f"min {min(counts)}, max {max(counts)}, mean {np.mean(counts):.1f}"
+        captioned.append((counts, f"{label}: {spread} over {len(counts)} clients"))
+    _overlaid_histograms(ax, captioned, bins)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    title = "Client participation: rounds each client trained"
+    _finish(ax, title, "Rounds participated", "Number of clients")
+    return fig
+
+
+def _last_evaluation(run: RunRecord) -> tuple[int, list[float]] | None:
+    """(round, per-client accuracies in %) of the run's last federated evaluation, or None."""
+    if not run.client_evals:
+        return None
+    last = max(row["round"] for row in run.client_evals)
+    return last, [100.0 * row["accuracy"] for row in run.client_evals if row["round"] == last]
+
+
+def _spread(run: RunRecord, rnd: int, accs: list[float]) -> tuple[float, float]:
+    """(std, worst-10% mean) in %: the metrics row's when logged, else from the client rows."""
+    row = next((r for r in run.rows if r["round"] == rnd), {})
+    worst = sorted(accs)[: max(1, math.ceil(len(accs) / 10))]  # as federated evaluation logs it
+    std, worst10 = _metric(row, "federated_accuracy_std"), _metric(row, "federated_accuracy_worst10")
+    return (
+        float(np.std(accs)) if std is None else 100.0 * std,
+        float(np.mean(worst)) if worst10 is None else 100.0 * worst10,
+    )
+
+
+def _client_accuracy(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    """Histogram per run of the per-client accuracy at its last federated evaluation."""
+    pairs = zip(runs, labels, (_last_evaluation(run) for run in runs), strict=True)
+    tracked = [(run, label, evaluation) for run, label, evaluation in pairs if evaluation]
+    if not tracked:
+        return None
+    fig, ax = _new_axes()
+    every = [acc for _, _, (_, accs) in tracked for acc in accs]
+    bins = np.linspace(min(every), max(every), 21) if max(every) > min(every) else 20
+    captioned = []
+    for run, label, (rnd, accs) in tracked:
+        std, worst10 = _spread(run, rnd, accs)
+        captioned.append((accs, f"{label}, round {rnd}: std {std:.1f} pp, worst 10% {worst10:.1f}%"))
+    _overlaid_histograms(ax, captioned, bins)
+    title = "Fairness: per-client accuracy at the last federated evaluation"
+    _finish(ax, title, "Accuracy on the client's held-out data (%)", "Number of clients")
+    return fig
+
+
+def _config_value(config: dict[str, Any], dotted: str) -> Any:
+    """config["a"]["b"] for "a.b"; the fedsim default when the run's config lacks it."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _default_settings().get(dotted)
+        node = node[part]
+    return node
+
+
+# ---------------------------------------------------------------- config differences
+
+# Settings every run sets to its own value: listing them would hide the interesting ones.
+NOT_COMPARED = frozenset({"name", "runtime.out_dir"})
+_ABSENT = object()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists, as they come back from YAML."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+@functools.cache
+def _default_settings() -> dict[str, Any]:
+    return _flatten(dataclasses.asdict(Config()))
+
+
+def _differences(config: dict[str, Any]) -> list[str]:
+    """``key=value`` for each setting in `config` whose value is not fedsim's default."""
+    defaults = _default_settings()
+    return [
+        f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+        for key, value in _flatten(config).items()
+        if key not in NOT_COMPARED and defaults.get(key, _ABSENT) != value
+    ]
 
 
 @dataclass(frozen=True)
@@ -558,6 +795,27 @@ OPTIONAL_PANELS = (
         "Test accuracy against simulated time",
         _accuracy_vs_simulated_time,
     ),
+    _OptionalPanel(
+        "panel-participation",
+        "participation.png",
+        "Client participation: rounds each client trained",
+        _participation,
+    ),
+    _OptionalPanel(
+        "panel-client-accuracy",
+        "client_accuracy.png",
+        "Fairness: per-client accuracy at the last federated evaluation",
+        _client_accuracy,
+    ),
+    _OptionalPanel(
+        "panel-federated-accuracy",
+        "federated_accuracy.png",
+        "Federated evaluation: accuracy over rounds",
+        _federated_accuracy,
+    ),
+    _OptionalPanel("panel-update-norms", "update_norms.png", "Client update norms", _update_norms),
+    _OptionalPanel("panel-clipping", "clipping.png", "Update clipping", _clipping),
+    _OptionalPanel("panel-epsilon", "epsilon.png", "Differential privacy: ε over rounds", _epsilon),
 )
 
 
@@ -597,6 +855,20 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+def _fmt_epsilon(run: RunRecord) -> str:
+    """The privacy spent by the end of the run: the last logged ε ("∞" without noise)."""
+    eps = next((row["epsilon"] for row in reversed(run.rows) if "epsilon" in row), None)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        return _fmt(eps)
+    return "∞" if math.isinf(eps) else f"{eps:.2f}"
+
+
+def _fmt_differences(config: dict[str, Any]) -> str:
+    if not config:
+        return "— (no config.yaml)"
+    return ", ".join(_differences(config)) or "none"
+
+
 def _table_row(run: RunRecord, label: str, target: float | None) -> str:
     st = _run_stats(run)
     cells = [
@@ -613,6 +885,7 @@ def _table_row(run: RunRecord, label: str, target: float | None) -> str:
     if target is not None:
         reached = rounds_to_target(run.rows, target)
         cells.append("not reached" if reached is None else str(reached))
+    cells += [_fmt_epsilon(run), _fmt_differences(run.config)]
     return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
@@ -630,6 +903,7 @@ def _summary_section(runs: list[RunRecord], labels: list[str], target: float | N
     ]
     if target is not None:
         heads.append(f"Rounds to {_fmt_pct(target)}")
+    heads += ["ε (privacy)", "Differs from defaults"]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
     body = "\n".join(_table_row(r, lab, target) for r, lab in zip(runs, labels, strict=True))
     return (
@@ -651,7 +925,7 @@ def _chart_section(panel: _Panel | _OptionalPanel, png: bytes) -> str:
 _CSS = """body{font-family:sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;font-size:14px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f2f2f2}img{max-width:100%}.file{color:#888;font-size:12px}"""
+th{background:#f2f2f2}td{max-width:36em;overflow-wrap:anywhere}img{max-width:100%}.file{color:#888;font-size:12px}"""
 
 
 def _render_html(
@@ -678,7 +952,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, target_accuracy: float | N
     """Draw charts and an HTML summary of `run_dirs` into `out_dir`.
 
     target_accuracy: a fraction in [0, 1]; adds a "rounds to target" column.
-    Writes the four chart PNGs and ``report.html`` (charts embedded as base64)
+    Writes a PNG per chart (PANELS, plus each OPTIONAL_PANELS chart whose metrics
+    some run logged) and ``report.html`` (charts embedded as base64)
     and returns the path of ``report.html``. Raises FedsimError for an
     unusable run directory or target.
     """

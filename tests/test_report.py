@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
+from matplotlib import image as mpimg
 
 from clients.errors import FedsimError
-from simulator.report import PANELS, load_run, rounds_to_target, write_report
+from simulator.report import (
+    OPTIONAL_PANELS,
+    PANELS,
+    _participation_counts,
+    load_run,
+    rounds_to_target,
+    write_report,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -36,13 +45,13 @@ def _make_run(
     *,
     tail: str = "",
     summary: dict | None = None,
+    config: str = "data: {}\nmodel: {}\n",
 ) -> Path:
-    """A run directory with config.yaml, metrics.jsonl (+ raw `tail`), summary.json."""
+    """A run directory with config.yaml (name, seed, rounds + `config`), metrics.jsonl
+    (+ raw `tail`), summary.json."""
     run_dir = root / dirname
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(
-        f"name: {json.dumps(name)}\nseed: 0\nrounds: 4\ndata: {{}}\nmodel: {{}}\n"
-    )
+    (run_dir / "config.yaml").write_text(f"name: {json.dumps(name)}\nseed: 0\nrounds: 4\n{config}")
     lines = "".join(json.dumps(r) + "\n" for r in rows)
     (run_dir / "metrics.jsonl").write_text(lines + tail)
     if summary is not None:
@@ -50,8 +59,7 @@ def _make_run(
     return run_dir
 
 
-@pytest.fixture
-def alpha(tmp_path: Path) -> Path:
+def write_alpha(root: Path) -> Path:
     """Finished run; round 2 not evaluated; accuracy first >= 0.8 at round 3."""
     rows = [
         _row(1, 0.50, 1.20, 1.50),
@@ -69,7 +77,12 @@ def alpha(tmp_path: Path) -> Path:
         "total_bytes_down": 3 * 1024 * 1024,
         "status": "completed",
     }
-    return _make_run(tmp_path, "alpha_dir", "alpha", rows, summary=summary)
+    return _make_run(root, "alpha_dir", "alpha", rows, summary=summary)
+
+
+@pytest.fixture
+def alpha(tmp_path: Path) -> Path:
+    return write_alpha(tmp_path)
 
 
 @pytest.fixture
@@ -134,6 +147,8 @@ def test_summary_table_with_target(alpha: Path, beta: Path, tmp_path: Path):
         "3.00 MiB",
         "completed",
         "3",
+        "—",  # no epsilon logged
+        "rounds=4",  # the only setting in its config.yaml that is not fedsim's default
     ]
     # beta has no summary.json: numbers come from its three complete rows.
     assert b[2:] == [
@@ -145,6 +160,8 @@ def test_summary_table_with_target(alpha: Path, beta: Path, tmp_path: Path):
         "3.00 KiB",
         "incomplete (no readable summary.json)",
         "not reached",
+        "—",
+        "rounds=4",
     ]
     assert "Rounds to 80.00%" in page
 
@@ -230,3 +247,173 @@ def test_shared_names_are_disambiguated_by_directory(tmp_path: Path):
 def test_target_must_be_a_fraction(alpha: Path, tmp_path: Path):
     with pytest.raises(FedsimError, match="80"):
         write_report([alpha], tmp_path / "out", target_accuracy=80)
+
+
+# ---------------------------------------------------------------- optional panels
+
+# Settings gamma sets away from fedsim's defaults (name and runtime.out_dir are not compared).
+GAMMA_CONFIG = """data: {num_clients: 6, alpha: 0.5}
+model: {hidden: [32]}
+server:
+  clipping: {kind: fixed, norm: 0.5}
+  privacy: {noise_multiplier: 1.1}
+runtime: {out_dir: /elsewhere}
+"""
+GAMMA_DIFFERENCES = (
+    "rounds=4, data.num_clients=6, model.hidden=[32], server.clipping.kind=fixed, "
+    "server.clipping.norm=0.5, server.privacy.noise_multiplier=1.1"
+)
+# The panels gamma's metrics call for, on top of the always-drawn PANELS.
+GAMMA_PANELS = {
+    "panel-participation",
+    "panel-client-accuracy",
+    "panel-federated-accuracy",
+    "panel-update-norms",
+    "panel-clipping",
+    "panel-epsilon",
+}
+
+
+def _client_eval(rnd: int, client: int, accuracy: float) -> dict:
+    return {"round": rnd, "client": client, "num_samples": 20, "accuracy": accuracy, "loss": 1.0 - accuracy}
+
+
+def write_gamma(root: Path) -> Path:
+    """A DP run with clipping, participation and federated evaluation on rounds 2 and 4.
+
+    Client 5 is never sampled; clients 0 and 1 train every round.
+    """
+    rows = []
+    for rnd in range(1, 5):
+        row = _row(rnd, 0.3 + 0.1 * rnd, 1.5 - 0.2 * rnd, 1.6 - 0.2 * rnd)
+        row |= {
+            "clients": [0, 1, 2 + rnd % 3],
+            "update_norm_mean": 1.0 / rnd,
+            "update_norm_max": 2.0 / rnd,
+            "clip_norm": 0.5,
+            "clipped_fraction": 1.0 / rnd,
+            "epsilon": 0.5 * rnd + 0.5,
+        }
+        if rnd % 2 == 0:
+            row |= {
+                "federated_accuracy": 0.2 * rnd,
+                "federated_loss": 1.0,
+                "federated_accuracy_std": 0.1,
+                "federated_accuracy_worst10": 0.1 * rnd,
+            }
+        rows.append(row)
+    run_dir = _make_run(root, "gamma_dir", "gamma", rows, config=GAMMA_CONFIG)
+    evals = [_client_eval(rnd, c, 0.1 * rnd + 0.1 * c) for rnd in (2, 4) for c in range(5)]
+    (run_dir / "clients.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    return run_dir
+
+
+@pytest.fixture
+def gamma(tmp_path: Path) -> Path:
+    return write_gamma(tmp_path)
+
+
+def _section_ids(page: str) -> set[str]:
+    return set(re.findall(r'<section id="([^"]+)">', page))
+
+
+def _embedded_pngs(page: str) -> dict[str, bytes]:
+    """Each chart section's id -> its decoded embedded image."""
+    sections = re.findall(
+        r'<section id="([^"]+)">\n<h2>.*?</h2>\n<img src="data:image/png;base64,([^"]+)"', page
+    )
+    return {panel_id: base64.b64decode(data, validate=True) for panel_id, data in sections}
+
+
+def test_report_draws_exactly_the_panels_whose_metrics_exist(alpha: Path, gamma: Path, tmp_path: Path):
+    page = write_report([alpha, gamma], tmp_path / "out").read_text(encoding="utf-8")
+
+    expected = {p.panel_id for p in PANELS} | GAMMA_PANELS
+    assert _section_ids(page) == expected | {"panel-summary"}
+    pngs = _embedded_pngs(page)
+    assert set(pngs) == expected
+    for panel_id, png in pngs.items():
+        assert png.startswith(PNG_SIGNATURE), panel_id
+        height, width, _ = mpimg.imread(io.BytesIO(png), format="png").shape
+        assert width >= 600 and height >= 400, (panel_id, width, height)
+
+
+@pytest.mark.parametrize(
+    ("extra", "panel_id"),
+    [
+        ({"clients": [0, 2]}, "panel-participation"),
+        ({"federated_accuracy": 0.5}, "panel-federated-accuracy"),
+        ({"update_norm_mean": 1.5}, "panel-update-norms"),
+        ({"clipped_fraction": 0.25}, "panel-clipping"),
+        ({"clip_norm": 0.5}, "panel-clipping"),
+        ({"epsilon": 1.5}, "panel-epsilon"),
+    ],
+)
+def test_one_metric_adds_only_its_panel(extra: dict, panel_id: str, tmp_path: Path):
+    rows = [_row(1, 0.5, 1.0, 1.0) | extra, _row(2, 0.6, 0.9, 0.9) | extra]
+    run_dir = _make_run(tmp_path, "one", "one", rows)
+
+    page = write_report([run_dir], tmp_path / "out").read_text()
+
+    optional = {p.panel_id for p in OPTIONAL_PANELS} & _section_ids(page)
+    assert optional == {panel_id}
+
+
+def test_clients_jsonl_alone_adds_the_client_accuracy_panel(tmp_path: Path):
+    run_dir = _make_run(tmp_path, "fair", "fair", [_row(1, 0.5, 1.0, 1.0)])
+    (run_dir / "clients.jsonl").write_text(json.dumps(_client_eval(1, 0, 0.4)) + "\n")
+
+    page = write_report([run_dir], tmp_path / "out").read_text()
+
+    optional = {p.panel_id for p in OPTIONAL_PANELS} & _section_ids(page)
+    assert optional == {"panel-client-accuracy"}
+
+
+def test_summary_table_shows_differing_settings_and_epsilon(alpha: Path, gamma: Path, tmp_path: Path):
+    page = write_report([alpha, gamma], tmp_path / "out").read_text()
+
+    assert "<th>ε (privacy)</th><th>Differs from defaults</th>" in page
+    assert _table_row(page, "gamma")[-2:] == ["2.50", GAMMA_DIFFERENCES]  # last row's epsilon
+    assert _table_row(page, "alpha")[-2:] == ["—", "rounds=4"]
+
+
+def test_differing_settings_are_html_escaped(tmp_path: Path):
+    run_dir = _make_run(tmp_path, "odd", "odd", [_row(1, 0.5, 1.0, 1.0)], config="data: {dataset: <b>}\n")
+
+    page = write_report([run_dir], tmp_path / "out").read_text()
+
+    assert _table_row(page, "odd")[-1] == "rounds=4, data.dataset=&lt;b&gt;"
+
+
+def test_participation_counts_never_sampled_clients_as_zero(gamma: Path):
+    # Rounds 1-4 train clients [0, 1, 2 + round % 3]; data.num_clients is 6.
+    assert _participation_counts(load_run(gamma)) == [4, 4, 1, 2, 1, 0]
+
+
+def test_clients_jsonl_torn_last_line_is_skipped(gamma: Path):
+    with (gamma / "clients.jsonl").open("a") as f:
+        f.write('{"round": 6, "cli')
+
+    evals = load_run(gamma).client_evals
+
+    assert len(evals) == 10 and {e["round"] for e in evals} == {2, 4}
+
+
+def test_clients_jsonl_corrupt_middle_line_raises_naming_file_and_line(gamma: Path):
+    path = gamma / "clients.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+
+    with pytest.raises(FedsimError, match=r"clients\.jsonl:2: not valid JSON") as info:
+        load_run(gamma)
+
+    assert str(path) in str(info.value)
+
+
+def test_clients_jsonl_row_without_accuracy_raises_naming_file(gamma: Path):
+    (gamma / "clients.jsonl").write_text(json.dumps({"round": 1, "client": 0}) + "\n")
+
+    with pytest.raises(FedsimError, match="accuracy") as info:
+        load_run(gamma)
+
+    assert str(gamma / "clients.jsonl") in str(info.value)
