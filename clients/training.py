@@ -79,7 +79,8 @@ def train_client(
     Returns the delta and the sample-weighted mean minibatch loss.
     """
     model.load_params(global_params)
-    start_params = model.to_engine(global_params)
+    # On a device, the start point is copied there once, from the loaded parameters.
+    start_params = arrays.copy(model.params) if arrays.is_tensor(model.params) else global_params
     optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     transform = StepTransform(cfg.prox_mu, start_params, cfg.max_grad_norm, model.to_engine(correction))
     mask = None if mask is None else model.to_engine(mask)

@@ -208,8 +208,7 @@ class ClientWorker:
         is still computed alone, so the result is the same whoever carries it."""
         results = []
         for index, ids in groups:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")  # record every one; the driver shows each once
+            with warnings.catch_warnings(record=True) as caught:  # default filters: the driver dedups
                 result = self.train_group(global_params, inputs, index, ids)
             result.warnings = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
             results.append(result)

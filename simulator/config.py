@@ -436,6 +436,11 @@ def _validate_devices(m: ModelConfig, r: RuntimeConfig) -> None:
         raise ConfigError(
             "model.device: cuda needs runtime.gpus_per_worker > 0, so that Ray gives each worker a GPU"
         )
+    if m.device == "cpu" and r.gpus_per_worker > 0:
+        raise ConfigError(
+            "model.device: cpu with runtime.gpus_per_worker > 0 reserves GPUs that no worker uses; "
+            "set gpus_per_worker: 0 or model.device: auto/cuda"
+        )
     if m.engine == "numpy" and (m.device == "cuda" or r.gpus_per_worker > 0):
         raise ConfigError(
             "model.engine: numpy runs on CPUs only; use model.engine: torch for "

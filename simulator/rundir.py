@@ -72,24 +72,44 @@ class MetricsLog:
 
 
 class ClientEvalLog:
-    """Append-only clients.jsonl: one row per client evaluation. Only the last round
-    logged is kept in memory, so the driver stays small however many clients report."""
+    """Append-only clients.jsonl: one row per client evaluation, in round order.
 
-    def __init__(self, path: Path):
+    Opened for a run at checkpoint ``completed_round``, it keeps only the rows of
+    rounds up to that one: later rounds are re-run on resume (with the same
+    results), and a crash may have left one of them half-written. The file is
+    scanned line by line and nothing is kept in memory, so the driver stays small
+    however many clients report."""
+
+    def __init__(self, path: Path, completed_round: int):
         self.path = path
-        self._last_round = 0
         if path.exists():
-            _drop_torn_tail(path)
-            rows = read_metrics(path)
-            self._last_round = rows[-1]["round"] if rows else 0
-
-    def last_round(self) -> int:
-        return self._last_round
+            _truncate_after_round(path, completed_round)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             _append_lines(self.path, rows)
-            self._last_round = rows[-1]["round"]
+
+
+def _truncate_after_round(path: Path, completed_round: int) -> None:
+    """Cut a torn last line and every row of a round after ``completed_round``; a
+    damaged complete line is an error, not something to cut away."""
+    keep = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise FedsimError(f"{path}:{number}: not valid JSON") from None
+            if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+                raise FedsimError(f"{path}:{number}: not a JSON object with an integer 'round'")
+            if row["round"] > completed_round:
+                break
+            keep += len(line)
+    if keep < path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(keep)
 
 
 def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:

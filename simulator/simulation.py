@@ -10,6 +10,7 @@ order. Worker count, scheduling and resumption cannot change a bit.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -60,7 +61,8 @@ log = logging.getLogger("fedsim")
 RoundCallback = Callable[[dict[str, Any]], None]
 MUTABLE_ON_RESUME = ("rounds", "runtime")
 # runtime keys that change bits: the summation order and the kernels' thread count
-FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker", "gpus_per_worker")
+# (A change of device, e.g. through gpus_per_worker, is refused when the workers start.)
+FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker")
 PURPOSE_PRUNING = 8
 
 
@@ -120,12 +122,12 @@ class Simulation:
         state = _RunState(self.cfg, self.run_dir)
         with ray_session(self.cfg.runtime.address, self.debug) as session:
             state.open_run_dir(self.resume)
-            trackers.start()
             return self._run_with_workers(state, session, trackers)
 
     def _run_with_workers(self, state: _RunState, session: RaySession, trackers: Trackers) -> History:
         progress = RoundProgress(self.cfg.rounds, state.next_round, self.cfg.name, self.quiet)
         try:
+            trackers.start(state.next_round)
             pool = self._start_workers(state, session, progress)
             try:
                 self._loop(state, pool, progress, trackers)
@@ -175,13 +177,17 @@ class Simulation:
             short_of_cpu = free.get("CPU", 0.0) + 1e-9 < rt.cpus_per_worker
             if short_of_cpu or free.get("GPU", 0.0) + 1e-9 < rt.gpus_per_worker:
                 raise ClusterError("no free CPUs/GPUs for a replacement worker")
-            return make_actor()
+            replacement = make_actor()
+            if _started([replacement])[0]["device"] != state.device:
+                ray.kill(replacement)
+                raise ClusterError(f"a replacement worker would not train on {state.device}")
+            return replacement
 
         actors = [make_actor() for _ in range(count)]
-        devices = sorted({info["device"] for info in _started(actors)})
+        state.device = _one_device(_started(actors), state.recorded_device())
         gpus = f" + {rt.gpus_per_worker:g} GPU" if rt.gpus_per_worker else ""
         progress.message(
-            f"fedsim: {count} workers x ({rt.cpus_per_worker:g} CPU{gpus}) on {', '.join(devices)} "
+            f"fedsim: {count} workers x ({rt.cpus_per_worker:g} CPU{gpus}) on {state.device} "
             f"(cluster has {session.cpus:g} CPUs, {session.gpus:g} GPUs); run directory {self.run_dir}"
         )
         return WorkerPool(actors, respawn=respawn)
@@ -191,7 +197,7 @@ class Simulation:
             row = self._round(state, pool, round_)
             if round_ > state.metrics.last_round():
                 state.metrics.append(row)
-                trackers.log_round(row)
+            trackers.log_round(row)  # re-run rounds too: a crash may have cut them from the trackers
             state.completed_round = round_
             if round_ % self.cfg.runtime.checkpoint_every == 0 or round_ == self.cfg.rounds:
                 state.checkpoint()
@@ -280,8 +286,7 @@ class Simulation:
             return {}
         clients = clients_to_evaluate(self.cfg, round_)
         ids, counts, loss_sums, correct = evaluate_clients(pool, state.params, clients, self.cfg)
-        if round_ > state.client_evals.last_round():
-            state.client_evals.append(client_rows(round_, ids, counts, loss_sums, correct))
+        state.client_evals.append(client_rows(round_, ids, counts, loss_sums, correct))
         return round_metrics(counts, loss_sums, correct)
 
     def _maybe_evaluate(self, state: _RunState, round_: int) -> dict[str, float | None]:
@@ -291,6 +296,23 @@ class Simulation:
         with _compute_threads(_threads(self.cfg.runtime.cpus_per_worker)):
             result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
+
+
+def _one_device(infos: list[dict[str, Any]], recorded: str | None) -> str:
+    """The device every worker trains on; refused when they differ (which groups ran
+    where would decide the bits) or when a resumed run would change device."""
+    devices = sorted({info["device"] for info in infos})
+    if len(devices) > 1:
+        raise ClusterError(
+            f"the workers train on different devices ({', '.join(devices)}); results would depend on "
+            "scheduling: give every node the same torch build or set model.device: cpu"
+        )
+    if recorded is not None and recorded != devices[0]:
+        raise ClusterError(
+            f"--resume: this run trained on {recorded} but the workers now train on {devices[0]}; "
+            "the bits would differ (model.device / runtime.gpus_per_worker)"
+        )
+    return devices[0]
 
 
 def _started(actors: list) -> list[dict[str, Any]]:
@@ -376,6 +398,7 @@ class _RunState:
         self.simulated_elapsed = 0.0
         self.metrics: rundir.MetricsLog
         self.client_evals: rundir.ClientEvalLog
+        self.device: str | None = None  # what the workers train on, once they are up
 
     @property
     def params(self) -> np.ndarray:
@@ -390,7 +413,7 @@ class _RunState:
             rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
             self.checkpoint()  # round 0: resumable even if stopped before its first round
         self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
-        self.client_evals = rundir.ClientEvalLog(self.run_dir / "clients.jsonl")
+        self.client_evals = rundir.ClientEvalLog(self.run_dir / "clients.jsonl", self.completed_round)
         done = [r for r in self.metrics.rows if r["round"] <= self.completed_round]
         self.simulated_elapsed = float(done[-1].get("simulated_elapsed", 0.0)) if done else 0.0
 
@@ -428,6 +451,16 @@ class _RunState:
             "eval_offsets": None if held_out is None else ray.put(held_out.offsets),
         }
 
+    def recorded_device(self) -> str | None:
+        """The device a resumed run trained on before, from its summary.json."""
+        path = self.run_dir / "summary.json"
+        if self.completed_round == 0 or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text()).get("device")
+        except (OSError, ValueError):
+            return None  # a damaged summary is rewritten at the end; it decides nothing
+
     def checkpoint(self) -> None:
         rundir.save_checkpoint(self.run_dir, self.completed_round, self.params, self.server.arrays())
 
@@ -437,6 +470,7 @@ class _RunState:
         meta = {"format": "fedsim-model-1", "round": str(self.completed_round), "name": self.cfg.name}
         rundir.save_model(self.run_dir / "model.safetensors", self.layout, self.params, meta)
         summary = _summary(self.cfg, self.metrics.rows, status, self.layout.size)
+        summary["device"] = self.device or self.recorded_device()
         if error:
             summary["error"] = error
         rundir.write_json(self.run_dir / "summary.json", summary)

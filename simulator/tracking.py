@@ -12,6 +12,7 @@ one that is not installed is a config error before anything runs.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from typing import Any
 from clients.errors import ConfigError, FedsimError
 from simulator.config import Config
 
-MLFLOW_RUN_ID_FILE = "mlflow_run_id"
+MLFLOW_RUN_FILE = "mlflow_run.json"
+# The run's small files; checkpoints and clients.jsonl stay in the run directory.
+MLFLOW_ARTIFACTS = ("report.html", "summary.json", "config.yaml", "metrics.jsonl", "model.safetensors")
 MLFLOW_PARAMS_PER_CALL = 100  # MLflow's batch limit
 MLFLOW_STATUS = {"completed": "FINISHED", "interrupted": "KILLED"}
 log = logging.getLogger("fedsim")
@@ -65,7 +68,11 @@ def _require_module(name: str, option: str):
 
 
 class Trackers:
-    """What the run reports to besides its run directory."""
+    """What the run reports to besides its run directory.
+
+    Tracking never costs the run: a tracker that fails at start stops the run
+    before its first round with one clear error, one that fails later is
+    dropped with a warning and the run goes on."""
 
     def __init__(self, cfg: Config, run_dir: Path):
         rt = cfg.runtime
@@ -73,26 +80,46 @@ class Trackers:
         self._tensorboard_module = (
             _require_module("tensorboardX", "runtime.tensorboard") if rt.tensorboard else None
         )
-        self._mlflow = _require_module("mlflow", "runtime.mlflow") if rt.mlflow else None
+        self._mlflow_module = _require_module("mlflow", "runtime.mlflow") if rt.mlflow else None
         self._writer = None
+        self._mlflow = None  # the module, once its run has started
 
-    def start(self) -> None:
-        """Open the writers (after the run directory exists)."""
+    def start(self, first_round: int) -> None:
+        """Open the writers (after the run directory exists); ``first_round`` is the
+        round the run continues from: TensorBoard drops what it had logged from there."""
         if self._tensorboard_module is not None:
-            self._writer = self._tensorboard_module.SummaryWriter(logdir=str(self.run_dir / "tensorboard"))
-        if self._mlflow is not None:
-            self._start_mlflow()
+            self._writer = self._start_tensorboard(first_round)
+        if self._mlflow_module is not None:
+            try:
+                self._start_mlflow(self._mlflow_module)
+            except Exception as exc:  # MLflow raises many types for a bad URI or server
+                raise ConfigError(
+                    f"runtime.mlflow={self.cfg.runtime.mlflow!r}: could not start an MLflow run: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+            self._mlflow = self._mlflow_module
 
-    def _start_mlflow(self) -> None:
-        mlflow = self._mlflow
-        mlflow.set_tracking_uri(self.cfg.runtime.mlflow)
+    def _start_tensorboard(self, first_round: int):
+        try:
+            return self._tensorboard_module.SummaryWriter(
+                logdir=str(self.run_dir / "tensorboard"), purge_step=first_round if first_round > 1 else None
+            )
+        except OSError as exc:
+            raise FedsimError(
+                f"runtime.tensorboard: cannot write {self.run_dir / 'tensorboard'}: {exc}"
+            ) from None
+
+    def _start_mlflow(self, mlflow) -> None:
+        uri = self.cfg.runtime.mlflow
+        mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(self.cfg.runtime.mlflow_experiment)
-        id_file = self.run_dir / MLFLOW_RUN_ID_FILE
-        if id_file.is_file():  # a resumed run continues its MLflow run
-            mlflow.start_run(run_id=id_file.read_text().strip())
+        record_path = self.run_dir / MLFLOW_RUN_FILE
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        if record.get("tracking_uri") == uri:  # a resumed run continues its MLflow run
+            mlflow.start_run(run_id=record["run_id"])
             return
         run = mlflow.start_run(run_name=self.cfg.name)
-        id_file.write_text(run.info.run_id)
+        record_path.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
         params = sorted(flat_config(self.cfg).items())
         for start in range(0, len(params), MLFLOW_PARAMS_PER_CALL):
             mlflow.log_params(dict(params[start : start + MLFLOW_PARAMS_PER_CALL]))
@@ -100,19 +127,39 @@ class Trackers:
     def log_round(self, row: dict[str, Any]) -> None:
         scalars = scalar_metrics(row)
         if self._writer is not None:
-            for tag, value in scalars.items():
-                self._writer.add_scalar(tag, value, global_step=row["round"])
+            try:
+                for tag, value in scalars.items():
+                    self._writer.add_scalar(tag, value, global_step=row["round"])
+                self._writer.flush()  # a crash must not leave a gap that resume cannot fill
+            except Exception as exc:
+                self._writer = self._drop("TensorBoard", exc)
         if self._mlflow is not None:
-            self._mlflow.log_metrics(scalars, step=row["round"])
+            try:
+                self._mlflow.log_metrics(scalars, step=row["round"])
+            except Exception as exc:
+                self._mlflow = self._drop("MLflow", exc)
 
     def finish(self, status: str) -> None:
-        """Flush TensorBoard; give MLflow the report and run directory, and end its run."""
+        """Close TensorBoard; give MLflow the report and the run's small files, and end
+        its run. Never raises: the run's own outcome is what the caller reports."""
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except Exception as exc:
+                self._drop("TensorBoard", exc)
         if self._mlflow is not None:
-            self._write_report()
-            self._mlflow.log_artifacts(str(self.run_dir), artifact_path="run")
-            self._mlflow.end_run(status=MLFLOW_STATUS.get(status, "FAILED"))
+            try:
+                self._finish_mlflow(status)
+            except Exception as exc:
+                self._drop("MLflow", exc)
+        self._writer = self._mlflow = None
+
+    def _finish_mlflow(self, status: str) -> None:
+        self._write_report()
+        for name in MLFLOW_ARTIFACTS:
+            if (self.run_dir / name).is_file():
+                self._mlflow.log_artifact(str(self.run_dir / name), artifact_path="run")
+        self._mlflow.end_run(status=MLFLOW_STATUS.get(status, "FAILED"))
 
     def _write_report(self) -> None:
         from simulator.report import write_report
@@ -121,3 +168,10 @@ class Trackers:
             write_report([self.run_dir], self.run_dir)
         except FedsimError as exc:  # e.g. stopped before its first round: log the rest anyway
             log.warning("no report for MLflow: %s", exc)
+
+    @staticmethod
+    def _drop(name: str, exc: Exception) -> None:
+        log.warning(
+            "%s tracking failed and is off for the rest of this run: %s: %s", name, type(exc).__name__, exc
+        )
+        return None

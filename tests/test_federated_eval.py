@@ -32,6 +32,8 @@ def test_holdout_split_keeps_every_index_once_and_one_for_training():
         assert len(h) == min(int(0.25 * len(part)), max(len(part) - 1, 0))
         assert np.all(np.diff(t) > 0) and np.all(np.diff(h) > 0)
     assert [len(h) for h in held] == [2, 0, 0, 5]
+    _, held = holdout_split([np.arange(100)], 0.29, np.random.default_rng(0))
+    assert len(held[0]) == 29  # 0.29 * 100 is 28.999999999999996 in floating point
 
 
 def test_evaluated_clients_are_a_seeded_fraction():
@@ -87,8 +89,10 @@ def test_workers_report_what_the_final_model_scores_on_each_clients_holdout(ray_
         shard = held[row["client"]]
         _, correct, count = model.evaluate(dataset.x_train[shard], dataset.y_train[shard], 1024)
         assert (row["num_samples"], row["accuracy"]) == (count, correct / count)
-    trained = {c for r in history.rows for c in r["clients"]}
-    assert all(len(train[c]) + len(held[c]) > 0 for c in trained)
+    # Held-out samples never train: each round's sample count is its clients' training parts.
+    for round_row in history.rows:
+        assert round_row["num_samples"] == sum(len(train[c]) for c in round_row["clients"])
+        assert sum(len(held[c]) for c in round_row["clients"]) > 0
 
 
 def test_generated_populations_evaluate_on_each_devices_test_rows(ray_cluster, tmp_path):
@@ -103,3 +107,27 @@ def test_generated_populations_evaluate_on_each_devices_test_rows(ray_cluster, t
     rows = _client_rows(tmp_path / "p")
     assert len(rows) == 20 and all(r["num_samples"] == 5 for r in rows)  # 25 per device, 20% test
     assert history.rows[0]["federated_clients"] == 20
+
+
+def test_resume_rewrites_a_half_logged_evaluation_round(ray_cluster, tmp_path):
+    overrides = {**small_overrides(rounds=4), **FEDERATED}
+    Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "straight").run()
+    Simulation.from_yaml(DEFAULT, {**overrides, "rounds": 2}, run_dir=tmp_path / "crashed").run()
+    log = tmp_path / "crashed" / "clients.jsonl"
+    straight_rows = (tmp_path / "straight" / "clients.jsonl").read_text().splitlines(keepends=True)
+    round_4 = [line for line in straight_rows if json.loads(line)["round"] == 4]
+    with open(log, "a") as f:  # a crash in round 4's write: two rows and a torn third
+        f.write("".join(round_4[:2]) + round_4[2][:15])
+    Simulation.resume_from(tmp_path / "crashed", {"rounds": 4}).run()
+    assert log.read_text() == "".join(straight_rows)
+
+
+def test_a_damaged_complete_line_is_an_error_not_a_truncation(tmp_path):
+    from clients.errors import FedsimError
+    from simulator.rundir import ClientEvalLog
+
+    log = tmp_path / "clients.jsonl"
+    log.write_text('{"round": 1, "client": 0}\n{"round": 1, oops\n{"round": 2, "client": 0}\n')
+    with pytest.raises(FedsimError, match=r"clients.jsonl:2: not valid JSON"):
+        ClientEvalLog(log, completed_round=2)
+    assert log.read_text().count("\n") == 3

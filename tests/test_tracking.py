@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 import types
@@ -64,6 +65,7 @@ class _RecordingMlflow(types.ModuleType):
     def __init__(self):
         super().__init__("mlflow")
         self.calls: list[tuple[str, tuple, dict]] = []
+        self.failing_uri = False
 
     def __getattr__(self, name):
         if name.startswith("__"):
@@ -73,8 +75,8 @@ class _RecordingMlflow(types.ModuleType):
             self.calls.append((name, args, kwargs))
             if name == "start_run":
                 return types.SimpleNamespace(info=types.SimpleNamespace(run_id="run-123"))
-            if name == "log_artifacts":
-                self.artifacts = sorted(p.name for p in Path(args[0]).iterdir())
+            if name == "set_tracking_uri" and self.failing_uri:
+                raise RuntimeError("connection refused")
             return None
 
         return record
@@ -93,9 +95,30 @@ def test_mlflow_gets_params_metrics_and_the_report(ray_cluster, tmp_path, monkey
     assert params["client.lr"] == "0.1" and params["rounds"] == "2"
     steps = [kwargs["step"] for _, kwargs in fake.named("log_metrics")]
     assert steps == [1, 2]
-    assert "report.html" in fake.artifacts and "metrics.jsonl" in fake.artifacts
+    artifacts = sorted(Path(args[0]).name for args, _ in fake.named("log_artifact"))
+    assert artifacts == ["config.yaml", "metrics.jsonl", "model.safetensors", "report.html", "summary.json"]
     assert fake.named("end_run") == [((), {"status": "FINISHED"})]
-    assert (tmp_path / "ml" / "mlflow_run_id").read_text() == "run-123"
+    record = json.loads((tmp_path / "ml" / "mlflow_run.json").read_text())
+    assert record == {"run_id": "run-123", "tracking_uri": f"file://{tmp_path}/mlruns"}
+
+    resumed = _RecordingMlflow()
+    monkeypatch.setitem(sys.modules, "mlflow", resumed)
+    Simulation.resume_from(tmp_path / "ml", {"rounds": 3}).run()
+    assert resumed.named("start_run") == [((), {"run_id": "run-123"})]
+    assert not resumed.named("log_params")
+    assert [kwargs["step"] for _, kwargs in resumed.named("log_metrics")] == [3]
+
+
+def test_an_unreachable_mlflow_stops_the_run_with_one_error_and_a_summary(ray_cluster, tmp_path, monkeypatch):
+    fake = _RecordingMlflow()
+    fake.failing_uri = True
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    overrides = small_overrides(**{"runtime.mlflow": "http://127.0.0.1:9"})
+    with pytest.raises(
+        ConfigError, match=r"runtime.mlflow='http://127.0.0.1:9': could not start.*connection refused"
+    ):
+        Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "down").run()
+    assert json.loads((tmp_path / "down" / "summary.json").read_text())["status"] == "failed"
 
 
 def test_tracking_without_its_package_is_a_config_error_before_the_run(tmp_path, monkeypatch):

@@ -16,6 +16,8 @@ exactly once. Randomness comes only from the ``rng`` passed in.
   of Deep Networks from Decentralized Data", arXiv:1602.05629, Section 3.
 """
 
+import math
+
 import numpy as np
 
 from clients.errors import DataError
@@ -188,7 +190,8 @@ def holdout_split(
         raise DataError(f"holdout fraction must be in (0, 1), got {fraction}")
     train, held_out = [], []
     for part in parts:
-        count = min(int(fraction * len(part)), max(len(part) - 1, 0))
+        # floor, with slack for products like 0.29 * 100 = 28.999999999999996
+        count = min(math.floor(fraction * len(part) + 1e-9), max(len(part) - 1, 0))
         chosen = rng.permutation(len(part))[:count]
         mask = np.zeros(len(part), bool)
         mask[chosen] = True

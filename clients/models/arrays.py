@@ -46,7 +46,7 @@ def sqrt(array):
     float64 root rounded to float32 is the correctly rounded float32 root."""
     if not is_tensor(array):
         return np.sqrt(array)
-    if array.dtype == torch.float32:
+    if array.dtype == torch.float32 and array.device.type == "cpu":  # CUDA's sqrt is IEEE-exact
         return torch.sqrt(array.double()).to(torch.float32)
     return torch.sqrt(array)
 
