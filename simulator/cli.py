@@ -56,6 +56,31 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", type=Path, help="output folder (default: the run directory)")
     prune.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    sweep = sub.add_parser("sweep", help="run a grid of overrides (x seeds) and compare the runs")
+    sweep.add_argument("config", type=Path)
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2,...",
+        help="a dotted key and its values (YAML scalars; no commas inside a value); repeatable: "
+        "the grid is the Cartesian product",
+    )
+    sweep.add_argument(
+        "--repeat-seeds", type=int, default=1, metavar="N", help="seeds seed..seed+N-1 per point"
+    )
+    _add_set(sweep)
+    sweep.add_argument(
+        "--out", type=Path, help="sweep directory to create (default: runtime.out_dir/NAME-sweep-TIME)"
+    )
+    sweep.add_argument(
+        "--max-concurrent", type=int, metavar="N", help="at most N runs at once (default: what fits)"
+    )
+    sweep.add_argument(
+        "--quiet", action="store_true", help="no per-run progress; the final table is still printed"
+    )
+    sweep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     grad = sub.add_parser("gradcheck", help="check every layer's and model's gradients")
     grad.add_argument("--model", help="check only this built-in model (default: every layer and model)")
     grad.add_argument(
@@ -201,12 +226,49 @@ def _print_prune_table(path: Path) -> None:
     print(f"wrote {path}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from simulator.sweep import SweepInterrupted, run_sweep
+
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise FedsimError(f"--max-concurrent: {args.max_concurrent} is not allowed; must be >= 1")
+    try:
+        result = run_sweep(
+            args.config,
+            args.grid,
+            repeat_seeds=args.repeat_seeds,
+            overrides=args.overrides,
+            out=args.out,
+            quiet=args.quiet,
+            debug=args.debug,
+            max_concurrent=args.max_concurrent,
+            on_run_end=None if args.quiet else _print_sweep_run,
+        )
+    except SweepInterrupted as stopped:
+        print(f"\ninterrupted; {stopped.sweep_dir / 'sweep.json'} lists the finished runs", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(result.table())
+    print(f"sweep directory {result.sweep_dir} (comparison.html, sweep.json)")
+    if result.failed:
+        print(
+            f"fedsim: {len(result.failed)} of {len(result.runs)} runs failed; see sweep.json", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def _print_sweep_run(run) -> None:
+    acc = "-" if run.final_test_accuracy is None else f"{run.final_test_accuracy:.4f}"
+    error = f": {run.error}" if run.error else ""
+    print(f"{run.status}: {run.directory} (final test accuracy {acc}){error}", flush=True)
+
+
 COMMANDS = {
     "run": cmd_run,
     "validate": cmd_validate,
     "report": cmd_report,
     "gradcheck": cmd_gradcheck,
     "prune": cmd_prune,
+    "sweep": cmd_sweep,
 }
 
 
