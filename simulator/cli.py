@@ -140,13 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_summary(summary: dict, run_dir: Path, quiet: bool) -> None:
     if quiet:
         return
-    acc = summary["final_test_accuracy"]
-    acc_text = "-" if acc is None else f"{acc:.4f}"
-    print(
-        f"done: {summary['rounds_completed']} rounds in {summary['total_seconds']:.1f}s, "
-        f"final test accuracy {acc_text}; run directory {run_dir}\n"
-        f"report: fedsim report {run_dir}"
-    )
+    from simulator.progress import summary_table
+
+    summary_table(summary, run_dir)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

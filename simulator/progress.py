@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 
 def _fmt(value) -> str:
@@ -60,3 +62,35 @@ class RoundProgress:
     def message(self, text: str) -> None:
         if not self.quiet:
             print(text, file=sys.stdout, flush=True)
+
+
+def _bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+def summary_table(summary: dict, run_dir: Path) -> None:
+    """The end-of-run table: outcome, accuracy, time, traffic, privacy, where it all is."""
+    table = Table(title=f"{summary['name']}: {summary['status']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    best = summary.get("best_test_accuracy")
+    rows = [
+        ("rounds", f"{summary['rounds_completed']} of {summary['rounds']}"),
+        ("final test accuracy", _fmt(summary.get("final_test_accuracy"))),
+        ("best test accuracy", "-" if best is None else f"{best:.4f} (round {summary['best_round']})"),
+        ("final test loss", _fmt(summary.get("final_test_loss"))),
+        ("wall-clock", f"{summary['total_seconds']:.1f} s"),
+        ("bytes up / down", f"{_bytes(summary['total_bytes_up'])} / {_bytes(summary['total_bytes_down'])}"),
+    ]
+    if "epsilon" in summary:
+        rows.append(("privacy", f"ε = {summary['epsilon']:.3f}"))
+    if summary.get("device"):
+        rows.append(("device", summary["device"]))
+    rows += [("run directory", str(run_dir)), ("report", f"fedsim report {run_dir}")]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(stderr=False, soft_wrap=True).print(table)

@@ -163,7 +163,7 @@ class Simulation:
                 refs["offsets"],
                 state.server.plan,
                 self.cfg.seed,
-                _threads(rt.cpus_per_worker),
+                worker_threads(rt.cpus_per_worker),
                 state.population,
                 self.cfg.model.device,
                 rt.gpus_per_worker,
@@ -293,7 +293,7 @@ class Simulation:
         s = self.cfg.server
         if round_ % s.eval_every and round_ != self.cfg.rounds:
             return {"test_accuracy": None, "test_loss": None}
-        with _compute_threads(_threads(self.cfg.runtime.cpus_per_worker)):
+        with compute_threads(worker_threads(self.cfg.runtime.cpus_per_worker)):
             result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
 
@@ -517,12 +517,12 @@ def _default_run_dir(cfg: Config) -> Path:
     return Path(cfg.runtime.out_dir) / f"{cfg.name}-{stamp}"
 
 
-def _threads(cpus_per_worker: float) -> int:
+def worker_threads(cpus_per_worker: float) -> int:
     return max(1, int(cpus_per_worker))
 
 
 @contextmanager
-def _compute_threads(count: int):
+def compute_threads(count: int):
     """Torch and BLAS threads for the server's own compute, as a worker would use."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)

@@ -77,6 +77,11 @@ def test_run_then_report_end_to_end(tmp_path):
     assert "round 80/80" in result.stdout  # one progress line per round when not a terminal
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_test_accuracy"] >= 0.90
+    # The closing table repeats summary.json's figures.
+    assert f"│ final test accuracy │ {summary['final_test_accuracy']:.4f}" in result.stdout
+    assert "│ rounds              │ 80 of 80" in result.stdout
+    quiet = fedsim("run", DEFAULT, "--out", tmp_path / "quiet", "--set", "rounds=2", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == ""
     report = fedsim("report", run_dir, "--out", tmp_path / "report", "--target", "0.9")
     assert report.returncode == 0, report.stderr
     html = (tmp_path / "report" / "report.html").read_text()

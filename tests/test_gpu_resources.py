@@ -24,7 +24,8 @@ from clients.errors import FedsimError
 from simulator import Simulation
 from tests.conftest import small_overrides
 
-cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2, "num_gpus": 1, "include_dashboard": False}})
+head = {{"num_cpus": 2, "num_gpus": 1, "include_dashboard": False}}
+cluster = Cluster(initialize_head=True, head_node_args=head)
 ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
 base = small_overrides(rounds=2, **{{"runtime.workers": None}})
 host = Simulation.from_yaml({config!r}, base, run_dir={out!r} + "/host", quiet=True).run()

@@ -1,0 +1,531 @@
+"""`fedsim sweep`: one config, a grid of overrides, one run per (grid point, seed).
+
+The grid is the Cartesian product of ``--grid KEY=V1,V2,...`` axes; values are
+YAML scalars parsed as ``--set`` parses them, so a value cannot contain a comma.
+Every point's config is validated before anything runs. Runs share one Ray
+session; as many run at once as the cluster's CPUs (and GPUs) hold all of
+their workers, in threads. Each run is deterministic from its own config, so
+running them together changes no bit of any run.
+
+The sweep directory holds one run directory per (point, seed), ``sweep.json``
+(rewritten whenever a run finishes, so Ctrl-C leaves it current) and a
+comparison: ``comparison.png`` and a self-contained ``comparison.html``.
+
+Public API: :func:`run_sweep`, :func:`parse_grid`, :class:`GridAxis`,
+:class:`SweepRun`, :class:`SweepResult`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import itertools
+import json
+import math
+import re
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from clients.errors import ConfigError, FedsimError
+from simulator.cluster import RaySession, pool_size, ray_session
+from simulator.config import Config, apply_overrides, from_dict, parse_override, read_yaml
+from simulator.rundir import atomic_write_bytes, atomic_write_text
+
+INDEX_NAME = "sweep.json"
+PNG_NAME = "comparison.png"
+HTML_NAME = "comparison.html"
+INDEX_FORMAT = "fedsim-sweep-1"
+# Most filesystems allow 255 bytes per name; leave room for a uniqueness suffix.
+MAX_RUN_NAME = 200
+NOT_RUN, COMPLETED, FAILED, INTERRUPTED = "not run", "completed", "failed", "interrupted"
+DPI = 110
+
+RunCallback = Callable[["SweepRun"], None]
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One ``--grid`` flag: a dotted config key and the values it takes."""
+
+    key: str
+    values: tuple[Any, ...]
+
+
+@dataclass
+class SweepRun:
+    """One (grid point, seed) run, as listed in sweep.json."""
+
+    directory: str  # relative to the sweep directory
+    point: int  # index of its grid point
+    overrides: dict[str, Any]  # the point's grid values and the seed
+    seed: int
+    status: str = NOT_RUN
+    final_test_accuracy: float | None = None
+    best_test_accuracy: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    """What ``run_sweep`` returns: the sweep directory and every run's record."""
+
+    sweep_dir: Path
+    runs: list[SweepRun]
+    grid: list[GridAxis]
+
+    @property
+    def failed(self) -> list[SweepRun]:
+        return [r for r in self.runs if r.status == FAILED]
+
+    def table(self) -> str:
+        """The comparison as a fixed-width text table, one line per grid point."""
+        return _text_table(self.grid, _point_stats(self.grid, self.runs))
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep; sweep.json in ``sweep_dir`` lists what finished."""
+
+    def __init__(self, sweep_dir: Path):
+        super().__init__(str(sweep_dir))
+        self.sweep_dir = sweep_dir
+
+
+# --- the grid --------------------------------------------------------------
+
+
+def parse_grid(specs: Sequence[str]) -> list[GridAxis]:
+    """``["client.lr=0.01,0.1", ...]`` -> axes; each value is parsed like a ``--set`` value."""
+    axes = [_parse_axis(spec) for spec in specs]
+    keys = [a.key for a in axes]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ConfigError(f"--grid {key}: given more than once; list all its values in one --grid")
+    return axes
+
+
+def _parse_axis(spec: str) -> GridAxis:
+    key, sep, raw = spec.partition("=")
+    pieces = [p.strip() for p in raw.split(",")]
+    if not sep or not key.strip() or not all(pieces):
+        raise ConfigError(
+            f"--grid {spec!r}: expected KEY=V1,V2,... with non-empty values, e.g. client.lr=0.01,0.1"
+        )
+    try:
+        values = tuple(parse_override(f"{key}={p}")[1] for p in pieces)
+    except ConfigError as exc:
+        raise ConfigError(f"--grid {spec!r}: {exc}") from None
+    if len(set(map(_value_text, values))) < len(values):
+        raise ConfigError(f"--grid {spec!r}: a value is listed twice")
+    return GridAxis(key.strip(), values)
+
+
+def _value_text(value: Any) -> str:
+    """A grid value as the user would write it in YAML (true, null, 0.1, [32])."""
+    return json.dumps(value) if isinstance(value, (bool, type(None), list, dict)) else str(value)
+
+
+def _axes_of(grid: Sequence[GridAxis] | Sequence[str] | dict[str, Sequence[Any]]) -> list[GridAxis]:
+    if isinstance(grid, dict):
+        return [GridAxis(k, tuple(v)) for k, v in grid.items()]
+    if all(isinstance(a, str) for a in grid):
+        return parse_grid(grid)
+    return list(grid)
+
+
+# --- planning: every run's config, validated before anything runs ----------
+
+
+@dataclass(frozen=True)
+class _Planned:
+    run: SweepRun
+    config: Config
+
+
+def _plan(base_raw: dict[str, Any], axes: list[GridAxis], repeat_seeds: int) -> list[_Planned]:
+    """One validated config per (point, seed), in grid order then seed order."""
+    if not axes or any(not a.values for a in axes):
+        raise ConfigError("sweep: give at least one --grid KEY=V1,V2,... with at least one value")
+    if repeat_seeds < 1:
+        raise ConfigError(f"--repeat-seeds: {repeat_seeds} is not allowed; must be >= 1")
+    if repeat_seeds > 1 and any(a.key == "seed" for a in axes):
+        raise ConfigError("--grid seed=... and --repeat-seeds > 1 both set seeds; use one of them")
+    planned = []
+    for index, values in enumerate(itertools.product(*(a.values for a in axes))):
+        point = dict(zip((a.key for a in axes), values, strict=True))
+        first_seed = _validated(base_raw, point).seed
+        for seed in range(first_seed, first_seed + repeat_seeds):
+            overrides = {**point, "seed": seed}
+            planned.append(_Planned(SweepRun("", index, overrides, seed), _validated(base_raw, overrides)))
+    _name_runs([p.run for p in planned])
+    return planned
+
+
+def _validated(base_raw: dict[str, Any], point: dict[str, Any]) -> Config:
+    """The point's Config; a bad value is blamed on the grid key that alone makes it bad."""
+    try:
+        return from_dict(apply_overrides(base_raw, point))
+    except ConfigError as exc:
+        for key, value in point.items():
+            try:
+                from_dict(apply_overrides(base_raw, {key: value}))
+            except ConfigError as alone:
+                raise ConfigError(f"--grid {key}={_value_text(value)}: {alone}") from None
+        raise ConfigError(f"--grid point {_point_text(point)}: {exc}") from None
+
+
+def _point_text(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_value_text(v)}" for k, v in point.items())
+
+
+def _name_runs(runs: list[SweepRun]) -> None:
+    """Readable, filesystem-safe, unique directory names: key=value__...__seed=S."""
+    used: set[str] = set()
+    for run in runs:
+        name = "__".join(f"{k}={_safe(_value_text(v))}" for k, v in run.overrides.items())
+        if len(name) > MAX_RUN_NAME:
+            digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+            name = f"{name[: MAX_RUN_NAME - 11]}-{digest}"
+        unique, n = name, 2
+        while unique in used:  # two values that sanitise alike, e.g. "a/b" and "a_b"
+            unique, n = f"{name}-{n}", n + 1
+        used.add(unique)
+        run.directory = unique
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+# --- the sweep directory and its index -------------------------------------
+
+
+def _sweep_dir(out: Path | None, base: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(out) if out is not None else Path(base.runtime.out_dir) / f"{base.name}-sweep-{stamp}"
+    if path.exists() and not path.is_dir():
+        raise FedsimError(f"sweep directory {path} is an existing file; pick another --out")
+    if path.exists() and any(path.iterdir()):
+        raise FedsimError(f"sweep directory {path} already exists and is not empty; pick another --out")
+    return path
+
+
+class _Index:
+    """sweep.json, rewritten atomically whenever a run finishes. Runs finish on
+    several threads; the lock keeps each write a consistent snapshot."""
+
+    def __init__(self, path: Path, header: dict[str, Any], runs: list[SweepRun], on_run_end: RunCallback):
+        self.path, self.header, self.runs = path, header, runs
+        self.on_run_end = on_run_end
+        self._lock = threading.Lock()
+
+    def record(self, run: SweepRun, **outcome: Any) -> None:
+        with self._lock:
+            for key, value in outcome.items():
+                setattr(run, key, value)
+            self._write()
+            self.on_run_end(run)
+
+    def write(self) -> None:
+        with self._lock:
+            self._write()
+
+    def close(self, status: str) -> None:
+        with self._lock:
+            self.header["status"] = status
+            self._write()
+
+    def _write(self) -> None:
+        index = {**self.header, "runs": [asdict(r) for r in self.runs]}
+        atomic_write_text(self.path, json.dumps(index, indent=2, default=str) + "\n")
+
+
+def _index_header(config_path: Path, overrides: Any, axes: list[GridAxis], planned, at_once: int) -> dict:
+    return {
+        "format": INDEX_FORMAT,
+        "status": "running",
+        "config": str(Path(config_path).resolve()),
+        "overrides": overrides,
+        "grid": {a.key: list(a.values) for a in axes},
+        "seeds": sorted({p.run.seed for p in planned}),
+        "runs_at_once": at_once,
+    }
+
+
+# --- running ---------------------------------------------------------------
+
+
+def runs_at_once(configs: list[Config], session: RaySession, limit: int | None = None) -> int:
+    """How many runs fit on the cluster together: each takes the workers fedsim would
+    give it alone (``pool_size``: runtime.workers, or what the cluster allows when
+    null, which is usually all of it) times its CPUs/GPUs per worker."""
+    cpus, gpus = [], []
+    for cfg in configs:
+        rt = cfg.runtime
+        workers = pool_size(rt.workers, session, rt.cpus_per_worker, rt.gpus_per_worker, rt.reduction_groups)
+        cpus.append(workers * rt.cpus_per_worker)
+        gpus.append(workers * rt.gpus_per_worker)
+    fit = math.floor(session.cpus / max(cpus) + 1e-9)
+    if max(gpus) > 0:
+        fit = min(fit, math.floor(session.gpus / max(gpus) + 1e-9))
+    if len({_driver_threads(c) for c in configs}) > 1:
+        fit = 1  # the driver's thread count is process-wide: runs together must agree on it
+    return max(1, min(fit, len(configs), limit or len(configs)))
+
+
+def _driver_threads(cfg: Config) -> int:
+    from simulator.simulation import worker_threads
+
+    return worker_threads(cfg.runtime.cpus_per_worker)
+
+
+def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event, progress: bool, debug: bool):
+    """Run one point; record its outcome. A FedsimError fails this run, not the sweep."""
+    from simulator.simulation import Simulation
+
+    def stop_between_rounds(_row: dict[str, Any]) -> None:
+        if stop.is_set():
+            # Simulation treats this like Ctrl-C: marks the run interrupted, stops its workers.
+            raise KeyboardInterrupt
+
+    if stop.is_set():
+        return  # Ctrl-C came while this run waited for a thread: it stays "not run"
+    sim = Simulation(job.config, run_dir, quiet=not progress, debug=debug, on_round_end=stop_between_rounds)
+    try:
+        summary = sim.run().summary
+    except FedsimError as exc:
+        index.record(job.run, status=FAILED, error=str(exc))
+        return
+    except KeyboardInterrupt:
+        index.record(job.run, status=INTERRUPTED)
+        raise
+    index.record(
+        job.run,
+        status=summary["status"],
+        final_test_accuracy=summary["final_test_accuracy"],
+        best_test_accuracy=summary["best_test_accuracy"],
+    )
+
+
+def _execute(jobs: list[Callable[[], None]], at_once: int, stop: threading.Event) -> None:
+    """Run the jobs, ``at_once`` at a time; on Ctrl-C (or any error) let the running
+    ones stop at their next round end and start no more."""
+    if at_once == 1:
+        for job in jobs:
+            job()  # in this thread, so Ctrl-C reaches the run at once
+        return
+    pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="fedsim-sweep")
+    try:  # Ctrl-C may land anywhere here, submitting included
+        for future in as_completed([pool.submit(job) for job in jobs]):
+            future.result()  # re-raises what is not a run's own FedsimError
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_sweep(
+    config: str | Path,
+    grid: Sequence[GridAxis] | Sequence[str] | dict[str, Sequence[Any]],
+    *,
+    repeat_seeds: int = 1,
+    overrides: list[str] | dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    quiet: bool = True,
+    debug: bool = False,
+    max_concurrent: int | None = None,
+    on_run_end: RunCallback | None = None,
+) -> SweepResult:
+    """Run every (grid point, seed) of ``config`` + ``overrides`` and compare them.
+
+    grid: ``{"client.lr": [0.01, 0.1]}``, ``["client.lr=0.01,0.1"]`` or GridAxis list.
+    Raises FedsimError before running anything for a bad key or value, an
+    existing non-empty ``out`` or a run the cluster cannot hold; a run that
+    fails later is recorded as failed and the sweep goes on. Ctrl-C raises
+    SweepInterrupted after sweep.json is written. ``quiet=False`` shows each
+    run's progress when runs go one at a time.
+    """
+    axes = _axes_of(grid)
+    base_raw = apply_overrides(read_yaml(Path(config)), overrides or [])
+    base = from_dict(base_raw)
+    planned = _plan(base_raw, axes, repeat_seeds)
+    sweep_dir = _sweep_dir(Path(out) if out is not None else None, base)
+    with ray_session(base.runtime.address, debug) as session:
+        at_once = runs_at_once([p.config for p in planned], session, max_concurrent)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        header = _index_header(Path(config), overrides or [], axes, planned, at_once)
+        index = _Index(sweep_dir / INDEX_NAME, header, [p.run for p in planned], on_run_end or _ignore)
+        _run_all(planned, sweep_dir, index, at_once, progress=not quiet and at_once == 1, debug=debug)
+    return SweepResult(sweep_dir, [p.run for p in planned], axes)
+
+
+def _run_all(
+    planned: list[_Planned], sweep_dir: Path, index: _Index, at_once: int, progress: bool, debug: bool
+) -> None:
+    from simulator.simulation import compute_threads
+
+    stop = threading.Event()
+    jobs = [
+        lambda p=p: _run_one(p, sweep_dir / p.run.directory, index, stop, progress, debug) for p in planned
+    ]
+    index.write()
+    try:
+        # Each run sets the driver's (process-wide) torch/BLAS threads for evaluation and
+        # restores what it found; pinned to the same count here, interleaved runs cannot
+        # leave one another a different count.
+        with compute_threads(_driver_threads(planned[0].config)):
+            _execute(jobs, at_once, stop)
+    except KeyboardInterrupt:
+        _finish(index, sweep_dir, INTERRUPTED)
+        raise SweepInterrupted(sweep_dir) from None
+    except BaseException:
+        index.close(FAILED)
+        raise
+    _finish(index, sweep_dir, COMPLETED)
+
+
+def _finish(index: _Index, sweep_dir: Path, status: str) -> None:
+    index.close(status)
+    axes = _axes_from_header(index.header)
+    stats = _point_stats(axes, index.runs)
+    png = _comparison_png(axes, stats, index.header)
+    atomic_write_bytes(sweep_dir / PNG_NAME, png)
+    page = _comparison_html(axes, stats, index.runs, png)
+    atomic_write_bytes(sweep_dir / HTML_NAME, page.encode("utf-8"))
+
+
+def _axes_from_header(header: dict[str, Any]) -> list[GridAxis]:
+    return [GridAxis(k, tuple(v)) for k, v in header["grid"].items()]
+
+
+def _ignore(_run: SweepRun) -> None:
+    pass
+
+
+# --- comparison: per grid point, final test accuracy over seeds -------------
+
+
+@dataclass
+class _PointStats:
+    point: dict[str, Any]  # grid key -> value
+    runs: list[SweepRun] = field(default_factory=list)
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [r.final_test_accuracy for r in self.runs if r.final_test_accuracy is not None]
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.accuracies)) if self.accuracies else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation over seeds; None with fewer than two."""
+        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else None
+
+    def label(self, sep: str = ", ") -> str:
+        return sep.join(f"{k}={_value_text(v)}" for k, v in self.point.items())
+
+
+def _point_stats(axes: list[GridAxis], runs: list[SweepRun]) -> list[_PointStats]:
+    points: dict[int, _PointStats] = {}
+    for run in runs:
+        grid_values = {a.key: run.overrides[a.key] for a in axes}
+        points.setdefault(run.point, _PointStats(grid_values)).runs.append(run)
+    return [points[i] for i in sorted(points)]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _mean_std_text(stats: _PointStats) -> str:
+    if stats.mean is None:
+        return "-"
+    return _pct(stats.mean) + ("" if stats.std is None else f" ± {_pct(stats.std)}")
+
+
+def _comparison_png(axes: list[GridAxis], stats: list[_PointStats], header: dict[str, Any]) -> bytes:
+    fig = Figure(figsize=(max(6.0, 1.2 * len(stats) + 2), 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(stats))
+    means = [100 * s.mean if s.mean is not None else np.nan for s in stats]
+    errors = [100 * s.std if s.std is not None else 0.0 for s in stats]
+    ax.bar(x, means, yerr=errors, capsize=5, color="#4c72b0", alpha=0.8, label="mean over seeds (± std)")
+    for i, s in enumerate(stats):
+        runs = [100 * a for a in s.accuracies]
+        ax.scatter([i] * len(runs), runs, color="black", s=12, zorder=3, label="one seed" if i == 0 else None)
+        if s.mean is None:
+            ax.text(i, 2, "no result", ha="center", rotation=90, fontsize=8)
+    ax.set_xticks(x, [s.label("\n") for s in stats], fontsize=8, rotation=30 if len(stats) > 8 else 0)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("grid point (" + ", ".join(a.key for a in axes) + ")")
+    ax.set_ylabel("final test accuracy (%)")
+    seeds = len(header["seeds"])
+    ax.set_title(f"Final test accuracy per grid point, mean ± std over {seeds} seed{'s' * (seeds > 1)}")
+    ax.legend(loc="lower right", fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+_CSS = """body{font-family:sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f2f2f2}img{max-width:100%}.failed{color:#b00}"""
+
+
+def _comparison_html(axes: list[GridAxis], stats: list[_PointStats], runs: list[SweepRun], png: bytes) -> str:
+    heads = [a.key for a in axes] + ["final test accuracy % (mean ± std)", "seeds (n)", "runs"]
+    rows = [_html_row(axes, s) for s in stats]
+    data = base64.b64encode(png).decode("ascii")
+    failed = [r for r in runs if r.status == FAILED]
+    failures = "".join(
+        f'<li class="failed">{html.escape(r.directory)}: {html.escape(r.error or "")}</li>' for r in failed
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>fedsim sweep</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n<h1>fedsim sweep</h1>\n"
+        f'<img src="data:image/png;base64,{data}" alt="final test accuracy per grid point">\n'
+        "<table>\n<tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+        + "</tr>\n"
+        + "\n".join(rows)
+        + "\n</table>\n"
+        + (f"<h2>Failed runs</h2>\n<ul>{failures}</ul>\n" if failures else "")
+        + "</body>\n</html>\n"
+    )
+
+
+def _html_row(axes: list[GridAxis], stats: _PointStats) -> str:
+    links = " ".join(
+        f'<a href="{quote(r.directory, safe="=+")}/">seed {r.seed}</a>'
+        + ("" if r.status == COMPLETED else f' <span class="failed">({html.escape(r.status)})</span>')
+        for r in stats.runs
+    )
+    cells = [html.escape(_value_text(stats.point[a.key])) for a in axes]
+    cells += [html.escape(_mean_std_text(stats)), str(len(stats.accuracies)), links]
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def _text_table(axes: list[GridAxis], stats: list[_PointStats]) -> str:
+    heads = [a.key for a in axes] + ["final acc % (mean ± std)", "n", "failed"]
+    body = [
+        [_value_text(s.point[a.key]) for a in axes]
+        + [_mean_std_text(s), str(len(s.accuracies)), str(sum(r.status == FAILED for r in s.runs))]
+        for s in stats
+    ]
+    widths = [max(len(row[i]) for row in [heads, *body]) for i in range(len(heads))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [heads, *body]]
+    return "\n".join(line.rstrip() for line in lines)
