@@ -23,10 +23,12 @@ from clients.errors import ConfigError
 from clients.models.engines import ENGINES
 from clients.models.spec import ACTIVATION_KINDS, MODEL_NAMES
 
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare")
+NATURAL_DATASETS = ("synthetic", "femnist", "shakespeare")  # datasets whose clients are given
+TEXT_DATASETS = ("shakespeare",)
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = MODEL_NAMES
-IMAGE_DATASETS = ("digits",)
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "femnist")
 ACTIVATIONS = ACTIVATION_KINDS
 
 
@@ -51,7 +53,11 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = _field("digits", "which dataset", DATASETS)
-    num_clients: int = _field(50, "registered clients (devices for synthetic)")
+    root: str = _field("data", "folder holding the file-based datasets, in their standard layouts")
+    download: bool = _field(True, "download a missing MNIST / Fashion-MNIST / CIFAR-10 (checksummed)")
+    num_clients: int = _field(
+        50, "registered clients (devices for synthetic; the first N writers / roles for LEAF data)"
+    )
     partition: str = _field("dirichlet", "how training data is split over clients", PARTITIONS)
     alpha: float = _field(0.5, "Dirichlet concentration; smaller = more label skew")
     shards_per_client: int = _field(2, "shards partition: label-sorted shards per client")
@@ -386,10 +392,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "data.generate_on_workers: true needs data.synthetic.samples_per_device (a fixed count)"
         )
-    if d.partition == "natural" and d.dataset != "synthetic":
+    if d.partition == "natural" and d.dataset not in NATURAL_DATASETS:
         raise ConfigError(
             f"data.partition: 'natural' is not allowed for data.dataset {d.dataset!r}; "
-            "it has no natural clients (datasets with them: synthetic)"
+            f"it has no natural clients (datasets with them: {', '.join(NATURAL_DATASETS)})"
         )
     _validate_model(cfg.model)
     _validate_model_fits_data(cfg.model, d)
@@ -454,10 +460,10 @@ def _validate_model_fits_data(m: ModelConfig, d: DataConfig) -> None:
             f"model.name: {m.name!r} needs image inputs; data.dataset {d.dataset!r} is not an image "
             f"dataset (image datasets: {', '.join(IMAGE_DATASETS)})"
         )
-    if m.name == "charlstm":
+    if (m.name == "charlstm") != (d.dataset in TEXT_DATASETS):
         raise ConfigError(
-            "model.name: 'charlstm' needs a text dataset of character ids, and no built-in dataset "
-            "is text yet (digits, synthetic); use it through `fedsim gradcheck --model charlstm`"
+            f"model.name: {m.name!r} does not fit data.dataset {d.dataset!r}: text datasets "
+            f"({', '.join(TEXT_DATASETS)}) need model.name: charlstm, and charlstm needs one of them"
         )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 
 from clients.data.datasets import Dataset, SyntheticClients, load_digits, make_synthetic
@@ -12,6 +15,7 @@ from clients.data.partition import (
     natural_partition,
     shards_partition,
 )
+from clients.errors import DataError
 from clients.models.spec import ModelSpec, build_spec
 from clients.training import LocalTrainingConfig
 from simulator.config import Config, DataConfig, ModelConfig
@@ -42,6 +46,8 @@ def build_dataset(data: DataConfig, seed: int) -> Dataset:
         )  # fmt: skip
     if data.dataset == "digits":
         return load_digits(seed=seed, test_fraction=data.test_fraction)
+    if data.dataset != "synthetic":
+        return _file_dataset(data)
     s = data.synthetic
     return make_synthetic(
         alpha=s.alpha,
@@ -52,6 +58,44 @@ def build_dataset(data: DataConfig, seed: int) -> Dataset:
         num_classes=s.num_classes,
         samples_per_device=s.samples_per_device,
         test_fraction=data.test_fraction,
+    )
+
+
+def _file_dataset(data: DataConfig) -> Dataset:
+    """A dataset read from ``data.root``; LEAF data keeps its first ``num_clients``
+    writers / roles when partitioned naturally."""
+    from clients.data import leaf, vision
+
+    root = Path(data.root).expanduser()
+    if data.dataset in ("femnist", "shakespeare"):
+        dataset = leaf.load_femnist(root) if data.dataset == "femnist" else leaf.load_shakespeare(root)
+        return first_clients(dataset, data.num_clients, root) if data.partition == "natural" else dataset
+    loaders = {
+        "mnist": vision.load_mnist,
+        "fashion_mnist": vision.load_fashion_mnist,
+        "cifar10": vision.load_cifar10,
+    }
+    return loaders[data.dataset](root, data.download)
+
+
+def first_clients(dataset: Dataset, count: int, root: Path) -> Dataset:
+    """The rows of natural clients 0..count-1 (train and test)."""
+    available = int(dataset.train_owner.max()) + 1 if len(dataset.train_owner) else 0
+    if count > available:
+        raise DataError(
+            f"data.num_clients={count}, but {dataset.name} under {root} has {available} clients "
+            "with training data; lower data.num_clients"
+        )
+    train = dataset.train_owner < count
+    test = dataset.test_owner < count if dataset.test_owner is not None else slice(None)
+    return dataclasses.replace(
+        dataset,
+        x_train=np.ascontiguousarray(dataset.x_train[train]),
+        y_train=np.ascontiguousarray(dataset.y_train[train]),
+        x_test=np.ascontiguousarray(dataset.x_test[test]),
+        y_test=np.ascontiguousarray(dataset.y_test[test]),
+        train_owner=np.ascontiguousarray(dataset.train_owner[train]),
+        test_owner=None if dataset.test_owner is None else np.ascontiguousarray(dataset.test_owner[test]),
     )
 
 

@@ -38,10 +38,12 @@ LOGNORMAL_MEAN, LOGNORMAL_SIGMA, MIN_DEVICE_SAMPLES = 4.0, 2.0, 50  # from the s
 class Dataset:
     """A train/test split held in memory.
 
-    x_train: (N, *input_shape) float32; y_train: (N,) int64.
-    x_test: (M, *input_shape) float32; y_test: (M,) int64.
+    x_train: (N, *input_shape) float32, or int64 token ids for text; y_train: (N,) int64.
+    x_test: (M, *input_shape) of the same dtype; y_test: (M,) int64.
     train_owner: (N,) int64 natural client id of each training row, or None
-    when the dataset has no natural clients. All arrays are C-contiguous.
+    when the dataset has no natural clients; test_owner: (M,) the same for the
+    test rows (each natural client's own held-out data), or None. All arrays
+    are C-contiguous.
     """
 
     name: str
@@ -52,22 +54,34 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, ...]
     train_owner: np.ndarray | None
+    test_owner: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        _check_split(self.name, "train", self.x_train, self.y_train, self.input_shape)
-        _check_split(self.name, "test", self.x_test, self.y_test, self.input_shape)
-        if self.train_owner is not None:
-            _check_array(self.name, "train_owner", self.train_owner, np.int64)
-            if self.train_owner.shape != self.y_train.shape:
+        x_dtype = self.x_train.dtype if self.x_train.dtype == np.int64 else np.float32
+        _check_split(self.name, "train", self.x_train, self.y_train, self.input_shape, x_dtype)
+        _check_split(self.name, "test", self.x_test, self.y_test, self.input_shape, x_dtype)
+        for field, owner, labels in (
+            ("train_owner", self.train_owner, self.y_train),
+            ("test_owner", self.test_owner, self.y_test),
+        ):
+            if owner is None:
+                continue
+            _check_array(self.name, field, owner, np.int64)
+            if owner.shape != labels.shape:
                 raise DataError(
-                    f"dataset {self.name!r}: train_owner has shape "
-                    f"{self.train_owner.shape}, expected {self.y_train.shape}"
+                    f"dataset {self.name!r}: {field} has shape {owner.shape}, expected {labels.shape}"
                 )
 
+    @property
+    def is_text(self) -> bool:
+        return self.x_train.dtype == np.int64
 
-def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, input_shape: tuple) -> None:
-    """Raise DataError unless x: (N, *input_shape) float32 and y: (N,) int64 line up."""
-    _check_array(name, f"x_{split}", x, np.float32)
+
+def _check_split(
+    name: str, split: str, x: np.ndarray, y: np.ndarray, input_shape: tuple, x_dtype=np.float32
+) -> None:
+    """Raise DataError unless x: (N, *input_shape) of x_dtype and y: (N,) int64 line up."""
+    _check_array(name, f"x_{split}", x, x_dtype)
     _check_array(name, f"y_{split}", y, np.int64)
     if x.shape[1:] != tuple(input_shape) or y.shape != x.shape[:1]:
         raise DataError(

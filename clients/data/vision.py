@@ -1,0 +1,567 @@
+"""MNIST, Fashion-MNIST and CIFAR-10 from a user-given data root, downloaded (md5-checked) on request.
+
+Layouts accepted (first match wins):
+- MNIST / Fashion-MNIST IDX files (each plain or ``.gz``) in ``ROOT/MNIST/raw/``
+  (``ROOT/FashionMNIST/raw/``: torchvision's layout), ``ROOT/`` or ``ROOT/mnist/``
+  (``ROOT/fashion_mnist/``); or Keras' ``mnist.npz`` (``fashion_mnist.npz``) in
+  ``ROOT/`` or ``ROOT/mnist/`` (``ROOT/fashion_mnist/``).
+- CIFAR-10's python batches in ``ROOT/cifar-10-batches-py/``, ``ROOT/`` or
+  ``ROOT/cifar10/cifar-10-batches-py/``.
+
+IDX format (LeCun et al., http://yann.lecun.com/exdb/mnist/): a big-endian
+header of two zero bytes, a dtype code (0x08 = unsigned byte), the number of
+dimensions, then one uint32 per dimension; the data follow, row-major.
+
+CIFAR-10's batches are pickles. Nothing read from disk is ever unpickled:
+``_PickleReader`` walks the opcode stream with ``pickletools.genops`` (parsing
+only) and interprets the few opcodes such files use on plain data, rebuilding
+the numpy arrays itself; any other opcode or global is refused, not executed.
+"""
+
+import dataclasses
+import gzip
+import pickletools
+import re
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from clients.data.datasets import Dataset
+from clients.data.sources import RemoteFile, fetch, missing_files_error
+from clients.errors import DataError
+
+NUM_CLASSES = 10
+PIXEL_MAX = np.float32(255.0)  # uint8 intensities -> [0, 1]
+MNIST_SIDE = 28
+IDX_UBYTE = 0x08  # the IDX dtype code for unsigned bytes, the only one MNIST-style files use
+IMAGES_NDIM, LABELS_NDIM = 3, 1  # IDX magic = 0x0800 + ndim: 2051 for images, 2049 for labels
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclasses.dataclass(frozen=True)
+class IdxSource:
+    """Where an MNIST-style dataset may lie under ROOT and where it is published."""
+
+    name: str  # Dataset.name
+    torchvision_folder: str  # ROOT/<this>/raw/, also where downloads go
+    own_folder: str  # ROOT/<this>/
+    npz_name: str  # Keras' archive name
+    mirrors: tuple[str, ...]  # base URLs, tried in order
+    gz_md5: tuple[tuple[str, str], ...]  # (file name, md5) of the four published .gz files
+
+    def remote_files(self) -> list[RemoteFile]:
+        return [
+            RemoteFile(name, tuple(base + name for base in self.mirrors), md5) for name, md5 in self.gz_md5
+        ]
+
+
+# torchvision's tables (torchvision/datasets/mnist.py), cross-checked against other public copies.
+MNIST = IdxSource(
+    name="mnist",
+    torchvision_folder="MNIST",
+    own_folder="mnist",
+    npz_name="mnist.npz",
+    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+    gz_md5=(
+        ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+        ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+        ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+    ),
+)
+FASHION_MNIST = IdxSource(
+    name="fashion_mnist",
+    torchvision_folder="FashionMNIST",
+    own_folder="fashion_mnist",
+    npz_name="fashion_mnist.npz",
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        # Zalando's own repository serves the same files (same md5s) over https.
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+    gz_md5=(
+        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+    ),
+)
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_BATCH = "test_batch"
+CIFAR10_SHAPE = (3, 32, 32)
+CIFAR10_ARCHIVE = RemoteFile(
+    "cifar-10-python.tar.gz",
+    ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+    "c58f30108f718f92721af3b95e74349a",
+)
+
+
+# ---------------------------------------------------------------- MNIST / Fashion-MNIST
+
+
+def load_mnist(root: Path, download: bool) -> Dataset:
+    """MNIST: x (N, 1, 28, 28) float32 in [0, 1], y (N,) int64; 60000 train, 10000 test."""
+    return _load_idx_dataset(MNIST, Path(root), download)
+
+
+def load_fashion_mnist(root: Path, download: bool) -> Dataset:
+    """Fashion-MNIST: x (N, 1, 28, 28) float32 in [0, 1], y (N,) int64; 60000 train, 10000 test."""
+    return _load_idx_dataset(FASHION_MNIST, Path(root), download)
+
+
+def _load_idx_dataset(source: IdxSource, root: Path, download: bool) -> Dataset:
+    """Load from the first layout found under root; else download the .gz files if allowed."""
+    folders = [root / source.torchvision_folder / "raw", root, root / source.own_folder]
+    found = next((folder for folder in folders if _idx_paths(folder) is not None), None)
+    if found is not None:
+        return _dataset_from_idx(source.name, found)
+    npz_paths = [root / source.npz_name, root / source.own_folder / source.npz_name]
+    npz = next((path for path in npz_paths if path.is_file()), None)
+    if npz is not None:
+        return _dataset_from_npz(source.name, npz)
+    download_dir = folders[0]
+    expected = [f"{name}[.gz]" for name in IDX_FILES] + [f"or {source.npz_name}"]
+    hint = f"put them in {download_dir}/"
+    if not download:
+        raise missing_files_error(source.name, expected, folders, hint)
+    try:
+        for remote in source.remote_files():
+            fetch(remote, download_dir)
+    except DataError as error:
+        raise missing_files_error(source.name, expected, folders, hint, str(error)) from error
+    return _dataset_from_idx(source.name, download_dir)
+
+
+def _idx_paths(folder: Path) -> list[Path] | None:
+    """The four IDX files in folder (plain preferred over .gz), or None unless all four are there."""
+    paths = []
+    for name in IDX_FILES:
+        candidates = [folder / name, folder / f"{name}.gz"]
+        path = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if path is None:
+            return None
+        paths.append(path)
+    return paths
+
+
+def _dataset_from_idx(name: str, folder: Path) -> Dataset:
+    train_images, train_labels, test_images, test_labels = _idx_paths(folder) or []
+    x_train, y_train = _idx_pair(train_images, train_labels)
+    x_test, y_test = _idx_pair(test_images, test_labels)
+    return _mnist_dataset(name, x_train, y_train, x_test, y_test)
+
+
+def _idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,) uint8) from two IDX files, checked against each other."""
+    images = _read_idx(images_path, IMAGES_NDIM)
+    labels = _read_idx(labels_path, LABELS_NDIM)
+    _check_images(images, str(images_path))
+    _check_labels(labels, str(labels_path))
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
+            "they must match one to one"
+        )
+    return images, labels
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ndim dimensions, as a uint8 array of the header's shape."""
+    raw = _read_maybe_gzipped(path)
+    header_bytes = 4 + 4 * ndim
+    if len(raw) < header_bytes:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, expected at least {header_bytes})")
+    magic = int.from_bytes(raw[:4], "big")
+    if raw[:2] != b"\0\0" or raw[3] != ndim:
+        raise DataError(
+            f"{path}: IDX magic number is {magic}, expected {(IDX_UBYTE << 8) + ndim} "
+            f"({ndim}-d unsigned bytes)"
+        )
+    if raw[2] != IDX_UBYTE:
+        raise DataError(
+            f"{path}: IDX dtype code is {raw[2]:#04x}, only {IDX_UBYTE:#04x} (unsigned byte) is read"
+        )
+    shape = tuple(int(size) for size in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    expected_bytes = header_bytes + int(np.prod(shape))
+    if len(raw) != expected_bytes:
+        problem = "truncated" if len(raw) < expected_bytes else "has trailing bytes"
+        raise DataError(f"{path}: {problem}: {len(raw)} bytes, its header {shape} needs {expected_bytes}")
+    return np.frombuffer(raw, np.uint8, offset=header_bytes).reshape(shape)
+
+
+def _read_maybe_gzipped(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as stream:
+                return stream.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read: {error}") from error
+
+
+def _dataset_from_npz(name: str, path: Path) -> Dataset:
+    """Keras' layout: uint8 x_train (N, 28, 28), y_train (N,), x_test, y_test; never unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in NPZ_ARRAYS if key not in archive.files]
+            if missing:
+                raise DataError(f"{path}: missing arrays {missing}; expected {list(NPZ_ARRAYS)}")
+            x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_ARRAYS)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise DataError(f"{path}: cannot read as an .npz archive of plain arrays: {error}") from error
+    for images, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        _check_images(images, f"{path} x_{split}")
+        _check_labels(labels, f"{path} y_{split}")
+        if len(images) != len(labels):
+            raise DataError(f"{path}: x_{split} has {len(images)} rows but y_{split} has {len(labels)}")
+    return _mnist_dataset(name, x_train, y_train, x_test, y_test)
+
+
+def _check_images(images: np.ndarray, where: str) -> None:
+    if images.dtype != np.uint8 or images.shape[1:] != (MNIST_SIDE, MNIST_SIDE):
+        raise DataError(
+            f"{where}: images are {images.dtype} {images.shape}, "
+            f"expected uint8 (N, {MNIST_SIDE}, {MNIST_SIDE})"
+        )
+
+
+def _check_labels(labels: np.ndarray, where: str) -> None:
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: labels are {labels.dtype} {labels.shape}, expected integers (N,)")
+    if labels.size and not 0 <= labels.min() <= labels.max() < NUM_CLASSES:
+        raise DataError(f"{where}: labels span {labels.min()}..{labels.max()}, expected 0..{NUM_CLASSES - 1}")
+
+
+def _mnist_dataset(name: str, x_train, y_train, x_test, y_test) -> Dataset:
+    """uint8 (N, 28, 28) images and integer labels -> Dataset with x (N, 1, 28, 28) float32 in [0, 1]."""
+    return Dataset(
+        name=name,
+        x_train=_scaled(x_train, (1, MNIST_SIDE, MNIST_SIDE)),
+        y_train=np.ascontiguousarray(y_train, dtype=np.int64),
+        x_test=_scaled(x_test, (1, MNIST_SIDE, MNIST_SIDE)),
+        y_test=np.ascontiguousarray(y_test, dtype=np.int64),
+        num_classes=NUM_CLASSES,
+        input_shape=(1, MNIST_SIDE, MNIST_SIDE),
+        train_owner=None,
+    )
+
+
+def _scaled(pixels: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 pixels -> C-contiguous float32 (N, *image_shape) in [0, 1]."""
+    return np.ascontiguousarray(pixels.reshape(-1, *image_shape).astype(np.float32) / PIXEL_MAX)
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def load_cifar10(root: Path, download: bool) -> Dataset:
+    """CIFAR-10: x (N, 3, 32, 32) float32 in [0, 1], y (N,) int64; 50000 train, 10000 test."""
+    root = Path(root)
+    folders = [root / CIFAR10_FOLDER, root, root / "cifar10" / CIFAR10_FOLDER]
+    folder = next((folder for folder in folders if _has_cifar10_batches(folder)), None)
+    if folder is None:
+        folder = _download_cifar10(root, folders, download)
+    train = [_read_cifar10_batch(folder / name) for name in CIFAR10_TRAIN_BATCHES]
+    test_pixels, test_labels = _read_cifar10_batch(folder / CIFAR10_TEST_BATCH)
+    return Dataset(
+        name="cifar10",
+        x_train=_scaled(np.concatenate([pixels for pixels, _ in train]), CIFAR10_SHAPE),
+        y_train=np.concatenate([labels for _, labels in train]),
+        x_test=_scaled(test_pixels, CIFAR10_SHAPE),
+        y_test=test_labels,
+        num_classes=NUM_CLASSES,
+        input_shape=CIFAR10_SHAPE,
+        train_owner=None,
+    )
+
+
+def _has_cifar10_batches(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH))
+
+
+def _download_cifar10(root: Path, searched: list[Path], download: bool) -> Path:
+    """Fetch and unpack the archive into root; return the batches' folder or raise missing-files."""
+    expected = [*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH]
+    hint = f"put them in {root / CIFAR10_FOLDER}/ (unpack {CIFAR10_ARCHIVE.name} into {root}/)"
+    if not download:
+        raise missing_files_error("cifar10", expected, searched, hint)
+    try:
+        _extract_tar(fetch(CIFAR10_ARCHIVE, root), root)
+    except DataError as error:
+        raise missing_files_error("cifar10", expected, searched, hint, str(error)) from error
+    if not _has_cifar10_batches(root / CIFAR10_FOLDER):
+        reason = f"{CIFAR10_ARCHIVE.name} did not unpack to {root / CIFAR10_FOLDER}/"
+        raise missing_files_error("cifar10", expected, searched, hint, reason)
+    return root / CIFAR10_FOLDER
+
+
+def _extract_tar(archive: Path, dest: Path) -> None:
+    # filter="data" refuses absolute paths, "..", links out of dest and special files.
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(f"cannot unpack {archive}: {error}") from error
+
+
+def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (n, 3072) uint8, labels (n,) int64) of one batch file, read without unpickling."""
+    try:
+        batch = _PickleReader(path).run(path.read_bytes())
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error}") from error
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: expected a dict with b'data' and b'labels', found {type(batch).__name__}")
+    pixels, labels = _batch_field(batch, "data", path), _batch_field(batch, "labels", path)
+    side = int(np.prod(CIFAR10_SHAPE))
+    if not isinstance(pixels, _PendingArray) or pixels.array is None:
+        raise DataError(f"{path}: b'data' is not a numpy array")
+    if pixels.array.dtype != np.uint8 or pixels.array.ndim != 2 or pixels.array.shape[1] != side:
+        raise DataError(
+            f"{path}: b'data' is {pixels.array.dtype} {pixels.array.shape}, expected uint8 (n, {side})"
+        )
+    if not isinstance(labels, list) or not all(type(label) is int for label in labels):
+        raise DataError(f"{path}: b'labels' must be a list of integers")
+    label_array = np.array(labels, dtype=np.int64)
+    _check_labels(label_array, f"{path} b'labels'")
+    if len(label_array) != len(pixels.array):
+        raise DataError(f"{path}: {len(pixels.array)} images but {len(label_array)} labels")
+    return pixels.array, label_array
+
+
+def _batch_field(batch: dict, key: str, path: Path):
+    """batch[b'key'] (Python 2 files, read as bytes) or batch['key'] (Python 3 str keys)."""
+    for candidate in (key.encode(), key):
+        if candidate in batch:
+            return batch[candidate]
+    raise DataError(f"{path}: no {key!r} entry; a CIFAR-10 batch holds b'data' and b'labels'")
+
+
+# ---------------------------------------------------------------- pickle opcodes, interpreted on data only
+
+
+@dataclasses.dataclass(frozen=True)
+class _Global:
+    """A global the file names and we recognise: a symbol, never resolved to a Python object."""
+
+    kind: str  # "reconstruct", "ndarray", "dtype", "encode" or "bytes"
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): "reconstruct",  # numpy < 2
+    ("numpy._core.multiarray", "_reconstruct"): "reconstruct",  # numpy >= 2
+    ("numpy", "ndarray"): "ndarray",
+    ("numpy", "dtype"): "dtype",
+    ("_codecs", "encode"): "encode",  # Python 3 protocol < 3 writes bytes as encode(str, "latin1")
+    ("__builtin__", "bytes"): "bytes",  # ... and b"" as bytes()
+    ("builtins", "bytes"): "bytes",
+}
+_DTYPE_SPEC = re.compile(r"[biufc][1-9][0-9]?")  # numeric dtypes only: never object or structured
+
+
+@dataclasses.dataclass(eq=False)
+class _PendingDtype:
+    """numpy.dtype(spec) as pickled; BUILD then sets its byte order."""
+
+    spec: str
+    byteorder: str = "="
+
+    def resolve(self) -> np.dtype:
+        dtype = np.dtype(self.spec)
+        return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
+
+
+@dataclasses.dataclass(eq=False)
+class _PendingArray:
+    """numpy's _reconstruct(ndarray, ...); BUILD fills it from (version, shape, dtype, fortran, raw)."""
+
+    array: np.ndarray | None = None
+
+
+class _PickleReader:
+    """A stack machine for the opcodes of pickled dicts, lists, bytes, ints and numpy arrays.
+
+    It calls nothing named in the file: the few globals numpy arrays need are
+    symbols, and REDUCE/BUILD on them are replayed here with np.frombuffer.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stack: list = []
+        self.marks: list[int] = []
+        self.memo: dict[int, object] = {}
+
+    def run(self, data: bytes):
+        """The object the pickle describes, with numpy arrays as filled _PendingArray."""
+        try:
+            for opcode, argument, _position in pickletools.genops(data):
+                if opcode.name == "STOP":
+                    return self.stack.pop()
+                self._step(opcode.name, argument)
+        except (ValueError, IndexError, KeyError, TypeError) as error:
+            raise DataError(f"{self.path}: not a well-formed pickle: {error}") from error
+        raise DataError(f"{self.path}: not a well-formed pickle: no STOP opcode")
+
+    def _refuse(self, what: str) -> DataError:
+        return DataError(f"refusing to load {self.path}: unexpected pickle content {what}")
+
+    def _step(self, name: str, argument) -> None:
+        stack = self.stack
+        match name:
+            case "PROTO" | "FRAME":  # framing is transparent to genops
+                pass
+            case "NONE" | "NEWTRUE" | "NEWFALSE":
+                stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
+            case "EMPTY_DICT" | "EMPTY_LIST" | "EMPTY_TUPLE":
+                stack.append({"EMPTY_DICT": dict, "EMPTY_LIST": list, "EMPTY_TUPLE": tuple}[name]())
+            case (
+                "BININT"
+                | "BININT1"
+                | "BININT2"
+                | "LONG1"
+                | "BINUNICODE"
+                | "SHORT_BINUNICODE"
+                | "BINBYTES"
+                | "SHORT_BINBYTES"
+            ):
+                stack.append(argument)
+            case "BINSTRING" | "SHORT_BINSTRING":
+                # A Python 2 str; genops decodes it as latin-1. Bytes, as pickle's encoding="bytes" gives.
+                stack.append(argument.encode("latin-1"))
+            case "MARK":
+                self.marks.append(len(stack))
+            case "TUPLE":
+                stack.append(tuple(self._pop_to_mark()))
+            case "TUPLE1" | "TUPLE2" | "TUPLE3":
+                stack.append(self._pop_tuple(int(name[-1])))
+            case "BINPUT" | "LONG_BINPUT":
+                self.memo[argument] = stack[-1]
+            case "MEMOIZE":
+                self.memo[len(self.memo)] = stack[-1]
+            case "BINGET" | "LONG_BINGET":
+                stack.append(self.memo[argument])
+            case "APPEND":
+                item = stack.pop()
+                self._top(list).append(item)
+            case "APPENDS":
+                items = self._pop_to_mark()
+                self._top(list).extend(items)
+            case "SETITEM":
+                value, key = stack.pop(), stack.pop()
+                self._top(dict)[key] = value
+            case "SETITEMS":
+                items = self._pop_to_mark()
+                self._top(dict).update(zip(items[::2], items[1::2], strict=True))
+            case "GLOBAL":
+                module, _, attribute = argument.partition(" ")
+                stack.append(self._global(module, attribute))
+            case "STACK_GLOBAL":
+                attribute, module = stack.pop(), stack.pop()
+                stack.append(self._global(module, attribute))
+            case "REDUCE":
+                arguments, function = stack.pop(), stack.pop()
+                stack.append(self._reduce(function, arguments))
+            case "BUILD":
+                state = stack.pop()
+                self._build(stack[-1], state)
+            case _:
+                raise self._refuse(f"opcode {name}")
+
+    def _pop_tuple(self, size: int) -> tuple:
+        if len(self.stack) < size:
+            raise IndexError(f"TUPLE{size} on a stack of {len(self.stack)}")
+        items = tuple(self.stack[len(self.stack) - size :])
+        del self.stack[len(self.stack) - size :]
+        return items
+
+    def _top(self, kind: type):
+        if not self.stack or type(self.stack[-1]) is not kind:
+            raise self._refuse(f"{kind.__name__} operation on a non-{kind.__name__}")
+        return self.stack[-1]
+
+    def _pop_to_mark(self) -> list:
+        mark = self.marks.pop()
+        items = self.stack[mark:]
+        del self.stack[mark:]
+        return items
+
+    def _global(self, module, attribute) -> _Global:
+        kind = _ALLOWED_GLOBALS.get((module, attribute)) if isinstance(module, str) else None
+        if kind is None:
+            raise self._refuse(f"global {module}.{attribute}")
+        return _Global(kind)
+
+    def _reduce(self, function, arguments):
+        """The value of function(*arguments) for the allowed globals, computed here, never called."""
+        kind = function.kind if isinstance(function, _Global) else None
+        if kind == "encode" and _is_tuple_of(arguments, str, str) and arguments[1] in ("latin1", "latin-1"):
+            return arguments[0].encode("latin-1")
+        if kind == "bytes" and arguments == ():
+            return b""
+        if kind == "dtype" and len(arguments) == 3 and isinstance(arguments[0], str | bytes):
+            spec = arguments[0].decode("latin-1") if isinstance(arguments[0], bytes) else arguments[0]
+            if _DTYPE_SPEC.fullmatch(spec):
+                return _PendingDtype(spec)
+        if kind == "reconstruct" and len(arguments) == 3 and arguments[0] == _Global("ndarray"):
+            return _PendingArray()
+        raise self._refuse(f"call of {kind or type(function).__name__} with {_describe(arguments)}")
+
+    def _build(self, target, state) -> None:
+        """Apply BUILD's state to a dtype (its byte order) or an array (its shape, dtype and bytes)."""
+        if isinstance(target, _PendingDtype) and isinstance(state, tuple) and len(state) >= 2:
+            order = state[1].decode("latin-1") if isinstance(state[1], bytes) else state[1]
+            if order in ("<", ">", "|", "="):
+                target.byteorder = order
+                return
+        if isinstance(target, _PendingArray) and target.array is None and _is_array_state(state):
+            _version, shape, dtype, is_fortran, raw = state
+            target.array = _array_from_bytes(raw, dtype.resolve(), shape, bool(is_fortran), self.path)
+            return
+        raise self._refuse(f"state {_describe(state)} for {type(target).__name__}")
+
+
+def _is_tuple_of(value, *kinds: type) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == len(kinds)
+        and all(isinstance(item, kind) for item, kind in zip(value, kinds, strict=True))
+    )
+
+
+def _is_array_state(state) -> bool:
+    """numpy's ndarray state: (version, shape, dtype, is_fortran, raw bytes)."""
+    return (
+        _is_tuple_of(state, int, tuple, _PendingDtype, int, bytes)  # bool is an int
+        and all(type(size) is int and size >= 0 for size in state[1])
+    )
+
+
+def _array_from_bytes(raw: bytes, dtype: np.dtype, shape: tuple, is_fortran: bool, path: Path) -> np.ndarray:
+    count = int(np.prod(shape))
+    if len(raw) != count * dtype.itemsize:
+        raise DataError(
+            f"{path}: array of shape {shape} {dtype} needs {count * dtype.itemsize} bytes, has {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype).reshape(shape, order="F" if is_fortran else "C")
+
+
+def _describe(value) -> str:
+    """A short description of parsed content for an error message (never the content of a large blob)."""
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_describe(item) for item in value[:6]) + (", ...)" if len(value) > 6 else ")")
+    if isinstance(value, str | bytes):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if isinstance(value, int | type(None)):
+        return repr(value)
+    return type(value).__name__
