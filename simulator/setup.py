@@ -80,7 +80,7 @@ def _file_dataset(data: DataConfig) -> Dataset:
 
 def first_clients(dataset: Dataset, count: int, root: Path) -> Dataset:
     """The rows of natural clients 0..count-1 (train and test)."""
-    available = int(dataset.train_owner.max()) + 1 if len(dataset.train_owner) else 0
+    available = len(np.unique(dataset.train_owner))  # loaders index training users first
     if count > available:
         raise DataError(
             f"data.num_clients={count}, but {dataset.name} under {root} has {available} clients "

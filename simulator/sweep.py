@@ -309,6 +309,9 @@ def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event,
     except KeyboardInterrupt:
         index.record(job.run, status=INTERRUPTED)
         raise
+    except Exception as exc:  # not the run's own error: record it, then stop the sweep
+        index.record(job.run, status=FAILED, error=f"{type(exc).__name__}: {exc}")
+        raise
     index.record(
         job.run,
         status=summary["status"],
@@ -390,7 +393,7 @@ def _run_all(
         _finish(index, sweep_dir, INTERRUPTED)
         raise SweepInterrupted(sweep_dir) from None
     except BaseException:
-        index.close(FAILED)
+        _finish(index, sweep_dir, FAILED)  # what did finish is still compared
         raise
     _finish(index, sweep_dir, COMPLETED)
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from clients.errors import DataError
 from simulator import Simulation
 from simulator.cli import main
 from simulator.config import load_config
@@ -52,12 +53,27 @@ def test_femnist_natural_partition_gives_each_writer_its_own_rows(tmp_path):
         assert np.all(dataset.train_owner[part] == writer)
 
 
+def test_a_writer_with_only_test_data_is_not_a_training_client(tmp_path):
+    """LEAF's -t user split: writers in test that never train come after the training ones."""
+    rng = np.random.default_rng(1)
+
+    def rows(count):
+        return rng.random((count, 784)).round(3).tolist(), rng.integers(0, 62, count).tolist()
+
+    _write_leaf(tmp_path, "femnist", {"a": rows(5), "c": rows(4)}, "train")
+    _write_leaf(tmp_path, "femnist", {"a": rows(2), "b": rows(3)}, "test")
+    cfg = load_config(CONFIGS / "femnist_cnn.yaml", {"data.root": str(tmp_path), "data.num_clients": 2})
+    dataset = build_dataset(cfg.data, cfg.seed)
+    assert [len(p) for p in build_partition(dataset, cfg.data, cfg.seed)] == [5, 4]
+    assert dataset.test_owner.tolist() == [0, 0]  # writer b's test rows belong to no training client
+
+
 def test_more_clients_than_writers_is_one_clear_error(tmp_path):
     root = _femnist_root(tmp_path)
     code = main(["validate", str(CONFIGS / "femnist_cnn.yaml")])
     assert code == 0  # the config alone is fine; the data decide
     cfg = load_config(CONFIGS / "femnist_cnn.yaml", {"data.root": str(root), "data.num_clients": 9})
-    with pytest.raises(Exception, match=r"data.num_clients=9, but femnist under .* has 4 clients"):
+    with pytest.raises(DataError, match=r"data.num_clients=9, but femnist under .* has 4 clients"):
         build_dataset(cfg.data, cfg.seed)
 
 

@@ -96,6 +96,17 @@ def test_concurrent_runs_are_bit_identical_to_sequential_ones(concurrent_sweep):
     assert len(model_bytes(concurrent.sweep_dir)) == 4
     assert model_bytes(sequential.sweep_dir) == model_bytes(concurrent.sweep_dir)
     assert metric_rows(sequential.sweep_dir) == metric_rows(concurrent.sweep_dir)
+    # ... and to a plain run of the same point, outside any sweep.
+    from simulator import Simulation
+
+    point = {"client.lr": 0.05, "server.clients_per_round": 3}
+    Simulation.from_yaml(write_config(folder), point, run_dir=folder / "plain").run()
+    (swept,) = [
+        d
+        for d in concurrent.sweep_dir.iterdir()
+        if d.name.startswith("client.lr=0.05__server.clients_per_round=3")
+    ]
+    assert (swept / "model.safetensors").read_bytes() == (folder / "plain" / "model.safetensors").read_bytes()
 
 
 def test_repeated_seeds_are_deterministic_and_distinct(ray_cluster, tmp_path):

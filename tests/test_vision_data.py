@@ -465,3 +465,16 @@ def test_missing_files_error_includes_download_reason():
     assert str(error) == (
         "mnist files not found: expected a, b in one of: /x, /y; put them in /x/; download failed: timed out"
     )
+
+
+def test_mnist_files_in_the_bare_root_are_not_taken_for_fashion_mnist(tmp_path, monkeypatch):
+    """Both datasets name their files alike; the training labels' checksum tells them apart."""
+    import clients.data.vision as vision
+
+    _write_idx(tmp_path, gz=False)
+    labels = (tmp_path / "train-labels-idx1-ubyte").read_bytes()
+    digest = hashlib.md5(labels, usedforsecurity=False).hexdigest()
+    monkeypatch.setattr(vision, "MNIST", dataclasses.replace(vision.MNIST, train_labels_md5=digest))
+    assert vision.load_mnist(tmp_path, download=False).name == "mnist"
+    with pytest.raises(DataError, match="is mnist's training labels, not fashion_mnist's"):
+        vision.load_fashion_mnist(tmp_path, download=False)

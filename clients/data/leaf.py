@@ -10,10 +10,11 @@ module reads those shards. Each shard holds ``users`` (ids), ``num_samples`` and
 ``user_data`` ({user: {"x": [...], "y": [...]}}); train and test are separate
 folders, and a user's rows may be spread over several shards.
 
-Natural partition: users are indexed in sorted user-id order over the union of
-the train and test users (a user present only in test still gets an index, so
-owners mean the same client in both splits); rows are grouped by user in that
-order, and ``train_owner`` / ``test_owner`` give each row's user index.
+Natural partition: the users with training rows are indexed first, in sorted
+user-id order, then users present only in test (LEAF's ``-t user`` split has
+them), so owners mean the same client in both splits and clients 0..k-1 are
+those that can train; rows are grouped by user in that order, and
+``train_owner`` / ``test_owner`` give each row's user index.
 
 Checks: ``num_samples`` must equal len(x) == len(y) for every user, except in
 Shakespeare's test split, where LEAF writes the window count from before it
@@ -92,7 +93,8 @@ def load_leaf(root: Path, name: str) -> tuple[Dataset, list[str]]:
     train_dir, test_dir = _find_split_dirs(Path(root), leaf_format)
     train_rows = _read_split(train_dir, leaf_format, num_samples_exact=True)
     test_rows = _read_split(test_dir, leaf_format, num_samples_exact=leaf_format.test_num_samples_exact)
-    users = sorted(train_rows.keys() | test_rows.keys())
+    # Users with training rows first, so clients 0..k-1 are exactly those that can train.
+    users = sorted(train_rows) + sorted(test_rows.keys() - train_rows.keys())
     x_train, y_train, train_owner = _stack_by_user(train_rows, users, leaf_format)
     x_test, y_test, test_owner = _stack_by_user(test_rows, users, leaf_format)
     if len(y_train) == 0:

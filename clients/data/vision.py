@@ -20,9 +20,15 @@ the numpy arrays itself; any other opcode or global is refused, not executed.
 
 import dataclasses
 import gzip
+import hashlib
+import math
+import os
 import pickletools
 import re
+import shutil
 import tarfile
+import tempfile
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -57,6 +63,7 @@ class IdxSource:
     npz_name: str  # Keras' archive name
     mirrors: tuple[str, ...]  # base URLs, tried in order
     gz_md5: tuple[tuple[str, str], ...]  # (file name, md5) of the four published .gz files
+    train_labels_md5: str  # of the uncompressed train-labels-idx1-ubyte: tells the datasets apart
 
     def remote_files(self) -> list[RemoteFile]:
         return [
@@ -77,6 +84,7 @@ MNIST = IdxSource(
         ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
         ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
     ),
+    train_labels_md5="a25bea736e30d166cdddb491f175f624",
 )
 FASHION_MNIST = IdxSource(
     name="fashion_mnist",
@@ -94,7 +102,10 @@ FASHION_MNIST = IdxSource(
         ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
         ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
     ),
+    train_labels_md5="9018921c3c673c538a1fc5bad174d6f9",
 )
+
+_DOWNLOAD_LOCK = threading.Lock()
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -125,6 +136,8 @@ def _load_idx_dataset(source: IdxSource, root: Path, download: bool) -> Dataset:
     folders = [root / source.torchvision_folder / "raw", root, root / source.own_folder]
     found = next((folder for folder in folders if _idx_paths(folder) is not None), None)
     if found is not None:
+        if found == root:  # both datasets use the same file names: make sure these are ours
+            _refuse_the_other_dataset(source, found)
         return _dataset_from_idx(source.name, found)
     npz_paths = [root / source.npz_name, root / source.own_folder / source.npz_name]
     npz = next((path for path in npz_paths if path.is_file()), None)
@@ -141,6 +154,17 @@ def _load_idx_dataset(source: IdxSource, root: Path, download: bool) -> Dataset:
     except DataError as error:
         raise missing_files_error(source.name, expected, folders, hint, str(error)) from error
     return _dataset_from_idx(source.name, download_dir)
+
+
+def _refuse_the_other_dataset(source: IdxSource, folder: Path) -> None:
+    labels = (_idx_paths(folder) or [])[1]
+    digest = hashlib.md5(_read_maybe_gzipped(labels), usedforsecurity=False).hexdigest()
+    for other in (MNIST, FASHION_MNIST):
+        if other.name != source.name and digest == other.train_labels_md5:
+            raise DataError(
+                f"{labels} is {other.name}'s training labels, not {source.name}'s; keep each dataset in "
+                f"its own folder ({source.torchvision_folder}/raw/ or {source.own_folder}/ under data.root)"
+            )
 
 
 def _idx_paths(folder: Path) -> list[Path] | None:
@@ -193,7 +217,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             f"{path}: IDX dtype code is {raw[2]:#04x}, only {IDX_UBYTE:#04x} (unsigned byte) is read"
         )
     shape = tuple(int(size) for size in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected_bytes = header_bytes + int(np.prod(shape))
+    expected_bytes = header_bytes + math.prod(shape)  # Python ints: a hostile header cannot overflow
     if len(raw) != expected_bytes:
         problem = "truncated" if len(raw) < expected_bytes else "has trailing bytes"
         raise DataError(f"{path}: {problem}: {len(raw)} bytes, its header {shape} needs {expected_bytes}")
@@ -259,7 +283,9 @@ def _mnist_dataset(name: str, x_train, y_train, x_test, y_test) -> Dataset:
 
 def _scaled(pixels: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
     """uint8 pixels -> C-contiguous float32 (N, *image_shape) in [0, 1]."""
-    return np.ascontiguousarray(pixels.reshape(-1, *image_shape).astype(np.float32) / PIXEL_MAX)
+    scaled = pixels.reshape(-1, *image_shape).astype(np.float32)  # one float copy, divided in place
+    scaled /= PIXEL_MAX
+    return np.ascontiguousarray(scaled)
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -296,10 +322,12 @@ def _download_cifar10(root: Path, searched: list[Path], download: bool) -> Path:
     hint = f"put them in {root / CIFAR10_FOLDER}/ (unpack {CIFAR10_ARCHIVE.name} into {root}/)"
     if not download:
         raise missing_files_error("cifar10", expected, searched, hint)
-    try:
-        _extract_tar(fetch(CIFAR10_ARCHIVE, root), root)
-    except DataError as error:
-        raise missing_files_error("cifar10", expected, searched, hint, str(error)) from error
+    with _DOWNLOAD_LOCK:  # runs of one sweep share the process: one fetch, one unpack
+        if not _has_cifar10_batches(root / CIFAR10_FOLDER):
+            try:
+                _extract_tar(fetch(CIFAR10_ARCHIVE, root), root)
+            except DataError as error:
+                raise missing_files_error("cifar10", expected, searched, hint, str(error)) from error
     if not _has_cifar10_batches(root / CIFAR10_FOLDER):
         reason = f"{CIFAR10_ARCHIVE.name} did not unpack to {root / CIFAR10_FOLDER}/"
         raise missing_files_error("cifar10", expected, searched, hint, reason)
@@ -307,12 +335,24 @@ def _download_cifar10(root: Path, searched: list[Path], download: bool) -> Path:
 
 
 def _extract_tar(archive: Path, dest: Path) -> None:
-    # filter="data" refuses absolute paths, "..", links out of dest and special files.
+    """Unpack into a temporary folder beside dest, then move the batches' folder into
+    place: an interrupted unpack never leaves batch files that look complete."""
+    if not hasattr(tarfile, "data_filter"):
+        raise DataError(f"unpacking {archive} safely needs Python >= 3.11.4 (tarfile's data filter)")
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix=".unpack-"))
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(dest, filter="data")
+            # filter="data" refuses absolute paths, "..", links out of dest and special files.
+            tar.extractall(staging, filter="data")
+        unpacked = staging / CIFAR10_FOLDER
+        if unpacked.is_dir():
+            if (dest / CIFAR10_FOLDER).exists():
+                shutil.rmtree(dest / CIFAR10_FOLDER)  # an incomplete earlier unpack
+            os.replace(unpacked, dest / CIFAR10_FOLDER)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataError(f"cannot unpack {archive}: {error}") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -324,15 +364,17 @@ def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(batch, dict):
         raise DataError(f"{path}: expected a dict with b'data' and b'labels', found {type(batch).__name__}")
     pixels, labels = _batch_field(batch, "data", path), _batch_field(batch, "labels", path)
-    side = int(np.prod(CIFAR10_SHAPE))
+    side = math.prod(CIFAR10_SHAPE)
     if not isinstance(pixels, _PendingArray) or pixels.array is None:
         raise DataError(f"{path}: b'data' is not a numpy array")
     if pixels.array.dtype != np.uint8 or pixels.array.ndim != 2 or pixels.array.shape[1] != side:
         raise DataError(
             f"{path}: b'data' is {pixels.array.dtype} {pixels.array.shape}, expected uint8 (n, {side})"
         )
-    if not isinstance(labels, list) or not all(type(label) is int for label in labels):
-        raise DataError(f"{path}: b'labels' must be a list of integers")
+    if not isinstance(labels, list) or not all(
+        type(label) is int and 0 <= label < NUM_CLASSES for label in labels
+    ):
+        raise DataError(f"{path}: b'labels' must be a list of integers in 0..{NUM_CLASSES - 1}")
     label_array = np.array(labels, dtype=np.int64)
     _check_labels(label_array, f"{path} b'labels'")
     if len(label_array) != len(pixels.array):
@@ -548,7 +590,7 @@ def _is_array_state(state) -> bool:
 
 
 def _array_from_bytes(raw: bytes, dtype: np.dtype, shape: tuple, is_fortran: bool, path: Path) -> np.ndarray:
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if len(raw) != count * dtype.itemsize:
         raise DataError(
             f"{path}: array of shape {shape} {dtype} needs {count * dtype.itemsize} bytes, has {len(raw)}"
@@ -556,10 +598,14 @@ def _array_from_bytes(raw: bytes, dtype: np.dtype, shape: tuple, is_fortran: boo
     return np.frombuffer(raw, dtype).reshape(shape, order="F" if is_fortran else "C")
 
 
-def _describe(value) -> str:
-    """A short description of parsed content for an error message (never the content of a large blob)."""
+def _describe(value, depth: int = 0) -> str:
+    """A short description of parsed content for an error message (never the content of a
+    large blob, never deeper than three levels: a hostile file may nest thousands)."""
     if isinstance(value, tuple):
-        return "(" + ", ".join(_describe(item) for item in value[:6]) + (", ...)" if len(value) > 6 else ")")
+        if depth >= 3:
+            return "(...)"
+        items = ", ".join(_describe(item, depth + 1) for item in value[:6])
+        return "(" + items + (", ...)" if len(value) > 6 else ")")
     if isinstance(value, str | bytes):
         return repr(value[:40]) + ("..." if len(value) > 40 else "")
     if isinstance(value, int | type(None)):
