@@ -98,7 +98,7 @@ def test_shakespeare_token_ids_match_leaf_vocabulary(tmp_path):
 
     assert len(ALL_LETTERS) == 80 and data.num_classes == 80 and data.input_shape == (80,)
     assert users == ["A_ROLE", "B_ROLE"]
-    assert data.x_train.dtype == np.int64 and data.x_train.shape == (3, 80)
+    assert data.x_train.dtype == np.uint8 and data.x_train.shape == (3, 80)
     np.testing.assert_array_equal(data.x_train[0], ids(_window("x y")))
     np.testing.assert_array_equal(data.x_train[1], ids(_window("ab")))
     np.testing.assert_array_equal(data.x_train[2], ids(_window("Z}")))

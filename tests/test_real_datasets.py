@@ -124,3 +124,20 @@ def test_mnist_2nn_iid_reaches_95_percent_in_10_rounds(ray_cluster, tmp_path):
         CONFIGS / "mnist_2nn_iid.yaml", overrides, run_dir=tmp_path / "mnist"
     ).run()
     assert history.rows[-1]["test_accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize("engine", ["torch", "numpy"])
+def test_compact_uint8_token_ids_train_like_int64_ones(engine):
+    from clients.models.engines import build_model
+    from clients.models.spec import build_spec, init_params
+
+    spec = build_spec("charlstm", (12,), 80, embedding_dim=4, lstm_hidden=8, lstm_layers=1)
+    tokens = np.random.default_rng(0).integers(0, 80, (5, 12))
+    labels = np.arange(5, dtype=np.int64)
+    losses, grads = [], []
+    for ids in (tokens.astype(np.int64), tokens.astype(np.uint8)):
+        model = build_model(spec, engine)
+        model.load_params(init_params(spec, 0))
+        losses.append(model.loss_and_grad(ids, labels))
+        grads.append(model.grad.copy())
+    assert losses[0] == losses[1] and grads[0].tobytes() == grads[1].tobytes()

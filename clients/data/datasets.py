@@ -29,6 +29,7 @@ import sklearn.datasets
 
 from clients.errors import DataError
 
+TOKEN_DTYPES = (np.dtype(np.uint8), np.dtype(np.int64))
 DIGITS_MAX_PIXEL = 16.0  # sklearn's digits are 4-bit intensities, 0..16
 SYNTHETIC_COV_EXPONENT = -1.2  # Σ_jj = j^-1.2 (FedProx Section 5.1)
 LOGNORMAL_MEAN, LOGNORMAL_SIGMA, MIN_DEVICE_SAMPLES = 4.0, 2.0, 50  # from the script
@@ -38,7 +39,8 @@ LOGNORMAL_MEAN, LOGNORMAL_SIGMA, MIN_DEVICE_SAMPLES = 4.0, 2.0, 50  # from the s
 class Dataset:
     """A train/test split held in memory.
 
-    x_train: (N, *input_shape) float32, or int64 token ids for text; y_train: (N,) int64.
+    x_train: (N, *input_shape) float32, or token ids for text (uint8 when the vocabulary
+    fits, else int64; engines widen each batch); y_train: (N,) int64.
     x_test: (M, *input_shape) of the same dtype; y_test: (M,) int64.
     train_owner: (N,) int64 natural client id of each training row, or None
     when the dataset has no natural clients; test_owner: (M,) the same for the
@@ -57,7 +59,7 @@ class Dataset:
     test_owner: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        x_dtype = self.x_train.dtype if self.x_train.dtype == np.int64 else np.float32
+        x_dtype = self.x_train.dtype if self.x_train.dtype in TOKEN_DTYPES else np.float32
         _check_split(self.name, "train", self.x_train, self.y_train, self.input_shape, x_dtype)
         _check_split(self.name, "test", self.x_test, self.y_test, self.input_shape, x_dtype)
         for field, owner, labels in (
@@ -74,7 +76,7 @@ class Dataset:
 
     @property
     def is_text(self) -> bool:
-        return self.x_train.dtype == np.int64
+        return self.x_train.dtype in TOKEN_DTYPES
 
 
 def _check_split(

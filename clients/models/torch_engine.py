@@ -146,9 +146,9 @@ class TorchModel(HostArrays):
         return DeviceShard(x, y, shard, self.device)
 
     def _tensor(self, array) -> torch.Tensor:
-        if isinstance(array, torch.Tensor):
-            return array
-        return torch.from_numpy(array) if self.device is None else tensor_from_numpy(array, self.device)
+        if not isinstance(array, torch.Tensor):
+            array = torch.from_numpy(array) if self.device is None else tensor_from_numpy(array, self.device)
+        return array.long() if array.dtype == torch.uint8 else array  # compact token ids -> embedding's int64
 
     def set_rng(self, rng: np.random.Generator) -> None:
         """Seed dropout from the client's generator (torch's RNG is per worker process)."""
