@@ -178,6 +178,8 @@ class ClientWorker:
         gpus_per_worker: float = 0.0,
         eval_indices: np.ndarray | None = None,
         eval_offsets: np.ndarray | None = None,
+        eval_x: np.ndarray | None = None,
+        eval_y: np.ndarray | None = None,
     ):
         # Same thread count on every worker => kernels reduce in the same order.
         torch.set_num_threads(threads)
@@ -191,6 +193,8 @@ class ClientWorker:
         self.shards = ClientShards(shard_indices, shard_offsets)
         # Clients' own held-out samples, for federated evaluation (None when it is off).
         self.eval_shards = None if eval_indices is None else ClientShards(eval_indices, eval_offsets)
+        # The arrays those shards index: the training set, or a natural test split.
+        self.eval_x, self.eval_y = (x_train, y_train) if eval_x is None else (eval_x, eval_y)
         self.population = population  # when set, clients' data are generated here on demand
         self.plan = plan
         self.malicious = frozenset(plan.malicious)
@@ -322,7 +326,7 @@ class ClientWorker:
         if self.eval_shards is None:
             raise FedsimError("federated evaluation needs held-out shards; this worker was given none")
         shard = self.eval_shards.shard(client_id)
-        return self.x[shard], self.y[shard]
+        return self.eval_x[shard], self.eval_y[shard]
 
     def _client_data(self, client_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x, y, indices of the client's rows in them)."""

@@ -114,16 +114,29 @@ def build_partition(dataset: Dataset, data: DataConfig, seed: int) -> list[np.nd
     return natural_partition(dataset.train_owner, data.num_clients)
 
 
-def federated_holdout(
-    parts: list[np.ndarray], cfg: Config
-) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """(training parts, held-out parts) when federated evaluation is on, else (parts, None).
+@dataclasses.dataclass(frozen=True)
+class ClientSplits:
+    """Each client's training rows and, with federated evaluation, its held-out rows:
+    indices into the training arrays, or into the test arrays (``held_out_in_test``)
+    when the dataset's natural clients come with their own test rows (LEAF)."""
+
+    train: list[np.ndarray]
+    held_out: list[np.ndarray] | None = None
+    held_out_in_test: bool = False
+
+
+def client_splits(dataset: Dataset, cfg: Config) -> ClientSplits:
+    """The partition, and the rows each client evaluates on when federated evaluation is on.
     Generated populations hold their per-device test rows already."""
+    parts = build_partition(dataset, cfg.data, cfg.seed)
     fe = cfg.server.federated_eval
     if fe.every == 0 or cfg.data.generate_on_workers:
-        return parts, None
+        return ClientSplits(parts)
+    if cfg.data.partition == "natural" and dataset.test_owner is not None:
+        held_out = natural_partition(dataset.test_owner, cfg.data.num_clients, allow_empty=True)
+        return ClientSplits(parts, held_out, held_out_in_test=True)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, PURPOSE_HOLDOUT]))
-    return holdout_split(parts, fe.holdout, rng)
+    return ClientSplits(*holdout_split(parts, fe.holdout, rng))
 
 
 def build_model_spec(model: ModelConfig, dataset: Dataset) -> ModelSpec:

@@ -50,9 +50,8 @@ from simulator.server_state import ServerState
 from simulator.setup import (
     build_dataset,
     build_model_spec,
-    build_partition,
     build_population,
-    federated_holdout,
+    client_splits,
 )
 from simulator.tracking import Trackers
 
@@ -169,6 +168,8 @@ class Simulation:
                 rt.gpus_per_worker,
                 refs["eval_indices"],
                 refs["eval_offsets"],
+                refs["eval_x"],
+                refs["eval_y"],
             )
 
         def respawn():
@@ -382,9 +383,10 @@ class _RunState:
     def __init__(self, cfg: Config, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
         dataset = build_dataset(cfg.data, cfg.seed)
-        train_parts, eval_parts = federated_holdout(build_partition(dataset, cfg.data, cfg.seed), cfg)
-        self.shards = ClientShards.pack(train_parts)
-        self.eval_shards = None if eval_parts is None else ClientShards.pack(eval_parts)
+        splits = client_splits(dataset, cfg)
+        self.shards = ClientShards.pack(splits.train)
+        self.eval_shards = None if splits.held_out is None else ClientShards.pack(splits.held_out)
+        self.eval_in_test = splits.held_out_in_test
         self.population = build_population(cfg.data, cfg.seed)
         self.spec = build_model_spec(cfg.model, dataset)
         self.layout = self.spec.layout()
@@ -449,6 +451,9 @@ class _RunState:
             "offsets": ray.put(self.shards.offsets),
             "eval_indices": None if held_out is None else ray.put(held_out.indices),
             "eval_offsets": None if held_out is None else ray.put(held_out.offsets),
+            # Natural clients' own test rows live in the test arrays: ship those too.
+            "eval_x": ray.put(self.x_test) if self.eval_in_test else None,
+            "eval_y": ray.put(self.y_test) if self.eval_in_test else None,
         }
 
     def recorded_device(self) -> str | None:

@@ -12,7 +12,7 @@ from clients.models.engines import build_model
 from simulator import Simulation
 from simulator.config import load_config
 from simulator.federated_eval import clients_to_evaluate, round_metrics
-from simulator.setup import build_dataset, build_model_spec, build_partition, federated_holdout
+from simulator.setup import build_dataset, build_model_spec, client_splits
 from tests.conftest import ROOT, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -81,7 +81,9 @@ def test_workers_report_what_the_final_model_scores_on_each_clients_holdout(ray_
     history = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "fed").run()
     cfg = load_config(DEFAULT, overrides)
     dataset = build_dataset(cfg.data, cfg.seed)
-    train, held = federated_holdout(build_partition(dataset, cfg.data, cfg.seed), cfg)
+    splits = client_splits(dataset, cfg)
+    train, held = splits.train, splits.held_out
+    assert not splits.held_out_in_test  # digits has no natural test split: rows come from training
     model = build_model(build_model_spec(cfg.model, dataset), "torch")
     model.load_params(history.final_params)
     rows = [r for r in _client_rows(tmp_path / "fed") if r["round"] == 2]

@@ -53,6 +53,21 @@ def test_femnist_natural_partition_gives_each_writer_its_own_rows(tmp_path):
         assert np.all(dataset.train_owner[part] == writer)
 
 
+def test_federated_evaluation_on_leaf_uses_each_writers_own_test_rows(ray_cluster, tmp_path):
+    root = _femnist_root(tmp_path, writers=4)
+    overrides = {
+        "rounds": 1, "data.root": str(root), "data.num_clients": 4, "server.clients_per_round": 2,
+        "model.conv_channels": [4, 8], "model.fc_width": 16,
+        "server.federated_eval.every": 1, "server.federated_eval.fraction": 1.0,
+        "runtime.workers": 2, "runtime.cpus_per_worker": 1.0,
+    }  # fmt: skip
+    history = Simulation.from_yaml(CONFIGS / "femnist_cnn.yaml", overrides, run_dir=tmp_path / "run").run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "clients.jsonl").read_text().splitlines()]
+    assert [(r["client"], r["num_samples"]) for r in rows] == [(0, 2), (1, 2), (2, 2), (3, 2)]
+    # Training keeps every training row: nothing was held out of it.
+    assert history.rows[0]["num_samples"] == sum(6 + k for k in history.rows[0]["clients"])
+
+
 def test_a_writer_with_only_test_data_is_not_a_training_client(tmp_path):
     """LEAF's -t user split: writers in test that never train come after the training ones."""
     rng = np.random.default_rng(1)

@@ -94,10 +94,11 @@ def shards_partition(
     return [_sorted_int64(np.concatenate([shards[s] for s in hand])) for hand in dealt]
 
 
-def natural_partition(owner: np.ndarray, num_clients: int) -> list[np.ndarray]:
+def natural_partition(owner: np.ndarray, num_clients: int, allow_empty: bool = False) -> list[np.ndarray]:
     """Client c gets the indices i with owner[i] == c.
 
-    owner: (N,) ints; its values must be exactly 0..num_clients-1, each used.
+    owner: (N,) ints in 0..num_clients-1, each used unless ``allow_empty`` (a natural
+    test split, where some clients may hold no test rows).
     """
     owner = np.asarray(owner)
     if owner.ndim != 1 or not np.issubdtype(owner.dtype, np.integer):
@@ -110,7 +111,7 @@ def natural_partition(owner: np.ndarray, num_clients: int) -> list[np.ndarray]:
             f"for num_clients={num_clients}"
         )
     empty = np.flatnonzero(np.bincount(owner, minlength=num_clients) == 0)
-    if len(empty):
+    if len(empty) and not allow_empty:
         raise DataError(
             f"clients {empty[:10].tolist()} own no samples ({len(empty)} of "
             f"num_clients={num_clients}); every id 0..{num_clients - 1} must own at least one"
