@@ -16,11 +16,9 @@ import math
 from typing import Any
 
 import numpy as np
-import ray
 
-from server.sampling import reduction_groups
 from simulator.config import Config
-from simulator.pool import tasks_of_groups
+from simulator.pool import map_groups
 
 PURPOSE_FEDERATED_EVAL = 15
 WORST_SHARE = 0.1
@@ -41,13 +39,8 @@ def clients_to_evaluate(cfg: Config, round_: int) -> np.ndarray:
 def evaluate_clients(pool, params: np.ndarray, clients: np.ndarray, cfg: Config):
     """Run the evaluation on the workers: (client ids, held-out counts, summed losses,
     correct counts), each (k,) in client order."""
-    params_ref = ray.put(params)
-    groups = reduction_groups(clients, cfg.runtime.reduction_groups)
-    tasks = tasks_of_groups(groups, pool.size)
-    batch = cfg.server.eval_batch_size
-    parts = []
-    for task in pool.imap(lambda actor, task: actor.evaluate_groups.remote(params_ref, task, batch), tasks):
-        parts.extend(task)
+    groups, batch = cfg.runtime.reduction_groups, cfg.server.eval_batch_size
+    parts = map_groups(pool, params, clients, groups, "evaluate_groups", batch)
     if not parts:
         return (np.zeros(0, np.int64),) * 4
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(1, 5))

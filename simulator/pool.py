@@ -18,6 +18,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from clients.errors import ClusterError, FedsimError
+from server.sampling import reduction_groups
 
 log = logging.getLogger("fedsim")
 TASKS_PER_WORKER = 1
@@ -132,3 +133,19 @@ def tasks_of_groups(groups: list[np.ndarray], workers: int) -> list[list[tuple[i
     count = min(len(indexed), TASKS_PER_WORKER * workers)
     bounds = [round(i * len(indexed) / count) for i in range(count + 1)]
     return [indexed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def map_groups(
+    pool: WorkerPool, params: np.ndarray, clients: np.ndarray, groups: int, method: str, *args
+) -> list:
+    """Every reduction group's result of the workers' ``method(params, task, *args)`` over
+    ``clients`` cut into ``groups`` groups, in group order (whichever worker ran it);
+    ``params`` goes into the object store once."""
+    params_ref = ray.put(params)
+    tasks = tasks_of_groups(reduction_groups(clients, groups), pool.size)
+    results = []
+    for task_results in pool.imap(
+        lambda actor, task: getattr(actor, method).remote(params_ref, task, *args), tasks
+    ):
+        results.extend(task_results)
+    return results

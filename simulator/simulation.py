@@ -44,7 +44,7 @@ from simulator.federated_eval import (
     federated_eval_due,
     round_metrics,
 )
-from simulator.pool import WorkerPool, tasks_of_groups
+from simulator.pool import WorkerPool, map_groups, tasks_of_groups
 from simulator.progress import RoundProgress
 from simulator.server_state import ServerState
 from simulator.setup import (
@@ -330,13 +330,10 @@ def _started(actors: list) -> list[dict[str, Any]]:
 def federated_scores(pool: WorkerPool, params: np.ndarray, clients: np.ndarray, kind: str, groups: int):
     """Sample-weighted mean over ``clients`` of their scores at ``params`` (n,) float64,
     added in group order (so it does not depend on the workers)."""
-    params_ref = ray.put(params)
-    tasks = tasks_of_groups(reduction_groups(clients, groups), pool.size)
     total, weight = np.zeros(params.size, np.float64), 0.0
-    for task in pool.imap(lambda actor, task: actor.score_groups.remote(params_ref, task, kind), tasks):
-        for _, group_total, group_weight in task:
-            total += group_total
-            weight += group_weight
+    for _, group_total, group_weight in map_groups(pool, params, clients, groups, "score_groups", kind):
+        total += group_total
+        weight += group_weight
     return total / max(weight, 1.0)
 
 

@@ -120,13 +120,19 @@ def test_non_finite_updates_are_rejected_and_leave_the_model(ray_cluster, tmp_pa
     assert history.final_params.tobytes() == init_params(spec, cfg.seed).tobytes()
 
 
-def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
+def _small_worker():
+    """A plain (not Ray) ClientWorker over the small run's data: (cfg, dataset, shards, spec, worker)."""
     cfg = small_config()
     dataset = build_dataset(cfg.data, cfg.seed)
     shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
     spec = build_model_spec(cfg.model, dataset)
     args = (dataset.x_train, dataset.y_train, shards.indices, shards.offsets)
     worker = ClientWorker(spec, "torch", *args, ClientPlan(local_training(cfg)), cfg.seed, 1)
+    return cfg, dataset, shards, spec, worker
+
+
+def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
+    cfg, dataset, shards, spec, worker = _small_worker()
     start = init_params(spec, cfg.seed)
     group = worker.train_group(start, RoundInput(1), 0, np.array([1, 4, 9]))
     # Expected, independently: each client's own local training, weighted by its shard size.
@@ -191,12 +197,7 @@ def test_a_warning_raised_by_every_client_reaches_the_driver_once(monkeypatch, c
         return train_client(*args, **kwargs)
 
     monkeypatch.setattr(worker_module, "train_client", warning_train_client)
-    cfg = small_config()
-    dataset = build_dataset(cfg.data, cfg.seed)
-    shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
-    spec = build_model_spec(cfg.model, dataset)
-    args = (dataset.x_train, dataset.y_train, shards.indices, shards.offsets)
-    worker = ClientWorker(spec, "torch", *args, ClientPlan(local_training(cfg)), cfg.seed, 1)
+    cfg, dataset, shards, spec, worker = _small_worker()
     groups = [(0, np.array([1, 4, 9])), (1, np.array([2, 3]))]
     results = worker.train_groups(init_params(spec, cfg.seed), RoundInput(1), groups)
     assert [r.warnings for r in results] == [("UserWarning: lr looks large",)] * 2

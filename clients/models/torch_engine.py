@@ -138,7 +138,8 @@ class TorchModel(HostArrays):
         if self.device is None:
             self.params[:] = values
         else:
-            self.params.copy_(tensor_from_numpy(values, self.device))
+            # Straight from host memory into the resident vector: no device temporary.
+            self.params.copy_(tensor_from_numpy(values, torch.device("cpu")))
 
     def shard_data(self, x: np.ndarray, y: np.ndarray, shard: np.ndarray):
         if self.device is None:
