@@ -25,7 +25,6 @@ kept here on purpose.
 from dataclasses import dataclass
 
 import numpy as np
-import sklearn.datasets
 
 from clients.errors import DataError
 
@@ -108,6 +107,8 @@ def load_digits(seed: int, test_fraction: float) -> Dataset:
     every class has at least one image in both train and test.
     """
     _check_fraction(test_fraction)
+    import sklearn.datasets  # ~2 s to import: only runs on digits pay it, never a worker
+
     bunch = sklearn.datasets.load_digits()
     images = (bunch.images / DIGITS_MAX_PIXEL).astype(np.float32)[:, None, :, :]
     labels = bunch.target.astype(np.int64)
