@@ -13,10 +13,30 @@ run. Kinds:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip")
 PURPOSE_ATTACKERS = 5
+
+
+@dataclass(frozen=True)
+class Attack:
+    """The run's attackers and what they do: ``kind`` (one of ATTACKS but none),
+    ``scale`` (sign_flip / scale), ``noise_std`` (gaussian), ``malicious`` client ids."""
+
+    kind: str
+    scale: float
+    noise_std: float
+    malicious: frozenset[int]
+
+    def flips_labels_of(self, client_id: int) -> bool:
+        return self.kind == "label_flip" and client_id in self.malicious
+
+    def sent_update(self, update: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """What a malicious client sends for its honest ``update`` (n,)."""
+        return attack_update(update, self.kind, self.scale, self.noise_std, rng)
 
 
 def malicious_clients(seed: int, num_clients: int, fraction: float) -> np.ndarray:

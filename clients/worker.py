@@ -10,6 +10,11 @@ linear aggregation it returns the group's SUM of updates, so traffic per
 round is O(groups x model), not O(clients x model); for robust aggregators it
 returns the per-client updates. The class is plain Python; the simulator
 wraps it with ``ray.remote``.
+
+A worker is built for a shape (threads, device) and then ``load``-ed with a
+run (model, data refs, plan, seed); it can be loaded again with another run,
+so warm workers can serve several runs in one process. Loading rebuilds every
+piece of per-run state, so a reused worker computes the same bits as a new one.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from clients.algorithms import scaffold_new_control
-from clients.attacks import attack_update, flip_labels
+from clients.attacks import Attack, flip_labels
 from clients.data.datasets import SyntheticClients
 from clients.devices import worker_device
 from clients.errors import ClientFailure, FedsimError
@@ -43,7 +48,9 @@ from clients.training import (
 )
 
 PURPOSE_SCORES = 9
-REDUCTIONS = ("weighted_sum", "unit_sum", "stack")
+REDUCTIONS = ("sum", "stack")
+WEIGHTINGS = ("samples", "uniform")
+SHAPE_ATTRIBUTES = frozenset({"device", "device_name"})  # what a worker keeps between runs
 
 
 @dataclass(frozen=True)
@@ -51,22 +58,27 @@ class ClientPlan:
     """What every client of this run does, fixed for the run.
 
     update_kind: "weights" (send local - global) or "gradients" (FedSGD).
-    reduction: "weighted_sum" (sample-weighted mean), "unit_sum" (DP-FedAvg's
-    unweighted sum of clipped updates) or "stack" (per-client, robust aggregators).
+    reduction: "sum" (a group returns the weighted sum of its updates, for the
+    linear mean) or "stack" (per-client updates, for robust aggregators).
+    weighting: "samples" (w_i = n_i, FedAvg) or "uniform" (w_i = 1: the SCAFFOLD
+    and DP-FedAvg papers' unweighted average).
+    attack: the run's malicious clients, or None.
     postprocess: the server's per-client step, ``process(update, clip_norm, rng,
     residual) -> ProcessedUpdate``, or None.
     """
 
     training: LocalTrainingConfig
     update_kind: str = "weights"
-    reduction: str = "weighted_sum"
+    reduction: str = "sum"
+    weighting: str = "samples"
     scaffold: bool = False
-    attack_kind: str = "none"
-    malicious: tuple[int, ...] = ()
-    attack_scale: float = 10.0
-    attack_noise_std: float = 1.0
+    attack: Attack | None = None
     postprocess: Any = None
     track_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reduction not in REDUCTIONS or self.weighting not in WEIGHTINGS:
+            raise ValueError(f"reduction must be in {REDUCTIONS} and weighting in {WEIGHTINGS}")
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,8 @@ class GroupResult:
     """A reduction group's contribution to one round; per-client arrays follow ``client_ids``.
 
     weighted_sum: (n,) float32 sum over accepted clients of w_i * u_i (w_i = n_i, or
-    1 for "unit_sum"), added in client-id order; None for "stack", whose accepted
-    updates are ``stacked`` (k_accepted, n) with weights ``stacked_weights``.
+    1 with uniform weighting), added in client-id order; None for "stack", whose
+    accepted updates are ``stacked`` (k_accepted, n) with weights ``stacked_weights``.
     """
 
     group_index: int
@@ -132,9 +144,9 @@ class ClientShards:
 class _GroupAccumulator:
     """Collects a group's clients in order: sums, stacks, norms, bytes, states."""
 
-    def __init__(self, size: int, reduction: str):
-        self.reduction = reduction
-        self.total = np.zeros(size, np.float32) if reduction != "stack" else None
+    def __init__(self, size: int, reduction: str, weighting: str):
+        self.uniform = weighting == "uniform"
+        self.total = np.zeros(size, np.float32) if reduction == "sum" else None
         self.stacked: list[np.ndarray] = []
         self.stacked_weights: list[float] = []
         self.weight_total = 0.0
@@ -142,7 +154,7 @@ class _GroupAccumulator:
         self.control_sum: np.ndarray | None = None
 
     def add(self, update: np.ndarray, num_samples: int) -> None:
-        weight = 1.0 if self.reduction == "unit_sum" else float(num_samples)
+        weight = 1.0 if self.uniform else float(num_samples)
         self.weight_total += weight
         if self.total is None:
             self.stacked.append(update)
@@ -160,9 +172,16 @@ class _GroupAccumulator:
 
 
 class ClientWorker:
-    """Hosts virtual clients; trains reduction groups per call."""
+    """Hosts virtual clients; trains reduction groups per call, for the run last loaded."""
 
-    def __init__(
+    def __init__(self, threads: int, device: str = "cpu", gpus_per_worker: float = 0.0):
+        # Same thread count on every worker => kernels reduce in the same order.
+        torch.set_num_threads(threads)
+        threadpool_limits(threads)  # numpy's BLAS too; stays in force for this process
+        self.device = worker_device(device, gpus_per_worker)
+        self.device_name = "cpu" if self.device is None else str(self.device)
+
+    def load(
         self,
         spec: ModelSpec,
         engine: str,
@@ -172,24 +191,21 @@ class ClientWorker:
         shard_offsets: np.ndarray,
         plan: ClientPlan,
         seed: int,
-        threads: int,
         population: SyntheticClients | None = None,
-        device: str = "cpu",
-        gpus_per_worker: float = 0.0,
         eval_indices: np.ndarray | None = None,
         eval_offsets: np.ndarray | None = None,
         eval_x: np.ndarray | None = None,
         eval_y: np.ndarray | None = None,
-    ):
-        # Same thread count on every worker => kernels reduce in the same order.
-        torch.set_num_threads(threads)
-        threadpool_limits(threads)  # numpy's BLAS too; stays in force for this process
-        self.device = worker_device(device, gpus_per_worker)
+    ) -> dict[str, Any]:
+        """Take on a run: every piece of per-run state is set here, none survives from a
+        previous run. Returns ``ping()``."""
+        self.unload()
         self.model = build_model(spec, engine, device=self.device)
         self.model.track_gradients = plan.track_gradients
         self.has_dropout = any(layer.kind == "dropout" for layer in spec.layers)
         self.x, self.y = x_train, y_train
-        self.y_flipped = flip_labels(y_train, spec.num_classes) if plan.attack_kind == "label_flip" else None
+        flips = plan.attack is not None and plan.attack.kind == "label_flip"
+        self.y_flipped = flip_labels(y_train, spec.num_classes) if flips else None
         self.shards = ClientShards(shard_indices, shard_offsets)
         # Clients' own held-out samples, for federated evaluation (None when it is off).
         self.eval_shards = None if eval_indices is None else ClientShards(eval_indices, eval_offsets)
@@ -197,12 +213,18 @@ class ClientWorker:
         self.eval_x, self.eval_y = (x_train, y_train) if eval_x is None else (eval_x, eval_y)
         self.population = population  # when set, clients' data are generated here on demand
         self.plan = plan
-        self.malicious = frozenset(plan.malicious)
         self.seed = seed
+        return self.ping()
+
+    def unload(self) -> None:
+        """Let go of everything the run loaded (model, data refs, plan), so an idle worker
+        pins nothing in the object store; only the shape (device) stays."""
+        for name in set(vars(self)) - SHAPE_ATTRIBUTES:
+            delattr(self, name)
 
     def ping(self) -> dict[str, Any]:
         """What this worker runs with: torch threads and the device it trains on."""
-        return {"threads": torch.get_num_threads(), "device": self.model.device_name}
+        return {"threads": torch.get_num_threads(), "device": self.device_name}
 
     def train_groups(
         self, global_params: np.ndarray, inputs: RoundInput, groups: list[tuple[int, np.ndarray]]
@@ -223,7 +245,7 @@ class ClientWorker:
     ) -> GroupResult:
         """Train ``client_ids`` (ascending) from ``global_params``; reduce them per the plan."""
         count = len(client_ids)
-        acc = _GroupAccumulator(global_params.size, self.plan.reduction)
+        acc = _GroupAccumulator(global_params.size, self.plan.reduction, self.plan.weighting)
         sizes, losses = np.zeros(count, np.int64), np.zeros(count, np.float64)
         accepted, norms = np.zeros(count, bool), np.full(count, np.nan)
         bytes_up = np.zeros(count, np.int64)
@@ -265,12 +287,10 @@ class ClientWorker:
                 old_c, inputs.server_control, global_params, local, result.steps, self.plan.training.lr
             )
             new_state["control"], new_state["control_delta"] = new_c, new_c - old_c
-        update = result.update
-        if result.client_id in self.malicious:
+        update, attack = result.update, self.plan.attack
+        if attack is not None and result.client_id in attack.malicious:
             rng = client_rng(self.seed, inputs.round, result.client_id, PURPOSE_CLIENT_NOISE)
-            update = attack_update(
-                update, self.plan.attack_kind, self.plan.attack_scale, self.plan.attack_noise_std, rng
-            )
+            update = attack.sent_update(update, rng)
             norm = update_norm(update)
         return update, norm, new_state
 
@@ -340,7 +360,7 @@ class ClientWorker:
         if self.has_dropout:
             self.model.set_rng(client_rng(self.seed, inputs.round, client_id, PURPOSE_DROPOUT))
         x, labels, shard = self._client_data(client_id)
-        if self.plan.attack_kind == "label_flip" and client_id in self.malicious:
+        if self.plan.attack is not None and self.plan.attack.flips_labels_of(client_id):
             labels = (
                 self.y_flipped
                 if self.population is None

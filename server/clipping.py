@@ -46,6 +46,25 @@ def clip_updates(updates: np.ndarray, max_norm: float) -> tuple[np.ndarray, np.n
     return updates * factors[:, None], norms, fraction
 
 
+class FixedClipNorm:
+    """A clipping norm C that never changes (the same interface as AdaptiveClipNorm)."""
+
+    def __init__(self, norm: float):
+        if not norm > 0:
+            raise ValueError(f"the clip norm must be > 0, got {norm}")
+        self.norm = float(norm)
+
+    def update(self, norms: np.ndarray, rng: np.random.Generator | None = None) -> float:
+        return self.norm
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if state:
+            raise ValueError(f"FixedClipNorm has no state, got keys {sorted(state)}")
+
+
 class AdaptiveClipNorm:
     """Tracks a clipping norm C that converges to the target quantile of update norms.
 

@@ -17,7 +17,6 @@ import numpy as np
 from server.aggregation import AGGREGATORS, PartialSums
 from server.clipping import clip_update
 from server.compression import compress
-from server.optimizers import SERVER_OPTIMIZERS
 from server.privacy import add_gaussian_noise, dp_mean
 from server.pruning import sparse_bytes
 
@@ -35,7 +34,7 @@ class UpdatePostprocessor:
     """Clip to this round's norm (when clipping), then compress (with error feedback)."""
 
     clip: bool
-    compression: str = "none"
+    method: str = "none"  # compression: none, topk or qsgd8
     fraction: float = 0.01
     error_feedback: bool = True
 
@@ -46,13 +45,13 @@ class UpdatePostprocessor:
         norm = float(np.linalg.norm(update))
         if self.clip:
             update, norm = clip_update(update, clip_norm)
-        if self.compression == "none":
+        if self.method == "none":
             size = update.size * 4
             if mask is not None:  # a sender picks the cheaper encoding
                 size = min(size, sparse_bytes(update, mask))
             return ProcessedUpdate(update.astype(np.float32, copy=False), norm, size, None)
         carried = residual if self.error_feedback else None
-        sent, new_residual, size = compress(update, self.compression, self.fraction, rng, carried)
+        sent, new_residual, size = compress(update, self.method, self.fraction, rng, carried)
         return ProcessedUpdate(sent, norm, size, new_residual if self.error_feedback else None)
 
 
@@ -61,20 +60,22 @@ class Aggregation:
     """Combines a round's group results into one (n,) float64 update.
 
     ``aggregator``: a name in AGGREGATORS; non-mean ones need per-client updates.
+    ``weighting``: each update's weight in the mean and multi-Krum, "samples"
+    (n_i: FedAvg, McMahan et al. 2017) or "uniform" (1: SCAFFOLD's and DP-FedAvg's
+    plain average over the round's clients).
     DP (noise_multiplier > 0): Gaussian noise on the sum of clipped updates, then
     the fixed denominator ``expected_clients`` (McMahan et al. 2018).
     """
 
     aggregator: str = "mean"
+    weighting: str = "samples"
     hyper: tuple[tuple[str, Any], ...] = ()
     noise_multiplier: float = 0.0
     expected_clients: float = 1.0
 
     @property
     def reduction(self) -> str:
-        if self.aggregator != "mean":
-            return "stack"
-        return "unit_sum" if self.noise_multiplier > 0 else "weighted_sum"
+        return "sum" if self.aggregator == "mean" else "stack"
 
     def combine(
         self, results: list, size: int, clip_norm: float | None, rng
@@ -96,9 +97,3 @@ class Aggregation:
         updates = np.concatenate(stacks)
         weights = np.concatenate([r.stacked_weights for r in results if r.stacked is not None])
         return AGGREGATORS[self.aggregator](updates, weights, **dict(self.hyper)), {}
-
-
-def build_server_optimizer(name: str, lr: float, **hyper):
-    """The named server optimiser with only the hyper-parameters it takes."""
-    cls = SERVER_OPTIMIZERS[name]
-    return cls(lr, **hyper)

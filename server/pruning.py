@@ -29,6 +29,7 @@ here with rounds for steps: t0 = start_round, t0 + nΔt = end_round, Δt = every
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -179,6 +180,41 @@ def polynomial_sparsity(
     step = start_round + (round_ - start_round) // every * every
     progress = (step - start_round) / (end_round - start_round)
     return float(final + (initial - final) * (1 - progress) ** 3)
+
+
+@dataclass(frozen=True)
+class PruningSchedule:
+    """When the round pipeline prunes, to what sparsity, and how weights are ranked.
+
+    method: what ranks weights (magnitude, saliency, squared_gradient, random);
+    scope: "global" or "layer"; schedule: "one_shot" (prune to ``sparsity`` at
+    ``start_round``) or "gradual" (Zhu & Gupta's polynomial from
+    ``initial_sparsity`` at ``start_round`` to ``sparsity`` at ``end_round``,
+    a step every ``every`` rounds).
+    """
+
+    method: str
+    scope: str
+    schedule: str
+    initial_sparsity: float
+    sparsity: float
+    start_round: int
+    end_round: int
+    every: int
+
+    @property
+    def uses_gradients(self) -> bool:
+        return self.method in ("saliency", "squared_gradient")
+
+    def target(self, round_: int) -> float | None:
+        """The sparsity to prune to at the end of ``round_``, or None when no step is due."""
+        if self.schedule == "one_shot":
+            return self.sparsity if round_ == self.start_round else None
+        if not is_pruning_round(round_, self.start_round, self.end_round, self.every):
+            return None
+        return polynomial_sparsity(
+            round_, self.initial_sparsity, self.sparsity, self.start_round, self.end_round, self.every
+        )
 
 
 def sparse_bytes(vector: np.ndarray, mask: np.ndarray) -> int:

@@ -8,7 +8,11 @@ sample, never by worker, so partial sums add up the same whatever the pool.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from server.system import RoundPlan, SystemModel, plan_round
 
 PURPOSE_SAMPLING = 2
 
@@ -36,3 +40,30 @@ def poisson_sample(seed: int, round_: int, num_clients: int, rate: float) -> np.
         raise ValueError(f"rate must be in (0, 1], got {rate}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, round_, PURPOSE_SAMPLING]))
     return np.flatnonzero(rng.random(num_clients) < rate).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ClientSampler:
+    """Who takes part in each round: ``per_round`` of ``num_clients`` uniformly (FedAvg),
+    each with probability per_round / num_clients (``poisson``, for DP accounting), or
+    as the ``system`` model plans it from each client's ``work`` (samples per round)."""
+
+    seed: int
+    num_clients: int
+    per_round: int
+    poisson: bool = False
+    system: SystemModel | None = None
+    work: np.ndarray | None = None
+
+    def sample(self, round_: int) -> tuple[np.ndarray, RoundPlan | None]:
+        """Sorted participant ids, and the system model's plan when it decided them."""
+        if self.poisson:
+            return poisson_sample(
+                self.seed, round_, self.num_clients, self.per_round / self.num_clients
+            ), None
+        if self.system is None or not self.system.active:
+            return sample_clients(self.seed, round_, self.num_clients, self.per_round), None
+        if self.work is None:
+            raise ValueError("the system model needs each client's work per round")
+        plan = plan_round(self.seed, round_, self.num_clients, self.per_round, self.work, self.system)
+        return plan.participants, plan

@@ -51,6 +51,19 @@ class RoundPlan:
     simulated_seconds: float
 
 
+def local_work(sizes: np.ndarray, update_kind: str, epochs: int, batch_size: int, local_steps: int | None):
+    """Samples each client processes in a round, (num_clients,) float64, from its shard
+    size ``sizes``: E passes for FedAvg-style training (``update_kind`` "weights"); one
+    gradient for FedSGD ("gradients"), over the whole shard or ``local_steps`` batches
+    (FedSGD takes no epochs)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if update_kind == "weights":
+        return sizes * epochs
+    if local_steps is None:
+        return sizes
+    return np.minimum(sizes, float(local_steps * batch_size))
+
+
 def client_speeds(seed: int, client_ids: np.ndarray, model: SystemModel) -> np.ndarray:
     """Each client's fixed speed (samples / simulated second), from (seed, client)."""
     return np.array(

@@ -161,6 +161,7 @@ class CompressionConfig:
     error_feedback: bool = _field(True, "carry what compression dropped into the client's next update")
 
 
+UNWEIGHTED_AGGREGATORS = ("median", "trimmed_mean", "krum")
 PRUNING_METHODS = ("none", "magnitude", "saliency", "squared_gradient", "random")
 
 
@@ -213,6 +214,12 @@ class ServerConfig:
     aggregator: str = _field(
         "mean", "how updates are combined", ("mean", "median", "trimmed_mean", "krum", "multi_krum")
     )
+    weighting: str = _field(
+        "samples",
+        "each update's weight in mean / multi_krum: samples (n_i, FedAvg) or uniform (1, as the "
+        "SCAFFOLD and DP-FedAvg papers average)",
+        ("samples", "uniform"),
+    )
     trim_beta: float = _field(0.1, "trimmed_mean: share trimmed at each end")
     krum_f: int = _field(1, "krum/multi_krum: tolerated Byzantine clients f (needs k > 2f + 2)")
     krum_m: int = _field(1, "multi_krum: updates averaged")
@@ -261,7 +268,7 @@ class Config:
 
     def sampled_per_round(self) -> int:
         """Number of clients sampled each round (a fraction resolves to at least 1)."""
-        return _per_round(self.server, self.data.num_clients)
+        return sampled_per_round(self.server, self.data.num_clients)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -519,7 +526,8 @@ def _validate_pipeline(c: ClientConfig, s: ServerConfig, num_clients: int) -> No
     _check_combinations(c, s, num_clients)
 
 
-def _per_round(s: ServerConfig, num_clients: int) -> int:
+def sampled_per_round(s: ServerConfig, num_clients: int) -> int:
+    """``server.clients_per_round`` as a count: a fraction of ``num_clients`` resolves to at least 1."""
     per_round = s.clients_per_round
     return max(1, round(per_round * num_clients)) if isinstance(per_round, float) else per_round
 
@@ -537,8 +545,18 @@ def _check_combinations(c: ClientConfig, s: ServerConfig, num_clients: int) -> N
                 "scaffold",
                 "option II's control variate assumes plain local SGD (optimizer sgd, momentum 0)",
             )
+    if c.optimizer == "adam" and c.momentum:
+        refuse("client.momentum", c.momentum, "the local adam optimiser has no momentum setting; set it to 0")
+    if s.optimizer == "adagrad" and s.bias_correction:
+        refuse("server.bias_correction", True, "bias correction applies to server.optimizer adam and yogi")
+    if s.weighting == "uniform" and s.aggregator in UNWEIGHTED_AGGREGATORS:
+        refuse(
+            "server.weighting",
+            "uniform",
+            f"server.aggregator {s.aggregator!r} ignores weights; weighting applies to mean and multi_krum",
+        )
     if s.aggregator in ("krum", "multi_krum"):
-        k = _per_round(s, num_clients)
+        k = sampled_per_round(s, num_clients)
         if k <= 2 * s.krum_f + 2:
             refuse("server.krum_f", s.krum_f, f"Krum needs clients per round k > 2f + 2, and k = {k}")
         if s.aggregator == "multi_krum" and s.krum_m > k:
@@ -571,6 +589,13 @@ def _check_combinations(c: ClientConfig, s: ServerConfig, num_clients: int) -> N
         if c.system != SystemConfig():
             refuse(
                 "client.system", "(set)", "DP accounting assumes the configured sampling; drop client.system"
+            )
+        if s.weighting != "uniform":
+            refuse(
+                "server.weighting",
+                s.weighting,
+                "DP-FedAvg sums clipped updates unweighted over a fixed denominator; "
+                "set server.weighting: uniform",
             )
     elif s.privacy.sampling == "poisson":
         refuse(

@@ -26,7 +26,7 @@ from simulator.cluster import ray_session
 from simulator.config import load_config
 from simulator.progress import RoundProgress
 from simulator.report import write_prune_charts
-from simulator.server_state import ServerState
+from simulator.setup import build_server_state
 from simulator.simulation import PURPOSE_PRUNING, Simulation, _RunState, federated_scores
 
 METHODS = ("magnitude", "saliency", "squared_gradient", "random")
@@ -63,10 +63,12 @@ def prune_run(
     sim = Simulation(cfg, run_dir, quiet=True)
     with ray_session(cfg.runtime.address) as session:
         pool = sim._start_workers(state, session, RoundProgress(1, 1, cfg.name, quiet=True))
+        completed = False
         try:
             results = _evaluate_all(sim, state, pool, trained, methods, sparsities, finetune_rounds, scope)
+            completed = True
         finally:
-            pool.shutdown()
+            sim._stop_workers(pool, session, reusable=completed)
     report = {
         "run": str(run_dir),
         "scope": scope,
@@ -122,7 +124,7 @@ def _test_metrics(sim: Simulation, state: _RunState, params: np.ndarray) -> dict
 def _finetune(sim: Simulation, state: _RunState, pool, params, mask, rounds: int) -> np.ndarray:
     """``rounds`` more federated rounds from ``params`` with ``mask`` fixed (the rounds
     after the run's last, so their samples are new)."""
-    state.server = ServerState(state.cfg, params.copy(), state.layout)  # fresh optimiser state
+    state.server = build_server_state(state.cfg, params.copy(), state.layout)  # fresh optimiser state
     state.server.mask = mask
     for round_ in range(state.cfg.rounds + 1, state.cfg.rounds + 1 + rounds):
         sim._round(state, pool, round_)

@@ -12,104 +12,50 @@ from typing import Any
 
 import numpy as np
 
-from clients.attacks import malicious_clients
 from clients.models.layout import Layout
 from clients.worker import ClientPlan, RoundInput
-from server.clipping import AdaptiveClipNorm
-from server.pipeline import Aggregation, UpdatePostprocessor, build_server_optimizer
+from server.pipeline import Aggregation
 from server.privacy import PrivacyAccountant
-from server.pruning import (
-    build_mask,
-    density,
-    is_pruning_round,
-    layer_densities,
-    polynomial_sparsity,
-    prunable,
-    sparse_bytes,
-)
-from simulator.config import Config
-from simulator.setup import local_training
+from server.pruning import PruningSchedule, build_mask, density, layer_densities, prunable, sparse_bytes
 
 PURPOSE_SERVER_NOISE = 7
 
 
-def build_plan(cfg: Config, aggregation: Aggregation) -> ClientPlan:
-    s = cfg.server
-    clip = s.clipping.kind != "none"
-    postprocess = None
-    if clip or s.compression.method != "none" or s.pruning.method != "none":
-        z = s.compression
-        postprocess = UpdatePostprocessor(clip, z.method, z.fraction, z.error_feedback)
-    malicious = ()
-    if s.attack.kind != "none":
-        malicious = tuple(
-            int(c) for c in malicious_clients(cfg.seed, cfg.data.num_clients, s.attack.fraction)
-        )
-    return ClientPlan(
-        training=local_training(cfg),
-        update_kind=s.update,
-        reduction=aggregation.reduction,
-        scaffold=cfg.client.algorithm == "scaffold",
-        attack_kind=s.attack.kind,
-        malicious=malicious,
-        attack_scale=s.attack.scale,
-        attack_noise_std=s.attack.noise_std,
-        postprocess=postprocess,
-        track_gradients=cfg.client.track_gradients,
-    )
-
-
-def build_aggregation(cfg: Config) -> Aggregation:
-    s = cfg.server
-    hyper: dict[str, Any] = {}
-    if s.aggregator == "trimmed_mean":
-        hyper = {"beta": s.trim_beta}
-    elif s.aggregator == "krum":
-        hyper = {"f": s.krum_f}
-    elif s.aggregator == "multi_krum":
-        hyper = {"f": s.krum_f, "m": s.krum_m}
-    return Aggregation(
-        s.aggregator, tuple(hyper.items()), s.privacy.noise_multiplier, cfg.sampled_per_round()
-    )
-
-
-def _optimizer(cfg: Config):
-    s = cfg.server
-    hyper = {
-        "sgd": {},
-        "momentum": {"momentum": s.momentum},
-        "adagrad": {"beta1": s.beta1, "tau": s.tau},
-        "adam": {"beta1": s.beta1, "beta2": s.beta2, "tau": s.tau, "bias_correction": s.bias_correction},
-        "yogi": {"beta1": s.beta1, "beta2": s.beta2, "tau": s.tau, "bias_correction": s.bias_correction},
-    }[s.optimizer]
-    return build_server_optimizer(s.optimizer, s.lr, **hyper)
-
-
 class ServerState:
-    def __init__(self, cfg: Config, params: np.ndarray, layout: Layout):
-        self.cfg = cfg
+    """The server's state and step. Built by ``simulator.setup.build_server_state`` from
+    the config; it reads no config itself, so what shapes a round is what it was given."""
+
+    def __init__(
+        self,
+        params: np.ndarray,
+        layout: Layout,
+        *,
+        seed: int,
+        plan: ClientPlan,
+        aggregation: Aggregation,
+        optimizer: Any,
+        clipper: Any = None,
+        accountant: PrivacyAccountant | None = None,
+        pruning: PruningSchedule | None = None,
+        num_clients: int = 1,
+    ):
         self.params = params
         self.layout = layout
+        self.seed = seed
+        self.plan = plan
+        self.aggregation = aggregation
+        self.optimizer = optimizer
+        self.clipper = clipper  # FixedClipNorm, AdaptiveClipNorm or None
+        self.accountant = accountant
+        self.pruning = pruning
+        self.num_clients = num_clients  # SCAFFOLD's c moves by |S|/N of the mean control change
         self.prunable = prunable(layout)
         self.mask: np.ndarray | None = None  # bool (n,), set by the first pruning step
-        self.aggregation = build_aggregation(cfg)
-        self.plan = build_plan(cfg, self.aggregation)
-        self.optimizer = _optimizer(cfg)
-        c = cfg.server.clipping
-        self.clipper = (
-            AdaptiveClipNorm(c.initial_norm, c.target_quantile, c.learning_rate)
-            if c.kind == "adaptive"
-            else None
-        )
-        self.server_control = np.zeros_like(params) if cfg.client.algorithm == "scaffold" else None
+        self.server_control = np.zeros_like(params) if plan.scaffold else None
         self.client_states: dict[int, dict[str, np.ndarray]] = {}
-        self.accountant = _accountant(cfg)
 
     def clip_norm(self) -> float | None:
-        kind = self.cfg.server.clipping.kind
-        if kind == "none":
-            return None
-        return self.clipper.norm if self.clipper else self.cfg.server.clipping.norm
+        return None if self.clipper is None else self.clipper.norm
 
     def round_input(self, round_: int, client_ids) -> RoundInput:
         states = {int(c): self.client_states[int(c)] for c in client_ids if int(c) in self.client_states}
@@ -118,7 +64,7 @@ class ServerState:
     def step(self, round_: int, results: list) -> dict[str, Any]:
         """Aggregate, add noise, step the optimiser and update all state; returns metrics."""
         clip_norm = self.clip_norm()
-        rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, round_, PURPOSE_SERVER_NOISE]))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, round_, PURPOSE_SERVER_NOISE]))
         try:
             aggregate, metrics = self.aggregation.combine(results, self.params.size, clip_norm, rng)
         except ValueError as exc:  # e.g. dropouts left too few updates for Krum this round
@@ -135,7 +81,7 @@ class ServerState:
         """One server-optimiser step; an aggregate or step that is not finite is not
         applied, and the optimiser's state is rolled back so it cannot poison later rounds."""
         saved = {k: np.array(v, copy=True) for k, v in self.optimizer.state().items()}
-        pseudo_grad = aggregate if self.cfg.server.update == "gradients" else -aggregate
+        pseudo_grad = aggregate if self.plan.update_kind == "gradients" else -aggregate
         stepped = self.optimizer.step(self.params, pseudo_grad)
         metrics["rejected_aggregate"] = not bool(np.isfinite(stepped).all())
         if metrics["rejected_aggregate"]:
@@ -152,7 +98,7 @@ class ServerState:
             if deltas:
                 # c <- c + |S|/N * mean_i(dc_i) = c + sum_i(dc_i) / N
                 self.server_control = (
-                    self.server_control + np.sum(deltas, axis=0) / self.cfg.data.num_clients
+                    self.server_control + np.sum(deltas, axis=0) / self.num_clients
                 ).astype(np.float32)
 
     def _clip_metrics(self, results: list, clip_norm: float | None) -> dict[str, Any]:
@@ -166,31 +112,21 @@ class ServerState:
         if clip_norm is not None:
             out["clip_norm"] = clip_norm
             out["clipped_fraction"] = float((norms > clip_norm).mean())
-            if self.clipper is not None:
-                self.clipper.update(norms)
+            self.clipper.update(norms)
         return out
 
     # --- pruning ---------------------------------------------------------------
 
     def pruning_target(self, round_: int) -> float | None:
         """The sparsity to prune to at the end of ``round_``, or None when no step is due."""
-        p = self.cfg.server.pruning
-        if p.method == "none":
-            return None
-        if p.schedule == "one_shot":
-            return p.sparsity if round_ == p.start_round else None
-        if not is_pruning_round(round_, p.start_round, p.end_round, p.every):
-            return None
-        return polynomial_sparsity(
-            round_, p.initial_sparsity, p.sparsity, p.start_round, p.end_round, p.every
-        )
+        return None if self.pruning is None else self.pruning.target(round_)
 
     def prune(self, scores: np.ndarray, sparsity: float) -> None:
         """Prune to ``sparsity``; weights pruned before stay pruned (they rank lowest)."""
         ranked = scores.astype(np.float64, copy=True)
         if self.mask is not None:
             ranked[~self.mask] = -1.0  # below every score (all are >= 0): pruned stays pruned
-        self.mask = build_mask(ranked, self.prunable, sparsity, self.layout, self.cfg.server.pruning.scope)
+        self.mask = build_mask(ranked, self.prunable, sparsity, self.layout, self.pruning.scope)
         self.params = self.params * self.mask
 
     def pruning_metrics(self) -> dict[str, Any]:
@@ -236,14 +172,3 @@ class ServerState:
         for key, value in section("client.").items():
             cid, name = key.split(".", 1)
             self.client_states.setdefault(int(cid), {})[name] = value
-
-
-def _accountant(cfg: Config) -> PrivacyAccountant | None:
-    p = cfg.server.privacy
-    if p.noise_multiplier <= 0:
-        return None
-    n = cfg.data.num_clients
-    per_round = cfg.sampled_per_round()
-    if p.sampling == "poisson":
-        return PrivacyAccountant(p.noise_multiplier, n, "poisson", sampling_rate=per_round / n, delta=p.delta)
-    return PrivacyAccountant(p.noise_multiplier, n, "fixed", clients_per_round=per_round, delta=p.delta)

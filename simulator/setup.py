@@ -1,12 +1,26 @@
-"""Turning a config into the objects a run needs: dataset, partition, model spec."""
+"""Turning a config into the objects a run needs: dataset, partition, model spec,
+the clients' plan, the server's parts and the round sampler.
+
+Every runtime object is built from its config section *by name*
+(``from_section``): each parameter of the object is looked up under the same
+name in the section, and one that is not there is an error unless the caller
+hands it in explicitly. So a config field cannot silently stop reaching the
+object that should use it, and ``build_run`` is the one place that reads the
+config for anything that shapes training (tests/test_wiring.py checks that
+every config key is read there or is listed as not shaping training).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from clients.attacks import Attack, malicious_clients
 from clients.data.datasets import Dataset, SyntheticClients, load_digits, make_synthetic
 from clients.data.partition import (
     dirichlet_partition,
@@ -16,9 +30,69 @@ from clients.data.partition import (
     shards_partition,
 )
 from clients.errors import DataError
-from clients.models.spec import ModelSpec, build_spec
+from clients.models.spec import ModelSpec, build_spec, init_params
 from clients.training import LocalTrainingConfig
-from simulator.config import Config, DataConfig, ModelConfig
+from clients.worker import ClientPlan, ClientShards
+from server.aggregation import AGGREGATORS
+from server.clipping import AdaptiveClipNorm, FixedClipNorm
+from server.optimizers import SERVER_OPTIMIZERS
+from server.pipeline import Aggregation, UpdatePostprocessor
+from server.privacy import PrivacyAccountant
+from server.pruning import PruningSchedule
+from server.sampling import ClientSampler
+from server.system import SystemModel, local_work
+from simulator.config import Config, DataConfig, ModelConfig, ServerConfig, sampled_per_round
+from simulator.server_state import ServerState
+
+
+def section_kwargs(
+    target: Callable[..., Any],
+    section: Any,
+    /,
+    *,
+    skip: Iterable[str] = (),
+    aliases: Mapping[str, str] | None = None,
+    **given: Any,
+) -> dict[str, Any]:
+    """Keyword arguments for ``target`` (a class or function): each of its parameters
+    taken from ``given`` or, by the same name (or ``aliases[name]``), from the config
+    ``section``. ``skip`` names parameters the caller fills later (an aggregator's
+    updates). A parameter found nowhere is an error even when it has a default: a
+    default quietly standing in for a config value is how a knob gets lost."""
+    aliases = dict(aliases or {})
+    fields = {f.name for f in dataclasses.fields(section)}
+    params = [
+        p.name
+        for p in inspect.signature(target).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in set(skip)
+    ]
+    if unknown := set(given) - set(params):
+        raise TypeError(f"{_name(target)} takes no parameter(s) {sorted(unknown)}")
+    kwargs, missing = {}, []
+    for name in params:
+        field = aliases.get(name, name)
+        if name in given:
+            kwargs[name] = given[name]
+        elif field in fields:
+            kwargs[name] = getattr(section, field)
+        else:
+            missing.append(name)
+    if missing:
+        raise TypeError(
+            f"{_name(target)}: parameter(s) {missing} are neither fields of "
+            f"{type(section).__name__} nor given; pass them explicitly"
+        )
+    return kwargs
+
+
+def from_section(target: Callable[..., Any], section: Any, /, **given: Any) -> Any:
+    """``target(**section_kwargs(target, section, **given))``: see ``section_kwargs``."""
+    return target(**section_kwargs(target, section, **given))
+
+
+def _name(target: Callable[..., Any]) -> str:
+    return getattr(target, "__qualname__", repr(target))
+
 
 PURPOSE_PARTITION = 3
 PURPOSE_HOLDOUT = 10
@@ -28,10 +102,7 @@ def build_population(data: DataConfig, seed: int) -> SyntheticClients | None:
     """The on-demand synthetic population, when clients' data are generated on workers."""
     if not data.generate_on_workers:
         return None
-    s = data.synthetic
-    return SyntheticClients(
-        seed, s.alpha, s.beta, s.num_features, s.num_classes, s.samples_per_device, data.test_fraction
-    )
+    return from_section(SyntheticClients, data.synthetic, seed=seed, test_fraction=data.test_fraction)
 
 
 def build_dataset(data: DataConfig, seed: int) -> Dataset:
@@ -48,17 +119,10 @@ def build_dataset(data: DataConfig, seed: int) -> Dataset:
         return load_digits(seed=seed, test_fraction=data.test_fraction)
     if data.dataset != "synthetic":
         return _file_dataset(data)
-    s = data.synthetic
-    return make_synthetic(
-        alpha=s.alpha,
-        beta=s.beta,
-        num_devices=data.num_clients,
-        seed=seed,
-        num_features=s.num_features,
-        num_classes=s.num_classes,
-        samples_per_device=s.samples_per_device,
+    return from_section(
+        make_synthetic, data.synthetic, num_devices=data.num_clients, seed=seed,
         test_fraction=data.test_fraction,
-    )
+    )  # fmt: skip
 
 
 def _file_dataset(data: DataConfig) -> Dataset:
@@ -140,22 +204,152 @@ def client_splits(dataset: Dataset, cfg: Config) -> ClientSplits:
 
 
 def build_model_spec(model: ModelConfig, dataset: Dataset) -> ModelSpec:
-    return build_spec(
-        model.name,
-        dataset.input_shape,
-        dataset.num_classes,
-        hidden=model.hidden,
-        activation=model.activation,
-        conv_channels=model.conv_channels,
-        fc_width=model.fc_width,
-        residual=model.residual,
-        dropout=model.dropout,
-        embedding_dim=model.embedding_dim,
-        lstm_hidden=model.lstm_hidden,
-        lstm_layers=model.lstm_layers,
-    )
+    return from_section(build_spec, model, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
 
 
 def local_training(cfg: Config) -> LocalTrainingConfig:
-    c = cfg.client
-    return LocalTrainingConfig(c.lr, c.momentum, c.weight_decay, c.epochs, c.batch_size, c.optimizer)
+    return from_section(LocalTrainingConfig, cfg.client)
+
+
+# --- the server's parts and the clients' plan ---------------------------------
+
+
+def build_aggregation(cfg: Config) -> Aggregation:
+    s = cfg.server
+    aggregator = AGGREGATORS[s.aggregator]
+    hyper = section_kwargs(
+        aggregator,
+        s,
+        skip=("updates", "weights"),
+        aliases={"beta": "trim_beta", "f": "krum_f", "m": "krum_m"},
+    )
+    return from_section(
+        Aggregation, s,
+        hyper=tuple(hyper.items()),
+        noise_multiplier=s.privacy.noise_multiplier,
+        expected_clients=sampled_per_round(s, cfg.data.num_clients),
+    )  # fmt: skip
+
+
+def build_plan(cfg: Config, aggregation: Aggregation) -> ClientPlan:
+    s = cfg.server
+    postprocess = None
+    if s.clipping.kind != "none" or s.compression.method != "none" or s.pruning.method != "none":
+        postprocess = from_section(UpdatePostprocessor, s.compression, clip=s.clipping.kind != "none")
+    return ClientPlan(
+        training=local_training(cfg),
+        update_kind=s.update,
+        reduction=aggregation.reduction,
+        weighting=aggregation.weighting,
+        scaffold=cfg.client.algorithm == "scaffold",
+        attack=_attack(cfg),
+        postprocess=postprocess,
+        track_gradients=cfg.client.track_gradients,
+    )
+
+
+def _attack(cfg: Config) -> Attack | None:
+    a = cfg.server.attack
+    if a.kind == "none":
+        return None
+    malicious = from_section(malicious_clients, a, seed=cfg.seed, num_clients=cfg.data.num_clients)
+    return from_section(Attack, a, malicious=frozenset(int(c) for c in malicious))
+
+
+def _clipper(s: ServerConfig) -> FixedClipNorm | AdaptiveClipNorm | None:
+    c = s.clipping
+    if c.kind == "fixed":
+        return from_section(FixedClipNorm, c)
+    if c.kind == "adaptive":
+        # Noising the clipped count is for DP, which refuses adaptive clipping: no noise here.
+        return from_section(AdaptiveClipNorm, c, count_noise_std=0.0)
+    return None
+
+
+def _accountant(cfg: Config) -> PrivacyAccountant | None:
+    p = cfg.server.privacy
+    if p.noise_multiplier <= 0:
+        return None
+    n, per_round = cfg.data.num_clients, sampled_per_round(cfg.server, cfg.data.num_clients)
+    poisson = p.sampling == "poisson"
+    return from_section(
+        PrivacyAccountant, p, population=n,
+        clients_per_round=None if poisson else per_round,
+        sampling_rate=per_round / n if poisson else None,
+    )  # fmt: skip
+
+
+def build_server_state(cfg: Config, params: np.ndarray, layout) -> ServerState:
+    """A fresh server (optimiser moments, clip norm, control variates, ...) at ``params``."""
+    s = cfg.server
+    aggregation = build_aggregation(cfg)
+    return ServerState(
+        params,
+        layout,
+        seed=cfg.seed,
+        plan=build_plan(cfg, aggregation),
+        aggregation=aggregation,
+        optimizer=from_section(SERVER_OPTIMIZERS[s.optimizer], s),
+        clipper=_clipper(s),
+        accountant=_accountant(cfg),
+        pruning=None if s.pruning.method == "none" else from_section(PruningSchedule, s.pruning),
+        num_clients=cfg.data.num_clients,
+    )
+
+
+def build_sampler(cfg: Config, training: LocalTrainingConfig, client_sizes: np.ndarray) -> ClientSampler:
+    """Who takes part in each round; the system model sees each client's local work."""
+    s, n = cfg.server, cfg.data.num_clients
+    system = from_section(SystemModel, cfg.client.system)
+    work = None
+    if system.active:
+        work = from_section(local_work, training, sizes=client_sizes, update_kind=s.update)
+    return ClientSampler(
+        seed=cfg.seed,
+        num_clients=n,
+        per_round=sampled_per_round(s, n),
+        poisson=s.privacy.noise_multiplier > 0 and s.privacy.sampling == "poisson",
+        system=system,
+        work=work,
+    )
+
+
+@dataclasses.dataclass
+class RunSetup:
+    """Everything that shapes a run's training, built from its config by ``build_run``."""
+
+    rounds: int
+    seed: int
+    dataset: Dataset
+    splits: ClientSplits
+    shards: ClientShards  # each client's training rows, packed
+    eval_shards: ClientShards | None  # each client's held-out rows (federated evaluation)
+    population: SyntheticClients | None
+    spec: ModelSpec
+    engine: str
+    server: ServerState
+    sampler: ClientSampler
+
+
+def _sizes(shards: ClientShards, population: SyntheticClients | None, num_clients: int) -> np.ndarray:
+    """Training samples of every client (num_clients,)."""
+    if population is not None:
+        return np.full(num_clients, population.train_size())
+    return shards.sizes()
+
+
+def build_run(cfg: Config) -> RunSetup:
+    """Read the config for everything that shapes training; nothing else does."""
+    dataset = build_dataset(cfg.data, cfg.seed)
+    splits = client_splits(dataset, cfg)
+    population = build_population(cfg.data, cfg.seed)
+    shards = ClientShards.pack(splits.train)
+    spec = build_model_spec(cfg.model, dataset)
+    server = build_server_state(cfg, init_params(spec, cfg.seed), spec.layout())
+    sizes = _sizes(shards, population, cfg.data.num_clients)
+    sampler = build_sampler(cfg, server.plan.training, sizes)
+    eval_shards = None if splits.held_out is None else ClientShards.pack(splits.held_out)
+    return RunSetup(
+        cfg.rounds, cfg.seed, dataset, splits, shards, eval_shards, population, spec, cfg.model.engine,
+        server, sampler,
+    )  # fmt: skip

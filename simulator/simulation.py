@@ -9,7 +9,6 @@ order. Worker count, scheduling and resumption cannot change a bit.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -28,13 +27,10 @@ from threadpoolctl import threadpool_limits
 
 from clients.errors import ClusterError, ConfigError, FedsimError
 from clients.models.engines import build_model
-from clients.models.spec import init_params
-from clients.worker import ClientShards, ClientWorker
 from server.evaluation import evaluate
 from server.pruning import magnitude_scores, random_scores
-from server.sampling import poisson_sample, reduction_groups, sample_clients
-from server.system import SystemModel, plan_round
-from simulator import rundir
+from server.sampling import reduction_groups
+from simulator import rundir, workers
 from simulator.cluster import RaySession, pool_size, ray_session
 from simulator.config import Config, dump_yaml, load_config
 from simulator.federated_eval import (
@@ -46,14 +42,9 @@ from simulator.federated_eval import (
 )
 from simulator.pool import WorkerPool, map_groups, tasks_of_groups
 from simulator.progress import RoundProgress
-from simulator.server_state import ServerState
-from simulator.setup import (
-    build_dataset,
-    build_model_spec,
-    build_population,
-    client_splits,
-)
+from simulator.setup import build_run
 from simulator.tracking import Trackers
+from simulator.workers import WorkerShape, worker_threads
 
 log = logging.getLogger("fedsim")
 
@@ -128,10 +119,12 @@ class Simulation:
         try:
             trackers.start(state.next_round)
             pool = self._start_workers(state, session, progress)
+            completed = False
             try:
                 self._loop(state, pool, progress, trackers)
+                completed = True
             finally:
-                pool.shutdown()
+                self._stop_workers(pool, session, reusable=completed)
         except KeyboardInterrupt:
             state.finish("interrupted")
             trackers.finish("interrupted")
@@ -146,31 +139,17 @@ class Simulation:
         trackers.finish("completed")
         return History(list(state.metrics.rows), self.run_dir, summary, state.params)
 
-    def _start_workers(self, state: _RunState, session: RaySession, progress: RoundProgress) -> WorkerPool:
+    def _worker_shape(self) -> WorkerShape:
         rt = self.cfg.runtime
-        count = pool_size(rt.workers, session, rt.cpus_per_worker, rt.gpus_per_worker, rt.reduction_groups)
-        actor_cls = ray.remote(ClientWorker).options(num_cpus=rt.cpus_per_worker, num_gpus=rt.gpus_per_worker)
-        refs = state.object_refs()
+        return WorkerShape(rt.cpus_per_worker, rt.gpus_per_worker, self.cfg.model.device)
 
-        def make_actor():
-            return actor_cls.remote(
-                state.spec,
-                self.cfg.model.engine,
-                refs["x"],
-                refs["y"],
-                refs["indices"],
-                refs["offsets"],
-                state.server.plan,
-                self.cfg.seed,
-                worker_threads(rt.cpus_per_worker),
-                state.population,
-                self.cfg.model.device,
-                rt.gpus_per_worker,
-                refs["eval_indices"],
-                refs["eval_offsets"],
-                refs["eval_x"],
-                refs["eval_y"],
-            )
+    def _start_workers(self, state: _RunState, session: RaySession, progress: RoundProgress) -> WorkerPool:
+        """The run's workers (warm ones when ``workers.reuse_workers`` is on), each loaded
+        with this run's model, data and plan."""
+        rt = self.cfg.runtime
+        shape = self._worker_shape()
+        count = pool_size(rt.workers, session, rt.cpus_per_worker, rt.gpus_per_worker, rt.reduction_groups)
+        run_args = state.worker_run_args()
 
         def respawn():
             # Only where a worker fits now: a pending actor would stall the round.
@@ -178,14 +157,18 @@ class Simulation:
             short_of_cpu = free.get("CPU", 0.0) + 1e-9 < rt.cpus_per_worker
             if short_of_cpu or free.get("GPU", 0.0) + 1e-9 < rt.gpus_per_worker:
                 raise ClusterError("no free CPUs/GPUs for a replacement worker")
-            replacement = make_actor()
-            if _started([replacement])[0]["device"] != state.device:
+            replacement = shape.start()
+            if _loaded([replacement], run_args)[0]["device"] != state.device:
                 ray.kill(replacement)
                 raise ClusterError(f"a replacement worker would not train on {state.device}")
             return replacement
 
-        actors = [make_actor() for _ in range(count)]
-        state.device = _one_device(_started(actors), state.recorded_device())
+        actors = workers.acquire(shape, count)
+        try:
+            state.device = _one_device(_loaded(actors, run_args), state.recorded_device())
+        except BaseException:
+            workers.release(shape, actors, keep=False)
+            raise
         gpus = f" + {rt.gpus_per_worker:g} GPU" if rt.gpus_per_worker else ""
         progress.message(
             f"fedsim: {count} workers x ({rt.cpus_per_worker:g} CPU{gpus}) on {state.device} "
@@ -193,8 +176,14 @@ class Simulation:
         )
         return WorkerPool(actors, respawn=respawn)
 
+    def _stop_workers(self, pool: WorkerPool, session: RaySession, reusable: bool) -> None:
+        """Hand the workers on to the next run (inside ``reuse_workers``) or stop them."""
+        keep = reusable and not session.started_here  # Ray stops with a session fedsim started
+        workers.release(self._worker_shape(), list(pool.actors), keep=keep)
+        pool.actors.clear()
+
     def _loop(self, state: _RunState, pool: WorkerPool, progress: RoundProgress, trackers: Trackers) -> None:
-        for round_ in range(state.next_round, self.cfg.rounds + 1):
+        for round_ in range(state.next_round, state.rounds + 1):
             row = self._round(state, pool, round_)
             if round_ > state.metrics.last_round():
                 state.metrics.append(row)
@@ -233,12 +222,12 @@ class Simulation:
         bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
         server_metrics = server.step(round_, results)
         target = server.pruning_target(round_)
-        gradient_based = cfg.server.pruning.method in ("saliency", "squared_gradient")
-        if target is not None and (len(sampled) or not gradient_based):  # no clients: no scores yet
+        # Gradient-based scores come from the round's clients: without any, no step yet.
+        if target is not None and (len(sampled) or not server.pruning.uses_gradients):
             server.prune(self._pruning_scores(state, pool, sampled), target)
         row = _round_row(round_, results, state.model_bytes)
         row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
-        if self.cfg.client.track_gradients:
+        if server.plan.track_gradients:
             row["gradient_flow"] = _gradient_flow(results, state.spec.tracked_layers())
         row.update(self._maybe_evaluate(state, round_))
         row.update(self._maybe_federated_eval(state, pool, round_))
@@ -247,29 +236,23 @@ class Simulation:
         return row
 
     def _pruning_scores(self, state: _RunState, pool: WorkerPool, clients: np.ndarray) -> np.ndarray:
-        """Scores for ``server.pruning.method``; gradient-based ones are computed by the
+        """Scores for the pruning method; gradient-based ones are computed by the
         round's sampled clients on their own shards and averaged by samples."""
-        method, params = self.cfg.server.pruning.method, state.params
+        method, params = state.server.pruning.method, state.params
         if method == "magnitude":
             return magnitude_scores(params)
         if method == "random":
-            rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, PURPOSE_PRUNING]))
+            rng = np.random.default_rng(np.random.SeedSequence([state.seed, PURPOSE_PRUNING]))
             return random_scores(params.size, rng)
         return federated_scores(pool, params, clients, method, self.cfg.runtime.reduction_groups)
 
     def _sample(self, state: _RunState, round_: int) -> tuple[np.ndarray, dict[str, Any]]:
         """This round's participants, and what the system model measured."""
-        cfg = self.cfg
-        if cfg.server.privacy.noise_multiplier > 0 and cfg.server.privacy.sampling == "poisson":
-            rate = cfg.sampled_per_round() / cfg.data.num_clients
-            return poisson_sample(cfg.seed, round_, cfg.data.num_clients, rate), {}
-        system = SystemModel(**dataclasses.asdict(cfg.client.system))
-        if not system.active:
-            return sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round()), {}
-        work = state.client_sizes() * cfg.client.epochs
-        plan = plan_round(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round(), work, system)
+        participants, plan = state.sampler.sample(round_)
+        if plan is None:
+            return participants, {}
         state.simulated_elapsed += plan.simulated_seconds
-        return plan.participants, {
+        return participants, {
             "num_selected": len(plan.selected),
             "simulated_seconds": plan.simulated_seconds,
             "simulated_elapsed": state.simulated_elapsed,
@@ -316,10 +299,10 @@ def _one_device(infos: list[dict[str, Any]], recorded: str | None) -> str:
     return devices[0]
 
 
-def _started(actors: list) -> list[dict[str, Any]]:
-    """Each worker's ping, once it is constructed; a constructor's error becomes one line."""
+def _loaded(actors: list, run_args: tuple) -> list[dict[str, Any]]:
+    """Load the run into each worker; their pings. A constructor's error becomes one line."""
     try:
-        return ray.get([a.ping.remote() for a in actors])
+        return ray.get([a.load.remote(*run_args) for a in actors])
     except RayActorError as exc:
         causes = [line.split("Error: ", 1)[1] for line in str(exc).splitlines() if "Error: " in line]
         raise ClusterError(
@@ -379,18 +362,19 @@ class _RunState:
 
     def __init__(self, cfg: Config, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
-        dataset = build_dataset(cfg.data, cfg.seed)
-        splits = client_splits(dataset, cfg)
-        self.shards = ClientShards.pack(splits.train)
-        self.eval_shards = None if splits.held_out is None else ClientShards.pack(splits.held_out)
-        self.eval_in_test = splits.held_out_in_test
-        self.population = build_population(cfg.data, cfg.seed)
-        self.spec = build_model_spec(cfg.model, dataset)
+        setup = build_run(cfg)
+        dataset = setup.dataset
+        self.rounds, self.seed = setup.rounds, setup.seed
+        self.engine, self.sampler = setup.engine, setup.sampler
+        self.shards, self.eval_shards = setup.shards, setup.eval_shards
+        self.eval_in_test = setup.splits.held_out_in_test
+        self.population = setup.population
+        self.spec = setup.spec
         self.layout = self.spec.layout()
         self.x_train, self.y_train = dataset.x_train, dataset.y_train
         self.x_test, self.y_test = dataset.x_test, dataset.y_test
-        self.eval_model = build_model(self.spec, cfg.model.engine)
-        self.server = ServerState(cfg, init_params(self.spec, cfg.seed), self.layout)
+        self.eval_model = build_model(self.spec, self.engine)
+        self.server = setup.server
         self.model_bytes = self.params.nbytes
         self.completed_round = 0
         self.next_round = 1
@@ -432,26 +416,26 @@ class _RunState:
         self.completed_round, self.next_round = round_, round_ + 1
         rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
 
-    def client_sizes(self) -> np.ndarray:
-        """Training samples of every client (num_clients,)."""
-        if self.population is not None:
-            return np.full(self.cfg.data.num_clients, self.population.train_size())
-        return self.shards.sizes()
-
-    def object_refs(self) -> dict[str, ray.ObjectRef]:
-        """The dataset and partition go into the object store once per run."""
+    def worker_run_args(self) -> tuple:
+        """``ClientWorker.load``'s arguments; the dataset and partition go into the object
+        store once per run, and Ray hands each worker the arrays zero-copy."""
         held_out = self.eval_shards
-        return {
-            "x": ray.put(self.x_train),
-            "y": ray.put(self.y_train),
-            "indices": ray.put(self.shards.indices),
-            "offsets": ray.put(self.shards.offsets),
-            "eval_indices": None if held_out is None else ray.put(held_out.indices),
-            "eval_offsets": None if held_out is None else ray.put(held_out.offsets),
+        return (
+            self.spec,
+            self.engine,
+            ray.put(self.x_train),
+            ray.put(self.y_train),
+            ray.put(self.shards.indices),
+            ray.put(self.shards.offsets),
+            self.server.plan,
+            self.seed,
+            self.population,
+            None if held_out is None else ray.put(held_out.indices),
+            None if held_out is None else ray.put(held_out.offsets),
             # Natural clients' own test rows live in the test arrays: ship those too.
-            "eval_x": ray.put(self.x_test) if self.eval_in_test else None,
-            "eval_y": ray.put(self.y_test) if self.eval_in_test else None,
-        }
+            ray.put(self.x_test) if self.eval_in_test else None,
+            ray.put(self.y_test) if self.eval_in_test else None,
+        )
 
     def recorded_device(self) -> str | None:
         """The device a resumed run trained on before, from its summary.json."""
@@ -517,10 +501,6 @@ def _check_resume_compatible(saved: Config, requested: Config) -> None:
 def _default_run_dir(cfg: Config) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(cfg.runtime.out_dir) / f"{cfg.name}-{stamp}"
-
-
-def worker_threads(cpus_per_worker: float) -> int:
-    return max(1, int(cpus_per_worker))
 
 
 @contextmanager

@@ -41,6 +41,7 @@ from clients.errors import ConfigError, FedsimError
 from simulator.cluster import RaySession, pool_size, ray_session
 from simulator.config import Config, apply_overrides, from_dict, parse_override, read_yaml
 from simulator.rundir import atomic_write_bytes, atomic_write_text
+from simulator.workers import reuse_workers, worker_threads
 
 INDEX_NAME = "sweep.json"
 PNG_NAME = "comparison.png"
@@ -284,8 +285,6 @@ def runs_at_once(configs: list[Config], session: RaySession, limit: int | None =
 
 
 def _driver_threads(cfg: Config) -> int:
-    from simulator.simulation import worker_threads
-
     return worker_threads(cfg.runtime.cpus_per_worker)
 
 
@@ -369,7 +368,8 @@ def run_sweep(
         sweep_dir.mkdir(parents=True, exist_ok=True)
         header = _index_header(Path(config), overrides or [], axes, planned, at_once)
         index = _Index(sweep_dir / INDEX_NAME, header, [p.run for p in planned], on_run_end or _ignore)
-        _run_all(planned, sweep_dir, index, at_once, progress=not quiet and at_once == 1, debug=debug)
+        with reuse_workers():  # a run hands its workers to the next: no actor start-up per point
+            _run_all(planned, sweep_dir, index, at_once, progress=not quiet and at_once == 1, debug=debug)
     return SweepResult(sweep_dir, [p.run for p in planned], axes)
 
 

@@ -13,13 +13,21 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """Ray started once per test session (2 CPUs, no dashboard); Simulation reuses it."""
+    """Ray started once per test session (2 CPUs, no dashboard); Simulation reuses it.
+    It advertises one GPU, a resource only (torch sees none here), so that
+    runtime.gpus_per_worker can be scheduled as on a GPU machine. Worker actors
+    are handed from run to run (``reuse_workers``, bit-identical to fresh ones):
+    starting them would be most of the suite's time."""
     ray = pytest.importorskip("ray")
+    from simulator.workers import reuse_workers
+
     ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
-    )
+        address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+        logging_level=logging.ERROR,
+    )  # fmt: skip
     try:
-        yield ray
+        with reuse_workers():
+            yield ray
     finally:
         ray.shutdown()
 
@@ -46,3 +54,17 @@ def small_config(**extra):
     from simulator.config import apply_overrides, from_dict
 
     return from_dict(apply_overrides({}, small_overrides(**extra)))
+
+
+def client_worker_pids() -> list[int]:
+    """PIDs of live ClientWorker actor processes (Ray titles them ray::ClientWorker...)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"ray::ClientWorker"):
+                pids.append(int(entry.name))
+    return sorted(pids)

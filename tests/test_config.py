@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from clients.errors import ConfigError
@@ -53,6 +55,26 @@ def test_bad_values_name_key_value_and_rule(override, fragment):
     with pytest.raises(ConfigError) as err:
         load_config(ROOT / "configs" / "default.yaml", [override])
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["client.optimizer=adam", "client.momentum=0.9"], "the local adam optimiser has no momentum"),
+        (
+            ["server.optimizer=adagrad", "server.bias_correction=true"],
+            "applies to server.optimizer adam and yogi",
+        ),
+        (["server.aggregator=median", "server.weighting=uniform"], "'median' ignores weights"),
+        (
+            ["server.privacy.noise_multiplier=1", "server.clipping.kind=fixed"],
+            "server.weighting: 'samples' is not allowed here; DP-FedAvg sums clipped updates unweighted",
+        ),
+    ],
+)
+def test_a_key_that_could_not_act_in_its_combination_is_refused(overrides, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config(ROOT / "configs" / "default.yaml", overrides)
 
 
 def test_the_numpy_engine_is_refused_gpus():

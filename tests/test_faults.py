@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import ray
@@ -14,26 +13,14 @@ import ray
 from clients.errors import ClusterError
 from simulator import Simulation
 from simulator.pool import WorkerPool
-from tests.conftest import ROOT, small_overrides
+from simulator.workers import stop_idle_workers
+from tests.conftest import ROOT, client_worker_pids, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"
 
 
-def client_worker_pids() -> list[int]:
-    """PIDs of live ClientWorker actor processes (Ray titles them ray::ClientWorker...)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.startswith(b"ray::ClientWorker"):
-                pids.append(int(entry.name))
-    return sorted(pids)
-
-
 def test_a_killed_worker_is_replaced_and_the_bits_do_not_change(ray_cluster, tmp_path):
+    stop_idle_workers()  # the only ClientWorker processes left are the runs' own, and CPUs are free
     overrides = small_overrides(rounds=6)
     straight = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "straight").run()
     killed = []

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from dp_accounting import rdp
 
+from clients.algorithms import StepTransform
 from clients.models.engines import build_model
 from clients.models.spec import init_params
-from clients.training import LocalTrainingConfig, client_rng, train_client
 from simulator import Simulation
 from simulator.config import apply_overrides, from_dict, load_config
 from simulator.setup import build_dataset, build_model_spec
@@ -57,26 +57,16 @@ def test_fedsgd_with_full_shards_is_centralised_gradient_descent(ray_cluster, tm
     np.testing.assert_allclose(history.final_params, params, rtol=1e-4, atol=1e-6)
 
 
-def test_fedprox_term_changes_the_update_and_mu_zero_is_fedavg():
-    cfg = from_dict(apply_overrides({}, small_overrides()))
-    dataset = build_dataset(cfg.data, cfg.seed)
-    model = build_model(build_model_spec(cfg.model, dataset), "torch")
-    start = init_params(model.spec, 0)
-    shard = np.arange(40)
-
-    def delta(mu: float) -> np.ndarray:
-        training = LocalTrainingConfig(0.1, 0.0, 0.0, 2, 10, prox_mu=mu)
-        rng = client_rng(0, 1, 3, 1)
-        return train_client(model, start, dataset.x_train, dataset.y_train, shard, training, rng, 3).update
-
-    zero, prox = delta(0.0), delta(1.0)
-    training = LocalTrainingConfig(0.1, 0.0, 0.0, 2, 10)  # no prox_mu at all: plain FedAvg
-    plain = train_client(
-        model, start, dataset.x_train, dataset.y_train, shard, training, client_rng(0, 1, 3, 1), 3
-    ).update
-    assert zero.tobytes() == plain.tobytes()
-    assert not np.allclose(prox, plain)
-    assert np.linalg.norm(prox) < np.linalg.norm(plain)  # the proximal term pulls toward w_t
+def test_step_transform_adds_the_proximal_pull_then_clips_then_corrects():
+    """The local step's gradient modifications by hand (FedProx's run-level effect is in
+    tests/test_algorithms.py): g + mu (w - w_t), clipped to C, plus SCAFFOLD's c - c_i."""
+    params, start = np.array([1.0, 2.0], np.float32), np.array([0.0, 2.0], np.float32)
+    grad = np.array([0.0, 3.0], np.float32)
+    StepTransform(prox_mu=4.0, global_params=start).apply(grad, params)
+    np.testing.assert_array_equal(grad, [4.0, 3.0])  # + 4 * (1 - 0, 2 - 2)
+    StepTransform(max_grad_norm=1.0, correction=np.array([1.0, 0.0], np.float32)).apply(grad, params)
+    np.testing.assert_allclose(grad, [0.8 + 1.0, 0.6], rtol=1e-6)  # (4, 3) / 5, then + (1, 0)
+    assert not StepTransform().active and StepTransform(prox_mu=0.1).active
 
 
 def test_scaffold_beats_fedavg_when_every_client_holds_one_label(ray_cluster, tmp_path):
@@ -124,6 +114,7 @@ def test_dp_epsilon_matches_the_accountant_and_noise_has_its_std(ray_cluster, tm
         "data.num_clients": 40, "data.partition": "iid", "server.clients_per_round": 8,
         "server.clipping.kind": "fixed", "server.clipping.norm": 0.5,
         "server.privacy.noise_multiplier": 1.1, "server.privacy.sampling": "poisson", "runtime.workers": 2,
+        "server.weighting": "uniform",
     })  # fmt: skip
     history = run(tmp_path, "dp", overrides)
     q, z, delta = 8 / 40, 1.1, 1e-5

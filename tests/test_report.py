@@ -255,13 +255,14 @@ def test_target_must_be_a_fraction(alpha: Path, tmp_path: Path):
 GAMMA_CONFIG = """data: {num_clients: 6, alpha: 0.5}
 model: {hidden: [32]}
 server:
+  weighting: uniform
   clipping: {kind: fixed, norm: 0.5}
   privacy: {noise_multiplier: 1.1}
 runtime: {out_dir: /elsewhere}
 """
 GAMMA_DIFFERENCES = (
-    "rounds=4, data.num_clients=6, model.hidden=[32], server.clipping.kind=fixed, "
-    "server.clipping.norm=0.5, server.privacy.noise_multiplier=1.1"
+    "rounds=4, data.num_clients=6, model.hidden=[32], server.weighting=uniform, "
+    "server.clipping.kind=fixed, server.clipping.norm=0.5, server.privacy.noise_multiplier=1.1"
 )
 # The panels gamma's metrics call for, on top of the always-drawn PANELS.
 GAMMA_PANELS = {

@@ -10,14 +10,14 @@ from clients.worker import GroupResult
 from server.system import SystemModel, plan_round
 from simulator.config import apply_overrides, from_dict
 from simulator.server_state import ServerState
-from simulator.setup import build_dataset, build_model_spec
+from simulator.setup import build_dataset, build_model_spec, build_server_state
 from tests.conftest import small_overrides
 
 
 def state_for(**overrides) -> ServerState:
     cfg = from_dict(apply_overrides({}, small_overrides(**overrides)))
     layout = build_model_spec(cfg.model, build_dataset(cfg.data, cfg.seed)).layout()
-    return ServerState(cfg, np.ones(layout.size, np.float32), layout)
+    return build_server_state(cfg, np.ones(layout.size, np.float32), layout)
 
 
 def group(updates: np.ndarray, stacked: bool) -> GroupResult:
@@ -63,7 +63,11 @@ def test_krum_with_too_few_updates_skips_the_round_instead_of_stopping():
     ],
 )
 def test_dp_refuses_what_its_analysis_does_not_cover(extra, fragment):
-    dp = {"server.privacy.noise_multiplier": 1.0, "server.clipping.kind": "fixed"}
+    dp = {
+        "server.privacy.noise_multiplier": 1.0,
+        "server.clipping.kind": "fixed",
+        "server.weighting": "uniform",
+    }
     with pytest.raises(ConfigError, match=fragment):
         from_dict(apply_overrides({}, small_overrides(**{**dp, **extra})))
 

@@ -127,7 +127,8 @@ def _small_worker():
     shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
     spec = build_model_spec(cfg.model, dataset)
     args = (dataset.x_train, dataset.y_train, shards.indices, shards.offsets)
-    worker = ClientWorker(spec, "torch", *args, ClientPlan(local_training(cfg)), cfg.seed, 1)
+    worker = ClientWorker(threads=1)
+    worker.load(spec, "torch", *args, ClientPlan(local_training(cfg)), cfg.seed)
     return cfg, dataset, shards, spec, worker
 
 

@@ -59,7 +59,7 @@ def test_tensorboard_gets_every_rounds_metrics(ray_cluster, tmp_path):
     assert "clients" not in scalars and "round" not in scalars
 
 
-class _RecordingMlflow(types.ModuleType):
+class RecordingMlflow(types.ModuleType):
     """Stands in for the mlflow package: records what fedsim calls."""
 
     def __init__(self):
@@ -86,7 +86,7 @@ class _RecordingMlflow(types.ModuleType):
 
 
 def test_mlflow_gets_params_metrics_and_the_report(ray_cluster, tmp_path, monkeypatch):
-    fake = _RecordingMlflow()
+    fake = RecordingMlflow()
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     overrides = small_overrides(rounds=2, **{"runtime.mlflow": f"file://{tmp_path}/mlruns"})
     Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "ml").run()
@@ -101,7 +101,7 @@ def test_mlflow_gets_params_metrics_and_the_report(ray_cluster, tmp_path, monkey
     record = json.loads((tmp_path / "ml" / "mlflow_run.json").read_text())
     assert record == {"run_id": "run-123", "tracking_uri": f"file://{tmp_path}/mlruns"}
 
-    resumed = _RecordingMlflow()
+    resumed = RecordingMlflow()
     monkeypatch.setitem(sys.modules, "mlflow", resumed)
     Simulation.resume_from(tmp_path / "ml", {"rounds": 3}).run()
     assert resumed.named("start_run") == [((), {"run_id": "run-123"})]
@@ -110,7 +110,7 @@ def test_mlflow_gets_params_metrics_and_the_report(ray_cluster, tmp_path, monkey
 
 
 def test_an_unreachable_mlflow_stops_the_run_with_one_error_and_a_summary(ray_cluster, tmp_path, monkeypatch):
-    fake = _RecordingMlflow()
+    fake = RecordingMlflow()
     fake.failing_uri = True
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     overrides = small_overrides(**{"runtime.mlflow": "http://127.0.0.1:9"})

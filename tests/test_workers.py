@@ -1,0 +1,79 @@
+"""Warm workers: a run hands its worker actors to the next run of the same shape,
+and a reused worker computes exactly what a new one would."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import ray
+
+from simulator import Simulation
+from simulator.workers import WorkerShape, acquire, release, reuse_workers, stop_idle_workers
+from tests.conftest import ROOT, client_worker_pids, small_overrides
+
+DEFAULT = ROOT / "configs" / "default.yaml"
+
+
+def no_idle_workers() -> None:
+    """Stop the idle workers and wait for their processes to be gone."""
+    stop_idle_workers()
+    deadline = time.monotonic() + 30
+    while client_worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client_worker_pids() == []
+
+
+def run(tmp_path, name: str, overrides: dict):
+    return Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / name).run()
+
+
+def metrics(history) -> list[dict]:
+    rows = (history.run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in rows]
+
+
+def test_a_reused_worker_computes_the_bits_of_a_fresh_one(ray_cluster, tmp_path):
+    # Dropout and SCAFFOLD give a worker the most per-run state: a generator, client states.
+    overrides = small_overrides(rounds=3, **{"model.dropout": 0.3, "client.algorithm": "scaffold"})
+    no_idle_workers()
+    fresh = run(tmp_path, "fresh", overrides)
+    processes = client_worker_pids()
+    # The same workers serve a run of another model, engine, data and attack in between.
+    run(tmp_path, "between", small_overrides(rounds=2, **{
+        "model.name": "cnn", "model.conv_channels": [2, 2], "model.fc_width": 8, "model.engine": "numpy",
+        "server.attack.kind": "label_flip", "data.partition": "iid", "server.aggregator": "median",
+    }))  # fmt: skip
+    reused = run(tmp_path, "reused", overrides)
+    assert client_worker_pids() == processes  # no worker was started: the runs were served warm
+    assert len(processes) == 2
+    assert reused.final_params.tobytes() == fresh.final_params.tobytes()
+    assert metrics(reused) == metrics(fresh)
+
+
+def test_a_run_of_another_shape_stops_the_idle_workers_it_cannot_use(ray_cluster, tmp_path):
+    run(tmp_path, "half", small_overrides(rounds=1, **{"runtime.cpus_per_worker": 0.5}))
+    half_cpu = client_worker_pids()
+    # Two 1-CPU workers need the whole cluster: the idle half-CPU ones must go first.
+    run(tmp_path, "whole", small_overrides(rounds=1, **{"runtime.cpus_per_worker": 1.0}))
+    assert not set(half_cpu) & set(client_worker_pids())
+    assert len(client_worker_pids()) == 2
+
+
+def test_outside_reuse_a_run_stops_its_workers(ray_cluster):
+    shape = WorkerShape(cpus=0.5, gpus=0.0, device="auto")
+    no_idle_workers()
+    actors = acquire(shape, 1)
+    ray.get(actors[0].ping.remote(), timeout=60)
+    release(shape, actors, keep=False)  # a run whose Ray stops with it, or that failed
+    no_idle_workers()  # waits for the process to go: nothing kept it
+    with reuse_workers():  # nested in the session's block: leaving it keeps the idle ones
+        kept = acquire(shape, 1)
+        ray.get(kept[0].ping.remote(), timeout=60)
+        release(shape, kept, keep=True)
+    process = client_worker_pids()
+    assert len(process) == 1
+    again = acquire(shape, 1)  # handed out again: no new process
+    ray.get(again[0].ping.remote(), timeout=60)
+    assert client_worker_pids() == process
+    release(shape, again, keep=True)
