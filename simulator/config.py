@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = MODEL_NAMES
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "femnist")
 ACTIVATIONS = ACTIVATION_KINDS
+log = logging.getLogger("fedsim")
 
 
 def _field(default: Any, help_: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -545,6 +547,21 @@ def _check_combinations(c: ClientConfig, s: ServerConfig, num_clients: int) -> N
                 "scaffold",
                 "option II's control variate assumes plain local SGD (optimizer sgd, momentum 0)",
             )
+    if s.update == "weights" and c.local_steps is not None:
+        refuse(
+            "client.local_steps",
+            c.local_steps,
+            "it sets FedSGD's batches (server.update: gradients); local training runs client.epochs passes",
+        )
+    if s.update == "gradients":
+        for key, off in (("prox_mu", 0.0), ("max_grad_norm", None)):
+            if getattr(c, key) != off:
+                refuse(
+                    f"client.{key}",
+                    getattr(c, key),
+                    "FedSGD (server.update: gradients) sends the gradient at the global model: "
+                    "there are no local steps for it to act on",
+                )
     if c.optimizer == "adam" and c.momentum:
         refuse("client.momentum", c.momentum, "the local adam optimiser has no momentum setting; set it to 0")
     if s.optimizer == "adagrad" and s.bias_correction:
@@ -694,6 +711,39 @@ def load_config(path: Path, overrides: list[str] | dict[str, Any] | None = None)
     """Read ``path``, apply overrides, and return the validated typed config."""
     raw = read_yaml(path)
     return from_dict(apply_overrides(raw, overrides or []))
+
+
+def load_run_config(run_dir: Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """A run directory's config.yaml as the run was trained, with ``overrides``.
+
+    A run directory written before ``server.weighting`` existed was trained without
+    client.prox_mu, client.max_grad_norm and client.local_steps (they never reached
+    training then), without local adam momentum, and with DP's unweighted sums; it goes
+    on as it was trained, and each value read differently is logged once."""
+    raw, changes = as_trained(read_yaml(Path(run_dir) / "config.yaml"))
+    for change in changes:
+        log.warning("%s: written by an older fedsim; resuming as it trained: %s", run_dir, change)
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def as_trained(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``raw`` (a run's config.yaml) with the values its training actually used, and what
+    changed; configs that already have server.weighting are returned as they are."""
+    server, client = raw.get("server"), raw.get("client")
+    if not isinstance(server, dict) or not isinstance(client, dict) or "weighting" in server:
+        return raw, []
+    trained = {**raw, "server": dict(server), "client": dict(client)}
+    private = isinstance(server.get("privacy"), dict) and server["privacy"].get("noise_multiplier", 0) > 0
+    trained["server"]["weighting"] = "uniform" if private else "samples"
+    ignored = {"prox_mu": 0.0, "max_grad_norm": None, "local_steps": None}
+    if client.get("optimizer") == "adam":
+        ignored["momentum"] = 0.0
+    changes = []
+    for key, value in ignored.items():
+        if key in client and client[key] != value:
+            changes.append(f"client.{key}: {value!r} (the run's {client[key]!r} never reached its training)")
+            trained["client"][key] = value
+    return trained, changes
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -23,7 +23,7 @@ from server.pruning import build_mask, density, layer_densities, magnitude_score
 from server.sampling import sample_clients
 from simulator import rundir
 from simulator.cluster import ray_session
-from simulator.config import load_config
+from simulator.config import load_run_config
 from simulator.progress import RoundProgress
 from simulator.report import write_prune_charts
 from simulator.setup import build_server_state
@@ -57,7 +57,7 @@ def prune_run(
         raise FedsimError(f"--method: {', '.join(bad)} not known; choose from {', '.join(METHODS)}")
     if any(not 0 <= s < 1 for s in sparsities):
         raise FedsimError(f"--sparsity: every value must be in [0, 1), got {sparsities}")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir)
     state = _RunState(cfg, run_dir)
     trained = load_model_params(run_dir, state)
     sim = Simulation(cfg, run_dir, quiet=True)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from threadpoolctl import threadpool_limits
 
 from clients.errors import ClusterError, ConfigError, FedsimError
@@ -32,7 +32,7 @@ from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
 from simulator import rundir, workers
 from simulator.cluster import RaySession, pool_size, ray_session
-from simulator.config import Config, dump_yaml, load_config
+from simulator.config import Config, apply_overrides, dump_yaml, from_dict, load_config, load_run_config
 from simulator.federated_eval import (
     client_rows,
     clients_to_evaluate,
@@ -102,8 +102,8 @@ class Simulation:
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
             raise FedsimError(f"{run_dir}: not a run directory (no config.yaml)")
-        saved = load_config(run_dir / "config.yaml")
-        cfg = load_config(run_dir / "config.yaml", overrides)
+        saved = load_run_config(run_dir)
+        cfg = from_dict(apply_overrides(saved.to_dict(), overrides or []))
         _check_resume_compatible(saved, cfg)
         return cls(cfg, run_dir, resume=True, **kwargs)
 
@@ -152,6 +152,7 @@ class Simulation:
         run_args = state.worker_run_args()
 
         def respawn():
+            workers.stop_idle_workers()  # idle workers of other runs must not take its place
             # Only where a worker fits now: a pending actor would stall the round.
             free = ray.available_resources()
             short_of_cpu = free.get("CPU", 0.0) + 1e-9 < rt.cpus_per_worker
@@ -300,7 +301,8 @@ def _one_device(infos: list[dict[str, Any]], recorded: str | None) -> str:
 
 
 def _loaded(actors: list, run_args: tuple) -> list[dict[str, Any]]:
-    """Load the run into each worker; their pings. A constructor's error becomes one line."""
+    """Load the run into each worker; their pings. A constructor's or ``load``'s error
+    (say, no CUDA device, or no memory for the model) becomes one line."""
     try:
         return ray.get([a.load.remote(*run_args) for a in actors])
     except RayActorError as exc:
@@ -308,6 +310,11 @@ def _loaded(actors: list, run_args: tuple) -> list[dict[str, Any]]:
         raise ClusterError(
             f"the worker actors could not start: {(causes or [str(exc)])[-1].strip()}"
         ) from None
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, FedsimError):
+            raise cause from None
+        raise ClusterError(f"the workers could not load the run: {cause!r}") from None
 
 
 def federated_scores(pool: WorkerPool, params: np.ndarray, clients: np.ndarray, kind: str, groups: int):

@@ -58,17 +58,19 @@ class WorkerShape:
 
 
 class _IdleWorkers:
-    """Idle actors by shape, valid for one Ray session (job)."""
+    """Idle actors by shape, valid for one Ray session."""
 
     def __init__(self) -> None:
-        self.job_id: str | None = None
+        self.session: tuple[str, str] | None = None
         self.by_shape: dict[WorkerShape, list[Any]] = {}
 
     def for_this_session(self) -> None:
-        """Forget actors of an earlier Ray session: they died with it."""
-        job_id = ray.get_runtime_context().get_job_id()
-        if job_id != self.job_id:
-            self.job_id, self.by_shape = job_id, {}
+        """Forget actors of an earlier Ray session: they died with it (and their handles
+        are not valid in this one). A new local Ray reuses job ids but not node ids."""
+        context = ray.get_runtime_context()
+        session = (context.get_job_id(), context.get_node_id())
+        if session != self.session:
+            self.session, self.by_shape = session, {}
 
     def take(self, shape: WorkerShape, count: int) -> list[Any]:
         pool = self.by_shape.get(shape, [])
@@ -82,6 +84,11 @@ class _IdleWorkers:
         return other
 
     def everyone(self) -> list[Any]:
+        """Remove and return every idle actor of this session."""
+        if not ray.is_initialized():
+            self.by_shape = {}  # gone with their Ray
+        else:
+            self.for_this_session()
         actors = [a for pool in self.by_shape.values() for a in pool]
         self.by_shape = {}
         return actors
@@ -157,20 +164,32 @@ def release(shape: WorkerShape, actors: list[Any], keep: bool) -> None:
 
 def _answering(actors: list[Any], method: str) -> list[Any]:
     """The actors whose ``method()`` returns; the others are stopped (a worker may die idle)."""
-    refs = [getattr(a, method).remote() for a in actors]
+    calls = []
+    for actor in actors:
+        try:
+            calls.append((actor, getattr(actor, method).remote()))
+        except Exception as exc:  # Ray refuses to submit to a handle it no longer knows
+            _not_reused(actor, exc)
     alive = []
-    for actor, ref in zip(actors, refs, strict=True):
+    for actor, ref in calls:
         try:
             ray.get(ref, timeout=ANSWER_TIMEOUT_S)
             alive.append(actor)
         except (RayActorError, GetTimeoutError) as exc:
-            log.warning("a worker did not answer; it is not reused: %s", str(exc).splitlines()[0])
-            ray.kill(actor)
+            _not_reused(actor, exc)
     return alive
+
+
+def _not_reused(actor: Any, exc: Exception) -> None:
+    log.warning("a worker did not answer; it is not reused: %s", str(exc).splitlines()[0])
+    _kill([actor])
 
 
 def _kill(actors: list[Any]) -> None:
     if not ray.is_initialized():
         return  # they stopped with their Ray (and ray.kill would start a new one)
     for actor in actors:
-        ray.kill(actor)
+        try:
+            ray.kill(actor)
+        except Exception as exc:  # already gone, or from a Ray session that has ended
+            log.debug("could not stop a worker: %s", exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -57,14 +58,26 @@ def small_config(**extra):
 
 
 def client_worker_pids() -> list[int]:
-    """PIDs of live ClientWorker actor processes (Ray titles them ray::ClientWorker...)."""
-    pids = []
+    """PIDs of the live ClientWorker actor processes of this test session's Ray (Ray titles
+    them ray::ClientWorker...; they descend from this process through its raylet)."""
+    parents, workers = {}, []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.startswith(b"ray::ClientWorker"):
-                pids.append(int(entry.name))
-    return sorted(pids)
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: ppid
+        if cmdline.startswith(b"ray::ClientWorker"):
+            workers.append(int(entry.name))
+    return sorted(pid for pid in workers if _descends_from(pid, os.getpid(), parents))
+
+
+def _descends_from(pid: int, ancestor: int, parents: dict[int, int]) -> bool:
+    while pid in parents and pid > 1:
+        pid = parents[pid]
+        if pid == ancestor:
+            return True
+    return False

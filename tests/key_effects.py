@@ -5,8 +5,8 @@ A row names a key, the context it acts in (overrides on top of a tiny base run),
 value other than the context's, and the effect that value must have:
 
 - ``trains``: the final model differs (the key shapes training);
-- ``rounding``: the same training in another float32 order; the models agree within
-  ROUNDING_ATOL but need not be bit-identical;
+- ``rounding``: the same training in another float32 order; the models differ, but only
+  within ROUNDING_ATOL;
 - ``reports``: the model is bit-identical and the metric ``observe`` differs;
 - ``none``: the model and the training losses are bit-identical.
 

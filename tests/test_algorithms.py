@@ -57,6 +57,14 @@ def test_fedprox_keeps_local_models_closer_to_the_global_one(ray_tmp):
     assert norms[1.0][0] < 0.8 * norms[0.0][0], norms  # not a rounding-level difference
 
 
+def test_fedprox_with_mu_zero_is_fedavg_bit_for_bit(ray_tmp):
+    # fedprox.yaml and fedprox_synthetic.yaml differ only in name (no effect) and mu.
+    short = {"rounds": 2, "server.eval_every": 2}
+    prox = run(ray_tmp, "prox0", {**short, "client.prox_mu": 0.0}, CONFIGS / "fedprox.yaml")
+    fedavg = run(ray_tmp, "fedavg", short, CONFIGS / "fedprox_synthetic.yaml")
+    assert prox.final_params.tobytes() == fedavg.final_params.tobytes()
+
+
 def test_local_gradient_clipping_bounds_every_step(ray_tmp):
     base = {**ONE_ROUND, "data.partition": "iid", "client.epochs": 1, "client.batch_size": 10}
     clip, lr = 0.02, 0.1  # default.yaml's client.lr

@@ -66,6 +66,9 @@ def test_bad_values_name_key_value_and_rule(override, fragment):
             "applies to server.optimizer adam and yogi",
         ),
         (["server.aggregator=median", "server.weighting=uniform"], "'median' ignores weights"),
+        (["client.local_steps=5"], "client.local_steps: 5 is not allowed here; it sets FedSGD's batches"),
+        (["server.update=gradients", "client.prox_mu=0.1"], "there are no local steps for it to act on"),
+        (["server.update=gradients", "client.max_grad_norm=1"], "client.max_grad_norm: 1.0 is not allowed"),
         (
             ["server.privacy.noise_multiplier=1", "server.clipping.kind=fixed"],
             "server.weighting: 'samples' is not allowed here; DP-FedAvg sums clipped updates unweighted",

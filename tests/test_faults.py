@@ -49,6 +49,7 @@ class _Fragile:
 
 
 def test_an_item_that_kills_every_worker_stops_with_a_clear_error(ray_cluster):
+    stop_idle_workers()  # idle ClientWorkers would hold the CPUs these actors need
     pool = WorkerPool([_Fragile.remote(), _Fragile.remote()], respawn=_Fragile.remote, max_respawns=5)
     assert pool.map(lambda actor, item: actor.work.remote(item), [1, 2, 3]) == [2, 4, 6]
     with pytest.raises(ClusterError, match="work item 1 failed on 4 workers"):

@@ -56,6 +56,8 @@ def check(row: Row, before, after) -> str | None:
         return None if not same_model else "the model did not change"
     if effect == "rounding":
         gap = float(np.abs(params_a - params_b).max())
+        if same_model:
+            return "the model did not change at all: the key may not reach training"
         return None if gap <= ROUNDING_ATOL else f"the models differ by {gap:.3g} > {ROUNDING_ATOL}"
     if not same_model:
         return "the model changed"

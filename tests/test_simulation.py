@@ -232,3 +232,21 @@ def test_the_python_api_returns_the_metrics_the_cli_writes(ray_cluster, tmp_path
 
     assert timeless(history.rows) == timeless(written)
     assert len(written) == 3 and history.run_dir == tmp_path / "api"
+
+
+def test_a_run_directory_from_before_the_fix_resumes_as_it_was_trained(ray_cluster, tmp_path, caplog):
+    """Runs written before server.weighting existed never applied client.prox_mu (nor
+    max_grad_norm, local_steps): resumed, they go on without it, and say so."""
+    straight = run_small(tmp_path, "straight", rounds=4)  # prox_mu 0: what the old run trained with
+    run_small(tmp_path, "old", rounds=2)
+    config = tmp_path / "old" / "config.yaml"
+    text = config.read_text()
+    assert "  weighting: samples\n" in text and "  prox_mu: 0.0\n" in text
+    config.write_text(
+        text.replace("  weighting: samples\n", "").replace("  prox_mu: 0.0\n", "  prox_mu: 1.0\n")
+    )
+    with caplog.at_level("WARNING", logger="fedsim"):
+        resumed = Simulation.resume_from(tmp_path / "old", {"rounds": 4}).run()
+    assert "client.prox_mu: 0.0 (the run's 1.0 never reached its training)" in caplog.text
+    assert resumed.final_params.tobytes() == straight.final_params.tobytes()
+    assert "  weighting: samples\n" in config.read_text()  # rewritten in today's format

@@ -4,11 +4,20 @@ and a reused worker computes exactly what a new one would."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
+import numpy as np
+import pytest
 import ray
 
+from clients.errors import ClusterError
+from clients.models.spec import build_spec
+from clients.training import LocalTrainingConfig
+from clients.worker import ClientPlan
 from simulator import Simulation
+from simulator.simulation import _loaded
 from simulator.workers import WorkerShape, acquire, release, reuse_workers, stop_idle_workers
 from tests.conftest import ROOT, client_worker_pids, small_overrides
 
@@ -77,3 +86,45 @@ def test_outside_reuse_a_run_stops_its_workers(ray_cluster):
     ray.get(again[0].ping.remote(), timeout=60)
     assert client_worker_pids() == process
     release(shape, again, keep=True)
+
+
+def test_a_worker_that_cannot_load_the_run_is_one_clear_error(ray_cluster):
+    shape = WorkerShape(cpus=0.5, gpus=0.0, device="auto")
+    actors = acquire(shape, 1)
+    spec = build_spec("logreg", (4,), 2)
+    empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64)
+    plan = ClientPlan(LocalTrainingConfig(0.1, 0.0, 0.0, 1, 10))
+    with pytest.raises(ClusterError, match="could not load the run: ValueError.*unknown engine 'jax'"):
+        _loaded(actors, (spec, "jax", *empty, plan, 0))
+    release(shape, actors, keep=False)
+
+
+RESTART_SCRIPT = """
+import logging, sys
+sys.path.insert(0, {root!r})
+import ray
+from simulator import Simulation
+from simulator.simulation import _loaded
+from simulator.workers import reuse_workers
+from tests.conftest import small_overrides
+
+overrides = small_overrides(rounds=1, **{{"runtime.workers": 1}})
+bits = []
+with reuse_workers():
+    for session in range(2):  # a sweep or notebook that starts and stops Ray twice
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
+        history = Simulation.from_yaml({config!r}, overrides, run_dir={out!r} + f"/s{{session}}").run()
+        bits.append(history.final_params.tobytes())
+        ray.shutdown()
+print("SAME" if bits[0] == bits[1] else "DIFFERENT")
+"""
+
+
+def test_idle_workers_of_a_stopped_ray_are_not_handed_to_the_next_one(tmp_path):
+    script = RESTART_SCRIPT.format(root=str(ROOT), config=str(DEFAULT), out=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "SAME"
