@@ -87,7 +87,7 @@ def test_idx_layouts_load_exact_pixels_and_labels(tmp_path, loader, name, torchv
     }
     _write_idx(folder[layout], gz)
 
-    dataset = loader(tmp_path, download=False)
+    dataset = loader(tmp_path, download=False, verify=False)
 
     _assert_tiny_mnist(dataset, name)
 
@@ -105,7 +105,7 @@ def test_keras_npz_layout(tmp_path, loader, name, _tv, in_own_folder):
         y_test=TEST_LABELS,
     )
 
-    _assert_tiny_mnist(loader(tmp_path, download=False), name)
+    _assert_tiny_mnist(loader(tmp_path, download=False, verify=False), name)
 
 
 def test_npz_with_object_array_is_refused_not_unpickled(tmp_path):
@@ -118,7 +118,7 @@ def test_npz_with_object_array_is_refused_not_unpickled(tmp_path):
     )
 
     with pytest.raises(DataError, match="mnist.npz"):
-        load_mnist(tmp_path, download=False)
+        load_mnist(tmp_path, download=False, verify=False)
 
 
 def _corrupt(contents: dict[str, bytes], kind: str) -> tuple[str, dict[str, bytes], str]:
@@ -149,7 +149,7 @@ def test_corrupt_idx_raises_data_error_naming_the_file(tmp_path, kind):
         (tmp_path / file_name).write_bytes(content)
 
     with pytest.raises(DataError, match=message) as raised:
-        load_mnist(tmp_path, download=False)
+        load_mnist(tmp_path, download=False, verify=False)
 
     assert str(tmp_path / name) in str(raised.value)
 
@@ -159,12 +159,12 @@ def test_corrupt_gzip_raises_data_error_naming_the_file(tmp_path):
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
 
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: cannot read"):
-        load_mnist(tmp_path, download=False)
+        load_mnist(tmp_path, download=False, verify=False)
 
 
 def test_missing_files_offline_names_expected_files_and_folders(tmp_path):
     with pytest.raises(DataError) as raised:
-        load_fashion_mnist(tmp_path, download=False)
+        load_fashion_mnist(tmp_path, download=False, verify=False)
 
     message = str(raised.value)
     assert "\n" not in message
@@ -253,7 +253,7 @@ def test_download_fetches_into_torchvision_raw_folder_and_loads(tmp_path, monkey
     monkeypatch.setattr(vision, "MNIST", dataclasses.replace(vision.MNIST, mirrors=(dead, base), gz_md5=md5s))
     root = tmp_path / "root"
 
-    dataset = load_mnist(root, download=True)
+    dataset = load_mnist(root, download=True, verify=False)
 
     _assert_tiny_mnist(dataset, "mnist")
     assert sorted(os.listdir(root / "MNIST" / "raw")) == sorted(name for name, _ in md5s)
@@ -268,7 +268,7 @@ def test_download_with_wrong_md5_fails_cleanly(tmp_path, monkeypatch):
     root = tmp_path / "root"
 
     with pytest.raises(DataError) as raised:
-        load_fashion_mnist(root, download=True)
+        load_fashion_mnist(root, download=True, verify=False)
 
     message = str(raised.value)
     assert "download failed" in message and f"expected {'f' * 32}, got {md5s[0][1]}" in message
@@ -347,20 +347,20 @@ def _assert_cifar(dataset, expected) -> None:
 def test_cifar10_layouts_load_exact_values(tmp_path, layout):
     expected = _write_cifar(tmp_path / layout)
 
-    _assert_cifar(load_cifar10(tmp_path, download=False), expected)
+    _assert_cifar(load_cifar10(tmp_path, download=False, verify=False), expected)
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4])
 def test_cifar10_python3_pickles_of_any_protocol_parse(tmp_path, protocol):
     expected = _write_cifar(tmp_path / "cifar-10-batches-py", lambda d, y: _cifar_pickle(d, y, protocol))
 
-    _assert_cifar(load_cifar10(tmp_path, download=False), expected)
+    _assert_cifar(load_cifar10(tmp_path, download=False, verify=False), expected)
 
 
 def test_cifar10_python2_style_pickles_parse(tmp_path):
     expected = _write_cifar(tmp_path / "cifar-10-batches-py", _python2_style_pickle)
 
-    _assert_cifar(load_cifar10(tmp_path, download=False), expected)
+    _assert_cifar(load_cifar10(tmp_path, download=False, verify=False), expected)
 
 
 class _Exploit:
@@ -382,7 +382,7 @@ def test_malicious_pickle_is_refused_and_not_executed(tmp_path, function):
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps(batch, protocol=2))
 
     with pytest.raises(DataError, match=r"refusing to load .*data_batch_3: unexpected pickle content global"):
-        load_cifar10(tmp_path, download=False)
+        load_cifar10(tmp_path, download=False, verify=False)
 
     assert not marker.exists()
 
@@ -406,7 +406,7 @@ def test_unexpected_pickle_content_is_refused(tmp_path, payload, content):
     with pytest.raises(
         DataError, match=f"refusing to load .*test_batch: unexpected pickle content {content}"
     ):
-        load_cifar10(tmp_path, download=False)
+        load_cifar10(tmp_path, download=False, verify=False)
 
 
 def test_cifar10_batch_with_mismatched_labels_raises(tmp_path):
@@ -415,12 +415,12 @@ def test_cifar10_batch_with_mismatched_labels_raises(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(_cifar_pickle(data, labels[:3]))
 
     with pytest.raises(DataError, match="data_batch_1: 4 images but 3 labels"):
-        load_cifar10(tmp_path, download=False)
+        load_cifar10(tmp_path, download=False, verify=False)
 
 
 def test_cifar10_missing_offline_names_files_and_folders(tmp_path):
     with pytest.raises(DataError) as raised:
-        load_cifar10(tmp_path, download=False)
+        load_cifar10(tmp_path, download=False, verify=False)
 
     message = str(raised.value)
     assert "data_batch_1" in message and "test_batch" in message
@@ -444,7 +444,7 @@ def test_cifar10_download_extracts_and_loads(tmp_path, monkeypatch):
     members = {f"cifar-10-batches-py/{name}": (tmp_path / "made" / name).read_bytes() for name in names}
     monkeypatch.setattr(vision, "CIFAR10_ARCHIVE", _cifar_archive(tmp_path, members))
 
-    dataset = load_cifar10(tmp_path / "root", download=True)
+    dataset = load_cifar10(tmp_path / "root", download=True, verify=False)
 
     _assert_cifar(dataset, expected)
     assert (tmp_path / "root" / "cifar-10-python.tar.gz").is_file()
@@ -454,7 +454,7 @@ def test_cifar10_archive_escaping_root_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(vision, "CIFAR10_ARCHIVE", _cifar_archive(tmp_path, {"../escaped": b"x"}))
 
     with pytest.raises(DataError, match="cannot unpack"):
-        load_cifar10(tmp_path / "root", download=True)
+        load_cifar10(tmp_path / "root", download=True, verify=False)
 
     assert not (tmp_path / "escaped").exists()
 
@@ -474,7 +474,8 @@ def test_mnist_files_in_the_bare_root_are_not_taken_for_fashion_mnist(tmp_path, 
     _write_idx(tmp_path, gz=False)
     labels = (tmp_path / "train-labels-idx1-ubyte").read_bytes()
     digest = hashlib.md5(labels, usedforsecurity=False).hexdigest()
-    monkeypatch.setattr(vision, "MNIST", dataclasses.replace(vision.MNIST, train_labels_md5=digest))
-    assert vision.load_mnist(tmp_path, download=False).name == "mnist"
+    md5s = (*vision.MNIST.content_md5[:1], digest, *vision.MNIST.content_md5[2:])
+    monkeypatch.setattr(vision, "MNIST", dataclasses.replace(vision.MNIST, content_md5=md5s))
+    assert vision.load_mnist(tmp_path, download=False, verify=False).name == "mnist"
     with pytest.raises(DataError, match="is mnist's training labels, not fashion_mnist's"):
-        vision.load_fashion_mnist(tmp_path, download=False)
+        vision.load_fashion_mnist(tmp_path, download=False, verify=False)

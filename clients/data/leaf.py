@@ -189,6 +189,8 @@ def _load_json(shard: Path) -> dict:
             content = json.load(stream)
     except (OSError, ValueError) as error:  # JSONDecodeError and bad UTF-8 are ValueErrors
         raise DataError(f"{shard}: not readable LEAF JSON ({error})") from error
+    except RecursionError:  # json recurses per nesting level; LEAF nests four deep
+        raise DataError(f"{shard}: not LEAF JSON: nested thousands of levels deep") from None
     if not (
         isinstance(content, dict)
         and isinstance(content.get("users"), list)
@@ -206,11 +208,14 @@ def _load_json(shard: Path) -> dict:
 def _femnist_user(x: list, y: list, where: str) -> UserRows:
     """x: n lists of 784 floats in [0, 1] -> (n, 1, 28, 28) float32; y: n ints in 0..61 -> (n,) int64."""
     try:
-        pixels = np.array(x, dtype=np.float32).reshape(len(x), -1) if x else np.empty((0, FEMNIST_PIXELS))
-    except (ValueError, TypeError) as error:  # ragged rows or non-numbers
+        parsed = np.array(x) if x else np.empty((0, FEMNIST_PIXELS))
+    except (ValueError, TypeError) as error:  # ragged rows
         raise DataError(
             f"{where}: each x row must be a list of {FEMNIST_PIXELS} numbers ({error})"
         ) from error
+    if parsed.dtype.kind not in "iuf":  # strings ("0.5"), booleans, None, mixed objects
+        raise DataError(f"{where}: each x row must hold {FEMNIST_PIXELS} numbers, found {parsed.dtype}")
+    pixels = parsed.astype(np.float32).reshape(len(x), -1) if x else parsed
     if pixels.shape[1] != FEMNIST_PIXELS or (x and np.ndim(x[0]) != 1):
         raise DataError(
             f"{where}: each x row must be a list of {FEMNIST_PIXELS} numbers, got {np.shape(x[0])}"
@@ -225,7 +230,10 @@ def _femnist_user(x: list, y: list, where: str) -> UserRows:
 
 def _int_labels(y: list, num_classes: int, where: str) -> np.ndarray:
     """(n,) int64 labels, each an integer in 0..num_classes-1."""
-    labels = np.asarray(y)
+    try:
+        labels = np.asarray(y)
+    except (ValueError, TypeError, OverflowError):  # ragged lists
+        labels = np.asarray([None])
     if labels.size and (labels.dtype.kind not in "iu" or labels.ndim != 1):
         raise DataError(f"{where}: y must be a list of integer labels")
     labels = labels.astype(np.int64).reshape(-1)

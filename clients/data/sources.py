@@ -8,6 +8,8 @@ interrupted or corrupted download never leaves a file that looks complete.
 import contextlib
 import hashlib
 import http.client
+import json
+import os
 import sys
 import tempfile
 import urllib.request
@@ -40,6 +42,61 @@ def file_md5(path: Path) -> str:
         for chunk in iter(lambda: stream.read(CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class CheckedFiles:
+    """Checksums of a folder's dataset files, computed once and recorded beside them in
+    ``.fedsim-checked.json`` ({key: [size, mtime_ns, md5]}), so a file is hashed again only
+    when it changed. A folder that cannot be written (a read-only mount) is simply hashed
+    each time. A record is a cache, never trusted over a changed file."""
+
+    RECORD = ".fedsim-checked.json"
+
+    def __init__(self, folder: Path):
+        self.path = folder / self.RECORD
+        self.entries = self._read()
+        self.changed = False
+
+    def _read(self) -> dict:
+        try:
+            entries = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def md5(self, file: Path, key: str, compute: Callable[[], str]) -> str:
+        """The md5 recorded under ``key`` for ``file`` as it is now, else ``compute()``."""
+        info = file.stat()
+        stamp = [info.st_size, info.st_mtime_ns]
+        entry = self.entries.get(key)
+        if isinstance(entry, list) and len(entry) == 3 and entry[:2] == stamp and isinstance(entry[2], str):
+            return entry[2]
+        digest = compute()
+        self.entries[key] = [*stamp, digest]
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        """Record what was verified (best effort: a read-only folder keeps no record)."""
+        if not self.changed:
+            return
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.RECORD}.", suffix=".tmp")
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.entries, f, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def checksum_mismatch(what: str, where: Path, got: str, expected: str) -> DataError:
+    return DataError(
+        f"{where}: {what} has md5 {got}, but the published one is {expected}: the file is damaged or "
+        "not the original; delete it to download it again, or set data.verify: false to use it as it is"
+    )
 
 
 def fetch(remote: RemoteFile, dest_dir: Path, progress: bool = True) -> Path:

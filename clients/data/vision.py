@@ -36,7 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from clients.data.datasets import Dataset
-from clients.data.sources import RemoteFile, fetch, missing_files_error
+from clients.data.sources import (
+    CheckedFiles,
+    RemoteFile,
+    checksum_mismatch,
+    fetch,
+    file_md5,
+    missing_files_error,
+)
 from clients.errors import DataError
 
 NUM_CLASSES = 10
@@ -63,7 +70,13 @@ class IdxSource:
     npz_name: str  # Keras' archive name
     mirrors: tuple[str, ...]  # base URLs, tried in order
     gz_md5: tuple[tuple[str, str], ...]  # (file name, md5) of the four published .gz files
-    train_labels_md5: str  # of the uncompressed train-labels-idx1-ubyte: tells the datasets apart
+    # md5 of each uncompressed IDX file, in IDX_FILES order: what the content must hash to,
+    # whatever holds it (plain IDX, .gz or an .npz); the train labels' tell the datasets apart.
+    content_md5: tuple[str, str, str, str]
+
+    @property
+    def train_labels_md5(self) -> str:
+        return self.content_md5[1]
 
     def remote_files(self) -> list[RemoteFile]:
         return [
@@ -84,7 +97,12 @@ MNIST = IdxSource(
         ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
         ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
     ),
-    train_labels_md5="a25bea736e30d166cdddb491f175f624",
+    content_md5=(
+        "6bbc9ace898e44ae57da46a324031adb",
+        "a25bea736e30d166cdddb491f175f624",
+        "2646ac647ad5339dbf082846283269ea",
+        "27ae3e4e09519cfbb04c329615203637",
+    ),
 )
 FASHION_MNIST = IdxSource(
     name="fashion_mnist",
@@ -102,7 +120,12 @@ FASHION_MNIST = IdxSource(
         ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
         ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
     ),
-    train_labels_md5="9018921c3c673c538a1fc5bad174d6f9",
+    content_md5=(
+        "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "9018921c3c673c538a1fc5bad174d6f9",
+        "8181f5470baa50b63fa0f6fddb340f0a",
+        "15d484375f8d13e6eb1aabb0c3f46965",
+    ),
 )
 
 _DOWNLOAD_LOCK = threading.Lock()
@@ -111,6 +134,18 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"
 CIFAR10_SHAPE = (3, 32, 32)
+# torchvision's per-batch md5s (the files inside the archive).
+CIFAR10_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+# Nothing fedsim reads is larger (CIFAR-10's batches are 31 MB, MNIST's images 47 MB): a header
+# declaring more is refused before anything is allocated or decompressed.
+MAX_ARRAY_BYTES = 1 << 31
 CIFAR10_ARCHIVE = RemoteFile(
     "cifar-10-python.tar.gz",
     ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
@@ -121,28 +156,39 @@ CIFAR10_ARCHIVE = RemoteFile(
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST
 
 
-def load_mnist(root: Path, download: bool) -> Dataset:
-    """MNIST: x (N, 1, 28, 28) float32 in [0, 1], y (N,) int64; 60000 train, 10000 test."""
-    return _load_idx_dataset(MNIST, Path(root), download)
+def load_mnist(root: Path, download: bool, verify: bool = True) -> Dataset:
+    """MNIST: x (N, 1, 28, 28) float32 in [0, 1], y (N,) int64; 60000 train, 10000 test.
+    ``verify``: the content must hash to the published uncompressed files' md5s."""
+    return _load_idx_dataset(MNIST, Path(root), download, verify)
 
 
-def load_fashion_mnist(root: Path, download: bool) -> Dataset:
+def load_fashion_mnist(root: Path, download: bool, verify: bool = True) -> Dataset:
     """Fashion-MNIST: x (N, 1, 28, 28) float32 in [0, 1], y (N,) int64; 60000 train, 10000 test."""
-    return _load_idx_dataset(FASHION_MNIST, Path(root), download)
+    return _load_idx_dataset(FASHION_MNIST, Path(root), download, verify)
 
 
-def _load_idx_dataset(source: IdxSource, root: Path, download: bool) -> Dataset:
+def _load_idx_dataset(source: IdxSource, root: Path, download: bool, verify: bool) -> Dataset:
     """Load from the first layout found under root; else download the .gz files if allowed."""
     folders = [root / source.torchvision_folder / "raw", root, root / source.own_folder]
     found = next((folder for folder in folders if _idx_paths(folder) is not None), None)
+    npz_paths = [root / source.npz_name, root / source.own_folder / source.npz_name]
+    npz = next((path for path in npz_paths if path.is_file()), None)
     if found is not None:
         if found == root:  # both datasets use the same file names: make sure these are ours
             _refuse_the_other_dataset(source, found)
-        return _dataset_from_idx(source.name, found)
-    npz_paths = [root / source.npz_name, root / source.own_folder / source.npz_name]
-    npz = next((path for path in npz_paths if path.is_file()), None)
-    if npz is not None:
-        return _dataset_from_npz(source.name, npz)
+        files = _idx_paths(found) or []
+        arrays = _idx_arrays(files)
+    elif npz is not None:
+        files, arrays = [npz], _npz_arrays(npz)
+    else:
+        files = _download_idx(source, folders, download)
+        arrays = _idx_arrays(files)
+    if verify:
+        _verify_content(source, arrays, files)
+    return _mnist_dataset(source.name, *arrays)
+
+
+def _download_idx(source: IdxSource, folders: list[Path], download: bool) -> list[Path]:
     download_dir = folders[0]
     expected = [f"{name}[.gz]" for name in IDX_FILES] + [f"or {source.npz_name}"]
     hint = f"put them in {download_dir}/"
@@ -153,12 +199,33 @@ def _load_idx_dataset(source: IdxSource, root: Path, download: bool) -> Dataset:
             fetch(remote, download_dir)
     except DataError as error:
         raise missing_files_error(source.name, expected, folders, hint, str(error)) from error
-    return _dataset_from_idx(source.name, download_dir)
+    return _idx_paths(download_dir) or []
+
+
+def _verify_content(source: IdxSource, arrays: tuple[np.ndarray, ...], files: list[Path]) -> None:
+    """Each array, encoded as its uncompressed IDX file, must hash to the published md5.
+    Hashes are recorded beside the files (CheckedFiles), so this costs once per file."""
+    checked = CheckedFiles(files[0].parent)
+    for i, (array, expected) in enumerate(zip(arrays, source.content_md5, strict=True)):
+        holder = files[i] if len(files) == len(arrays) else files[0]  # an .npz holds all four
+        key = f"{holder.name}#{IDX_FILES[i]}"
+        got = checked.md5(holder, key, lambda a=array: _idx_md5(a))
+        if got != expected:
+            raise checksum_mismatch(f"{source.name}'s {IDX_FILES[i]}", holder, got, expected)
+    checked.save()
+
+
+def _idx_md5(array: np.ndarray) -> str:
+    """md5 of ``array`` (uint8 values) encoded as an IDX file: header, then the bytes."""
+    header = bytes([0, 0, IDX_UBYTE, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    digest = hashlib.md5(header, usedforsecurity=False)
+    digest.update(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
 
 
 def _refuse_the_other_dataset(source: IdxSource, folder: Path) -> None:
     labels = (_idx_paths(folder) or [])[1]
-    digest = hashlib.md5(_read_maybe_gzipped(labels), usedforsecurity=False).hexdigest()
+    digest = _idx_md5(_read_idx(labels, LABELS_NDIM))
     for other in (MNIST, FASHION_MNIST):
         if other.name != source.name and digest == other.train_labels_md5:
             raise DataError(
@@ -179,11 +246,10 @@ def _idx_paths(folder: Path) -> list[Path] | None:
     return paths
 
 
-def _dataset_from_idx(name: str, folder: Path) -> Dataset:
-    train_images, train_labels, test_images, test_labels = _idx_paths(folder) or []
-    x_train, y_train = _idx_pair(train_images, train_labels)
-    x_test, y_test = _idx_pair(test_images, test_labels)
-    return _mnist_dataset(name, x_train, y_train, x_test, y_test)
+def _idx_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels), uint8, from the four IDX files."""
+    train_images, train_labels, test_images, test_labels = paths
+    return (*_idx_pair(train_images, train_labels), *_idx_pair(test_images, test_labels))
 
 
 def _idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -201,55 +267,85 @@ def _idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An IDX file of unsigned bytes with ndim dimensions, as a uint8 array of the header's shape."""
-    raw = _read_maybe_gzipped(path)
+    """An IDX file of unsigned bytes with ndim dimensions, as a uint8 array of the header's shape.
+    Only as many bytes as the header declares are read (plus one, to see trailing bytes), so
+    a .gz that would expand without bound, or a header claiming terabytes, costs nothing."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as stream:
+            header_bytes = 4 + 4 * ndim
+            header = stream.read(header_bytes)
+            shape = _idx_shape(path, header, ndim)
+            size = math.prod(shape)  # Python ints: a hostile header cannot overflow
+            if size > MAX_ARRAY_BYTES:
+                raise DataError(f"{path}: its header declares {shape}: {size} bytes, over {MAX_ARRAY_BYTES}")
+            body = stream.read(size + 1)
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read: {error}") from error
+    if len(body) != size:
+        problem = "truncated" if len(body) < size else "has trailing bytes"
+        raise DataError(f"{path}: {problem}: its header {shape} needs {header_bytes + size} bytes")
+    return np.frombuffer(body, np.uint8).reshape(shape)
+
+
+def _idx_shape(path: Path, header: bytes, ndim: int) -> tuple[int, ...]:
     header_bytes = 4 + 4 * ndim
-    if len(raw) < header_bytes:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, expected at least {header_bytes})")
-    magic = int.from_bytes(raw[:4], "big")
-    if raw[:2] != b"\0\0" or raw[3] != ndim:
+    if len(header) < header_bytes:
+        raise DataError(f"{path}: truncated IDX header ({len(header)} bytes, expected {header_bytes})")
+    magic = int.from_bytes(header[:4], "big")
+    if header[:2] != b"\0\0" or header[3] != ndim:
         raise DataError(
             f"{path}: IDX magic number is {magic}, expected {(IDX_UBYTE << 8) + ndim} "
             f"({ndim}-d unsigned bytes)"
         )
-    if raw[2] != IDX_UBYTE:
+    if header[2] != IDX_UBYTE:
         raise DataError(
-            f"{path}: IDX dtype code is {raw[2]:#04x}, only {IDX_UBYTE:#04x} (unsigned byte) is read"
+            f"{path}: IDX dtype code is {header[2]:#04x}, only {IDX_UBYTE:#04x} (unsigned byte) is read"
         )
-    shape = tuple(int(size) for size in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected_bytes = header_bytes + math.prod(shape)  # Python ints: a hostile header cannot overflow
-    if len(raw) != expected_bytes:
-        problem = "truncated" if len(raw) < expected_bytes else "has trailing bytes"
-        raise DataError(f"{path}: {problem}: {len(raw)} bytes, its header {shape} needs {expected_bytes}")
-    return np.frombuffer(raw, np.uint8, offset=header_bytes).reshape(shape)
+    return tuple(int(size) for size in np.frombuffer(header, ">u4", count=ndim, offset=4))
 
 
-def _read_maybe_gzipped(path: Path) -> bytes:
+def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keras' layout: uint8 x_train (N, 28, 28), y_train (N,), x_test, y_test; never unpickled,
+    and each array's .npy header checked against its stored size before numpy allocates it."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as stream:
-                return stream.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot read: {error}") from error
-
-
-def _dataset_from_npz(name: str, path: Path) -> Dataset:
-    """Keras' layout: uint8 x_train (N, 28, 28), y_train (N,), x_test, y_test; never unpickled."""
-    try:
+        _check_npz_headers(path)
         with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in NPZ_ARRAYS if key not in archive.files]
-            if missing:
-                raise DataError(f"{path}: missing arrays {missing}; expected {list(NPZ_ARRAYS)}")
             x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_ARRAYS)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: cannot read as an .npz archive of plain arrays: {error}") from error
     for images, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
         _check_images(images, f"{path} x_{split}")
         _check_labels(labels, f"{path} y_{split}")
         if len(images) != len(labels):
             raise DataError(f"{path}: x_{split} has {len(images)} rows but y_{split} has {len(labels)}")
-    return _mnist_dataset(name, x_train, y_train, x_test, y_test)
+    return x_train, y_train, x_test, y_test
+
+
+def _check_npz_headers(path: Path) -> None:
+    """Each needed member's .npy header must describe exactly the bytes the member holds,
+    and at most MAX_ARRAY_BYTES: a header claiming 10^12 rows is refused unallocated."""
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        missing = [key for key in NPZ_ARRAYS if f"{key}.npy" not in names]
+        if missing:
+            raise DataError(f"{path}: missing arrays {missing}; expected {list(NPZ_ARRAYS)}")
+        for key in NPZ_ARRAYS:
+            info = archive.getinfo(f"{key}.npy")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                    version, np.lib.format.read_array_header_2_0
+                )
+                shape, _fortran, dtype = read_header(member)
+                header_size = member.tell()
+            if dtype.hasobject:
+                raise DataError(f"{path}: {key} holds Python objects; only plain arrays are read")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > MAX_ARRAY_BYTES or nbytes != info.file_size - header_size:
+                raise DataError(
+                    f"{path}: {key}'s header declares {shape} {dtype} ({nbytes} bytes) but the member "
+                    f"holds {info.file_size - header_size}"
+                )
 
 
 def _check_images(images: np.ndarray, where: str) -> None:
@@ -291,13 +387,16 @@ def _scaled(pixels: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
 # ---------------------------------------------------------------- CIFAR-10
 
 
-def load_cifar10(root: Path, download: bool) -> Dataset:
-    """CIFAR-10: x (N, 3, 32, 32) float32 in [0, 1], y (N,) int64; 50000 train, 10000 test."""
+def load_cifar10(root: Path, download: bool, verify: bool = True) -> Dataset:
+    """CIFAR-10: x (N, 3, 32, 32) float32 in [0, 1], y (N,) int64; 50000 train, 10000 test.
+    ``verify``: every batch file must have its published md5."""
     root = Path(root)
     folders = [root / CIFAR10_FOLDER, root, root / "cifar10" / CIFAR10_FOLDER]
     folder = next((folder for folder in folders if _has_cifar10_batches(folder)), None)
     if folder is None:
         folder = _download_cifar10(root, folders, download)
+    if verify:
+        _verify_cifar10(folder)
     train = [_read_cifar10_batch(folder / name) for name in CIFAR10_TRAIN_BATCHES]
     test_pixels, test_labels = _read_cifar10_batch(folder / CIFAR10_TEST_BATCH)
     return Dataset(
@@ -310,6 +409,16 @@ def load_cifar10(root: Path, download: bool) -> Dataset:
         input_shape=CIFAR10_SHAPE,
         train_owner=None,
     )
+
+
+def _verify_cifar10(folder: Path) -> None:
+    checked = CheckedFiles(folder)
+    for name, expected in CIFAR10_BATCH_MD5.items():
+        path = folder / name
+        got = checked.md5(path, name, lambda path=path: file_md5(path))
+        if got != expected:
+            raise checksum_mismatch(f"CIFAR-10's {name}", path, got, expected)
+    checked.save()
 
 
 def _has_cifar10_batches(folder: Path) -> bool:
@@ -358,6 +467,8 @@ def _extract_tar(archive: Path, dest: Path) -> None:
 def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(pixels (n, 3072) uint8, labels (n,) int64) of one batch file, read without unpickling."""
     try:
+        if path.stat().st_size > MAX_ARRAY_BYTES:
+            raise DataError(f"{path}: {path.stat().st_size} bytes; a CIFAR-10 batch is about 31 MB")
         batch = _PickleReader(path).run(path.read_bytes())
     except OSError as error:
         raise DataError(f"{path}: cannot read: {error}") from error
