@@ -30,7 +30,8 @@ def reduction_groups(sorted_ids: np.ndarray, num_groups: int) -> list[np.ndarray
     """Cut the sorted sample into at most ``num_groups`` contiguous, non-empty groups."""
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
-    return [g for g in np.array_split(sorted_ids, num_groups) if len(g)]
+    # More groups than clients would only add empty ones (dropped here): never build them.
+    return [g for g in np.array_split(sorted_ids, min(num_groups, max(len(sorted_ids), 1))) if len(g)]
 
 
 def poisson_sample(seed: int, round_: int, num_clients: int, rate: float) -> np.ndarray:

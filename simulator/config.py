@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from clients.devices import DEVICES
 from clients.errors import ConfigError
 from clients.models.engines import ENGINES
 from clients.models.spec import ACTIVATION_KINDS, MODEL_NAMES
+from simulator import yaml_input
+from simulator.yaml_input import show
 
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare")
 NATURAL_DATASETS = ("synthetic", "femnist", "shakespeare")  # datasets whose clients are given
@@ -34,8 +38,13 @@ ACTIVATIONS = ACTIVATION_KINDS
 log = logging.getLogger("fedsim")
 
 
-def _field(default: Any, help_: str, choices: tuple[str, ...] | None = None) -> Any:
-    meta = {"help": help_, "choices": choices}
+def _field(
+    default: Any, help_: str, choices: tuple[str, ...] | None = None, at_most: int | None = None
+) -> Any:
+    """A config field: its default, its meaning and units, the values allowed, and for
+    counts and sizes an upper bound (on each element of a list) that keeps a hostile or
+    mistyped number from exhausting memory before anything could refuse it."""
+    meta = {"help": help_, "choices": choices, "at_most": at_most}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -45,10 +54,10 @@ def _field(default: Any, help_: str, choices: tuple[str, ...] | None = None) -> 
 class SyntheticConfig:
     alpha: float = _field(1.0, "Synthetic(α, β): spread of the per-device models u_k ~ N(0, α)")
     beta: float = _field(1.0, "Synthetic(α, β): spread of the per-device feature means B_k ~ N(0, β)")
-    num_features: int = _field(60, "input dimension d")
-    num_classes: int = _field(10, "number of classes")
+    num_features: int = _field(60, "input dimension d", at_most=100_000)
+    num_classes: int = _field(10, "number of classes", at_most=100_000)
     samples_per_device: int | None = _field(
-        None, "samples on every device; null = lognormal(4, 2) + 50 as in the paper"
+        None, "samples on every device; null = lognormal(4, 2) + 50 as in the paper", at_most=10**7
     )
 
 
@@ -57,13 +66,20 @@ class DataConfig:
     dataset: str = _field("digits", "which dataset", DATASETS)
     root: str = _field("data", "folder holding the file-based datasets, in their standard layouts")
     download: bool = _field(True, "download a missing MNIST / Fashion-MNIST / CIFAR-10 (checksummed)")
+    verify: bool = _field(
+        True, "check MNIST / Fashion-MNIST / CIFAR-10 files on disk against their published md5s (once)"
+    )
     num_clients: int = _field(
-        50, "registered clients (devices for synthetic; the first N writers / roles for LEAF data)"
+        50,
+        "registered clients (devices for synthetic; the first N writers / roles for LEAF data)",
+        at_most=10**7,
     )
     partition: str = _field("dirichlet", "how training data is split over clients", PARTITIONS)
     alpha: float = _field(0.5, "Dirichlet concentration; smaller = more label skew")
-    shards_per_client: int = _field(2, "shards partition: label-sorted shards per client")
-    min_samples_per_client: int = _field(2, "dirichlet: redraw until every client has this many")
+    shards_per_client: int = _field(2, "shards partition: label-sorted shards per client", at_most=10**6)
+    min_samples_per_client: int = _field(
+        2, "dirichlet: redraw until every client has this many", at_most=10**7
+    )
     test_fraction: float = _field(0.2, "share of the data held out as the server test set")
     generate_on_workers: bool = _field(
         False, "synthetic: workers generate each client's data from (seed, id); any population size"
@@ -77,17 +93,17 @@ class ModelConfig:
     engine: str = _field(
         "torch", "backpropagation engine: torch, or numpy (fedsim's chain-rule engine)", ENGINES
     )
-    hidden: list[int] = _field([200, 200], "mlp: hidden layer widths")
+    hidden: list[int] = _field([200, 200], "mlp: hidden layer widths", at_most=1 << 20)
     activation: str = _field("relu", "mlp: hidden activation", ACTIVATIONS)
     residual: bool = _field(False, "mlp: hidden layers after the first are x + act(Wx + b)")
     dropout: float = _field(0.0, "mlp: dropout probability after each hidden layer")
     conv_channels: list[int] = _field(
-        [32, 64], "cnn: channels of the two 5x5 convolutions (resnet: the first)"
+        [32, 64], "cnn: channels of the two 5x5 convolutions (resnet: the first)", at_most=1 << 16
     )
-    fc_width: int = _field(512, "cnn: width of the fully connected layer")
-    embedding_dim: int = _field(8, "charlstm: character embedding width")
-    lstm_hidden: int = _field(256, "charlstm: LSTM width")
-    lstm_layers: int = _field(2, "charlstm: stacked LSTM layers")
+    fc_width: int = _field(512, "cnn: width of the fully connected layer", at_most=1 << 20)
+    embedding_dim: int = _field(8, "charlstm: character embedding width", at_most=1 << 16)
+    lstm_hidden: int = _field(256, "charlstm: LSTM width", at_most=1 << 16)
+    lstm_layers: int = _field(2, "charlstm: stacked LSTM layers", at_most=100)
     device: str = _field(
         "auto",
         "where workers train: cuda (needs runtime.gpus_per_worker > 0), cpu, or auto "
@@ -112,8 +128,8 @@ class ClientConfig:
     lr: float = _field(0.05, "local learning rate")
     momentum: float = _field(0.0, "local SGD momentum (0 = plain SGD; ignored by adam)")
     weight_decay: float = _field(0.0, "local L2 weight decay")
-    epochs: int = _field(1, "local epochs per round (E)")
-    batch_size: int = _field(10, "local minibatch size (B)")
+    epochs: int = _field(1, "local epochs per round (E)", at_most=10**6)
+    batch_size: int = _field(10, "local minibatch size (B)", at_most=10**7)
     track_gradients: bool = _field(
         False, "record per-layer norms of dL/dh and of the parameter gradients (gradient flow)"
     )
@@ -123,7 +139,7 @@ class ClientConfig:
     prox_mu: float = _field(0.0, "FedProx proximal weight mu (0 = FedAvg)")
     max_grad_norm: float | None = _field(None, "clip each local step's gradient to this L2 norm; null = off")
     local_steps: int | None = _field(
-        None, "FedSGD: batches in each client's gradient; null = its whole shard"
+        None, "FedSGD: batches in each client's gradient; null = its whole shard", at_most=10**9
     )
     system: SystemConfig = _field(
         SystemConfig(), "system heterogeneity: speeds, availability, dropout, deadline"
@@ -164,6 +180,9 @@ class CompressionConfig:
 
 
 UNWEIGHTED_AGGREGATORS = ("median", "trimmed_mean", "krum")
+INT64_MAX = 2**63 - 1
+RUN_NAME = re.compile(r"[^./\\\s\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]{0,99}")
+RAY_RESOURCE_STEP = 1e-4  # Ray rounds CPU and GPU requests to 4 decimals
 PRUNING_METHODS = ("none", "magnitude", "saliency", "squared_gradient", "random")
 
 
@@ -230,8 +249,14 @@ class ServerConfig:
     attack: AttackConfig = _field(AttackConfig(), "attack simulation")
     compression: CompressionConfig = _field(CompressionConfig(), "update compression")
     pruning: PruningConfig = _field(PruningConfig(), "pruning in the round pipeline")
+    stop_after_nonfinite_rounds: int = _field(
+        3,
+        "stop with status 'diverged' (exit 3) after this many rounds in a row in which every update "
+        "was non-finite, the server step overflowed, or the model's loss was non-finite; 0 = never",
+        at_most=10**9,
+    )
     eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
-    eval_batch_size: int = _field(1024, "test-set evaluation batch size")
+    eval_batch_size: int = _field(1024, "test-set evaluation batch size", at_most=10**7)
     federated_eval: FederatedEvalConfig = _field(
         FederatedEvalConfig(), "per-client evaluation on clients' own held-out data (clients.jsonl)"
     )
@@ -239,13 +264,13 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    workers: int | None = _field(None, "worker actors; null = what the cluster's CPUs allow")
+    workers: int | None = _field(None, "worker actors; null = what the cluster's CPUs allow", at_most=100_000)
     cpus_per_worker: float = _field(1.0, "CPUs each worker reserves; also its torch thread count")
     gpus_per_worker: float = _field(
         0.0, "GPUs each worker reserves (fractional shares one GPU between workers); 0 = none"
     )
     reduction_groups: int = _field(
-        8, "fixed number of partial sums per round; caps useful workers (determinism)"
+        8, "fixed number of partial sums per round; caps useful workers (determinism)", at_most=10**6
     )
     checkpoint_every: int = _field(10, "write a checkpoint every this many rounds (and the last)")
     address: str | None = _field(None, "Ray cluster address; null = start an embedded local Ray")
@@ -260,8 +285,8 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = _field("fedsim", "run name (run directory prefix, legend label)")
-    seed: int = _field(0, "root seed of every random draw")
-    rounds: int = _field(50, "communication rounds")
+    seed: int = _field(0, "root seed of every random draw", at_most=2**63 - 1)
+    rounds: int = _field(50, "communication rounds", at_most=10**9)
     data: DataConfig = _field(DataConfig(), "dataset and partition")
     model: ModelConfig = _field(ModelConfig(), "model architecture")
     client: ClientConfig = _field(ClientConfig(), "local training")
@@ -317,27 +342,35 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         raise _bad_type(path, value, tp)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT64_MAX:
+                raise ConfigError(f"{path}: {show(value)} is not allowed; no setting takes so large a number")
             return value
+        if isinstance(value, float) and value.is_integer() and abs(value) <= INT64_MAX:
+            raise ConfigError(f"{path}: {show(value)} is not allowed; expected int (write {int(value)})")
         raise _bad_type(path, value, tp)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{path}: {show(value)} is not allowed; expected a finite number")
             return float(value)
         raise _bad_type(path, value, tp)
     if tp is str:
         if isinstance(value, str):
+            if "\x00" in value:
+                raise ConfigError(f"{path}: {show(value)} is not allowed; it holds a NUL character")
             return value
         raise _bad_type(path, value, tp)
     raise AssertionError(f"unsupported config type {tp!r} at {path}")
 
 
 def _bad_type(path: str, value: Any, tp: Any) -> ConfigError:
-    return ConfigError(f"{path}: {value!r} is not allowed; expected {_type_name(tp)}")
+    return ConfigError(f"{path}: {show(value)} is not allowed; expected {_type_name(tp)}")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        where = prefix or "the config"
-        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
+        where = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{where}: expected a mapping of keys, got {show(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -351,7 +384,15 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         else:
             kwargs[key] = _coerce(value, tp, path)
             _check_choice(fields[key], kwargs[key], path)
+            _check_bound(fields[key], kwargs[key], path)
     return cls(**kwargs)
+
+
+def _check_bound(f: dataclasses.Field, value: Any, path: str) -> None:
+    limit = f.metadata.get("at_most")
+    values = value if isinstance(value, list) else [value]
+    if limit is not None and any(isinstance(v, int) and v > limit for v in values):
+        raise ConfigError(f"{path}: {show(value)} is not allowed; must be <= {limit:,}")
 
 
 def _check_choice(f: dataclasses.Field, value: Any, path: str) -> None:
@@ -359,13 +400,13 @@ def _check_choice(f: dataclasses.Field, value: Any, path: str) -> None:
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {', '.join(choices)}{hint}")
+        raise ConfigError(f"{path}: {show(value)} is not allowed; choose one of {', '.join(choices)}{hint}")
 
 
 def _unknown_key_message(path: str, key: str, valid: list[str], prefix: str) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
-    return f"unknown key '{path}': {hint}valid keys here: {', '.join(valid)}"
+    return f"unknown key {show(path)}: {hint}valid keys here: {', '.join(valid)}"
 
 
 # --- value rules that types cannot express ---------------------------------
@@ -373,7 +414,7 @@ def _unknown_key_message(path: str, key: str, valid: list[str], prefix: str) -> 
 
 def _require(ok: bool, path: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{path}: {value!r} is not allowed; must be {allowed}")
+        raise ConfigError(f"{path}: {show(value)} is not allowed; must be {allowed}")
 
 
 def validate(cfg: Config) -> Config:
@@ -381,7 +422,13 @@ def validate(cfg: Config) -> Config:
     d, c, s, r = cfg.data, cfg.client, cfg.server, cfg.runtime
     _require(cfg.rounds >= 1, "rounds", cfg.rounds, ">= 1")
     _require(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
-    _require(bool(cfg.name.strip()), "name", cfg.name, "a non-empty string")
+    _require(
+        RUN_NAME.fullmatch(cfg.name) is not None and len(cfg.name.encode()) <= 200,
+        "name",
+        cfg.name,
+        "1-100 characters, no '/', '\\' or control characters, not starting with '.' or a space "
+        "(it names the run directory)",
+    )
     _require(d.num_clients >= 1, "data.num_clients", d.num_clients, ">= 1")
     _require(d.alpha > 0, "data.alpha", d.alpha, "> 0")
     _require(d.shards_per_client >= 1, "data.shards_per_client", d.shards_per_client, ">= 1")
@@ -401,6 +448,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "data.generate_on_workers: true needs data.synthetic.samples_per_device (a fixed count)"
         )
+    _validate_synthetic_size(d)
     if d.partition == "natural" and d.dataset not in NATURAL_DATASETS:
         raise ConfigError(
             f"data.partition: 'natural' is not allowed for data.dataset {d.dataset!r}; "
@@ -412,11 +460,37 @@ def validate(cfg: Config) -> Config:
     _validate_server(s, d.num_clients)
     _validate_pipeline(c, s, d.num_clients)
     _require(r.workers is None or r.workers >= 1, "runtime.workers", r.workers, "null or >= 1")
-    _require(r.cpus_per_worker > 0, "runtime.cpus_per_worker", r.cpus_per_worker, "> 0")
+    _require(
+        RAY_RESOURCE_STEP <= r.cpus_per_worker <= 100_000,
+        "runtime.cpus_per_worker",
+        r.cpus_per_worker,
+        f"in [{RAY_RESOURCE_STEP}, 100000] (Ray counts CPUs to 4 decimals)",
+    )
     _validate_devices(cfg.model, r)
     _require(r.reduction_groups >= 1, "runtime.reduction_groups", r.reduction_groups, ">= 1")
     _require(r.checkpoint_every >= 1, "runtime.checkpoint_every", r.checkpoint_every, ">= 1")
     return cfg
+
+
+SYNTHETIC_MEAN_SAMPLES = 453  # E[int(lognormal(4, 2))] + 50 = e^6 + 50, the paper's sizes
+MAX_SYNTHETIC_BYTES = 1 << 32  # generated on the driver (float32 features)
+
+
+def _validate_synthetic_size(d: DataConfig) -> None:
+    """Synthetic(α, β) is generated whole on the driver (or one device at a time on the
+    workers): refuse sizes no machine holds before generating anything."""
+    if d.dataset != "synthetic":
+        return
+    s = d.synthetic
+    samples = s.samples_per_device or SYNTHETIC_MEAN_SAMPLES
+    per_device = samples * s.num_features * 4
+    devices = 1 if d.generate_on_workers else d.num_clients
+    if devices * per_device > MAX_SYNTHETIC_BYTES:
+        raise ConfigError(
+            f"data.synthetic: {devices:,} devices x {samples:,} samples x "
+            f"{s.num_features:,} features is {devices * per_device / 2**30:.0f} GiB; at most "
+            f"{MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB (use data.generate_on_workers for large populations)"
+        )
 
 
 def _validate_model(m: ModelConfig) -> None:
@@ -440,7 +514,12 @@ def _validate_model(m: ModelConfig) -> None:
 
 
 def _validate_devices(m: ModelConfig, r: RuntimeConfig) -> None:
-    _require(r.gpus_per_worker >= 0, "runtime.gpus_per_worker", r.gpus_per_worker, ">= 0")
+    _require(
+        r.gpus_per_worker == 0 or RAY_RESOURCE_STEP <= r.gpus_per_worker <= 10_000,
+        "runtime.gpus_per_worker",
+        r.gpus_per_worker,
+        f"0, or in [{RAY_RESOURCE_STEP}, 10000] (Ray counts GPUs to 4 decimals)",
+    )
     _require(
         r.gpus_per_worker <= 1 or float(r.gpus_per_worker).is_integer(),
         "runtime.gpus_per_worker",
@@ -493,7 +572,7 @@ def _validate_pipeline(c: ClientConfig, s: ServerConfig, num_clients: int) -> No
     _require(c.local_steps is None or c.local_steps >= 1, "client.local_steps", c.local_steps, "null or >= 1")
     y = c.system
     _require(y.speed > 0, "client.system.speed", y.speed, "> 0")
-    _require(y.speed_sigma >= 0, "client.system.speed_sigma", y.speed_sigma, ">= 0")
+    _require(0 <= y.speed_sigma <= 20, "client.system.speed_sigma", y.speed_sigma, "in [0, 20]")
     _require(0 < y.availability <= 1, "client.system.availability", y.availability, "in (0, 1]")
     _require(0 <= y.dropout < 1, "client.system.dropout", y.dropout, "in [0, 1)")
     _require(y.deadline is None or y.deadline > 0, "client.system.deadline", y.deadline, "null or > 0")
@@ -536,7 +615,7 @@ def sampled_per_round(s: ServerConfig, num_clients: int) -> int:
 
 def _check_combinations(c: ClientConfig, s: ServerConfig, num_clients: int) -> None:
     def refuse(key: str, value: Any, why: str) -> None:
-        raise ConfigError(f"{key}: {value!r} is not allowed here; {why}")
+        raise ConfigError(f"{key}: {show(value)} is not allowed here; {why}")
 
     if c.algorithm == "scaffold":
         if s.update != "weights":
@@ -635,6 +714,12 @@ def _validate_server(s: ServerConfig, num_clients: int) -> None:
         )
     _require(s.lr > 0, "server.lr", s.lr, "> 0")
     _require(s.eval_every >= 1, "server.eval_every", s.eval_every, ">= 1")
+    _require(
+        s.stop_after_nonfinite_rounds >= 0,
+        "server.stop_after_nonfinite_rounds",
+        s.stop_after_nonfinite_rounds,
+        ">= 0 (0 = never stop)",
+    )
     fe = s.federated_eval
     _require(fe.every >= 0, "server.federated_eval.every", fe.every, ">= 0 (0 = off)")
     _require(0 < fe.fraction <= 1, "server.federated_eval.fraction", fe.fraction, "in (0, 1]")
@@ -649,11 +734,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b=v`` into (["a", "b"], YAML-parsed v)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. client.lr=0.05")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({exc.__class__.__name__})") from exc
+        raise ConfigError(f"--set {show(text)}: expected KEY=VALUE with a dotted key, e.g. client.lr=0.05")
+    value = yaml_input.load(raw, f"--set {show(key.strip())}") if raw.strip() else None
     return key.strip().split("."), value
 
 
@@ -671,7 +753,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
                 where = ".".join(keys[: depth + 1])
-                raise ConfigError(f"--set {'.'.join(keys)}: '{where}' is a value, not a section")
+                raise ConfigError(f"--set {show('.'.join(keys))}: {show(where)} is a value, not a section")
             node = child
         node[keys[-1]] = value
     return merged
@@ -682,20 +764,9 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a config file into a dict; every failure is a ConfigError naming the file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from exc
+    """Read a config file into a dict; every failure is a ConfigError naming the file
+    (see simulator.yaml_input for what is refused and why)."""
+    raw = yaml_input.load(yaml_input.read_text(Path(path)), str(path))
     if raw is None:
         return {}
     if not isinstance(raw, dict):

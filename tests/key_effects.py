@@ -124,6 +124,7 @@ ROWS = [
     Row("data.dataset", "synthetic", "trains"),
     Row("data.root", "{leaf_b}", "trains", "femnist"),
     Row("data.download", False, "none", "femnist", why="it only fetches missing MNIST/CIFAR files"),
+    Row("data.verify", False, "none", "femnist", why="it only checks MNIST/CIFAR files' md5s"),
     Row("data.num_clients", 10, "trains"),
     Row("data.partition", "iid", "trains"),
     Row("data.alpha", 0.1, "trains"),
@@ -208,6 +209,10 @@ ROWS = [
     Row("server.pruning.start_round", 2, "trains", "pruning"),
     Row("server.pruning.end_round", 2, "trains", "pruning"),
     Row("server.pruning.every", 2, "trains", "pruning"),
+    Row(
+        "server.stop_after_nonfinite_rounds", 1, "none",
+        why="it only stops runs that learn nothing finite (tests/test_hostile_input.py)",
+    ),
     Row("server.eval_every", 2, "reports", observe="test_accuracy"),
     Row("server.eval_batch_size", 7, "none"),
     Row("server.federated_eval.every", 1, "trains", why="clients hold out part of their shard"),

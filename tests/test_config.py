@@ -46,7 +46,7 @@ def test_unknown_top_level_section(tmp_path):
         ("client.epochs=two", "client.epochs: 'two' is not allowed; expected int"),
         ("data.test_fraction=1", "in (0, 1)"),
         ("model.device=gpu", "model.device: 'gpu' is not allowed; choose one of auto, cpu, cuda"),
-        ("runtime.gpus_per_worker=-1", "runtime.gpus_per_worker: -1.0 is not allowed; must be >= 0"),
+        ("runtime.gpus_per_worker=-1", "runtime.gpus_per_worker: -1.0 is not allowed; must be 0, or in"),
         ("runtime.gpus_per_worker=1.5", "a fraction up to 1, or a whole number of GPUs"),
         ("model.device=cuda", "model.device: cuda needs runtime.gpus_per_worker > 0"),
     ],
