@@ -29,3 +29,9 @@ class ClientFailure(FedsimError):
         super().__init__(f"client {client_id} failed in round {round_}: {message}")
         self.client_id = client_id
         self.round = round_
+
+
+class RunDiverged(FedsimError):
+    """Training stopped learning anything finite (every update non-finite, or the model's
+    loss non-finite) for too many rounds in a row; names the round and the likely cause.
+    The run directory holds the last finite model (exit code 3 at the CLI)."""

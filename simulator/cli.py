@@ -1,19 +1,24 @@
 """The ``fedsim`` command line: run, validate, report.
 
-Bad input gets one clear line and exit code 2 (a traceback only with
-``--debug``); Ctrl-C leaves a resumable run directory and exits 130.
+Exit codes: 0 done; 1 a sweep with failed runs, or failed gradient checks; 2 bad
+input (one clear line, a traceback only with ``--debug``); 3 a run that diverged
+(stopped learning anything finite); 130 Ctrl-C, which leaves a resumable run
+directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import traceback
 from pathlib import Path
 
-from clients.errors import FedsimError
+from clients.errors import FedsimError, RunDiverged
+from simulator.yaml_input import one_line, show
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3  # the run stopped learning anything finite (server.stop_after_nonfinite_rounds)
 EXIT_INTERRUPTED = 130
 
 
@@ -36,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config and print it resolved")
     validate.add_argument("config", type=Path)
     _add_set(validate)
+    validate.add_argument(
+        "--data",
+        action="store_true",
+        help="also load the dataset, partition it and build the model (no Ray); print their sizes",
+    )
     validate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     report = sub.add_parser("report", help="charts and report.html for run directories")
@@ -133,6 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; resume with: fedsim run --resume {sim.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RunDiverged as exc:
+        print(f"fedsim: run {sim.run_dir} {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_DIVERGED
     _print_summary(history.summary, history.run_dir, args.quiet)
     return 0
 
@@ -151,16 +164,42 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     print(dump_yaml(cfg), end="")
     print(f"# valid; {cfg.sampled_per_round()} of {cfg.data.num_clients} clients per round", file=sys.stderr)
+    if args.data:
+        print(f"# {_data_summary(cfg)}", file=sys.stderr)
     return 0
+
+
+def _data_summary(cfg) -> str:
+    """What a run of ``cfg`` would train on, built as the run builds it (without Ray)."""
+    import numpy as np
+
+    from simulator.setup import build_run
+
+    setup = build_run(cfg)
+    model = f"model: {setup.spec.layout().size:,} parameters"
+    test = f"{len(setup.dataset.y_test):,} test rows"
+    if setup.population is not None:
+        per_client = setup.population.train_size()
+        return f"data: generated on the workers, {per_client} training rows per client, {test}; {model}"
+    low, mid, high = (int(v) for v in np.percentile(setup.shards.sizes(), [0, 50, 100]))
+    return (
+        f"data: {setup.dataset.name}, {len(setup.dataset.y_train):,} training rows over "
+        f"{cfg.data.num_clients:,} clients (min/median/max {low}/{mid}/{high}), {test}; {model}"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from simulator.report import write_report
+    from simulator.rundir import running_pid
 
     out = args.out or args.run_dirs[0]
     if out.exists() and not out.is_dir():
         raise FedsimError(f"report --out {out} is an existing file; give a folder")
     path = write_report(list(args.run_dirs), out, target_accuracy=args.target)
+    for run_dir in args.run_dirs:
+        pid = running_pid(run_dir)
+        if pid is not None:
+            print(f"fedsim: {run_dir} is still running (pid {pid}); the report shows its rounds so far")
     print(f"wrote {path}")
     return 0
 
@@ -184,9 +223,12 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
 def _floats(text: str, flag: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise FedsimError(f"{flag}: {text!r} is not a comma-separated list of numbers") from None
+        raise FedsimError(f"{flag}: {show(text)} is not a comma-separated list of numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise FedsimError(f"{flag}: {show(text)} holds a value that is not a finite number")
+    return values
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -197,10 +239,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.finetune_rounds < 0:
         raise FedsimError(f"--finetune-rounds: {args.finetune_rounds} is not allowed; must be >= 0")
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    sparsities = _floats(args.sparsity, "--sparsity")
+    if not methods or not sparsities:
+        flag, value = ("--method", args.method) if not methods else ("--sparsity", args.sparsity)
+        raise FedsimError(f"{flag}: {show(value)} names nothing; give a comma-separated list")
     path = prune_run(
         args.run_dir,
         methods,
-        _floats(args.sparsity, "--sparsity"),
+        sparsities,
         args.finetune_rounds,
         args.scope,
         args.out,
@@ -275,7 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     except FedsimError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"fedsim: error: {exc}", file=sys.stderr)
+        print(f"fedsim: error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path the system refuses (/proc, read-only, full disk): the user's to fix
+        if args.debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fedsim: error: {one_line(where + (exc.strerror or str(exc)))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -6,10 +6,13 @@ to is left running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +42,14 @@ def ray_session(address: str | None, debug: bool = False):
     _quiet_ray_environment(debug)
     if address is not None:
         _check_reachable(_resolve_auto(address))
+    with _reaper() if started else contextlib.nullcontext(), _ray_started(address, debug):
+        yield RaySession(started, *_cluster_cpus_gpus())
+
+
+@contextmanager
+def _ray_started(address: str | None, debug: bool):
+    """ray.init for this session; shut down at the end only when fedsim started it."""
+    started = address is None
     try:
         ray.init(
             # "local" always starts a fresh embedded Ray, even when a cluster started
@@ -55,10 +66,42 @@ def ray_session(address: str | None, debug: bool = False):
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise ClusterError(f"could not start or reach {where}: {exc}") from exc
     try:
-        yield RaySession(started, *_cluster_cpus_gpus())
+        yield
     finally:
         if started:
             ray.shutdown()
+
+
+@contextmanager
+def _reaper():
+    """A watcher process (simulator/reaper.py) that kills the embedded Ray's processes if
+    this process dies without shutting Ray down (kill -9): Ray leaves two agents behind
+    then. A normal end tells it to stand down. Linux only (it reads /proc)."""
+    if not os.path.isdir("/proc"):
+        yield
+        return
+    read_end, write_end = os.pipe()  # not inherited by Ray's processes: only the reaper holds it
+    try:
+        watcher = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), str(read_end)],
+            pass_fds=(read_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C in the terminal must not stop it
+        )  # fmt: skip
+    except OSError as exc:
+        log.debug("no reaper for the embedded Ray: %s", exc)
+        os.close(write_end)
+        watcher = None
+    finally:
+        os.close(read_end)
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            with contextlib.suppress(OSError):
+                os.write(write_end, b"q")
+                os.close(write_end)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watcher.wait(timeout=5)
 
 
 def _package_dirs() -> list[str]:

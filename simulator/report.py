@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 
 from clients.errors import FedsimError
 from simulator.config import Config, read_yaml
-from simulator.rundir import atomic_write_bytes, read_metrics
+from simulator.rundir import atomic_write_bytes, read_metrics, running_pid
 
 DPI = 110  # chart resolution, dots per inch
 FIGSIZE = (7.5, 4.6)  # chart size, inches
@@ -66,6 +66,7 @@ class RunRecord:
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
     client_evals: list[dict[str, Any]] = field(default_factory=list)
+    running_pid: int | None = None  # a fedsim process is still writing this run
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def load_run(run_dir: Path) -> RunRecord:
     rows = _read_metrics(run_dir / "metrics.jsonl")
     client_evals = _read_client_evals(run_dir / "clients.jsonl")
     name = summary.get("name") or config.get("name") or run_dir.name
-    return RunRecord(str(name), run_dir, config, rows, summary, client_evals)
+    return RunRecord(str(name), run_dir, config, rows, summary, client_evals, running_pid(run_dir))
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -256,7 +257,11 @@ def _run_stats(run: RunRecord) -> _RunStats:
         total_seconds=s.get("total_seconds", _total(run, "seconds")),
         bytes_up=s.get("total_bytes_up", _total(run, "bytes_up")),
         bytes_down=s.get("total_bytes_down", _total(run, "bytes_down")),
-        status=s.get("status", "incomplete (no readable summary.json)"),
+        status=(
+            f"still running (pid {run.running_pid}, round {run.rows[-1]['round']})"
+            if run.running_pid is not None
+            else s.get("status", "incomplete (no readable summary.json)")
+        ),
     )
 
 

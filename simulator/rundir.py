@@ -7,22 +7,33 @@ replaced is written to a temporary name first and moved into place.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from clients.errors import FedsimError
 from clients.models.layout import Layout
+from simulator.yaml_input import one_line, show
+
+log = logging.getLogger("fedsim")
 
 CHECKPOINT_PATTERN = re.compile(r"^round_(\d{6})\.safetensors$")
 KEEP_CHECKPOINTS = 3
+LOCK_NAME = ".lock"
+CHECKPOINT_FORMAT = "fedsim-checkpoint-2"
+OLD_CHECKPOINT_FORMAT = "fedsim-checkpoint-1"  # before the checksum and the recorded config
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -42,14 +53,86 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_new_run_dir(path: Path) -> None:
+    """Refuse, before anything starts, a run directory that holds files or could not be
+    made (its nearest existing parent is not a folder we may write to)."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise FedsimError(f"run directory {path} is an existing file; pick another --out")
+        if path.exists() and any(path.iterdir()):
+            raise FedsimError(f"run directory {path} already exists and is not empty; pick another --out")
+        parent = next(p for p in (path, *path.absolute().parents) if p.exists())
+    except OSError as exc:
+        raise FedsimError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
+    try:  # the only sure test of a folder we may write to (root, /proc, read-only mounts)
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".fedsim-probe-"))
+    except OSError as exc:
+        raise FedsimError(f"cannot create run directory {path}: {parent}: {exc.strerror or exc}") from None
+
+
 def create_run_dir(path: Path) -> Path:
-    """Make a fresh run directory; refuse one that already holds files."""
-    if path.exists() and not path.is_dir():
-        raise FedsimError(f"run directory {path} is an existing file; pick another --out")
-    if path.exists() and any(path.iterdir()):
-        raise FedsimError(f"run directory {path} already exists and is not empty; pick another --out")
-    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    """Make a fresh run directory; refuse one that already holds files or cannot be made."""
+    check_new_run_dir(path)
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FedsimError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
     return path
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``RUN_DIR/.lock``, an flock the kernel drops
+    when the process ends, however it ends) held while a run writes to it, so a second
+    ``--resume`` of the same run cannot interleave rows with the first."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FedsimError(
+                f"cannot lock run directory {self.path.parent}: {exc.strerror or exc}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise FedsimError(
+                f"run directory {self.path.parent} is in use by another fedsim run (pid {holder}); "
+                "wait for it to end or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def running_pid(run_dir: Path) -> int | None:
+    """The pid of the fedsim run that holds ``run_dir``'s lock now, else None."""
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _lock_holder(fd) or -1
+    finally:
+        os.close(fd)
+    return None
+
+
+def _lock_holder(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
 
 
 class MetricsLog:
@@ -163,16 +246,44 @@ def _atomic_save(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str,
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint: the global parameters and server state after ``round``, and the
+    training config it was made with (None in checkpoints of fedsim before 0.2)."""
+
+    round: int
+    params: np.ndarray
+    server_state: dict[str, np.ndarray]
+    config: dict[str, Any] | None
+    path: Path
+
+
 def save_checkpoint(
-    run_dir: Path, round_: int, params: np.ndarray, server_state: dict[str, np.ndarray]
+    run_dir: Path,
+    round_: int,
+    params: np.ndarray,
+    server_state: dict[str, np.ndarray],
+    config: dict[str, Any],
 ) -> Path:
-    """checkpoints/round_NNNNNN.safetensors: global params + server optimiser state."""
+    """checkpoints/round_NNNNNN.safetensors: global params + server state, with a sha256 of
+    every tensor and the training config in its metadata (checked when it is loaded)."""
     tensors = {"global_params": params, **{f"server.{k}": v for k, v in server_state.items()}}
     path = run_dir / "checkpoints" / f"round_{round_:06d}.safetensors"
-    _atomic_save(path, tensors, {"round": str(round_), "format": "fedsim-checkpoint-1"})
+    metadata = {"round": str(round_), "format": CHECKPOINT_FORMAT, "sha256": _tensors_sha256(tensors)}
+    _atomic_save(path, tensors, {**metadata, "config": json.dumps(config, sort_keys=True)})
     for old in list_checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
         old.unlink()
     return path
+
+
+def _tensors_sha256(tensors: dict[str, np.ndarray]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -183,23 +294,46 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
 
 
-def load_latest_checkpoint(run_dir: Path) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
-    """(round, global params, server state) of the newest checkpoint in ``run_dir``."""
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
+def load_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint, verified against its recorded sha256; FedsimError if it is unreadable,
+    not fedsim's, or altered since it was written."""
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "numpy") as f:
+            metadata = json.loads((f.metadata() or {}).get("fedsim", "{}"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FedsimError(f"{path}: unreadable checkpoint: {one_line(str(exc), 200)}") from None
+    if "global_params" not in tensors or not isinstance(metadata, dict):
+        raise FedsimError(f"{path}: not a fedsim checkpoint (no 'global_params' tensor)")
+    fmt, checksum = metadata.get("format"), metadata.get("sha256")
+    if fmt not in (CHECKPOINT_FORMAT, OLD_CHECKPOINT_FORMAT):
+        raise FedsimError(f"{path}: corrupt checkpoint: unknown format {show(fmt)}")
+    if (fmt == CHECKPOINT_FORMAT or checksum is not None) and checksum != _tensors_sha256(tensors):
+        raise FedsimError(
+            f"{path}: corrupt checkpoint: its tensors do not match the checksum written with them"
+        )
+    try:
+        config = json.loads(metadata["config"]) if "config" in metadata else None
+    except (TypeError, ValueError):
+        raise FedsimError(f"{path}: corrupt checkpoint: its recorded config is not JSON") from None
+    round_ = int(CHECKPOINT_PATTERN.match(path.name).group(1))
+    state = {k.removeprefix("server."): v for k, v in tensors.items() if k.startswith("server.")}
+    return Checkpoint(round_, tensors["global_params"], state, config, path)
+
+
+def intact_checkpoints(run_dir: Path) -> Iterator[Checkpoint]:
+    """The run's checkpoints that load and verify, newest first; each one that does not is
+    logged and skipped. FedsimError when there is none at all."""
+    paths = list_checkpoints(run_dir)
+    if not paths:
         raise FedsimError(
             f"{run_dir}: no checkpoint to resume from (expected checkpoints/round_*.safetensors)"
         )
-    path = checkpoints[-1]
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise FedsimError(f"{path}: unreadable checkpoint: {exc}") from exc
-    if "global_params" not in tensors:
-        raise FedsimError(f"{path}: not a fedsim checkpoint (no 'global_params' tensor)")
-    round_ = int(CHECKPOINT_PATTERN.match(path.name).group(1))
-    state = {k.removeprefix("server."): v for k, v in tensors.items() if k.startswith("server.")}
-    return round_, tensors["global_params"], state
+    for path in reversed(paths):
+        try:
+            yield load_checkpoint(path)
+        except FedsimError as exc:
+            log.warning("skipping a damaged checkpoint: %s", exc)
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:

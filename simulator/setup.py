@@ -29,7 +29,7 @@ from clients.data.partition import (
     natural_partition,
     shards_partition,
 )
-from clients.errors import DataError
+from clients.errors import ConfigError, DataError
 from clients.models.spec import ModelSpec, build_spec, init_params
 from clients.training import LocalTrainingConfig
 from clients.worker import ClientPlan, ClientShards
@@ -96,6 +96,7 @@ def _name(target: Callable[..., Any]) -> str:
 
 PURPOSE_PARTITION = 3
 PURPOSE_HOLDOUT = 10
+MAX_PARAMETERS = 1 << 28  # 1 GiB a float32 copy; params, grads and optimiser state take several
 
 
 def build_population(data: DataConfig, seed: int) -> SyntheticClients | None:
@@ -131,15 +132,21 @@ def _file_dataset(data: DataConfig) -> Dataset:
     from clients.data import leaf, vision
 
     root = Path(data.root).expanduser()
-    if data.dataset in ("femnist", "shakespeare"):
-        dataset = leaf.load_femnist(root) if data.dataset == "femnist" else leaf.load_shakespeare(root)
-        return first_clients(dataset, data.num_clients, root) if data.partition == "natural" else dataset
-    loaders = {
-        "mnist": vision.load_mnist,
-        "fashion_mnist": vision.load_fashion_mnist,
-        "cifar10": vision.load_cifar10,
-    }
-    return loaders[data.dataset](root, data.download)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root: {root} is a file, not a folder holding the dataset")
+    try:
+        if data.dataset in ("femnist", "shakespeare"):
+            dataset = leaf.load_femnist(root) if data.dataset == "femnist" else leaf.load_shakespeare(root)
+            return first_clients(dataset, data.num_clients, root) if data.partition == "natural" else dataset
+        loaders = {
+            "mnist": vision.load_mnist,
+            "fashion_mnist": vision.load_fashion_mnist,
+            "cifar10": vision.load_cifar10,
+        }
+        return loaders[data.dataset](root, data.download, data.verify)
+    except OSError as exc:  # a symlink loop, a folder we may not read, a full disk while unpacking
+        where = exc.filename or root
+        raise DataError(f"data.root {root}: cannot use {where}: {exc.strerror or exc}") from None
 
 
 def first_clients(dataset: Dataset, count: int, root: Path) -> Dataset:
@@ -204,7 +211,16 @@ def client_splits(dataset: Dataset, cfg: Config) -> ClientSplits:
 
 
 def build_model_spec(model: ModelConfig, dataset: Dataset) -> ModelSpec:
-    return from_section(build_spec, model, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    """The model for this data; refused before anything is allocated when it has more
+    than MAX_PARAMETERS (workers keep several vectors of that length each)."""
+    spec = from_section(build_spec, model, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    size = spec.layout().size
+    if size > MAX_PARAMETERS:
+        raise ConfigError(
+            f"model: {model.name} on {dataset.name} has {size:,} parameters ({size * 4 / 2**30:.1f} GiB "
+            f"a copy); at most {MAX_PARAMETERS:,}: lower model.hidden / conv_channels / fc_width / lstm_*"
+        )
+    return spec
 
 
 def local_training(cfg: Config) -> LocalTrainingConfig:
@@ -341,6 +357,11 @@ def _sizes(shards: ClientShards, population: SyntheticClients | None, num_client
 def build_run(cfg: Config) -> RunSetup:
     """Read the config for everything that shapes training; nothing else does."""
     dataset = build_dataset(cfg.data, cfg.seed)
+    if not len(dataset.y_test):
+        raise DataError(
+            f"the server's test set of {dataset.name} is empty (data.test_fraction, or the test rows "
+            "of the clients kept by data.num_clients); nothing could evaluate the model"
+        )
     splits = client_splits(dataset, cfg)
     population = build_population(cfg.data, cfg.seed)
     shards = ClientShards.pack(splits.train)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 from threadpoolctl import threadpool_limits
 
-from clients.errors import ClusterError, ConfigError, FedsimError
+from clients.errors import ClusterError, ConfigError, FedsimError, RunDiverged
 from clients.models.engines import build_model
 from server.evaluation import evaluate
 from server.pruning import magnitude_scores, random_scores
@@ -45,6 +46,7 @@ from simulator.progress import RoundProgress
 from simulator.setup import build_run
 from simulator.tracking import Trackers
 from simulator.workers import WorkerShape, worker_threads
+from simulator.yaml_input import show
 
 log = logging.getLogger("fedsim")
 
@@ -54,6 +56,7 @@ MUTABLE_ON_RESUME = ("rounds", "runtime")
 # (A change of device, e.g. through gpus_per_worker, is refused when the workers start.)
 FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker")
 PURPOSE_PRUNING = 8
+HUGE_WEIGHT = 1e15  # no trained model has such weights: the server step must have blown them up
 
 
 @dataclass
@@ -109,10 +112,15 @@ class Simulation:
 
     def run(self) -> History:
         trackers = Trackers(self.cfg, self.run_dir)  # a missing tracking package fails here, first
+        if not self.resume:  # a taken or unwritable --out is one error before Ray starts
+            rundir.check_new_run_dir(self.run_dir)
         state = _RunState(self.cfg, self.run_dir)
         with ray_session(self.cfg.runtime.address, self.debug) as session:
-            state.open_run_dir(self.resume)
-            return self._run_with_workers(state, session, trackers)
+            try:
+                state.open_run_dir(self.resume)
+                return self._run_with_workers(state, session, trackers)
+            finally:
+                state.lock.release()
 
     def _run_with_workers(self, state: _RunState, session: RaySession, trackers: Trackers) -> History:
         progress = RoundProgress(self.cfg.rounds, state.next_round, self.cfg.name, self.quiet)
@@ -128,6 +136,10 @@ class Simulation:
         except KeyboardInterrupt:
             state.finish("interrupted")
             trackers.finish("interrupted")
+            raise
+        except RunDiverged as exc:
+            state.finish("diverged", error=str(exc))
+            trackers.finish("diverged")
             raise
         except Exception as exc:
             state.finish("failed", error=str(exc))
@@ -184,6 +196,7 @@ class Simulation:
         pool.actors.clear()
 
     def _loop(self, state: _RunState, pool: WorkerPool, progress: RoundProgress, trackers: Trackers) -> None:
+        divergence = DivergenceWatch(self.cfg)
         for round_ in range(state.next_round, state.rounds + 1):
             row = self._round(state, pool, round_)
             if round_ > state.metrics.last_round():
@@ -193,6 +206,7 @@ class Simulation:
             if round_ % self.cfg.runtime.checkpoint_every == 0 or round_ == self.cfg.rounds:
                 state.checkpoint()
             progress.update(row)
+            divergence.check(row, state.params)
             if self.on_round_end:
                 self.on_round_end(row)
 
@@ -281,6 +295,43 @@ class Simulation:
         with compute_threads(worker_threads(self.cfg.runtime.cpus_per_worker)):
             result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
+
+
+class DivergenceWatch:
+    """Stops a run that has learned nothing finite for ``server.stop_after_nonfinite_rounds``
+    rounds in a row, rather than let it report 'completed' with a model that went nowhere."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.limit = cfg.server.stop_after_nonfinite_rounds
+        self.streak = 0
+
+    def check(self, row: dict[str, Any], params: np.ndarray) -> None:
+        cause = self.cause(row, params)
+        self.streak = self.streak + 1 if cause else 0
+        if cause and self.limit and self.streak >= self.limit:
+            raise RunDiverged(
+                f"diverged at round {row['round']}: {cause} ({self.streak} rounds in a row); "
+                "the run directory keeps the last finite model"
+            )
+
+    def cause(self, row: dict[str, Any], params: np.ndarray) -> str | None:
+        """Why this round learned nothing finite, naming the setting most likely at fault."""
+        c, s = self.cfg.client, self.cfg.server
+        server_step = f"server.lr={s.lr:g} too large for {s.optimizer}"
+        local_step = f"client.lr={c.lr:g}" if s.update == "weights" else f"server.lr={s.lr:g}"
+        if row.get("rejected_aggregate"):
+            return f"the server step overflowed (likely {server_step})"
+        if row["num_clients"] and row["rejected_updates"] == row["num_clients"]:
+            largest = float(np.abs(params).max()) if params.size else 0.0
+            if largest > HUGE_WEIGHT:  # the global model blew up: no local step could stay finite
+                weights = f"weights of {largest:.3g}"
+                return f"every client's update was NaN or Inf, from {weights} (likely {server_step})"
+            return f"every client's update was NaN or Inf (likely {local_step} too large)"
+        loss = row.get("test_loss")
+        if loss is not None and not math.isfinite(loss):
+            return f"the model's test loss is {loss} (likely {local_step} or {server_step})"
+        return None
 
 
 def _one_device(infos: list[dict[str, Any]], recorded: str | None) -> str:
@@ -389,6 +440,7 @@ class _RunState:
         self.metrics: rundir.MetricsLog
         self.client_evals: rundir.ClientEvalLog
         self.device: str | None = None  # what the workers train on, once they are up
+        self.lock = rundir.RunLock(run_dir)
 
     @property
     def params(self) -> np.ndarray:
@@ -397,31 +449,58 @@ class _RunState:
     def open_run_dir(self, resume: bool) -> None:
         """Create the run directory (or restore from its checkpoint) and open the metrics log."""
         if resume:
-            self._restore()
+            self.lock.acquire()
+            self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
+            self._restore(self.metrics.last_round())
         else:
             rundir.create_run_dir(self.run_dir)
+            self.lock.acquire()
             rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
             self.checkpoint()  # round 0: resumable even if stopped before its first round
-        self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
+            self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
         self.client_evals = rundir.ClientEvalLog(self.run_dir / "clients.jsonl", self.completed_round)
         done = [r for r in self.metrics.rows if r["round"] <= self.completed_round]
         self.simulated_elapsed = float(done[-1].get("simulated_elapsed", 0.0)) if done else 0.0
 
-    def _restore(self) -> None:
-        round_, params, server_state = rundir.load_latest_checkpoint(self.run_dir)
-        if round_ > self.cfg.rounds:
+    def _restore(self, logged_round: int) -> None:
+        """Continue from the newest intact checkpoint whose rounds are all in metrics.jsonl
+        (``logged_round``): a damaged checkpoint is skipped, and rows lost from the log are
+        rebuilt by re-running their rounds from an earlier checkpoint, bit for bit."""
+        for ckpt in rundir.intact_checkpoints(self.run_dir):
+            if ckpt.round <= logged_round:
+                break
+            log.warning(
+                "%s: metrics.jsonl ends at round %d, before checkpoint round %d; resuming from an "
+                "earlier checkpoint re-runs the missing rounds",
+                self.run_dir, logged_round, ckpt.round,
+            )  # fmt: skip
+        else:
+            raise FedsimError(
+                f"{self.run_dir}: no intact checkpoint at or before round {logged_round}, where "
+                "metrics.jsonl ends; the run cannot continue without losing rows (start it again)"
+            )
+        self._check_checkpoint(ckpt)
+        self.server.params = ckpt.params.astype(np.float32)
+        self.server.load_arrays(ckpt.server_state)
+        self.completed_round, self.next_round = ckpt.round, ckpt.round + 1
+        rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+
+    def _check_checkpoint(self, ckpt: rundir.Checkpoint) -> None:
+        if ckpt.round > self.cfg.rounds:
             raise ConfigError(
-                f"--resume: rounds={self.cfg.rounds} is below the {round_} rounds already "
+                f"--resume: rounds={self.cfg.rounds} is below the {ckpt.round} rounds already "
                 "completed; rounds can only be extended"
             )
-        if params.shape != self.params.shape:
+        if ckpt.params.shape != self.params.shape:
             raise FedsimError(
-                f"{self.run_dir}: checkpoint has {params.size} parameters, model needs {self.params.size}"
+                f"{ckpt.path}: checkpoint has {ckpt.params.size} parameters, model needs {self.params.size}"
             )
-        self.server.params = params.astype(np.float32)
-        self.server.load_arrays(server_state)
-        self.completed_round, self.next_round = round_, round_ + 1
-        rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+        if ckpt.config is not None and ckpt.config != trained_config(self.cfg):
+            changed = _differences(ckpt.config, trained_config(self.cfg))
+            raise ConfigError(
+                f"{self.run_dir}/config.yaml differs from the config checkpoint round {ckpt.round} was "
+                f"trained with ({', '.join(changed[:5])}); put it back, or start a new run"
+            )
 
     def worker_run_args(self) -> tuple:
         """``ClientWorker.load``'s arguments; the dataset and partition go into the object
@@ -455,7 +534,9 @@ class _RunState:
             return None  # a damaged summary is rewritten at the end; it decides nothing
 
     def checkpoint(self) -> None:
-        rundir.save_checkpoint(self.run_dir, self.completed_round, self.params, self.server.arrays())
+        rundir.save_checkpoint(
+            self.run_dir, self.completed_round, self.params, self.server.arrays(), trained_config(self.cfg)
+        )
 
     def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
         """Checkpoint, write the model and summary.json; return the summary."""
@@ -503,6 +584,21 @@ def _check_resume_compatible(saved: Config, requested: Config) -> None:
     for key in FIXED_RUNTIME_ON_RESUME:
         if old["runtime"][key] != new["runtime"][key]:
             raise ConfigError(f"--resume: 'runtime.{key}' cannot change when resuming; it changes the bits")
+
+
+def trained_config(cfg: Config) -> dict[str, Any]:
+    """What a checkpoint records of the config: everything but what may change on resume."""
+    recorded = {k: v for k, v in cfg.to_dict().items() if k not in MUTABLE_ON_RESUME}
+    recorded["runtime"] = {k: getattr(cfg.runtime, k) for k in FIXED_RUNTIME_ON_RESUME}
+    return recorded
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts, as 'key: old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(old) + [k for k in new if k not in old]
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {show(old)} -> {show(new)}"]
 
 
 def _default_run_dir(cfg: Config) -> Path:

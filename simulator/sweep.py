@@ -37,7 +37,7 @@ from urllib.parse import quote
 import numpy as np
 from matplotlib.figure import Figure
 
-from clients.errors import ConfigError, FedsimError
+from clients.errors import ConfigError, FedsimError, RunDiverged
 from simulator.cluster import RaySession, pool_size, ray_session
 from simulator.config import Config, apply_overrides, from_dict, parse_override, read_yaml
 from simulator.rundir import atomic_write_bytes, atomic_write_text
@@ -50,6 +50,7 @@ INDEX_FORMAT = "fedsim-sweep-1"
 # Most filesystems allow 255 bytes per name; leave room for a uniqueness suffix.
 MAX_RUN_NAME = 200
 NOT_RUN, COMPLETED, FAILED, INTERRUPTED = "not run", "completed", "failed", "interrupted"
+DIVERGED = "diverged"  # stopped by server.stop_after_nonfinite_rounds: a result, not a failure
 DPI = 110
 
 RunCallback = Callable[["SweepRun"], None]
@@ -302,6 +303,9 @@ def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event,
     sim = Simulation(job.config, run_dir, quiet=not progress, debug=debug, on_round_end=stop_between_rounds)
     try:
         summary = sim.run().summary
+    except RunDiverged as exc:  # a result of the grid point (say, too large an lr), not a failure
+        index.record(job.run, status=DIVERGED, error=str(exc), **_accuracies(run_dir))
+        return
     except FedsimError as exc:
         index.record(job.run, status=FAILED, error=str(exc))
         return
@@ -317,6 +321,15 @@ def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event,
         final_test_accuracy=summary["final_test_accuracy"],
         best_test_accuracy=summary["best_test_accuracy"],
     )
+
+
+def _accuracies(run_dir: Path) -> dict[str, Any]:
+    """The final and best test accuracy a stopped run's summary.json recorded."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: summary.get(k) for k in ("final_test_accuracy", "best_test_accuracy")}
 
 
 def _execute(jobs: list[Callable[[], None]], at_once: int, stop: threading.Event) -> None:
