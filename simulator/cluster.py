@@ -21,6 +21,7 @@ from pathlib import Path
 import ray
 
 from clients.errors import ClusterError
+from simulator.yaml_input import one_line, show
 
 log = logging.getLogger("fedsim")
 
@@ -133,9 +134,10 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         return  # "auto" and other forms: Ray resolves and reports them itself
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
+    except (OSError, UnicodeError, ValueError, OverflowError) as exc:  # also a host name idna refuses
+        reason = getattr(exc, "strerror", None) or one_line(str(exc), 100)
         raise ClusterError(
-            f"no Ray cluster answers at {address!r} ({exc.strerror or exc}); start one with "
+            f"no Ray cluster answers at {show(address)} ({reason}); start one with "
             "`ray start --head` or check --address / runtime.address"
         ) from None
 

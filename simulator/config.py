@@ -15,11 +15,10 @@ import math
 import re
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from clients.devices import DEVICES
 from clients.errors import ConfigError
@@ -423,19 +422,20 @@ def validate(cfg: Config) -> Config:
     _require(cfg.rounds >= 1, "rounds", cfg.rounds, ">= 1")
     _require(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
     _require(
-        RUN_NAME.fullmatch(cfg.name) is not None and len(cfg.name.encode()) <= 200,
+        _is_run_name(cfg.name),
         "name",
         cfg.name,
         "1-100 characters, no '/', '\\' or control characters, not starting with '.' or a space "
         "(it names the run directory)",
     )
     _require(d.num_clients >= 1, "data.num_clients", d.num_clients, ">= 1")
-    _require(d.alpha > 0, "data.alpha", d.alpha, "> 0")
+    _require(0 < d.alpha <= 1e6, "data.alpha", d.alpha, "in (0, 1e6] (larger is IID: data.partition: iid)")
     _require(d.shards_per_client >= 1, "data.shards_per_client", d.shards_per_client, ">= 1")
     _require(d.min_samples_per_client >= 1, "data.min_samples_per_client", d.min_samples_per_client, ">= 1")
     _require(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "in (0, 1)")
-    _require(d.synthetic.alpha >= 0, "data.synthetic.alpha", d.synthetic.alpha, ">= 0")
-    _require(d.synthetic.beta >= 0, "data.synthetic.beta", d.synthetic.beta, ">= 0")
+    # Standard deviations of the generator's means; past 1e3 float32 features overflow.
+    _require(0 <= d.synthetic.alpha <= 1e3, "data.synthetic.alpha", d.synthetic.alpha, "in [0, 1000]")
+    _require(0 <= d.synthetic.beta <= 1e3, "data.synthetic.beta", d.synthetic.beta, "in [0, 1000]")
     _require(d.synthetic.num_features >= 1, "data.synthetic.num_features", d.synthetic.num_features, ">= 1")
     _require(d.synthetic.num_classes >= 2, "data.synthetic.num_classes", d.synthetic.num_classes, ">= 2")
     spd = d.synthetic.samples_per_device
@@ -491,6 +491,16 @@ def _validate_synthetic_size(d: DataConfig) -> None:
             f"{s.num_features:,} features is {devices * per_device / 2**30:.0f} GiB; at most "
             f"{MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB (use data.generate_on_workers for large populations)"
         )
+
+
+def _is_run_name(name: str) -> bool:
+    """One path component: no separators, no control, format or line-separator characters
+    (bidi overrides, U+2028), not hidden, at most 100 characters and 200 bytes."""
+    return (
+        RUN_NAME.fullmatch(name) is not None
+        and len(name.encode("utf-8", "surrogatepass")) <= 200
+        and not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name)
+    )
 
 
 def _validate_model(m: ModelConfig) -> None:
@@ -735,8 +745,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {show(text)}: expected KEY=VALUE with a dotted key, e.g. client.lr=0.05")
+    keys = key.strip().split(".")
+    if len(keys) > yaml_input.MAX_DEPTH or len(key) > 1000:
+        raise ConfigError(f"--set {show(key)}: a dotted key of at most {yaml_input.MAX_DEPTH} parts, please")
     value = yaml_input.load(raw, f"--set {show(key.strip())}") if raw.strip() else None
-    return key.strip().split("."), value
+    return keys, value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
@@ -819,4 +832,4 @@ def as_trained(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def dump_yaml(cfg: Config) -> str:
     """The resolved config, every default filled in, as YAML that loads back equal."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
+    return yaml_input.dump(cfg.to_dict())

@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from clients.errors import FedsimError
 from simulator.config import Config, read_yaml
 from simulator.rundir import atomic_write_bytes, read_metrics, running_pid
+from simulator.yaml_input import one_line
 
 DPI = 110  # chart resolution, dots per inch
 FIGSIZE = (7.5, 4.6)  # chart size, inches
@@ -145,7 +146,7 @@ def _read_summary(path: Path) -> dict[str, Any]:
         return {}
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # cut short, not UTF-8, or nested absurdly deep
         return {}
     return summary if isinstance(summary, dict) else {}
 
@@ -445,8 +446,8 @@ def _prune_results(run: RunRecord) -> dict[str, Any] | None:
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FedsimError(f"{path}: unreadable prune results: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise FedsimError(f"{path}: unreadable prune results: {one_line(str(exc), 200)}") from None
 
 
 def _prune_accuracy_figure(prune: dict[str, Any], title: str) -> Figure:

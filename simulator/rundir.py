@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ log = logging.getLogger("fedsim")
 CHECKPOINT_PATTERN = re.compile(r"^round_(\d{6})\.safetensors$")
 KEEP_CHECKPOINTS = 3
 LOCK_NAME = ".lock"
+LOCK_ATTEMPTS = 5
 CHECKPOINT_FORMAT = "fedsim-checkpoint-2"
 OLD_CHECKPOINT_FORMAT = "fedsim-checkpoint-1"  # before the checksum and the recorded config
 
@@ -90,21 +93,20 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise FedsimError(
-                f"cannot lock run directory {self.path.parent}: {exc.strerror or exc}"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            raise FedsimError(
-                f"run directory {self.path.parent} is in use by another fedsim run (pid {holder}); "
-                "wait for it to end or stop it first"
-            ) from None
+        fd = _open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
+        for attempt in range(LOCK_ATTEMPTS):  # `fedsim report` probes the lock for a moment
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt == LOCK_ATTEMPTS - 1:
+                    holder = _lock_holder(fd)
+                    os.close(fd)
+                    raise FedsimError(
+                        f"run directory {self.path.parent} is in use by another fedsim run (pid {holder}); "
+                        "wait for it to end or stop it first"
+                    ) from None
+                time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -115,11 +117,26 @@ class RunLock:
             self.fd = None
 
 
+def _open_lock_file(path: Path, flags: int) -> int:
+    """The lock file's descriptor; a lock file that is not a regular file is refused
+    (O_NONBLOCK: a FIFO put there must not block the open)."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise FedsimError(f"cannot lock run directory {path.parent}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FedsimError(f"cannot lock run directory {path.parent}: {path.name} is not a regular file")
+    return fd
+
+
 def running_pid(run_dir: Path) -> int | None:
     """The pid of the fedsim run that holds ``run_dir``'s lock now, else None."""
+    if not (run_dir / LOCK_NAME).is_file():
+        return None
     try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
-    except OSError:
+        fd = _open_lock_file(run_dir / LOCK_NAME, os.O_RDONLY)
+    except FedsimError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -183,7 +200,7 @@ def _truncate_after_round(path: Path, completed_round: int) -> None:
                 break
             try:
                 row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # not JSON, not UTF-8, nested absurdly deep
                 raise FedsimError(f"{path}:{number}: not valid JSON") from None
             if not isinstance(row, dict) or not isinstance(row.get("round"), int):
                 raise FedsimError(f"{path}:{number}: not a JSON object with an integer 'round'")
@@ -224,7 +241,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             if number == len(lines):
                 break
             raise FedsimError(f"{path}:{number}: not valid JSON") from None
@@ -301,7 +318,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         tensors = load_file(str(path))
         with safe_open(str(path), "numpy") as f:
             metadata = json.loads((f.metadata() or {}).get("fedsim", "{}"))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, RecursionError) as exc:
         raise FedsimError(f"{path}: unreadable checkpoint: {one_line(str(exc), 200)}") from None
     if "global_params" not in tensors or not isinstance(metadata, dict):
         raise FedsimError(f"{path}: not a fedsim checkpoint (no 'global_params' tensor)")
@@ -314,7 +331,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         )
     try:
         config = json.loads(metadata["config"]) if "config" in metadata else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise FedsimError(f"{path}: corrupt checkpoint: its recorded config is not JSON") from None
     round_ = int(CHECKPOINT_PATTERN.match(path.name).group(1))
     state = {k.removeprefix("server."): v for k, v in tensors.items() if k.startswith("server.")}

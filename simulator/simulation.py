@@ -55,6 +55,7 @@ MUTABLE_ON_RESUME = ("rounds", "runtime")
 # runtime keys that change bits: the summation order and the kernels' thread count
 # (A change of device, e.g. through gpus_per_worker, is refused when the workers start.)
 FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker")
+DATA_LOCATION = ("root", "download", "verify")  # where the data are found, not what they are
 PURPOSE_PRUNING = 8
 HUGE_WEIGHT = 1e15  # no trained model has such weights: the server step must have blown them up
 
@@ -299,12 +300,15 @@ class Simulation:
 
 class DivergenceWatch:
     """Stops a run that has learned nothing finite for ``server.stop_after_nonfinite_rounds``
-    rounds in a row, rather than let it report 'completed' with a model that went nowhere."""
+    rounds in a row, rather than let it report 'completed' with a model that went nowhere.
+    A non-finite test loss stands until the next evaluation says otherwise, so rounds
+    between evaluations (server.eval_every > 1) count too."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.limit = cfg.server.stop_after_nonfinite_rounds
         self.streak = 0
+        self.loss_cause: str | None = None  # the last evaluation's, while its loss was not finite
 
     def check(self, row: dict[str, Any], params: np.ndarray) -> None:
         cause = self.cause(row, params)
@@ -320,6 +324,12 @@ class DivergenceWatch:
         c, s = self.cfg.client, self.cfg.server
         server_step = f"server.lr={s.lr:g} too large for {s.optimizer}"
         local_step = f"client.lr={c.lr:g}" if s.update == "weights" else f"server.lr={s.lr:g}"
+        loss = row.get("test_loss")
+        if loss is not None:
+            finite = math.isfinite(loss)
+            self.loss_cause = (
+                None if finite else f"the model's test loss is {loss} (likely {local_step} or {server_step})"
+            )
         if row.get("rejected_aggregate"):
             return f"the server step overflowed (likely {server_step})"
         if row["num_clients"] and row["rejected_updates"] == row["num_clients"]:
@@ -328,10 +338,7 @@ class DivergenceWatch:
                 weights = f"weights of {largest:.3g}"
                 return f"every client's update was NaN or Inf, from {weights} (likely {server_step})"
             return f"every client's update was NaN or Inf (likely {local_step} too large)"
-        loss = row.get("test_loss")
-        if loss is not None and not math.isfinite(loss):
-            return f"the model's test loss is {loss} (likely {local_step} or {server_step})"
-        return None
+        return self.loss_cause
 
 
 def _one_device(infos: list[dict[str, Any]], recorded: str | None) -> str:
@@ -495,8 +502,8 @@ class _RunState:
             raise FedsimError(
                 f"{ckpt.path}: checkpoint has {ckpt.params.size} parameters, model needs {self.params.size}"
             )
-        if ckpt.config is not None and ckpt.config != trained_config(self.cfg):
-            changed = _differences(ckpt.config, trained_config(self.cfg))
+        changed = [] if ckpt.config is None else _differences(ckpt.config, trained_config(self.cfg))
+        if changed:
             raise ConfigError(
                 f"{self.run_dir}/config.yaml differs from the config checkpoint round {ckpt.round} was "
                 f"trained with ({', '.join(changed[:5])}); put it back, or start a new run"
@@ -529,9 +536,10 @@ class _RunState:
         if self.completed_round == 0 or not path.is_file():
             return None
         try:
-            return json.loads(path.read_text()).get("device")
-        except (OSError, ValueError):
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
             return None  # a damaged summary is rewritten at the end; it decides nothing
+        return summary.get("device") if isinstance(summary, dict) else None
 
     def checkpoint(self) -> None:
         rundir.save_checkpoint(
@@ -587,17 +595,20 @@ def _check_resume_compatible(saved: Config, requested: Config) -> None:
 
 
 def trained_config(cfg: Config) -> dict[str, Any]:
-    """What a checkpoint records of the config: everything but what may change on resume."""
+    """What a checkpoint records of the config: everything but what may change on resume
+    and where the data are found (a dataset moved to another folder is the same data)."""
     recorded = {k: v for k, v in cfg.to_dict().items() if k not in MUTABLE_ON_RESUME}
     recorded["runtime"] = {k: getattr(cfg.runtime, k) for k in FIXED_RUNTIME_ON_RESUME}
+    recorded["data"] = {k: v for k, v in recorded["data"].items() if k not in DATA_LOCATION}
     return recorded
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts, as 'key: old -> new'."""
+    """Dotted keys whose values differ between two nested config dicts, as 'key: old -> new'.
+    Only keys both hold are compared: a key a later fedsim added (with its default) or
+    removed does not make an older checkpoint unusable."""
     if isinstance(old, dict) and isinstance(new, dict):
-        keys = list(old) + [k for k in new if k not in old]
-        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [d for k in old if k in new for d in _differences(old[k], new[k], f"{prefix}{k}.")]
     return [] if old == new else [f"{prefix.rstrip('.')}: {show(old)} -> {show(new)}"]
 
 

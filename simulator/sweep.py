@@ -327,7 +327,9 @@ def _accuracies(run_dir: Path) -> dict[str, Any]:
     """The final and best test accuracy a stopped run's summary.json recorded."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(summary, dict):
         return {}
     return {k: summary.get(k) for k in ("final_test_accuracy", "best_test_accuracy")}
 

@@ -57,6 +57,15 @@ def flat_config(cfg: Config) -> dict[str, str]:
     return flat
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    """A small JSON object fedsim wrote, or {} when it is missing or not one."""
+    try:
+        content = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
 def _require_module(name: str, option: str):
     try:
         return importlib.import_module(name)
@@ -114,8 +123,9 @@ class Trackers:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(self.cfg.runtime.mlflow_experiment)
         record_path = self.run_dir / MLFLOW_RUN_FILE
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-        if record.get("tracking_uri") == uri:  # a resumed run continues its MLflow run
+        record = _json_object(record_path)
+        # A resumed run continues its MLflow run.
+        if record.get("tracking_uri") == uri and isinstance(record.get("run_id"), str):
             mlflow.start_run(run_id=record["run_id"])
             return
         run = mlflow.start_run(run_name=self.cfg.name)

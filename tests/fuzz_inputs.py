@@ -137,6 +137,23 @@ def yaml_cases(out: Path) -> list[Case]:
     add("unknown_everywhere", "clinet: {lr: 0.1}\n")
     add("section_as_scalar", "client: 5\n")
     add("python_tag", "client: !!python/object/apply:os.system ['true']\n")
+    for tag, value in (
+        ("float", "abc"),
+        ("int", "abc"),
+        ("bool", "maybe"),
+        ("timestamp", "abc"),
+        ("binary", "!!"),
+    ):
+        add(f"tag_{tag}", f"client: {{lr: !!{tag} {value}}}\n")
+    add("hex_digits", "rounds: 0x" + "f" * 5000 + "\n")
+    add("date_name", "name: 2020-13-45\n", False)
+    add("sexagesimal", "rounds: 1:30\n")
+    add(
+        "aliased_long_string",
+        "runtime: {out_dir: &x " + "a" * 600_000 + "}\nname: [" + ", ".join(["*x"] * 90_000) + "]\n",
+    )
+    add("set_deep_key", "", True, "--set", "name" + ".a" * 20_000 + "=x")
+    add("set_long_key", "", True, "--set", "x" * 100_000 + "=1")
     add("empty", "", False)
     add("comments_only", "# nothing\n", False)
     add("set_newline", "", False, "--set", "name=a\nb")  # YAML folds it: name "a b"
@@ -316,6 +333,12 @@ def data_cases(out: Path) -> list[Case]:
         + "]" * 5000
         + ', "y": [1]}}}'
     )
+    for name, make in (("leaf_fifo", os.mkfifo), ("leaf_dev_zero", lambda p: os.symlink("/dev/zero", p))):
+        for split in ("train", "test"):
+            (out / name / "femnist" / "data" / split).mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                make(out / name / "femnist" / "data" / split / "0.json")
+        add(f"{name}_shard", "femnist", out / name, "natural")
     root = out / "leaf_deep"
     _leaf(root, "femnist", deep)
     add("leaf_nested_5000_deep", "femnist", root, "natural")

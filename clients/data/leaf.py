@@ -46,6 +46,7 @@ _CHAR_TO_ID = np.full(256, UNKNOWN_CHAR, dtype=np.int64)  # ASCII byte -> token 
 _CHAR_TO_ID[np.frombuffer(ALL_LETTERS.encode("ascii"), dtype=np.uint8)] = np.arange(len(ALL_LETTERS))
 
 LEAF_REPO = "https://github.com/TalwalkarLab/leaf"
+MAX_SHARD_BYTES = 1 << 30  # json builds ~10x its size in Python objects
 
 # One user's rows as numpy arrays: x (n, *input_shape), y (n,) int64.
 UserRows = tuple[np.ndarray, np.ndarray]
@@ -185,6 +186,10 @@ def _read_shard(
 def _load_json(shard: Path) -> dict:
     """The parsed shard, checked to be an object with LEAF's three keys."""
     try:
+        if not shard.is_file():  # a FIFO would block, /dev/zero would never end
+            raise DataError(f"{shard}: not a regular file")
+        if shard.stat().st_size > MAX_SHARD_BYTES:
+            raise DataError(f"{shard}: {shard.stat().st_size:,} bytes; LEAF writes shards of tens of MB")
         with shard.open("rb") as stream:
             content = json.load(stream)
     except (OSError, ValueError) as error:  # JSONDecodeError and bad UTF-8 are ValueErrors

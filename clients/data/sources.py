@@ -24,6 +24,7 @@ from clients.errors import DataError
 
 DOWNLOAD_TIMEOUT_S = 30.0  # per connection attempt and per read; a stalled mirror fails, the next is tried
 CHUNK_BYTES = 1 << 20
+MAX_RECORD_BYTES = 1 << 20  # a checksum record holds a few lines
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,12 @@ class CheckedFiles:
         self.changed = False
 
     def _read(self) -> dict:
+        """The record, or {} when there is none or it is not one (it is only a cache)."""
         try:
+            if not self.path.is_file() or self.path.stat().st_size > MAX_RECORD_BYTES:
+                return {}
             entries = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         return entries if isinstance(entries, dict) else {}
 
@@ -87,6 +91,7 @@ class CheckedFiles:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.entries, f, sort_keys=True)
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared data folder's users all read it
             os.replace(tmp, self.path)
         except OSError:
             Path(tmp).unlink(missing_ok=True)

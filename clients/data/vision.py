@@ -146,6 +146,7 @@ CIFAR10_BATCH_MD5 = {
 # Nothing fedsim reads is larger (CIFAR-10's batches are 31 MB, MNIST's images 47 MB): a header
 # declaring more is refused before anything is allocated or decompressed.
 MAX_ARRAY_BYTES = 1 << 31
+MAX_GZ_RATIO = 100  # a gzip bomb expands 1000x; image and label files 2-5x
 CIFAR10_ARCHIVE = RemoteFile(
     "cifar-10-python.tar.gz",
     ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
@@ -278,6 +279,11 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             size = math.prod(shape)  # Python ints: a hostile header cannot overflow
             if size > MAX_ARRAY_BYTES:
                 raise DataError(f"{path}: its header declares {shape}: {size} bytes, over {MAX_ARRAY_BYTES}")
+            if path.suffix == ".gz" and size > MAX_GZ_RATIO * path.stat().st_size + (1 << 16):
+                raise DataError(
+                    f"{path}: its header declares {shape}, {size} bytes, over {MAX_GZ_RATIO}x the "
+                    f"{path.stat().st_size} compressed bytes it could come from (MNIST's expand 2-5x)"
+                )
             body = stream.read(size + 1)
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read: {error}") from error
@@ -311,7 +317,16 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
         _check_npz_headers(path)
         with np.load(path, allow_pickle=False) as archive:
             x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_ARRAYS)
-    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as error:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zlib.error,
+        zipfile.BadZipFile,
+        RuntimeError,
+        NotImplementedError,
+    ) as error:
+        # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile lacks
         raise DataError(f"{path}: cannot read as an .npz archive of plain arrays: {error}") from error
     for images, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
         _check_images(images, f"{path} x_{split}")
