@@ -8,10 +8,12 @@ ones too, for fractional ``num_gpus``), so a worker's GPU is always torch's
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from clients.errors import ClusterError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -22,6 +24,8 @@ def worker_device(requested: str, gpus_per_worker: float) -> torch.device | None
         raise ValueError(f"unknown device {requested!r}; known: {', '.join(DEVICES)}")
     if requested == "cpu" or gpus_per_worker == 0:
         return None
+    import torch  # here, not at the top: the config (and `fedsim validate`) need DEVICES only
+
     if torch.cuda.is_available():
         make_cuda_deterministic()
         return torch.device("cuda", 0)
@@ -39,6 +43,8 @@ def make_cuda_deterministic() -> None:
     """Same config, same GPU model, same bits: no autotuned or TF32 kernels, and
     cuBLAS in its reproducible workspace mode (must be set before its first call).
     Ops with no deterministic CUDA kernel (max-pool backward) warn instead of failing."""
+    import torch
+
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True

@@ -184,3 +184,15 @@ def test_dataset_rejects_mismatched_arrays():
     # Execute / Assert
     with pytest.raises(DataError, match="x_train has shape"):
         Dataset("bad", x, y, x, y[:3], 2, (2,), None)
+
+
+def test_digits_are_scikit_learns_bits_without_importing_it():
+    """The run reads scikit-learn's bundled digits file itself (2 s less start-up)."""
+    import sklearn.datasets
+
+    from clients.data.datasets import _digits_arrays
+
+    pixels, labels = _digits_arrays()
+    reference = sklearn.datasets.load_digits()
+    assert pixels.tobytes() == reference.data.tobytes() and pixels.shape == reference.data.shape
+    assert np.array_equal(labels, reference.target) and labels.dtype == np.int64
