@@ -124,7 +124,6 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from simulator.config import load_config
-    from simulator.simulation import Simulation
 
     overrides = _run_overrides(args)
     options = {"quiet": args.quiet, "debug": args.debug}
@@ -133,11 +132,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise FedsimError(
                 "fedsim run --resume RUN_DIR takes its config and directory from RUN_DIR; drop CONFIG/--out"
             )
-        sim = Simulation.resume_from(args.resume, overrides, **options)
-    elif args.config is None:
+        from simulator.simulation import Simulation
+
+        return _run(Simulation.resume_from(args.resume, overrides, **options), args.quiet)
+    if args.config is None:
         raise FedsimError("fedsim run: give a CONFIG file (or --resume RUN_DIR)")
-    else:
-        sim = Simulation(load_config(args.config, overrides), args.out, **options)
+    cfg = load_config(args.config, overrides)
+    if args.out is not None:  # a taken --out is one error before Ray starts
+        from simulator.rundir import check_new_run_dir
+
+        check_new_run_dir(args.out)
+    from simulator.cluster import ray_starting
+
+    # Ray's processes come up while this process imports torch and the simulator (seconds each).
+    with ray_starting(cfg.runtime.address, args.debug):
+        from simulator.simulation import Simulation
+
+        return _run(Simulation(cfg, args.out, **options), args.quiet)
+
+
+def _run(sim, quiet: bool) -> int:
     try:
         history = sim.run()
     except KeyboardInterrupt:
@@ -146,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RunDiverged as exc:
         print(f"fedsim: run {sim.run_dir} {one_line(str(exc))}", file=sys.stderr)
         return EXIT_DIVERGED
-    _print_summary(history.summary, history.run_dir, args.quiet)
+    _print_summary(history.summary, history.run_dir, quiet)
     return 0
 
 

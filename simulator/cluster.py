@@ -10,10 +10,13 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,8 @@ from clients.errors import ClusterError
 from simulator.yaml_input import one_line, show
 
 log = logging.getLogger("fedsim")
+WORKER_PRELOAD = "torch,clients.worker"
+_outer: _RayOwner | None = None  # the outermost ray_starting block's Ray, while it is starting or up
 
 
 @dataclass(frozen=True)
@@ -36,21 +41,95 @@ class RaySession:
 @contextmanager
 def ray_session(address: str | None, debug: bool = False):
     """Yield a RaySession: reuse an initialised Ray, connect to ``address``, or start one."""
+    with ray_starting(address, debug) as wait_for_ray:
+        yield wait_for_ray()
+
+
+@contextmanager
+def ray_starting(address: str | None, debug: bool = False) -> Iterator[Callable[[], RaySession]]:
+    """Start (or join) Ray in the background and yield a function that waits for it and
+    returns the RaySession, so the caller can build its data and model meanwhile: Ray's
+    start is seconds of waiting on its own processes. Blocks nest: an inner block (a run
+    inside ``fedsim run``'s own block, which starts Ray before importing torch) shares the
+    outer block's Ray."""
+    global _outer
+    if _outer is not None:
+        yield _outer.session
+        return
     if ray.is_initialized():
-        yield RaySession(False, *_cluster_cpus_gpus())
+        session = RaySession(False, *_cluster_cpus_gpus())
+        yield lambda: session
         return
     started = address is None
     _quiet_ray_environment(debug)
     if address is not None:
         _check_reachable(_resolve_auto(address))
-    with _reaper() if started else contextlib.nullcontext(), _ray_started(address, debug):
-        yield RaySession(started, *_cluster_cpus_gpus())
+    else:
+        _warm_worker_environment()
+    with _reaper() if started else contextlib.nullcontext(), _exit_on_sigterm():
+        owner = _outer = _RayOwner(address, debug)
+        try:
+            yield owner.session
+        finally:
+            _outer = None
+            owner.close()
+
+
+class _RayOwner:
+    """A thread that starts or joins Ray, then holds it until ``close``.
+
+    The thread must outlive the session: the embedded Ray's processes are started with
+    Linux's parent-death signal, which fires when the *thread* that started them ends.
+    """
+
+    def __init__(self, address: str | None, debug: bool):
+        self.started_here = address is None
+        self.ready, self.release = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._own, args=(address, debug), name="fedsim-ray")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _own(self, address: str | None, debug: bool) -> None:
+        try:
+            _init_ray(address, debug)
+        except BaseException as exc:  # handed to the thread that waits for Ray
+            self.error = exc
+            return
+        finally:
+            self.ready.set()
+        self.release.wait()
+        if self.started_here:
+            ray.shutdown()
+
+    def session(self) -> RaySession:
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+        return RaySession(self.started_here, *_cluster_cpus_gpus())
+
+    def close(self) -> None:
+        """Stop the Ray fedsim started (after its start finishes), or leave the cluster."""
+        self.release.set()
+        self.thread.join()
 
 
 @contextmanager
-def _ray_started(address: str | None, debug: bool):
-    """ray.init for this session; shut down at the end only when fedsim started it."""
-    started = address is None
+def _exit_on_sigterm():
+    """What ray.init does in the main thread (it starts Ray from another thread here): a
+    SIGTERM becomes SystemExit, so the run stops through its cleanup and Ray shuts down."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _init_ray(address: str | None, debug: bool) -> None:
+    """ray.init: a fresh embedded Ray for ``None``, else the cluster at ``address``."""
     try:
         ray.init(
             # "local" always starts a fresh embedded Ray, even when a cluster started
@@ -66,11 +145,6 @@ def _ray_started(address: str | None, debug: bool):
     except Exception as exc:  # Ray raises many types for an unreachable cluster
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise ClusterError(f"could not start or reach {where}: {exc}") from exc
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 @contextmanager
@@ -140,6 +214,13 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
             f"no Ray cluster answers at {show(address)} ({reason}); start one with "
             "`ray start --head` or check --address / runtime.address"
         ) from None
+
+
+def _warm_worker_environment() -> None:
+    """The embedded Ray starts one idle worker process per CPU as it comes up; have them
+    import torch and the worker code then, so the run's workers are warm when asked for.
+    (Best effort in Ray; a cluster started with `ray start` takes the same variable.)"""
+    os.environ.setdefault("RAY_preload_python_modules", WORKER_PRELOAD)
 
 
 def _quiet_ray_environment(debug: bool) -> None:

@@ -36,11 +36,12 @@ def clients_to_evaluate(cfg: Config, round_: int) -> np.ndarray:
     return np.sort(rng.choice(cfg.data.num_clients, size=count, replace=False))
 
 
-def evaluate_clients(pool, params: np.ndarray, clients: np.ndarray, cfg: Config):
+def evaluate_clients(pool, params: np.ndarray, clients: np.ndarray, cfg: Config, held_out: np.ndarray | None):
     """Run the evaluation on the workers: (client ids, held-out counts, summed losses,
-    correct counts), each (k,) in client order."""
+    correct counts), each (k,) in client order. ``held_out``: every client's held-out
+    sample count, which balances the workers (None: generated clients, all alike)."""
     groups, batch = cfg.runtime.reduction_groups, cfg.server.eval_batch_size
-    parts = map_groups(pool, params, clients, groups, "evaluate_groups", batch)
+    parts = map_groups(pool, params, clients, groups, "evaluate_groups", batch, client_work=held_out)
     if not parts:
         return (np.zeros(0, np.int64),) * 4
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(1, 5))

@@ -9,6 +9,7 @@ re-run elsewhere: every result depends only on the item, so nothing changes.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +22,6 @@ from clients.errors import ClusterError, FedsimError
 from server.sampling import reduction_groups
 
 log = logging.getLogger("fedsim")
-TASKS_PER_WORKER = 1
 
 
 class WorkerPool:
@@ -39,27 +39,39 @@ class WorkerPool:
         self.respawn = respawn
         self.respawns_left = max_respawns
         self.evicted = 0
+        self.scheduler = GroupScheduler()  # what each worker is measured to do per second
 
     def map(self, submit: Callable[[Any, Any], Any], items: Sequence[Any], max_retries: int = 3) -> list:
         """Run ``submit(actor, item)`` for every item; return results in item order."""
         return list(self.imap(submit, items, max_retries))
 
-    def imap(self, submit: Callable[[Any, Any], Any], items: Sequence[Any], max_retries: int = 3):
+    def imap(
+        self,
+        submit: Callable[[Any, Any], Any],
+        items: Sequence[Any],
+        max_retries: int = 3,
+        placed_on: Sequence[Any] | None = None,
+        on_done: Callable[[Any, int, float], None] | None = None,
+    ):
         """Like ``map`` but yields each result as soon as it and all before it are done,
-        so the caller's in-order work overlaps with the workers'."""
+        so the caller's in-order work overlaps with the workers'. Item i goes to
+        ``placed_on[i]`` while that actor lives, else to the least-loaded one;
+        ``on_done(actor, i, seconds)`` hears how long each item took from its submission."""
         results: dict[int, Any] = {}
         next_out = 0
         queue = deque(range(len(items)))
         attempts = [0] * len(items)
-        running: dict[Any, tuple[Any, int]] = {}
+        running: dict[Any, tuple[Any, int, float]] = {}
         load = {id(a): 0 for a in self.actors}
         while queue or running:
-            self._fill(submit, items, queue, running, load)
+            self._fill(submit, items, queue, running, load, placed_on)
             done, _ = ray.wait(list(running), num_returns=1)
-            actor, index = running.pop(done[0])
+            actor, index, submitted = running.pop(done[0])
             load[id(actor)] -= 1
             try:
                 results[index] = ray.get(done[0])
+                if on_done is not None:
+                    on_done(actor, index, time.perf_counter() - submitted)
             except RayActorError as exc:
                 self._evict(actor, exc, load)
                 attempts[index] += 1
@@ -74,16 +86,22 @@ class WorkerPool:
                 yield results.pop(next_out)
                 next_out += 1
 
-    def _fill(self, submit, items, queue, running, load) -> None:
+    def _fill(self, submit, items, queue, running, load, placed_on) -> None:
         if not self.actors:
             raise ClusterError("every worker actor died; no worker is left to run the round")
         while queue:
-            actor = min(self.actors, key=lambda a: load[id(a)])
+            actor = self._actor_for(queue[0], load, placed_on)
             if load[id(actor)] >= self.depth:
                 return
             index = queue.popleft()
-            running[submit(actor, items[index])] = (actor, index)
+            running[submit(actor, items[index])] = (actor, index, time.perf_counter())
             load[id(actor)] += 1
+
+    def _actor_for(self, index: int, load: dict, placed_on: Sequence[Any] | None) -> Any:
+        """The item's own actor while it lives; the least-loaded one otherwise."""
+        if placed_on is not None and placed_on[index] in self.actors:
+            return placed_on[index]
+        return min(self.actors, key=lambda a: load[id(a)])
 
     @property
     def size(self) -> int:
@@ -121,31 +139,87 @@ def _unwrap(exc: RayTaskError) -> Exception:
     return FedsimError(f"a worker task failed: {cause!r}" if cause else str(exc))
 
 
-def tasks_of_groups(groups: list[np.ndarray], workers: int) -> list[list[tuple[int, np.ndarray]]]:
-    """Consecutive reduction groups batched into TASKS_PER_WORKER tasks per worker.
+def balanced_shares(group_work: Sequence[float], speeds: Sequence[float]) -> list[list[int]]:
+    """Group indices for each of ``len(speeds)`` workers: largest group first, each to the
+    worker that would finish it soonest at its speed (LPT list scheduling, Graham 1969:
+    within 4/3 of the best split). Ties go to the lower index, so the split is a pure
+    function of its inputs; each share lists its groups in index order."""
+    finish = [0.0] * len(speeds)
+    shares: list[list[int]] = [[] for _ in speeds]
+    for group in sorted(range(len(group_work)), key=lambda g: (-group_work[g], g)):
+        worker = min(range(len(speeds)), key=lambda k: ((finish[k] + group_work[group]) / speeds[k], k))
+        finish[worker] += group_work[group]
+        shares[worker].append(group)
+    return [sorted(share) for share in shares]
 
-    Each Ray call and each returned object costs milliseconds (measured with
-    bench/overhead.py), so fewer, larger tasks win on small models. Only who
-    carries a group depends on this, never a bit of the result."""
-    indexed = list(enumerate(groups))
-    if not indexed:
-        return []
-    count = min(len(indexed), TASKS_PER_WORKER * workers)
-    bounds = [round(i * len(indexed) / count) for i in range(count + 1)]
-    return [indexed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+class GroupScheduler:
+    """Deals a round's reduction groups to the pool's workers by estimated work (each
+    client's samples processed) and each worker's measured speed, one task per worker:
+    a Ray call and its returned object cost milliseconds, so fewer, larger tasks win.
+    Only who carries a group depends on this, never a bit of the result."""
+
+    SMOOTHING = 0.3  # weight of the newest speed measurement: this machine's timings drift ~15%
+
+    def __init__(self) -> None:
+        self.speeds: dict[tuple[int, str], float] = {}  # (actor id, method) -> work units per second
+
+    def run(
+        self,
+        pool: WorkerPool,
+        submit: Callable[[Any, list[tuple[int, np.ndarray]]], Any],
+        groups: list[np.ndarray],
+        group_work: Sequence[float],
+        kind: str,
+    ) -> list:
+        """Each group's result of ``submit(actor, [(index, ids), ...])`` (which returns one
+        result per group it was given, in order), in group order."""
+        actors = list(pool.actors)
+        split = balanced_shares(group_work, self._speeds(actors, kind))
+        shares = [(actor, share) for actor, share in zip(actors, split, strict=True) if share]
+        tasks = [[(g, groups[g]) for g in share] for _, share in shares]
+        work = [sum(group_work[g] for g in share) for _, share in shares]
+
+        def measured(actor: Any, index: int, seconds: float) -> None:
+            self._measured(actor, kind, work[index], seconds)
+
+        by_group: list[Any] = [None] * len(groups)
+        placed = [actor for actor, _ in shares]
+        answers = pool.imap(submit, tasks, placed_on=placed, on_done=measured)
+        for task, task_results in zip(tasks, answers, strict=True):
+            for (group, _), result in zip(task, task_results, strict=True):
+                by_group[group] = result
+        return by_group
+
+    def _speeds(self, actors: list[Any], kind: str) -> list[float]:
+        known = [self.speeds[(id(a), kind)] for a in actors if (id(a), kind) in self.speeds]
+        default = float(np.median(known)) if known else 1.0  # a new worker: like the others
+        return [self.speeds.get((id(a), kind), default) for a in actors]
+
+    def _measured(self, actor: Any, kind: str, work: float, seconds: float) -> None:
+        if work <= 0 or seconds <= 0:
+            return
+        key, speed = (id(actor), kind), work / seconds
+        old = self.speeds.get(key)
+        self.speeds[key] = speed if old is None else (1 - self.SMOOTHING) * old + self.SMOOTHING * speed
 
 
 def map_groups(
-    pool: WorkerPool, params: np.ndarray, clients: np.ndarray, groups: int, method: str, *args
+    pool: WorkerPool,
+    params: np.ndarray,
+    clients: np.ndarray,
+    groups: int,
+    method: str,
+    *args,
+    client_work: np.ndarray | None = None,
 ) -> list:
     """Every reduction group's result of the workers' ``method(params, task, *args)`` over
-    ``clients`` cut into ``groups`` groups, in group order (whichever worker ran it);
-    ``params`` goes into the object store once."""
+    ``clients`` cut into ``groups`` groups, in group order (whichever worker ran it),
+    balanced by ``client_work`` (num_clients,), else by client count; ``params`` goes
+    into the object store once."""
     params_ref = ray.put(params)
-    tasks = tasks_of_groups(reduction_groups(clients, groups), pool.size)
-    results = []
-    for task_results in pool.imap(
-        lambda actor, task: getattr(actor, method).remote(params_ref, task, *args), tasks
-    ):
-        results.extend(task_results)
-    return results
+    cut = reduction_groups(clients, groups)
+    work = [float(len(g)) if client_work is None else float(client_work[g].sum()) for g in cut]
+    return pool.scheduler.run(
+        pool, lambda actor, task: getattr(actor, method).remote(params_ref, task, *args), cut, work, method
+    )

@@ -89,7 +89,7 @@ def _evaluate_all(sim, state, pool, trained, methods, sparsities, finetune_round
     clients = sample_clients(cfg.seed, cfg.rounds + 1, cfg.data.num_clients, cfg.sampled_per_round())
     results = []
     for method in methods:
-        scores = _scores(method, pool, trained, clients, cfg)
+        scores = _scores(method, pool, trained, clients, state)
         for sparsity in sparsities:
             mask = build_mask(scores, state.server.prunable, sparsity, state.layout, scope)
             row: dict[str, Any] = {
@@ -106,14 +106,15 @@ def _evaluate_all(sim, state, pool, trained, methods, sparsities, finetune_round
     return results
 
 
-def _scores(method: str, pool, params: np.ndarray, clients: np.ndarray, cfg) -> np.ndarray:
+def _scores(method: str, pool, params: np.ndarray, clients: np.ndarray, state: _RunState) -> np.ndarray:
+    cfg = state.cfg
     if method == "magnitude":
         return magnitude_scores(params)
     if method == "random":
         return random_scores(
             params.size, np.random.default_rng(np.random.SeedSequence([cfg.seed, PURPOSE_PRUNING]))
         )
-    return federated_scores(pool, params, clients, method, cfg.runtime.reduction_groups)
+    return federated_scores(pool, params, clients, method, cfg.runtime.reduction_groups, state.client_work)
 
 
 def _test_metrics(sim: Simulation, state: _RunState, params: np.ndarray) -> dict[str, float]:

@@ -313,20 +313,17 @@ def build_server_state(cfg: Config, params: np.ndarray, layout) -> ServerState:
     )
 
 
-def build_sampler(cfg: Config, training: LocalTrainingConfig, client_sizes: np.ndarray) -> ClientSampler:
-    """Who takes part in each round; the system model sees each client's local work."""
+def build_sampler(cfg: Config, work: np.ndarray) -> ClientSampler:
+    """Who takes part in each round; the system model sees each client's local ``work``."""
     s, n = cfg.server, cfg.data.num_clients
     system = from_section(SystemModel, cfg.client.system)
-    work = None
-    if system.active:
-        work = from_section(local_work, training, sizes=client_sizes, update_kind=s.update)
     return ClientSampler(
         seed=cfg.seed,
         num_clients=n,
         per_round=sampled_per_round(s, n),
         poisson=s.privacy.noise_multiplier > 0 and s.privacy.sampling == "poisson",
         system=system,
-        work=work,
+        work=work if system.active else None,
     )
 
 
@@ -345,6 +342,7 @@ class RunSetup:
     engine: str
     server: ServerState
     sampler: ClientSampler
+    client_work: np.ndarray  # (num_clients,) samples each processes in a round, plus one batch
 
 
 def _sizes(shards: ClientShards, population: SyntheticClients | None, num_clients: int) -> np.ndarray:
@@ -368,9 +366,13 @@ def build_run(cfg: Config) -> RunSetup:
     spec = build_model_spec(cfg.model, dataset)
     server = build_server_state(cfg, init_params(spec, cfg.seed), spec.layout())
     sizes = _sizes(shards, population, cfg.data.num_clients)
-    sampler = build_sampler(cfg, server.plan.training, sizes)
+    training = server.plan.training
+    work = from_section(local_work, training, sizes=sizes, update_kind=cfg.server.update)
+    sampler = build_sampler(cfg, work)
     eval_shards = None if splits.held_out is None else ClientShards.pack(splits.held_out)
     return RunSetup(
         cfg.rounds, cfg.seed, dataset, splits, shards, eval_shards, population, spec, cfg.model.engine,
         server, sampler,
+        # A client costs about a batch beyond its samples: the model copy, its update's norm and sum.
+        work + training.batch_size,
     )  # fmt: skip

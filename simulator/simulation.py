@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from server.evaluation import evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
 from simulator import rundir, workers
-from simulator.cluster import RaySession, pool_size, ray_session
+from simulator.cluster import RaySession, pool_size, ray_starting
 from simulator.config import Config, apply_overrides, dump_yaml, from_dict, load_config, load_run_config
 from simulator.federated_eval import (
     client_rows,
@@ -41,7 +42,7 @@ from simulator.federated_eval import (
     federated_eval_due,
     round_metrics,
 )
-from simulator.pool import WorkerPool, map_groups, tasks_of_groups
+from simulator.pool import WorkerPool, map_groups
 from simulator.progress import RoundProgress
 from simulator.setup import build_run
 from simulator.tracking import Trackers
@@ -112,11 +113,18 @@ class Simulation:
         return cls(cfg, run_dir, resume=True, **kwargs)
 
     def run(self) -> History:
+        self.startup = StartupClock()
         trackers = Trackers(self.cfg, self.run_dir)  # a missing tracking package fails here, first
         if not self.resume:  # a taken or unwritable --out is one error before Ray starts
             rundir.check_new_run_dir(self.run_dir)
-        state = _RunState(self.cfg, self.run_dir)
-        with ray_session(self.cfg.runtime.address, self.debug) as session:
+        with ray_starting(self.cfg.runtime.address, self.debug) as wait_for_ray:
+            # Ray forks its processes meanwhile, and OpenBLAS stops its threads before every
+            # fork: a threaded BLAS call running then never returns. One thread has none.
+            with threadpool_limits(1, user_api="blas"):
+                state = _RunState(self.cfg, self.run_dir)  # the data and model, while Ray starts
+            self.startup.mark("data")
+            session = wait_for_ray()
+            self.startup.mark("ray")
             try:
                 state.open_run_dir(self.resume)
                 return self._run_with_workers(state, session, trackers)
@@ -128,6 +136,9 @@ class Simulation:
         try:
             trackers.start(state.next_round)
             pool = self._start_workers(state, session, progress)
+            self.startup.mark("workers")
+            state.startup = self.startup.seconds()
+            progress.message(f"fedsim: {self.startup.describe()}")
             completed = False
             try:
                 self._loop(state, pool, progress, trackers)
@@ -217,23 +228,21 @@ class Simulation:
         sampled, system_metrics = self._sample(state, round_)
         groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
         global_ref = ray.put(state.params)
-        results = []
-        tasks = tasks_of_groups(groups, pool.size)
         server = state.server
 
         def submit(actor, task):
             inputs = server.round_input(round_, np.concatenate([ids for _, ids in task]))
             return actor.train_groups.remote(global_ref, inputs, task)
 
+        work = [float(state.client_work[ids].sum()) for ids in groups]
         try:
-            for task_results in pool.imap(submit, tasks):
-                results.extend(task_results)
-                for result in task_results:
-                    self._warn_once(result.warnings)
+            results = pool.scheduler.run(pool, submit, groups, work, "train_groups")
         except ClusterError as exc:
             raise ClusterError(
                 f"round {round_} (clients {sampled.tolist()[:8]}{'...' if len(sampled) > 8 else ''}): {exc}"
             ) from exc
+        for result in results:
+            self._warn_once(result.warnings)
         # The model as broadcast this round, to every selected client (stragglers too).
         bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
         server_metrics = server.step(round_, results)
@@ -260,7 +269,8 @@ class Simulation:
         if method == "random":
             rng = np.random.default_rng(np.random.SeedSequence([state.seed, PURPOSE_PRUNING]))
             return random_scores(params.size, rng)
-        return federated_scores(pool, params, clients, method, self.cfg.runtime.reduction_groups)
+        groups = self.cfg.runtime.reduction_groups
+        return federated_scores(pool, params, clients, method, groups, state.client_work)
 
     def _sample(self, state: _RunState, round_: int) -> tuple[np.ndarray, dict[str, Any]]:
         """This round's participants, and what the system model measured."""
@@ -285,7 +295,9 @@ class Simulation:
         if not federated_eval_due(self.cfg, round_):
             return {}
         clients = clients_to_evaluate(self.cfg, round_)
-        ids, counts, loss_sums, correct = evaluate_clients(pool, state.params, clients, self.cfg)
+        ids, counts, loss_sums, correct = evaluate_clients(
+            pool, state.params, clients, self.cfg, state.held_out_sizes
+        )
         state.client_evals.append(client_rows(round_, ids, counts, loss_sums, correct))
         return round_metrics(counts, loss_sums, correct)
 
@@ -341,6 +353,45 @@ class DivergenceWatch:
         return self.loss_cause
 
 
+class StartupClock:
+    """When each part of a run's start was ready, in seconds since ``Simulation.run`` was
+    called; data and Ray come up side by side, so they are times, not durations."""
+
+    def __init__(self) -> None:
+        self.began = time.perf_counter()
+        self.ready_at: dict[str, float] = {}
+        self.before_run = _seconds_since_process_start()
+
+    def mark(self, part: str) -> None:
+        self.ready_at[part] = time.perf_counter() - self.began
+
+    def seconds(self) -> dict[str, float]:
+        """{"data": s, "ray": s, "workers": s} since run(), plus "before_run": the process's
+        own start (interpreter and imports) when the OS tells it."""
+        times = {k: round(v, 3) for k, v in self.ready_at.items()}
+        if self.before_run is not None:
+            times["before_run"] = round(self.before_run, 3)
+        return times
+
+    def describe(self) -> str:
+        t = self.ready_at
+        launched = "" if self.before_run is None else f"{self.before_run + t['workers']:.1f} s after launch, "
+        return (
+            f"ready for round 1 {launched}{t['workers']:.1f} s after the run began "
+            f"(data at {t['data']:.1f} s, Ray at {t['ray']:.1f} s, workers at {t['workers']:.1f} s)"
+        )
+
+
+def _seconds_since_process_start() -> float | None:
+    """Seconds since this process started, from /proc (10 ms ticks); None elsewhere."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            return float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _one_device(infos: list[dict[str, Any]], recorded: str | None) -> str:
     """The device every worker trains on; refused when they differ (which groups ran
     where would decide the bits) or when a resumed run would change device."""
@@ -375,11 +426,19 @@ def _loaded(actors: list, run_args: tuple) -> list[dict[str, Any]]:
         raise ClusterError(f"the workers could not load the run: {cause!r}") from None
 
 
-def federated_scores(pool: WorkerPool, params: np.ndarray, clients: np.ndarray, kind: str, groups: int):
+def federated_scores(
+    pool: WorkerPool,
+    params: np.ndarray,
+    clients: np.ndarray,
+    kind: str,
+    groups: int,
+    client_work: np.ndarray | None = None,
+):
     """Sample-weighted mean over ``clients`` of their scores at ``params`` (n,) float64,
     added in group order (so it does not depend on the workers)."""
     total, weight = np.zeros(params.size, np.float64), 0.0
-    for _, group_total, group_weight in map_groups(pool, params, clients, groups, "score_groups", kind):
+    parts = map_groups(pool, params, clients, groups, "score_groups", kind, client_work=client_work)
+    for _, group_total, group_weight in parts:
         total += group_total
         weight += group_weight
     return total / max(weight, 1.0)
@@ -431,6 +490,7 @@ class _RunState:
         dataset = setup.dataset
         self.rounds, self.seed = setup.rounds, setup.seed
         self.engine, self.sampler = setup.engine, setup.sampler
+        self.client_work = setup.client_work
         self.shards, self.eval_shards = setup.shards, setup.eval_shards
         self.eval_in_test = setup.splits.held_out_in_test
         self.population = setup.population
@@ -448,10 +508,16 @@ class _RunState:
         self.client_evals: rundir.ClientEvalLog
         self.device: str | None = None  # what the workers train on, once they are up
         self.lock = rundir.RunLock(run_dir)
+        self.startup: dict[str, float] = {}  # when data, Ray and workers were ready (StartupClock)
 
     @property
     def params(self) -> np.ndarray:
         return self.server.params
+
+    @property
+    def held_out_sizes(self) -> np.ndarray | None:
+        """Each client's held-out samples (federated evaluation), when workers hold them."""
+        return None if self.eval_shards is None else self.eval_shards.sizes()
 
     def open_run_dir(self, resume: bool) -> None:
         """Create the run directory (or restore from its checkpoint) and open the metrics log."""
@@ -553,6 +619,8 @@ class _RunState:
         rundir.save_model(self.run_dir / "model.safetensors", self.layout, self.params, meta)
         summary = _summary(self.cfg, self.metrics.rows, status, self.layout.size)
         summary["device"] = self.device or self.recorded_device()
+        if self.startup:
+            summary["startup_seconds"] = self.startup
         if error:
             summary["error"] = error
         rundir.write_json(self.run_dir / "summary.json", summary)

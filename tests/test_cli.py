@@ -80,6 +80,10 @@ def test_run_then_report_end_to_end(tmp_path):
     # The closing table repeats summary.json's figures.
     assert f"│ final test accuracy │ {summary['final_test_accuracy']:.4f}" in result.stdout
     assert "│ rounds              │ 80 of 80" in result.stdout
+    # The start-up breakdown: data and Ray come up side by side, the workers after both.
+    startup = summary["startup_seconds"]
+    assert 0 <= startup["data"] <= startup["workers"] and 0 < startup["ray"] <= startup["workers"]
+    assert startup["before_run"] > 0 and "ready for round 1" in result.stdout
     quiet = fedsim("run", DEFAULT, "--out", tmp_path / "quiet", "--set", "rounds=2", "--quiet")
     assert quiet.returncode == 0 and quiet.stdout == ""
     report = fedsim("report", run_dir, "--out", tmp_path / "report", "--target", "0.9")
@@ -87,6 +91,21 @@ def test_run_then_report_end_to_end(tmp_path):
     html = (tmp_path / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "default" in html
     assert (tmp_path / "report" / "accuracy_vs_round.png").stat().st_size > 5000
+
+
+def test_validate_and_a_plain_run_import_nothing_they_do_not_need():
+    """torch, Ray and scikit-learn are seconds of a start: validate needs none of them, and
+    a run imports dp_accounting (with scipy) only when it accounts for privacy."""
+    probe = (
+        "import sys; from pathlib import Path; from simulator.config import load_config; "
+        "load_config(Path('configs/default.yaml'), []); heavy = {'torch', 'ray', 'sklearn'}; "
+        "print(sorted(heavy & set(sys.modules))); import simulator.simulation; "
+        "from simulator.setup import build_run; build_run(load_config(Path('configs/default.yaml'), [])); "
+        "print(sorted({'sklearn', 'dp_accounting', 'matplotlib'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "[]"]
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):

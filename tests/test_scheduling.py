@@ -1,0 +1,60 @@
+"""Reduction groups dealt to workers by work and measured speed (simulator/pool.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator.config import apply_overrides, from_dict
+from simulator.pool import GroupScheduler, balanced_shares
+from simulator.setup import build_run
+
+
+def test_ten_equal_clients_in_eight_groups_split_five_and_five():
+    """The issue's case: consecutive groups by count gave one worker 6 clients, the other 4."""
+    group_clients = [2, 2, 1, 1, 1, 1, 1, 1]
+    shares = balanced_shares(group_clients, [1.0, 1.0])
+    assert sorted(sum(group_clients[g] for g in share) for share in shares) == [5, 5]
+
+
+def test_a_worker_measured_twice_as_fast_gets_about_twice_the_work():
+    work = [1.0] * 30
+    shares = balanced_shares(work, [2.0, 1.0])
+    assert [len(s) for s in shares] == [20, 10]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1e4, allow_nan=False), min_size=0, max_size=40),
+    st.lists(st.floats(0.1, 10.0), min_size=1, max_size=6),
+)
+def test_every_group_is_dealt_once_and_the_longest_finish_is_within_lpts_bound(work, speeds):
+    shares = balanced_shares(work, speeds)
+    assert sorted(g for share in shares for g in share) == list(range(len(work)))
+    assert all(share == sorted(share) for share in shares)
+    assert balanced_shares(work, speeds) == shares  # a pure function of its inputs
+    finish = [sum(work[g] for g in share) / speed for share, speed in zip(shares, speeds, strict=True)]
+    # List scheduling on related machines: no worker ends later than the perfect split
+    # plus the largest group at the slowest speed (each group went where it ended soonest).
+    perfect = sum(work) / sum(speeds)
+    assert max(finish) <= perfect + max(work, default=0.0) / min(speeds) + 1e-9
+
+
+def test_speeds_follow_measurements_smoothed_and_new_workers_start_at_the_median():
+    scheduler = GroupScheduler()
+    a, b, c = object(), object(), object()
+    scheduler._measured(a, "train_groups", work=100.0, seconds=1.0)
+    scheduler._measured(b, "train_groups", work=100.0, seconds=2.0)
+    scheduler._measured(a, "train_groups", work=100.0, seconds=0.5)  # 200/s, smoothed with 100/s
+    assert scheduler._speeds([a, b], "train_groups") == pytest.approx([130.0, 50.0])
+    assert scheduler._speeds([a, b, c], "train_groups")[2] == pytest.approx(90.0)
+    assert scheduler._speeds([a], "evaluate_groups") == [1.0]  # kinds of work are measured apart
+
+
+def test_client_work_is_samples_processed_plus_a_batch(tmp_path):
+    """What the scheduler weighs: E passes over each client's shard, plus one batch."""
+    cfg = from_dict(apply_overrides({}, {"data.num_clients": 12, "client.epochs": 3, "client.batch_size": 7}))
+    setup = build_run(cfg)
+    np.testing.assert_array_equal(setup.client_work, setup.shards.sizes() * 3.0 + 7)
