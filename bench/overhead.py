@@ -1,22 +1,33 @@
-"""Simulator overhead against the perfect-parallel floor.
+"""fedsim against the perfect-parallel floor, per round and at start-up.
 
-Workload: 1,000 clients, 100 per round, 50 training samples each (784-dim
-synthetic inputs, 10 classes), MLP 784-200-200-10, 1 local epoch, batch 10,
-lr 0.05, 5 rounds. In the same process we time the same client work done by a
-plain loop with no Ray (copy weights, train each sampled client, average) on 1
-torch thread: T1 per round. The floor is T1 / workers; the ratio
-simulator / floor is 1.0 at zero overhead.
+Two workloads, both FedProx Synthetic data with 784 features, 10 classes, MLP
+784-200-200-10, batch 10, lr 0.05:
+- overhead: 1,000 clients, 100 per round, 50 training samples each, 1 epoch
+  (little work per client: what the simulator itself costs shows);
+- compute: 100 clients, 10 per round, 600 training samples each, 5 epochs
+  (much work per client: how evenly the workers share it shows).
 
-    python bench/overhead.py [--workers 2] [--rounds 5] [--per-round 100] [--repeat 3]
+Per round, fedsim's round and then the same client work done by a plain loop in
+this process (no Ray; copy the weights, train each sampled client, average; one
+torch thread) are timed back to back, so both see the same machine state. T1 is
+the plain loop's time; the floor is T1 / workers; the ratio round / floor is 1.0
+at zero overhead. The median over rounds and repeats is reported.
 
-The machine is noisy, so the whole measurement (simulator, then plain loop)
-is repeated and every repeat's ratio is printed with their median.
+Start-up: ``fedsim run`` in a fresh process on the overhead workload, from
+launch to ready for round 1 and to round 1 written, with fedsim's own breakdown
+(summary.json ``startup_seconds``); against a plain script in a fresh process
+that imports torch, builds the same data and trains round 1's clients in a loop.
+
+    python bench/overhead.py [--workers 2] [--rounds 5] [--repeat 3] [--workloads overhead,compute]
+                             [--startup-repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,33 +36,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from clients.models.spec import init_params  # noqa: E402
 from clients.models.torch_engine import TorchModel  # noqa: E402
 from clients.training import PURPOSE_DATA_ORDER, client_rng, train_client  # noqa: E402
 from clients.worker import add_weighted  # noqa: E402
 from server.sampling import sample_clients  # noqa: E402
-from simulator import Simulation  # noqa: E402
-from simulator.config import Config, apply_overrides, from_dict  # noqa: E402
+from simulator.config import Config, apply_overrides, dump_yaml, from_dict  # noqa: E402
 from simulator.setup import build_dataset, build_model_spec, build_partition, local_training  # noqa: E402
 
+# name: (clients, per round, training samples per client, epochs)
+WORKLOADS = {"overhead": (1000, 100, 50, 1), "compute": (100, 10, 600, 5)}
 
-def workload(workers: int, rounds: int, per_round: int) -> Config:
+
+def workload(name: str, workers: int, rounds: int) -> Config:
+    clients, per_round, samples, epochs = WORKLOADS[name]
     overrides = {
-        "name": "bench-overhead",
+        "name": f"bench-{name}",
         "rounds": rounds,
         "data.dataset": "synthetic",
         "data.partition": "natural",
-        "data.num_clients": 1000,
-        # 60 per device, 10 held out for the server's test set -> 50 training samples each.
-        "data.synthetic.samples_per_device": 60,
+        "data.num_clients": clients,
+        # One sixth of each device's samples is held out for the server's test set.
+        "data.synthetic.samples_per_device": samples * 6 // 5,
         "data.test_fraction": 1 / 6,
         "data.synthetic.num_features": 784,
         "model.name": "mlp",
         "model.hidden": [200, 200],
         "client.lr": 0.05,
-        "client.epochs": 1,
+        "client.epochs": epochs,
         "client.batch_size": 10,
         "server.clients_per_round": per_round,
         "server.eval_every": rounds,
@@ -62,45 +77,137 @@ def workload(workers: int, rounds: int, per_round: int) -> Config:
     return from_dict(apply_overrides({}, overrides))
 
 
-def time_simulator(cfg: Config) -> list[float]:
-    """Wall-clock seconds per round, end of round to end of round (so metrics writing,
-    checkpoints and the next broadcast count too); the first round is timed from its
-    own row."""
-    ends: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        history = Simulation(
-            cfg, Path(tmp) / "run", quiet=True, on_round_end=lambda row: ends.append(time.perf_counter())
-        ).run()
-    return [history.rows[0]["seconds"]] + [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
-
-
-def time_plain_loop(cfg: Config) -> list[float]:
+class PlainLoop:
     """The same client work with no Ray, no pool, no object store: 1 torch thread."""
-    torch.set_num_threads(1)
-    dataset = build_dataset(cfg.data, cfg.seed)
-    parts = build_partition(dataset, cfg.data, cfg.seed)
-    spec = build_model_spec(cfg.model, dataset)
-    model, training = TorchModel(spec), local_training(cfg)
-    params = init_params(spec, cfg.seed)
-    seconds = []
-    for round_ in range(1, cfg.rounds + 1):
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.dataset = build_dataset(cfg.data, cfg.seed)
+        self.parts = build_partition(self.dataset, cfg.data, cfg.seed)
+        spec = build_model_spec(cfg.model, self.dataset)
+        self.model, self.training = TorchModel(spec), local_training(cfg)
+        self.params = init_params(spec, cfg.seed)
+
+    def round(self, round_: int) -> float:
+        """Seconds to train round ``round_``'s clients and average their updates."""
+        cfg, d = self.cfg, self.dataset
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
         start = time.perf_counter()
-        total, weight = np.zeros_like(params), 0
+        total, weight = np.zeros_like(self.params), 0
         for cid in sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round()):
             rng = client_rng(cfg.seed, round_, int(cid), PURPOSE_DATA_ORDER)
             result = train_client(
-                model, params, dataset.x_train, dataset.y_train, parts[cid], training, rng, cid
+                self.model, self.params, d.x_train, d.y_train, self.parts[cid], self.training, rng, cid
             )
             add_weighted(total, result.update, result.num_samples)
             weight += result.num_samples
-        params = (params + total.astype(np.float64) / weight).astype(np.float32)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        self.params = (self.params + total.astype(np.float64) / weight).astype(np.float32)
+        seconds = time.perf_counter() - start
+        torch.set_num_threads(before)
+        return seconds
 
 
-def measure(cfg: Config, workers: int) -> tuple[float, float]:
-    """(simulator median s/round, T1 median s/round), measured back to back."""
-    return statistics.median(time_simulator(cfg)), statistics.median(time_plain_loop(cfg))
+def interleaved(cfg: Config) -> list[tuple[float, float]]:
+    """(fedsim round seconds, T1 seconds) per round, each fedsim round followed by the
+    plain loop's round. A fedsim round runs from the end of the previous plain round to
+    its own end-of-round callback, so metrics, checkpoints and the broadcast count."""
+    plain = PlainLoop(cfg)
+    pairs: list[tuple[float, float]] = []
+    resumed = [0.0]
+
+    def after_round(row: dict) -> None:
+        ended = time.perf_counter()
+        fedsim = row["seconds"] if row["round"] == 1 else ended - resumed[0]
+        pairs.append((fedsim, plain.round(row["round"])))
+        resumed[0] = time.perf_counter()
+
+    from simulator import Simulation  # here: the plain start-up script imports this module without Ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Simulation(cfg, Path(tmp) / "run", quiet=True, on_round_end=after_round).run()
+    return pairs
+
+
+def per_round(name: str, workers: int, rounds: int, repeat: int) -> float:
+    cfg = workload(name, workers, rounds)
+    clients, per_round_, samples, epochs = WORKLOADS[name]
+    print(
+        f"\n{name} workload: {clients} clients, {per_round_}/round, {samples} samples each, E={epochs}, "
+        f"B=10, MLP 784-200-200-10, {rounds} rounds x {repeat}, {workers} workers, "
+        f"{cfg.runtime.reduction_groups} reduction groups"
+    )
+    print("repeat  fedsim s/round  T1 s/round  floor s/round  ratio (medians over rounds)")
+    ratios = []
+    for i in range(repeat):
+        pairs = interleaved(cfg)
+        round_ratios = [sim / (t1 / workers) for sim, t1 in pairs]
+        ratios += round_ratios
+        sim, t1 = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        middle = statistics.median(round_ratios)
+        print(f"{i + 1:>6}  {sim:>14.3f}  {t1:>10.3f}  {t1 / workers:>13.3f}  {middle:.3f}")
+    ratio = statistics.median(ratios)
+    print(f"{name}: median ratio fedsim / floor over {len(ratios)} rounds: {ratio:.3f} (1.0: no overhead)")
+    return ratio
+
+
+PLAIN_STARTUP = """
+import sys, time, json
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {bench!r})
+import torch
+from overhead import PlainLoop, workload
+loop = PlainLoop(workload("overhead", 1, 1))
+ready = time.time()
+loop.round(1)
+print(json.dumps({{"ready": ready, "round_1": time.time(), "ray": "ray" in sys.modules}}))
+"""
+
+
+def fedsim_startup(workers: int) -> dict[str, float]:
+    """Launch -> ready for round 1 and -> round 1 written, plus fedsim's own breakdown."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config, out = Path(tmp) / "overhead.yaml", Path(tmp) / "run"
+        config.write_text(dump_yaml(workload("overhead", workers, 2)))
+        fedsim = [sys.executable, "-m", "simulator", "run", str(config), "--quiet", "--out", str(out)]
+        launched = time.perf_counter()
+        process = subprocess.Popen(fedsim, cwd=ROOT)
+        metrics = out / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.stat().st_size) and process.poll() is None:
+            time.sleep(0.005)
+        written = time.perf_counter() - launched
+        if process.wait() != 0:
+            raise SystemExit(f"fedsim run failed with exit code {process.returncode}")
+        startup = json.loads((out / "summary.json").read_text())["startup_seconds"]
+    return {**startup, "ready": startup["before_run"] + startup["workers"], "round_1": written}
+
+
+def plain_startup() -> dict[str, float]:
+    script = PLAIN_STARTUP.format(root=str(ROOT), bench=str(ROOT / "bench"))
+    launched = time.time()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    times = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"ready": times["ready"] - launched, "round_1": times["round_1"] - launched}
+
+
+def startup(workers: int, repeat: int) -> None:
+    print(f"\nstart-up, overhead workload, {workers} workers, fresh processes, {repeat} repeats (seconds)")
+    print("repeat  fedsim: imports  data   Ray  workers (ready)  round 1 | plain: ready  round 1 | ratios")
+    ready_ratios, round_ratios = [], []
+    for i in range(repeat):
+        f, p = fedsim_startup(workers), plain_startup()
+        ready_ratios.append(f["ready"] / p["ready"])
+        round_ratios.append(f["round_1"] / p["round_1"])
+        print(
+            f"{i + 1:>6}  {f['before_run']:>15.2f} {f['before_run'] + f['data']:>5.2f} "
+            f"{f['before_run'] + f['ray']:>5.2f} {f['ready']:>16.2f} {f['round_1']:>8.2f} | "
+            f"{p['ready']:>11.2f} {p['round_1']:>8.2f} | {ready_ratios[-1]:.2f} {round_ratios[-1]:.2f}"
+        )
+    print(
+        "fedsim columns are seconds after launch when each part was ready (data and Ray come up side by "
+        f"side); median ratios fedsim / plain: ready {statistics.median(ready_ratios):.2f}, "
+        f"round 1 written {statistics.median(round_ratios):.2f}"
+    )
 
 
 def main() -> None:
@@ -109,35 +216,16 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--per-round", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workloads", default="overhead,compute")
+    parser.add_argument("--startup-repeat", type=int, default=3, help="0 skips the start-up measurement")
     args = parser.parse_args()
-    cfg = workload(args.workers, args.rounds, args.per_round)
-    print(
-        f"workload: 1000 clients, {args.per_round}/round, 50 samples each, MLP 784-200-200-10, "
-        f"E=1, B=10, {args.rounds} rounds, {args.workers} workers, "
-        f"{cfg.runtime.reduction_groups} reduction groups"
-    )
-    print("repeat  simulator s/round  T1 s/round  floor s/round  ratio")
-    ratios = []
-    for i in range(args.repeat):
-        sim, t1 = measure(cfg, args.workers)
-        floor = t1 / args.workers
-        ratios.append(sim / floor)
-        print(f"{i + 1:>6}  {sim:>17.3f}  {t1:>10.3f}  {floor:>13.3f}  {sim / floor:.3f}")
-    print(f"median ratio simulator / floor: {statistics.median(ratios):.3f}  (1.0 = zero overhead)")
-    model_mib = _model_bytes(cfg) / 2**20
-    groups = min(cfg.runtime.reduction_groups, cfg.sampled_per_round())
-    print(
-        f"object store per round: the global model put once ({model_mib:.2f} MiB) + {groups} float32 "
-        f"group sums ({groups * model_mib:.2f} MiB) = {(1 + groups) * model_mib:.2f} MiB, "
-        f"against {cfg.sampled_per_round() * model_mib:.1f} MiB if every client's update travelled"
-    )
-
-
-def _model_bytes(cfg: Config) -> int:
-    spec = build_model_spec(cfg.model, build_dataset(cfg.data, cfg.seed))
-    return spec.layout().size * 4
+    for name in args.workloads.split(","):
+        if name not in WORKLOADS:
+            parser.error(f"--workloads: {name!r} is not one of {', '.join(WORKLOADS)}")
+        per_round(name, args.workers, args.rounds, args.repeat)
+    if args.startup_repeat:
+        startup(args.workers, args.startup_repeat)
 
 
 if __name__ == "__main__":
