@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 RUN_DIR ?= runs/$(basename $(notdir $(CONFIG)))-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install install-test run test bench lint clean
+.PHONY: install install-test run test test-slow bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -33,8 +33,13 @@ run: install
 	$(VENV)/bin/fedsim run $(CONFIG) --out $(RUN_DIR)
 	$(VENV)/bin/fedsim report $(RUN_DIR)
 
+# The fast suite (a few minutes on 2 cores); test-slow runs the rest (clusters, the
+# browser, killed processes, long runs). CI runs both.
 test: install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install-test
+	$(PY) -m pytest -q -m slow
 
 bench: install
 	$(PY) bench/engines.py

@@ -70,6 +70,7 @@ def test_debug_shows_the_traceback():
     assert result.returncode == 2 and "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_then_report_end_to_end(tmp_path):
     run_dir = tmp_path / "default"
     result = fedsim("run", DEFAULT, "--out", run_dir)
@@ -125,6 +126,7 @@ def wait_for_rows(path, count, timeout=120):
     pytest.fail(f"{path} never reached {count} rows")
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_resumable_run(tmp_path):
     run_dir = tmp_path / "interrupted"
     args = [sys.executable, "-m", "simulator", "run", DEFAULT, "--out", run_dir, "--quiet"]

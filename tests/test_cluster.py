@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 # The `ray` command, run from this interpreter (its script may live elsewhere, e.g. outside a venv).
@@ -51,6 +53,7 @@ def stop(port: int) -> None:
             time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_run_against_a_started_cluster_and_leave_it_running(tmp_path):
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}

@@ -19,6 +19,7 @@ from tests.conftest import ROOT, client_worker_pids, small_overrides
 DEFAULT = ROOT / "configs" / "default.yaml"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_the_bits_do_not_change(ray_cluster, tmp_path):
     stop_idle_workers()  # the only ClientWorker processes left are the runs' own, and CPUs are free
     overrides = small_overrides(rounds=6)
@@ -84,6 +85,7 @@ cluster.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_losing_a_node_mid_run_keeps_the_bits(tmp_path):
     script = NODE_LOSS_SCRIPT.format(root=str(ROOT), config=str(DEFAULT), out=str(tmp_path))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

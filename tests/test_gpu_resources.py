@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 FAKE_GPU_SCRIPT = """
@@ -48,6 +50,7 @@ cluster.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_fractional_gpus_size_the_pool_and_auto_falls_back_to_the_host(tmp_path):
     script = FAKE_GPU_SCRIPT.format(
         root=str(ROOT), config=str(ROOT / "configs" / "default.yaml"), out=str(tmp_path)

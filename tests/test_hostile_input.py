@@ -440,6 +440,7 @@ def ray_descendants(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_an_embedded_ray_does_not_outlive_a_killed_driver(tmp_path):
     script = KILL_SCRIPT.format(root=str(ROOT), config=str(DEFAULT), out=str(tmp_path / "run"))
     driver = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from simulator import Simulation
@@ -68,6 +69,7 @@ def check(row: Row, before, after) -> str | None:
     return None if losses[0] == losses[1] else "the training losses changed"
 
 
+@pytest.mark.slow
 def test_every_key_changes_the_model_exactly_when_it_should(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", RecordingMlflow())  # runtime.mlflow needs the package
     paths = {

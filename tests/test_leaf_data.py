@@ -266,6 +266,7 @@ def test_unknown_leaf_dataset_is_an_error(tmp_path):
         load_leaf(tmp_path, "sent140")
 
 
+@pytest.mark.slow
 def test_shared_archives_round_trip_through_leaf_json(tmp_path):
     # Setup: the offline copies of LEAF output, written back as LEAF JSON by the bench script.
     if not SHARED_DATA.is_dir():

@@ -79,6 +79,7 @@ def test_scaffold_beats_fedavg_when_every_client_holds_one_label(ray_cluster, tm
     assert union_loss(scaffold, config, base) < union_loss(fedavg, config, base)
 
 
+@pytest.mark.slow
 def test_robust_aggregators_survive_sign_flipping_attackers(ray_cluster, tmp_path):
     config = ROOT / "configs" / "robust_attack.yaml"
     clean = run(tmp_path, "clean", {"server.attack.kind": "none", "server.aggregator": "mean"}, config)

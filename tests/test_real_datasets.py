@@ -128,6 +128,7 @@ def test_a_missing_dataset_exits_2_naming_the_files(tmp_path, capsys):
 @pytest.mark.skipif(
     not (SHARED_DATA / "mnist" / "mnist.npz").is_file(), reason="no ../shared/data/mnist/mnist.npz"
 )
+@pytest.mark.slow
 def test_mnist_2nn_iid_reaches_95_percent_in_10_rounds(ray_cluster, tmp_path):
     """McMahan et al.'s 2NN IID setting (100 clients, C=0.1, B=10) on real MNIST, with
     E=5: E=1 needs 23 rounds for 95% here (and 52 for 97%; the paper: 87)."""

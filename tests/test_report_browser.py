@@ -33,6 +33,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium_without_errors(tmp_path: Path):
     report = write_report([write_alpha(tmp_path), write_gamma(tmp_path)], tmp_path / "out", 0.6)
     errors: list[str] = []

@@ -121,6 +121,7 @@ print("SAME" if bits[0] == bits[1] else "DIFFERENT")
 """
 
 
+@pytest.mark.slow
 def test_idle_workers_of_a_stopped_ray_are_not_handed_to_the_next_one(tmp_path):
     script = RESTART_SCRIPT.format(root=str(ROOT), config=str(DEFAULT), out=str(tmp_path))
     result = subprocess.run(
