@@ -7,6 +7,7 @@ to is left running.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -54,7 +55,12 @@ def ray_starting(address: str | None, debug: bool = False) -> Iterator[Callable[
     outer block's Ray."""
     global _outer
     if _outer is not None:
-        yield _outer.session
+        outer = _outer
+
+        def joined() -> RaySession:  # the outer block stops this Ray, not the caller
+            return dataclasses.replace(outer.session(), started_here=False)
+
+        yield joined
         return
     if ray.is_initialized():
         session = RaySession(False, *_cluster_cpus_gpus())
