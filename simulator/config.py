@@ -8,6 +8,7 @@ values with the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import logging
@@ -38,12 +39,18 @@ log = logging.getLogger("fedsim")
 
 
 def _field(
-    default: Any, help_: str, choices: tuple[str, ...] | None = None, at_most: int | None = None
+    default: Any,
+    help_: str,
+    choices: tuple[str, ...] | None = None,
+    at_most: int | None = None,
+    yaml_key: str | None = None,
 ) -> Any:
     """A config field: its default, its meaning and units, the values allowed, and for
     counts and sizes an upper bound (on each element of a list) that keeps a hostile or
-    mistyped number from exhausting memory before anything could refuse it."""
-    meta = {"help": help_, "choices": choices, "at_most": at_most}
+    mistyped number from exhausting memory before anything could refuse it.
+    ``yaml_key``: the key in YAML when it differs from the field's name (``async`` is
+    a Python keyword, so the field is ``async_``)."""
+    meta = {"help": help_, "choices": choices, "at_most": at_most, "yaml_key": yaml_key}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -212,8 +219,41 @@ class PruningConfig:
     every: int = _field(5, "gradual: rounds between pruning steps")
 
 
+STALENESS_KINDS = ("constant", "polynomial", "hinge")
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    concurrency: int | None = _field(
+        None,
+        "async: clients training at once (FedBuff's concurrency); null = server.clients_per_round",
+        at_most=10**7,
+    )
+    buffer_size: int | None = _field(
+        None,
+        "async: arrivals buffered before each server step (K); 1 = FedAsync; null = concurrency",
+        at_most=10**7,
+    )
+    staleness: str = _field(
+        "polynomial",
+        "async: weight of an update s steps stale: constant 1, polynomial (1+s)^-a, "
+        "hinge 1 if s <= b else 1/(a(s-b)+1) (Xie et al. 2019)",
+        STALENESS_KINDS,
+    )
+    staleness_a: float = _field(0.5, "async: polynomial exponent a, or hinge slope a")
+    staleness_b: int = _field(4, "async: hinge: staleness b up to which updates keep weight 1", at_most=10**9)
+    max_staleness: int | None = _field(
+        None, "async: updates more than this many steps stale are discarded; null = none", at_most=10**9
+    )
+
+
 @dataclass(frozen=True)
 class ServerConfig:
+    mode: str = _field(
+        "sync",
+        "sync rounds (FedAvg), or async: FedBuff on the simulated clock (server.async)",
+        ("sync", "async"),
+    )
     clients_per_round: int | float = _field(
         10, "sampled clients per round: an int count, or a float fraction in (0, 1]"
     )
@@ -259,6 +299,9 @@ class ServerConfig:
     federated_eval: FederatedEvalConfig = _field(
         FederatedEvalConfig(), "per-client evaluation on clients' own held-out data (clients.jsonl)"
     )
+    async_: AsyncConfig = _field(
+        AsyncConfig(), "asynchronous aggregation (server.mode: async)", yaml_key="async"
+    )
 
 
 @dataclass(frozen=True)
@@ -297,7 +340,21 @@ class Config:
         return sampled_per_round(self.server, self.data.num_clients)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain data under its YAML keys."""
+        return _as_yaml_dict(self)
+
+
+def yaml_key(f: dataclasses.Field) -> str:
+    """A field's key in YAML (and in dotted paths): its name, unless it says otherwise."""
+    return f.metadata.get("yaml_key") or f.name
+
+
+def _as_yaml_dict(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[yaml_key(f)] = _as_yaml_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 # --- building typed objects from plain dicts -------------------------------
@@ -371,19 +428,20 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         where = prefix.rstrip(".") or "the config"
         raise ConfigError(f"{where}: expected a mapping of keys, got {show(raw)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {yaml_key(f): f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
         path = f"{prefix}{key}"
         if key not in fields:
             raise ConfigError(_unknown_key_message(path, str(key), list(fields), prefix))
-        tp = hints[key]
+        name = fields[key].name
+        tp = hints[name]
         if _is_dataclass_type(tp):
-            kwargs[key] = _build(tp, value, f"{path}.")
+            kwargs[name] = _build(tp, value, f"{path}.")
         else:
-            kwargs[key] = _coerce(value, tp, path)
-            _check_choice(fields[key], kwargs[key], path)
-            _check_bound(fields[key], kwargs[key], path)
+            kwargs[name] = _coerce(value, tp, path)
+            _check_choice(fields[key], kwargs[name], path)
+            _check_bound(fields[key], kwargs[name], path)
     return cls(**kwargs)
 
 
@@ -615,6 +673,13 @@ def _validate_pipeline(c: ClientConfig, s: ServerConfig, num_clients: int) -> No
     _require(pr.end_round >= pr.start_round, "server.pruning.end_round", pr.end_round, ">= start_round")
     _require(pr.every >= 1, "server.pruning.every", pr.every, ">= 1")
     _check_combinations(c, s, num_clients)
+    _check_async_combinations(c, s)
+
+
+def async_shape(s: ServerConfig, num_clients: int) -> tuple[int, int]:
+    """(concurrency, buffer size) of an async server, nulls resolved."""
+    concurrency = s.async_.concurrency or sampled_per_round(s, num_clients)
+    return concurrency, s.async_.buffer_size or concurrency
 
 
 def sampled_per_round(s: ServerConfig, num_clients: int) -> int:
@@ -735,6 +800,59 @@ def _validate_server(s: ServerConfig, num_clients: int) -> None:
     _require(0 < fe.fraction <= 1, "server.federated_eval.fraction", fe.fraction, "in (0, 1]")
     _require(0 < fe.holdout < 1, "server.federated_eval.holdout", fe.holdout, "in (0, 1)")
     _require(s.eval_batch_size >= 1, "server.eval_batch_size", s.eval_batch_size, ">= 1")
+    _validate_async(s.async_, num_clients)
+
+
+def _validate_async(a: AsyncConfig, num_clients: int) -> None:
+    _require(
+        a.concurrency is None or 1 <= a.concurrency <= num_clients,
+        "server.async.concurrency",
+        a.concurrency,
+        f"null or a count in [1, data.num_clients={num_clients}]",
+    )
+    _require(
+        a.buffer_size is None or a.buffer_size >= 1, "server.async.buffer_size", a.buffer_size, "null or >= 1"
+    )
+    _require(0 <= a.staleness_a <= 1e3, "server.async.staleness_a", a.staleness_a, "in [0, 1000]")
+    _require(a.staleness_b >= 0, "server.async.staleness_b", a.staleness_b, ">= 0")
+    _require(
+        a.max_staleness is None or a.max_staleness >= 0, "server.async.max_staleness", a.max_staleness,
+        "null or >= 0",
+    )  # fmt: skip
+
+
+# What an asynchronous server step cannot do: each names the key and why.
+ASYNC_REFUSALS = (
+    ("server.update", lambda c, s: s.update != "weights", "FedBuff buffers model deltas (update: weights)"),
+    ("server.aggregator", lambda c, s: s.aggregator != "mean", "the buffer is averaged (aggregator: mean)"),
+    (
+        "server.privacy.noise_multiplier", lambda c, s: s.privacy.noise_multiplier > 0,
+        "DP accounting assumes synchronous rounds of sampled clients",
+    ),
+    ("client.algorithm", lambda c, s: c.algorithm != "fedavg", "SCAFFOLD's control variates assume rounds"),
+    ("server.pruning.method", lambda c, s: s.pruning.method != "none", "pruning steps run in sync rounds"),
+    (
+        "client.system.over_selection", lambda c, s: c.system.over_selection > 0,
+        "async keeps server.async.concurrency clients busy; over-selection is for sync rounds",
+    ),
+)  # fmt: skip
+
+
+def _check_async_combinations(c: ClientConfig, s: ServerConfig) -> None:
+    if s.mode != "async":
+        return
+    for key, refused, why in ASYNC_REFUSALS:
+        if refused(c, s):
+            value = _config_path_value(c, s, key)
+            raise ConfigError(f"{key}: {show(value)} is not allowed with server.mode: async; {why}")
+
+
+def _config_path_value(c: ClientConfig, s: ServerConfig, key: str) -> Any:
+    section, *rest = key.split(".")
+    node: Any = c if section == "client" else s
+    for part in rest:
+        node = getattr(node, part)
+    return node
 
 
 # --- the edge: YAML files and --set overrides -------------------------------

@@ -26,6 +26,7 @@ from simulator.config import (
     dump_yaml,
     from_dict,
     load_config,
+    yaml_key,
 )
 from simulator.setup import build_run, from_section, section_kwargs
 from tests.conftest import ROOT
@@ -44,9 +45,10 @@ class Recorder:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._target, name)
-        if name.startswith("__") or name not in {f.name for f in dataclasses.fields(self._target)}:
+        fields = {f.name: f for f in dataclasses.fields(self._target)}
+        if name.startswith("__") or name not in fields:
             return value
-        key = self._prefix + name
+        key = self._prefix + yaml_key(fields[name])
         if dataclasses.is_dataclass(value):
             return Recorder(value, self._reads, key + ".")
         self._reads.add(key)
@@ -86,9 +88,11 @@ def test_a_key_that_shapes_training_is_read_when_the_run_is_built(row, paths):
 
 
 # Keys build_run reads although they do not change the model: what they change is
-# reported (gradient flow, ε), is arithmetic only (engine), or is inert by design.
+# reported (gradient flow, ε), is arithmetic only (engine, the async buffer's summation
+# groups), or is inert by design.
 READ_WITHOUT_CHANGING_THE_MODEL = {
     "client.track_gradients", "server.privacy.delta", "model.engine", "data.synthetic.alpha",
+    "runtime.reduction_groups",
 }  # fmt: skip
 
 
