@@ -19,6 +19,7 @@ piece of per-run state, so a reused worker computes the same bits as a new one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -91,6 +92,15 @@ class RoundInput:
     server_control: np.ndarray | None = None
     client_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     mask: np.ndarray | None = None  # (n,) bool pruning mask broadcast with the model
+    # Asynchronous runs: a group's clients were dispatched at its own event, which keys
+    # their draws in place of the round (group index -> event).
+    group_rounds: dict[int, int] = field(default_factory=dict)
+
+    def for_group(self, group_index: int) -> RoundInput:
+        """This input as the clients of group ``group_index`` see it."""
+        if group_index not in self.group_rounds:
+            return self
+        return dataclasses.replace(self, round=self.group_rounds[group_index])
 
 
 @dataclass
@@ -235,7 +245,7 @@ class ClientWorker:
         results = []
         for index, ids in groups:
             with warnings.catch_warnings(record=True) as caught:  # default filters: the driver dedups
-                result = self.train_group(global_params, inputs, index, ids)
+                result = self.train_group(global_params, inputs.for_group(index), index, ids)
             result.warnings = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
             results.append(result)
         return results

@@ -63,8 +63,17 @@ class ClientSampler:
                 self.seed, round_, self.num_clients, self.per_round / self.num_clients
             ), None
         if self.system is None or not self.system.active:
-            return sample_clients(self.seed, round_, self.num_clients, self.per_round), None
+            participants = sample_clients(self.seed, round_, self.num_clients, self.per_round)
+            return participants, None
         if self.work is None:
             raise ValueError("the system model needs each client's work per round")
         plan = plan_round(self.seed, round_, self.num_clients, self.per_round, self.work, self.system)
         return plan.participants, plan
+
+    def simulated_seconds(self, participants: np.ndarray) -> float:
+        """A round without a heterogeneity model on the simulated clock: its slowest
+        participant's work at the median speed (0 when there is no work to time)."""
+        if self.work is None or not len(participants):
+            return 0.0
+        speed = self.system.speed if self.system is not None else SystemModel().speed
+        return float(self.work[participants].max() / speed)

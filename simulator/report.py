@@ -18,7 +18,6 @@ Public API: :func:`write_report`, :func:`load_run`, :class:`RunRecord`,
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import html
 import io
@@ -212,6 +211,16 @@ def rounds_to_target(rows: list[dict[str, Any]], target: float) -> int | None:
         acc = _metric(row, "test_accuracy")
         if acc is not None and acc >= target:
             return int(row["round"])
+    return None
+
+
+def simulated_time_to_target(rows: list[dict[str, Any]], target: float) -> float | None:
+    """Simulated seconds at the first evaluation with test_accuracy >= target, or None
+    (never reached, or the run kept no simulated clock)."""
+    for row in rows:
+        acc, elapsed = _metric(row, "test_accuracy"), _metric(row, "simulated_elapsed")
+        if acc is not None and acc >= target:
+            return elapsed
     return None
 
 
@@ -540,7 +549,7 @@ def _density_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figure | N
 
 
 def _accuracy_vs_simulated_time(runs: list[RunRecord], labels: list[str]) -> Figure | None:
-    """Test accuracy against simulated time, for runs with a system-heterogeneity model."""
+    """Test accuracy against simulated time: sync rounds and async steps side by side."""
     tracked = _runs_with(runs, labels, lambda run: _logs(run, "simulated_elapsed"))
     if not tracked:
         return None
@@ -554,8 +563,42 @@ def _accuracy_vs_simulated_time(runs: list[RunRecord], labels: list[str]) -> Fig
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, color=_colour(i, len(tracked)), label=label, linewidth=1.8)
-    xlabel = "Simulated time (s): clients' speeds, deadlines, stragglers"
+    xlabel = "Simulated time (s): clients' work over their speeds (sync rounds wait for the slowest)"
     _finish(ax, "Test accuracy against simulated time", xlabel, "Test accuracy (%)")
+    return fig
+
+
+def _staleness_counts(run: RunRecord) -> list[int]:
+    """Arrivals at each staleness over all of an async run's server steps ([] for sync)."""
+    total: list[int] = []
+    for row in run.rows:
+        counts = row.get("staleness_histogram")
+        if not isinstance(counts, list):
+            continue
+        total += [0] * (len(counts) - len(total))
+        for s, c in enumerate(counts):
+            total[s] += c if isinstance(c, int) else 0
+    return total
+
+
+def _staleness(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    """Bars per async run: the share of its updates that arrived s steps stale."""
+    counted = [(_staleness_counts(run), label) for run, label in zip(runs, labels, strict=True)]
+    tracked = [(counts, label) for counts, label in counted if sum(counts)]
+    if not tracked:
+        return None
+    fig, ax = _new_axes()
+    width = 0.8 / len(tracked)
+    for i, (counts, label) in enumerate(tracked):
+        total = sum(counts)
+        mean = sum(s * c for s, c in enumerate(counts)) / total
+        xs = np.arange(len(counts)) + (i - (len(tracked) - 1) / 2) * width
+        shares = [100.0 * c / total for c in counts]
+        caption = f"{label}: {total} updates, mean {mean:.2f}, max {len(counts) - 1}"
+        ax.bar(xs, shares, width=width, color=_colour(i, len(tracked)), label=caption)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    title = "Async: staleness of the updates the server applied"
+    _finish(ax, title, "Staleness (server steps since the client's model)", "Updates (%)")
     return fig
 
 
@@ -600,16 +643,15 @@ def _rounds_chart(
     return fig
 
 
-_update_norms = functools.partial(
-    _rounds_chart,
-    title="Client update norms per round (mean solid, max dashed)",
-    axes=(
-        _Axis(
-            "L2 norm of a client's update",
-            (_Line("update_norm_mean", "-", " (mean)"), _Line("update_norm_max", "--", " (max)")),
-        ),
-    ),
-)
+def _mean_and_max(title: str, ylabel: str, prefix: str):
+    """A rounds chart of the metrics ``{prefix}_mean`` (solid) and ``{prefix}_max`` (dashed)."""
+    lines = (_Line(f"{prefix}_mean", "-", " (mean)"), _Line(f"{prefix}_max", "--", " (max)"))
+    return functools.partial(
+        _rounds_chart, title=f"{title} (mean solid, max dashed)", axes=(_Axis(ylabel, lines),)
+    )
+
+
+_update_norms = _mean_and_max("Client update norms per round", "L2 norm of a client's update", "update_norm")
 
 _clipping = functools.partial(
     _rounds_chart,
@@ -624,6 +666,10 @@ _epsilon = functools.partial(
     _rounds_chart,
     title="Privacy spent: ε after each round (at the configured δ)",
     axes=(_Axis("ε (cumulative privacy loss)", (_Line("epsilon"),)),),
+)
+
+_staleness_over_steps = _mean_and_max(
+    "Async: staleness per server step", "Staleness (server steps)", "staleness"
 )
 
 _federated_accuracy = functools.partial(
@@ -749,7 +795,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @functools.cache
 def _default_settings() -> dict[str, Any]:
-    return _flatten(dataclasses.asdict(Config()))
+    return _flatten(Config().to_dict())
 
 
 def _differences(config: dict[str, Any]) -> list[str]:
@@ -800,6 +846,13 @@ OPTIONAL_PANELS = (
         "accuracy_vs_simulated_time.png",
         "Test accuracy against simulated time",
         _accuracy_vs_simulated_time,
+    ),
+    _OptionalPanel("panel-staleness", "staleness.png", "Async: staleness of applied updates", _staleness),
+    _OptionalPanel(
+        "panel-staleness-over-steps",
+        "staleness_over_steps.png",
+        "Async: staleness per server step",
+        _staleness_over_steps,
     ),
     _OptionalPanel(
         "panel-participation",
@@ -891,6 +944,9 @@ def _table_row(run: RunRecord, label: str, target: float | None) -> str:
     if target is not None:
         reached = rounds_to_target(run.rows, target)
         cells.append("not reached" if reached is None else str(reached))
+        seconds = simulated_time_to_target(run.rows, target)
+        clocked = _logs(run, "simulated_elapsed")
+        cells.append("—" if not clocked else "not reached" if seconds is None else f"{seconds:.4g} s")
     cells += [_fmt_epsilon(run), _fmt_differences(run.config)]
     return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
@@ -908,7 +964,7 @@ def _summary_section(runs: list[RunRecord], labels: list[str], target: float | N
         "Status",
     ]
     if target is not None:
-        heads.append(f"Rounds to {_fmt_pct(target)}")
+        heads += [f"Rounds (async: steps) to {_fmt_pct(target)}", f"Simulated time to {_fmt_pct(target)}"]
     heads += ["ε (privacy)", "Differs from defaults"]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
     body = "\n".join(_table_row(r, lab, target) for r, lab in zip(runs, labels, strict=True))

@@ -34,6 +34,7 @@ from clients.models.spec import ModelSpec, build_spec, init_params
 from clients.training import LocalTrainingConfig
 from clients.worker import ClientPlan, ClientShards
 from server.aggregation import AGGREGATORS
+from server.asynchronous import AsyncSchedule, StalenessWeight
 from server.clipping import AdaptiveClipNorm, FixedClipNorm
 from server.optimizers import SERVER_OPTIMIZERS
 from server.pipeline import Aggregation, UpdatePostprocessor
@@ -41,7 +42,8 @@ from server.privacy import PrivacyAccountant
 from server.pruning import PruningSchedule
 from server.sampling import ClientSampler
 from server.system import SystemModel, local_work
-from simulator.config import Config, DataConfig, ModelConfig, ServerConfig, sampled_per_round
+from simulator.async_rounds import AsyncRounds
+from simulator.config import Config, DataConfig, ModelConfig, ServerConfig, async_shape, sampled_per_round
 from simulator.server_state import ServerState
 
 
@@ -248,6 +250,8 @@ def build_aggregation(cfg: Config) -> Aggregation:
 
 
 def build_plan(cfg: Config, aggregation: Aggregation) -> ClientPlan:
+    """What every client does; an async server sums its buffer itself, so its clients
+    return their updates one by one ("stack")."""
     s = cfg.server
     postprocess = None
     if s.clipping.kind != "none" or s.compression.method != "none" or s.pruning.method != "none":
@@ -255,7 +259,7 @@ def build_plan(cfg: Config, aggregation: Aggregation) -> ClientPlan:
     return ClientPlan(
         training=local_training(cfg),
         update_kind=s.update,
-        reduction=aggregation.reduction,
+        reduction="stack" if s.mode == "async" else aggregation.reduction,
         weighting=aggregation.weighting,
         scaffold=cfg.client.algorithm == "scaffold",
         attack=_attack(cfg),
@@ -314,17 +318,32 @@ def build_server_state(cfg: Config, params: np.ndarray, layout) -> ServerState:
 
 
 def build_sampler(cfg: Config, work: np.ndarray) -> ClientSampler:
-    """Who takes part in each round; the system model sees each client's local ``work``."""
+    """Who takes part in each round; the system model sees each client's local ``work``
+    (and times every round on the simulated clock, heterogeneous or not)."""
     s, n = cfg.server, cfg.data.num_clients
-    system = from_section(SystemModel, cfg.client.system)
     return ClientSampler(
         seed=cfg.seed,
         num_clients=n,
         per_round=sampled_per_round(s, n),
         poisson=s.privacy.noise_multiplier > 0 and s.privacy.sampling == "poisson",
-        system=system,
-        work=work if system.active else None,
+        system=from_section(SystemModel, cfg.client.system),
+        work=work,
     )
+
+
+def build_async(cfg: Config, work: np.ndarray) -> AsyncRounds | None:
+    """The asynchronous server's schedule and staleness weighting (server.mode: async)."""
+    s, n = cfg.server, cfg.data.num_clients
+    if s.mode != "async":
+        return None
+    concurrency, buffer_size = async_shape(s, n)
+    a = s.async_
+    schedule = AsyncSchedule(
+        cfg.seed, n, concurrency, buffer_size, work, from_section(SystemModel, cfg.client.system),
+        a.max_staleness,
+    )  # fmt: skip
+    weight = StalenessWeight(a.staleness, a.staleness_a, a.staleness_b)
+    return AsyncRounds(schedule, weight, cfg.runtime.reduction_groups)
 
 
 @dataclasses.dataclass
@@ -343,6 +362,7 @@ class RunSetup:
     server: ServerState
     sampler: ClientSampler
     client_work: np.ndarray  # (num_clients,) samples each processes in a round, plus one batch
+    async_rounds: AsyncRounds | None = None  # server.mode: async
 
 
 def _sizes(shards: ClientShards, population: SyntheticClients | None, num_clients: int) -> np.ndarray:
@@ -375,4 +395,5 @@ def build_run(cfg: Config) -> RunSetup:
         server, sampler,
         # A client costs about a batch beyond its samples: the model copy, its update's norm and sum.
         work + training.batch_size,
+        build_async(cfg, work),
     )  # fmt: skip

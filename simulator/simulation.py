@@ -9,6 +9,7 @@ order. Worker count, scheduling and resumption cannot change a bit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -223,27 +224,15 @@ class Simulation:
                 self.on_round_end(row)
 
     def _round(self, state: _RunState, pool: WorkerPool, round_: int) -> dict[str, Any]:
+        if state.async_rounds is not None:
+            return self._async_step(state, pool, round_)
         start = time.perf_counter()
         cfg = self.cfg
         sampled, system_metrics = self._sample(state, round_)
         groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
-        global_ref = ray.put(state.params)
-        server = state.server
-
-        def submit(actor, task):
-            inputs = server.round_input(round_, np.concatenate([ids for _, ids in task]))
-            return actor.train_groups.remote(global_ref, inputs, task)
-
-        work = [float(state.client_work[ids].sum()) for ids in groups]
-        try:
-            results = pool.scheduler.run(pool, submit, groups, work, "train_groups")
-        except ClusterError as exc:
-            raise ClusterError(
-                f"round {round_} (clients {sampled.tolist()[:8]}{'...' if len(sampled) > 8 else ''}): {exc}"
-            ) from exc
-        for result in results:
-            self._warn_once(result.warnings)
+        results = self._train(state, pool, round_, groups, sampled)
         # The model as broadcast this round, to every selected client (stragglers too).
+        server = state.server
         bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
         server_metrics = server.step(round_, results)
         target = server.pruning_target(round_)
@@ -252,11 +241,60 @@ class Simulation:
             server.prune(self._pruning_scores(state, pool, sampled), target)
         row = _round_row(round_, results, state.model_bytes)
         row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
-        if server.plan.track_gradients:
+        return self._finish_row(state, pool, round_, row, results, sampled, start)
+
+    def _async_step(self, state: _RunState, pool: WorkerPool, round_: int) -> dict[str, Any]:
+        """One asynchronous server step (``round_`` counts steps): train the clients
+        dispatched from the current model, then step on the buffer that arrived."""
+        start = time.perf_counter()
+        steps = state.async_rounds
+        plan = steps.plan()
+        trained = steps.train(
+            plan, lambda groups, events: self._train(state, pool, round_, groups, None, events)
+        )
+        state.server.client_states.update({c: s for r in trained for c, s in r.new_states.items()})
+        results = steps.buffer_results(plan, state.params.size)
+        server_metrics = state.server.step(round_, results)
+        row = _round_row(round_, results, state.model_bytes)
+        row.update(
+            server_metrics, bytes_down=state.server.bytes_down(len(plan.dispatched)), **steps.row(plan)
+        )
+        row["simulated_seconds"] = plan.time - state.simulated_elapsed
+        state.simulated_elapsed = plan.time
+        arrived = np.array(sorted(t.client for t in plan.arrivals), np.int64)
+        return self._finish_row(state, pool, round_, row, results, arrived, start)
+
+    def _train(self, state, pool, round_, groups, sampled, events=None) -> list:
+        """Each group's result of training on the workers from the current model;
+        ``events`` (async): group -> the dispatch event keying its clients' draws."""
+        global_ref = ray.put(state.params)
+        server = state.server
+
+        def submit(actor, task):
+            inputs = server.round_input(round_, np.concatenate([ids for _, ids in task]))
+            if events:
+                inputs = dataclasses.replace(inputs, group_rounds={g: events[g] for g, _ in task})
+            return actor.train_groups.remote(global_ref, inputs, task)
+
+        work = [float(state.client_work[ids].sum()) for ids in groups]
+        try:
+            results = pool.scheduler.run(pool, submit, groups, work, "train_groups")
+        except ClusterError as exc:
+            clients = np.concatenate(groups).tolist() if groups else []
+            raise ClusterError(
+                f"round {round_} (clients {clients[:8]}{'...' if len(clients) > 8 else ''}): {exc}"
+            ) from exc
+        for result in results:
+            self._warn_once(result.warnings)
+        return results
+
+    def _finish_row(self, state, pool, round_, row, results, clients, start) -> dict[str, Any]:
+        """Add what every round reports: gradient flow, evaluations, clients, seconds."""
+        if state.server.plan.track_gradients:
             row["gradient_flow"] = _gradient_flow(results, state.spec.tracked_layers())
         row.update(self._maybe_evaluate(state, round_))
         row.update(self._maybe_federated_eval(state, pool, round_))
-        row["clients"] = sampled.tolist()
+        row["clients"] = clients.tolist()
         row["seconds"] = time.perf_counter() - start
         return row
 
@@ -276,7 +314,9 @@ class Simulation:
         """This round's participants, and what the system model measured."""
         participants, plan = state.sampler.sample(round_)
         if plan is None:
-            return participants, {}
+            seconds = state.sampler.simulated_seconds(participants)
+            state.simulated_elapsed += seconds
+            return participants, {"simulated_seconds": seconds, "simulated_elapsed": state.simulated_elapsed}
         state.simulated_elapsed += plan.simulated_seconds
         return participants, {
             "num_selected": len(plan.selected),
@@ -491,6 +531,7 @@ class _RunState:
         self.rounds, self.seed = setup.rounds, setup.seed
         self.engine, self.sampler = setup.engine, setup.sampler
         self.client_work = setup.client_work
+        self.async_rounds = setup.async_rounds
         self.shards, self.eval_shards = setup.shards, setup.eval_shards
         self.eval_in_test = setup.splits.held_out_in_test
         self.population = setup.population
@@ -555,6 +596,8 @@ class _RunState:
         self._check_checkpoint(ckpt)
         self.server.params = ckpt.params.astype(np.float32)
         self.server.load_arrays(ckpt.server_state)
+        if self.async_rounds is not None:
+            self.async_rounds.restore(ckpt.round, ckpt.server_state)
         self.completed_round, self.next_round = ckpt.round, ckpt.round + 1
         rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
 
@@ -608,8 +651,11 @@ class _RunState:
         return summary.get("device") if isinstance(summary, dict) else None
 
     def checkpoint(self) -> None:
+        arrays = self.server.arrays()
+        if self.async_rounds is not None:  # updates still in flight
+            arrays.update(self.async_rounds.arrays())
         rundir.save_checkpoint(
-            self.run_dir, self.completed_round, self.params, self.server.arrays(), trained_config(self.cfg)
+            self.run_dir, self.completed_round, self.params, arrays, trained_config(self.cfg)
         )
 
     def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
@@ -633,6 +679,7 @@ def _summary(cfg: Config, rows: list[dict[str, Any]], status: str, num_params: i
     final = evaluated[-1] if evaluated else None
     return {
         "name": cfg.name,
+        "mode": cfg.server.mode,
         "status": status,
         "seed": cfg.seed,
         "rounds": cfg.rounds,
@@ -645,6 +692,7 @@ def _summary(cfg: Config, rows: list[dict[str, Any]], status: str, num_params: i
         "total_bytes_up": sum(r["bytes_up"] for r in rows),
         "total_bytes_down": sum(r["bytes_down"] for r in rows),
         "num_parameters": num_params,
+        "simulated_seconds": rows[-1].get("simulated_elapsed") if rows else None,
         **({"epsilon": rows[-1]["epsilon"]} if rows and "epsilon" in rows[-1] else {}),
     }
 

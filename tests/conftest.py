@@ -50,6 +50,20 @@ def small_overrides(**extra) -> dict:
     return overrides
 
 
+def interrupted_and_resumed(config, overrides: dict, run_dir: Path, stop_after: int):
+    """Run ``config`` with ``overrides`` into ``run_dir``, interrupt it (Ctrl-C) after
+    round ``stop_after``, then resume it to the end; the resumed run's History."""
+    from simulator import Simulation
+
+    def interrupt(row):
+        if row["round"] == stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Simulation.from_yaml(config, overrides, run_dir=run_dir, on_round_end=interrupt).run()
+    return Simulation.resume_from(run_dir).run()
+
+
 def small_config(**extra):
     """The small run as a validated Config object."""
     from simulator.config import apply_overrides, from_dict

@@ -89,6 +89,16 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "rounds": 3,
     },
     "fedeval": {"server.federated_eval.every": 1},
+    # Lognormal speeds, 2 arrivals a step, 3 steps: some updates arrive a step or two stale.
+    "async": {
+        "server.mode": "async", "client.system.speed_sigma": 1.0, "server.async.concurrency": 4,
+        "server.async.buffer_size": 2, "rounds": 3,
+    },
+    "async_hinge": {
+        "server.mode": "async", "client.system.speed_sigma": 1.0, "server.async.concurrency": 4,
+        "server.async.buffer_size": 1, "server.async.staleness": "hinge", "server.async.staleness_b": 0,
+        "rounds": 4,
+    },
     "mlflow": {"runtime.mlflow": "file://{tmp}/mlruns"},
 }  # fmt: skip
 
@@ -218,6 +228,13 @@ ROWS = [
     Row("server.federated_eval.every", 1, "trains", why="clients hold out part of their shard"),
     Row("server.federated_eval.fraction", 0.5, "reports", "fedeval", observe="federated_clients"),
     Row("server.federated_eval.holdout", 0.4, "trains", "fedeval"),
+    Row("server.mode", "async", "trains", why="digits shards differ in size: updates arrive stale"),
+    Row("server.async.concurrency", 6, "trains", "async"),
+    Row("server.async.buffer_size", 3, "trains", "async"),
+    Row("server.async.staleness", "constant", "trains", "async"),
+    Row("server.async.staleness_a", 2.0, "trains", "async"),
+    Row("server.async.staleness_b", 2, "trains", "async_hinge"),
+    Row("server.async.max_staleness", 0, "trains", "async"),
     # runtime
     Row("runtime.workers", 2, "none"),
     Row("runtime.cpus_per_worker", 0.5, "none", why="one torch thread either way"),

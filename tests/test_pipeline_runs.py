@@ -17,7 +17,7 @@ from clients.models.spec import init_params
 from simulator import Simulation
 from simulator.config import apply_overrides, from_dict, load_config
 from simulator.setup import build_dataset, build_model_spec
-from tests.conftest import ROOT, small_overrides
+from tests.conftest import ROOT, interrupted_and_resumed, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"
 
@@ -138,16 +138,7 @@ def test_resume_with_every_kind_of_server_state_is_bit_identical(ray_cluster, tm
         "server.compression.fraction": 0.1, "runtime.checkpoint_every": 2,
     })  # fmt: skip
     straight = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "straight").run()
-
-    def stop_after_three(row):
-        if row["round"] == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Simulation.from_yaml(
-            DEFAULT, overrides, run_dir=tmp_path / "resumed", on_round_end=stop_after_three
-        ).run()
-    resumed = Simulation.resume_from(tmp_path / "resumed").run()
+    resumed = interrupted_and_resumed(DEFAULT, overrides, tmp_path / "resumed", stop_after=3)
     assert resumed.final_params.tobytes() == straight.final_params.tobytes()
     strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in h.rows] for h in (straight, resumed)]
     assert strip[0] == strip[1]

@@ -147,6 +147,7 @@ def test_summary_table_with_target(alpha: Path, beta: Path, tmp_path: Path):
         "3.00 MiB",
         "completed",
         "3",
+        "—",  # its rows keep no simulated clock
         "—",  # no epsilon logged
         "rounds=4",  # the only setting in its config.yaml that is not fedsim's default
     ]
@@ -161,9 +162,11 @@ def test_summary_table_with_target(alpha: Path, beta: Path, tmp_path: Path):
         "incomplete (no readable summary.json)",
         "not reached",
         "—",
+        "—",
         "rounds=4",
     ]
-    assert "Rounds to 80.00%" in page
+    assert "Rounds (async: steps) to 80.00%" in page
+    assert "Simulated time to 80.00%" in page
 
 
 def test_truncated_last_line_is_skipped(beta: Path):

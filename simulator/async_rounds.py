@@ -1,0 +1,187 @@
+"""Server steps of an asynchronous run (``server.mode: async``), on the workers.
+
+Each step: the clients dispatched since the last step (all from the current
+model) train on the workers; their updates wait, on the driver, until the
+schedule (``server.asynchronous``) says they arrive; the step's buffer is then
+summed as a synchronous round's sample would be (sorted by client, cut into
+the same reduction groups, each group added in float32 in client order, the
+groups in group order), every update weighted by its samples (or 1) times its
+staleness weight, and divided by the buffer's total weight. So with no
+staleness the step is synchronous FedAvg bit for bit.
+
+Updates waiting for their step (at most ``concurrency``) go into checkpoints,
+so a resumed run replays the schedule and continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clients.errors import ConfigError, FedsimError
+from clients.worker import GroupResult, add_weighted
+from server.asynchronous import AsyncSchedule, StalenessWeight, StepPlan, Trip, staleness_histogram
+from server.sampling import reduction_groups
+
+META_FIELDS = ("num_samples", "train_loss", "norm", "bytes_up", "accepted", "weight")
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One trained trip, waiting for its arrival: the processed update (None when
+    rejected) and what the worker measured."""
+
+    update: np.ndarray | None
+    num_samples: int
+    train_loss: float
+    norm: float
+    bytes_up: int
+    weight: float  # n_i (or 1 with uniform weighting); staleness is applied at arrival
+
+    def meta(self) -> np.ndarray:
+        accepted = float(self.update is not None)
+        row = (self.num_samples, self.train_loss, self.norm, self.bytes_up, accepted, self.weight)
+        return np.array(row, np.float64)
+
+    @classmethod
+    def from_arrays(cls, meta: np.ndarray, update: np.ndarray | None) -> ClientUpdate:
+        n, loss, norm, sent, accepted, weight = (float(v) for v in meta)
+        return cls(update if accepted else None, int(n), loss, norm, int(sent), weight)
+
+
+def updates_of(result: GroupResult) -> list[ClientUpdate]:
+    """A stacked group's per-client updates, in its client order."""
+    out, row = [], 0
+    for i in range(len(result.client_ids)):
+        update, weight = None, 0.0
+        if result.accepted[i]:
+            update, weight = result.stacked[row], float(result.stacked_weights[row])
+            row += 1
+        out.append(
+            ClientUpdate(
+                update, int(result.num_samples[i]), float(result.train_losses[i]), float(result.norms[i]),
+                int(result.bytes_up[i]), weight,
+            )
+        )  # fmt: skip
+    return out
+
+
+class AsyncRounds:
+    """The schedule, the updates in flight, and one server step at a time."""
+
+    def __init__(self, schedule: AsyncSchedule, weight: StalenessWeight, groups: int):
+        self.schedule, self.weight, self.groups = schedule, weight, groups
+        self.waiting: dict[tuple[int, int], ClientUpdate] = {}  # (event, client) -> update
+
+    def restore(self, completed: int, arrays: dict[str, np.ndarray]) -> None:
+        """Replay the schedule through step ``completed``; take the updates still in flight
+        from a checkpoint's arrays."""
+        for _ in range(completed):
+            self.schedule.next_step()
+        for key, meta in arrays.items():
+            if key.startswith("async.") and key.endswith(".meta"):
+                _, event, client, _ = key.split(".")
+                update = arrays.get(f"async.{event}.{client}.update")
+                self.waiting[(int(event), int(client))] = ClientUpdate.from_arrays(meta, update)
+        trained = {
+            t.key
+            for t in self.schedule.in_flight.values()
+            if t.outcome == "arrives" and t.version < completed
+        }
+        if missing := trained - set(self.waiting):
+            raise FedsimError(
+                f"the checkpoint of step {completed} lacks {len(missing)} updates still in flight; "
+                "it was not written by an async run of this config"
+            )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for (event, client), update in self.waiting.items():
+            out[f"async.{event}.{client}.meta"] = update.meta()
+            if update.update is not None:
+                out[f"async.{event}.{client}.update"] = update.update
+        return out
+
+    def plan(self) -> StepPlan:
+        try:
+            return self.schedule.next_step()
+        except ValueError as exc:  # no client can ever report: a config the run cannot serve
+            raise ConfigError(f"server.mode: async: {exc}") from None
+
+    def train(self, plan: StepPlan, run_groups) -> list[GroupResult]:
+        """Train the trips dispatched from the current model that will report;
+        ``run_groups(groups, group_rounds)`` runs them on the workers and returns their
+        GroupResults in group order, which this returns too. Updates that will arrive
+        too stale are dropped from the waiting ones."""
+        for trip in plan.discarded:
+            self.waiting.pop(trip.key, None)
+        reporting = [t for t in plan.dispatched if t.outcome == "arrives"]
+        groups, events = _groups_by_event(reporting, self.groups)
+        if not groups:
+            return []
+        results = run_groups(groups, events)
+        for index, result in enumerate(results):
+            for client, update in zip(result.client_ids, updates_of(result), strict=True):
+                self.waiting[(events[index], int(client))] = update
+        return results
+
+    def buffer_results(self, plan: StepPlan, size: int) -> list[GroupResult]:
+        """The buffer as group results the server step takes: each reduction group's
+        staleness-weighted float32 sum, its clients in (client, event) order."""
+        trips = sorted(plan.arrivals, key=lambda t: (t.client, t.event))
+        updates = [self.waiting.pop(t.key) for t in trips]
+        weights = self.weight(np.array([plan.step - 1 - t.version for t in trips]))
+        positions = reduction_groups(np.arange(len(trips)), self.groups)
+        return [_summed(index, part, trips, updates, weights, size) for index, part in enumerate(positions)]
+
+    def row(self, plan: StepPlan) -> dict[str, Any]:
+        staleness = plan.staleness()
+        return {
+            "staleness_histogram": staleness_histogram(staleness),
+            "staleness_mean": float(staleness.mean()) if len(staleness) else None,
+            "staleness_max": int(staleness.max()) if len(staleness) else None,
+            "num_dispatched": len(plan.dispatched),
+            "dropped_clients": plan.dropped,
+            "timed_out_clients": plan.timed_out,
+            "stale_discarded": len(plan.discarded),
+            "simulated_elapsed": plan.time,
+        }
+
+
+def _groups_by_event(trips: list[Trip], groups: int) -> tuple[list[np.ndarray], dict[int, int]]:
+    """Each dispatch event's clients (sorted) cut into reduction groups; group -> event."""
+    by_event: dict[int, list[int]] = {}
+    for trip in trips:
+        by_event.setdefault(trip.event, []).append(trip.client)
+    cut, events = [], {}
+    for event, clients in sorted(by_event.items()):
+        for group in reduction_groups(np.array(sorted(clients), np.int64), groups):
+            events[len(cut)] = event
+            cut.append(group)
+    return cut, events
+
+
+def _summed(index, part, trips, updates, weights, size: int) -> GroupResult:
+    total, weight_total = np.zeros(size, np.float32), 0.0
+    with warnings.catch_warnings():
+        # Updates arrive from Ray read-only; torch warns on wrapping them, but only reads them.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+        for p in part:
+            u = updates[p]
+            if u.update is not None:
+                add_weighted(total, u.update, u.weight * weights[p])
+                weight_total += u.weight
+    return GroupResult(
+        index,
+        np.array([trips[p].client for p in part], np.int64),
+        np.array([updates[p].num_samples for p in part], np.int64),
+        np.array([updates[p].train_loss for p in part], np.float64),
+        np.array([updates[p].update is not None for p in part], bool),
+        np.array([updates[p].norm for p in part], np.float64),
+        np.array([updates[p].bytes_up for p in part], np.int64),
+        weight_total,
+        total,
+    )

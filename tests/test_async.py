@@ -1,0 +1,212 @@
+"""Asynchronous aggregation (server.mode: async, FedBuff on the simulated clock)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from server.asynchronous import AsyncSchedule, StalenessWeight
+from server.sampling import sample_clients
+from server.system import SystemModel
+from simulator import Simulation
+from simulator.config import ConfigError, load_config
+from simulator.report import write_report
+from tests.conftest import ROOT, interrupted_and_resumed
+
+ASYNC_CONFIG = ROOT / "configs" / "fedbuff.yaml"
+# Equal shards (50 samples per device, natural partition) and equal speeds: every client
+# takes the same simulated time, so no update is ever stale.
+EQUAL_CLIENTS = {
+    "name": "equal",
+    "rounds": 4,
+    "data.dataset": "synthetic",
+    "data.partition": "natural",
+    "data.num_clients": 20,
+    "data.synthetic.samples_per_device": 50,
+    "model.hidden": [16],
+    "server.clients_per_round": 5,
+    "client.system.speed_sigma": 0.0,
+    "server.async.concurrency": None,  # = clients per round
+    "server.async.buffer_size": None,  # = concurrency
+    "runtime.workers": 2,
+    "runtime.cpus_per_worker": 0.5,
+    "runtime.reduction_groups": 3,
+    "runtime.checkpoint_every": 2,
+}
+HETEROGENEOUS = {
+    **EQUAL_CLIENTS,
+    "name": "hetero",
+    "server.mode": "async",
+    "client.system.speed_sigma": 1.0,
+    "client.system.dropout": 0.1,
+    "server.async.concurrency": 6,
+    "server.async.buffer_size": 2,
+    "rounds": 8,
+}
+
+
+def strip_timing(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+# --- the staleness functions and the schedule (no Ray) -----------------------------
+
+
+def test_staleness_weights_follow_fedasync():
+    s = np.array([0, 1, 4, 5, 9])
+    assert StalenessWeight("constant")(s).tolist() == [1.0] * 5
+    np.testing.assert_allclose(StalenessWeight("polynomial", a=0.5)(s), (1 + s) ** -0.5, rtol=0)
+    # hinge, a = 10, b = 4: 1 up to b, then 1 / (a (s - b) + 1)
+    assert StalenessWeight("hinge", a=10, b=4)(s).tolist() == [1.0, 1.0, 1.0, 1 / 11, 1 / 51]
+    with pytest.raises(ValueError, match="staleness kind"):
+        StalenessWeight("linear")
+
+
+def test_equal_clients_step_together_and_sample_as_sync_rounds_do():
+    schedule = AsyncSchedule(3, 40, 8, 8, np.full(40, 120.0), SystemModel())
+    for step in range(1, 6):
+        plan = schedule.next_step()
+        assert sorted(t.client for t in plan.arrivals) == sample_clients(3, step, 40, 8).tolist()
+        assert plan.staleness().tolist() == [0] * 8
+        assert [t.event for t in plan.dispatched] == [step] * 8
+        assert plan.time == pytest.approx(step * 0.12)
+
+
+def _run_schedule(steps=60, max_staleness=None, **system):
+    rng = np.random.default_rng(0)
+    work = rng.integers(20, 300, 30).astype(float)
+    model = SystemModel(speed_sigma=1.0, **system)
+    schedule = AsyncSchedule(1, 30, 7, 3, work, model, max_staleness=max_staleness)
+    return [schedule.next_step() for _ in range(steps)], schedule
+
+
+def test_heterogeneous_schedule_keeps_its_invariants_and_repeats_exactly():
+    plans, schedule = _run_schedule(dropout=0.2)
+    times = [p.time for p in plans]
+    assert times == sorted(times) and times[-1] > 0
+    for plan in plans:
+        assert len(plan.arrivals) == 3
+        assert (plan.staleness() >= 0).all()
+        assert all(t.outcome == "arrives" and t.finish <= plan.time for t in plan.arrivals)
+        assert all(t.version == plan.step - 1 for t in plan.dispatched)
+    assert max(p.staleness().max() for p in plans) >= 1  # fast clients overtake slow ones
+    assert sum(p.dropped for p in plans) > 0
+    assert len(schedule.in_flight) <= 7
+    again, _ = _run_schedule(dropout=0.2)
+    assert [[t.key for t in p.arrivals] for p in again] == [[t.key for t in p.arrivals] for p in plans]
+
+
+def test_too_stale_updates_are_discarded_and_deadlines_cut_trips():
+    plans, _ = _run_schedule(max_staleness=0)
+    assert all(p.staleness().max() == 0 for p in plans)
+    assert sum(len(p.discarded) for p in plans) > 0
+    timed, _ = _run_schedule(deadline=0.15)
+    assert sum(p.timed_out for p in timed) > 0
+    assert all(t.finish - t.start <= 0.15 + 1e-12 for p in timed for t in p.arrivals)
+
+
+def test_a_deadline_no_client_meets_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr("server.asynchronous.MAX_FRUITLESS_TRIPS", 2000)  # the real limit takes seconds
+    schedule = AsyncSchedule(0, 4, 2, 1, np.full(4, 100.0), SystemModel(deadline=0.01))
+    with pytest.raises(ValueError, match="ended without a usable update"):
+        schedule.next_step()
+
+
+# --- through the product ----------------------------------------------------------
+
+
+def test_async_with_buffer_equal_to_concurrency_equals_sync_fedavg_bit_for_bit(ray_cluster, tmp_path):
+    sync = Simulation.from_yaml(
+        ASYNC_CONFIG, {**EQUAL_CLIENTS, "server.mode": "sync"}, run_dir=tmp_path / "s"
+    ).run()
+    asyn = Simulation.from_yaml(
+        ASYNC_CONFIG, {**EQUAL_CLIENTS, "server.mode": "async"}, run_dir=tmp_path / "a"
+    ).run()
+    assert asyn.final_params.tobytes() == sync.final_params.tobytes()
+    compared = (
+        "train_loss", "test_accuracy", "test_loss", "clients", "num_samples", "bytes_up", "bytes_down",
+        "simulated_elapsed", "update_norm_mean",
+    )  # fmt: skip
+    for s_row, a_row in zip(sync.rows, asyn.rows, strict=True):
+        assert {k: a_row[k] for k in compared} == {k: s_row[k] for k in compared}
+        assert a_row["staleness_histogram"] == [5]
+
+
+def test_async_bits_do_not_depend_on_workers_or_resume(ray_cluster, tmp_path):
+    two = Simulation.from_yaml(ASYNC_CONFIG, HETEROGENEOUS, run_dir=tmp_path / "two").run()
+    one = Simulation.from_yaml(
+        ASYNC_CONFIG, {**HETEROGENEOUS, "runtime.workers": 1}, run_dir=tmp_path / "one"
+    ).run()
+    assert one.final_params.tobytes() == two.final_params.tobytes()
+    assert strip_timing(one.rows) == strip_timing(two.rows)
+    assert any(max(i for i, c in enumerate(r["staleness_histogram"]) if c) > 0 for r in two.rows)
+
+    resumed = interrupted_and_resumed(ASYNC_CONFIG, HETEROGENEOUS, tmp_path / "r", stop_after=5)
+    assert resumed.final_params.tobytes() == two.final_params.tobytes()
+    assert strip_timing(resumed.rows) == strip_timing(two.rows)
+
+
+def test_staleness_weighting_reaches_the_server_step(ray_cluster, tmp_path):
+    const = Simulation.from_yaml(
+        ASYNC_CONFIG,
+        {**HETEROGENEOUS, "rounds": 4, "server.async.staleness": "constant"},
+        run_dir=tmp_path / "c",
+    ).run()
+    poly = Simulation.from_yaml(
+        ASYNC_CONFIG, {**HETEROGENEOUS, "rounds": 4, "server.async.staleness_a": 2.0}, run_dir=tmp_path / "p"
+    ).run()
+    stale = [r["round"] for r in const.rows if len(r["staleness_histogram"]) > 1]
+    assert stale, "the config must produce stale updates"
+    # Identical up to the first stale buffer, different after it.
+    first = stale[0]
+    assert strip_timing(const.rows[: first - 1]) == strip_timing(poly.rows[: first - 1])
+    assert const.final_params.tobytes() != poly.final_params.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"server.aggregator": "median"},
+            "server.aggregator: 'median' is not allowed with server.mode: async",
+        ),
+        (
+            {"client.algorithm": "scaffold"},
+            "client.algorithm: 'scaffold' is not allowed with server.mode: async",
+        ),
+        ({"server.async.concurrency": 500}, "server.async.concurrency: 500 is not allowed"),
+        ({"server.async.staleness": "linear"}, "server.async.staleness: 'linear' is not allowed"),
+        ({"server.async.staleness_a": -1.0}, "server.async.staleness_a: -1.0 is not allowed"),
+        ({"server.asynch.buffer_size": 2}, "did you mean 'server.async'"),
+    ],
+)
+def test_bad_async_settings_are_refused_with_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config(ASYNC_CONFIG, {"server.mode": "async", **overrides})
+
+
+def test_cli_refuses_a_bad_async_key_with_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulator", "validate", ASYNC_CONFIG, "--set", "server.async.buffer_size=0"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "server.async.buffer_size: 0 is not allowed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_report_plots_staleness_and_sync_against_async_on_simulated_time(ray_cluster, tmp_path):
+    asyn = Simulation.from_yaml(ASYNC_CONFIG, {**HETEROGENEOUS, "rounds": 4}, run_dir=tmp_path / "a").run()
+    sync = Simulation.from_yaml(
+        ASYNC_CONFIG, {**HETEROGENEOUS, "rounds": 2, "server.mode": "sync"}, run_dir=tmp_path / "s"
+    ).run()
+    assert all(r["simulated_elapsed"] > 0 for r in sync.rows)
+    page = write_report([asyn.run_dir, sync.run_dir], tmp_path / "report").read_text()
+    assert 'id="panel-staleness"' in page
+    assert 'id="panel-accuracy-vs-simulated-time"' in page
+    summary = json.loads((asyn.run_dir / "summary.json").read_text())
+    assert summary["mode"] == "async"
