@@ -140,6 +140,7 @@ def build_spec(
     fc_width: int = 512,
     residual: bool = False,
     dropout: float = 0.0,
+    batchnorm: bool = False,
     embedding_dim: int = 8,
     lstm_hidden: int = 256,
     lstm_layers: int = 2,
@@ -149,7 +150,7 @@ def build_spec(
     if name == "logreg":
         layers = [LayerSpec("flatten"), _linear("fc", flat_in, num_classes)]
     elif name == "mlp":
-        layers = _mlp_layers(flat_in, list(hidden), activation, num_classes, residual, dropout)
+        layers = _mlp_layers(flat_in, list(hidden), activation, num_classes, residual, dropout, batchnorm)
     elif name == "cnn":
         layers = _cnn_layers(input_shape, list(conv_channels), fc_width, num_classes)
     elif name == "resnet":
@@ -163,13 +164,22 @@ def build_spec(
 
 
 def _mlp_layers(
-    flat_in: int, hidden: list[int], activation: str, num_classes: int, residual: bool, dropout: float
+    flat_in: int,
+    hidden: list[int],
+    activation: str,
+    num_classes: int,
+    residual: bool,
+    dropout: float,
+    batchnorm: bool = False,
 ) -> list[LayerSpec]:
-    """Flatten, then per hidden width: linear + activation (+ dropout). With
-    ``residual`` every hidden layer after the first is a block x + act(W x + b),
-    so the depth is the same as the plain MLP's."""
+    """Flatten, then per hidden width: linear (+ batch norm ``bn{i}``, which normalises by
+    each batch's own statistics) + activation (+ dropout). With ``residual`` every hidden
+    layer after the first is a block x + act(W x + b), so the depth is the same as the
+    plain MLP's."""
     if residual and len(set(hidden)) > 1:
         raise ValueError(f"a residual mlp needs equal hidden widths, got {hidden}")
+    if residual and batchnorm:
+        raise ValueError("a residual mlp has no batch-norm variant")
     layers = [LayerSpec("flatten")]
     widths = [flat_in, *hidden]
     for i in range(len(hidden)):
@@ -178,7 +188,10 @@ def _mlp_layers(
             body = (LayerSpec("linear", "", dict(linear.args)), LayerSpec(activation))
             layers.append(LayerSpec("residual", f"fc{i + 1}", {"body": body}))
         else:
-            layers += [linear, LayerSpec(activation)]
+            norm = [
+                LayerSpec("batchnorm", f"bn{i + 1}", {"num_features": widths[i + 1], "batch_stats": True})
+            ]
+            layers += [linear, *(norm if batchnorm else []), LayerSpec(activation)]
         if dropout > 0:
             layers.append(LayerSpec("dropout", args={"p": dropout}))
     layers.append(_linear(f"fc{len(hidden) + 1}", widths[-1], num_classes))

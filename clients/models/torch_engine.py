@@ -41,11 +41,19 @@ class _Residual(nn.Module):
 
 
 class _BatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Batch norm over (N, C) or (N, C, H, W), like the numpy engine's."""
+    """Batch norm over (N, C) or (N, C, H, W), like the numpy engine's. Without running
+    statistics it normalises by the batch's own, in evaluation too; there a batch of one
+    value per channel (which torch refuses) is its own mean, so it maps to the bias."""
 
     def _check_input_dim(self, x):
         if x.dim() not in (2, 4):
             raise ValueError(f"batchnorm expects (N, C) or (N, C, H, W) inputs, got {tuple(x.shape)}")
+
+    def forward(self, x):
+        if not self.training and not self.track_running_stats and x.numel() == x.shape[1]:
+            self._check_input_dim(x)
+            return self.bias.view(1, -1, *([1] * (x.dim() - 2))).expand_as(x) + 0 * x
+        return super().forward(x)
 
 
 class _LSTM(nn.LSTM):
@@ -71,7 +79,9 @@ def _module(layer: LayerSpec) -> nn.Module:
         "avgpool2d": lambda: nn.AvgPool2d(a["kernel"]),
         "flatten": nn.Flatten,
         "dropout": lambda: nn.Dropout(a["p"]),
-        "batchnorm": lambda: _BatchNorm(a["num_features"]),
+        "batchnorm": lambda: _BatchNorm(
+            a["num_features"], track_running_stats=not a.get("batch_stats", False)
+        ),
         "residual": lambda: _Residual([_module(child) for child in layer.body]),
         "embedding": lambda: nn.Embedding(a["num_embeddings"], a["embedding_dim"]),
         "lstm": lambda: _LSTM(a["input_size"], a["hidden_size"], a["num_layers"], batch_first=True),

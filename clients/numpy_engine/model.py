@@ -37,7 +37,7 @@ def build_module(layer: LayerSpec) -> Module:
         "avgpool2d": lambda: AvgPool2d(a["kernel"]),
         "flatten": Flatten,
         "dropout": lambda: Dropout(a["p"]),
-        "batchnorm": lambda: BatchNorm(a["num_features"]),
+        "batchnorm": lambda: BatchNorm(a["num_features"], batch_stats=a.get("batch_stats", False)),
         "residual": lambda: ResidualBlock([build_module(child) for child in layer.body]),
         "embedding": lambda: Embedding(a["num_embeddings"], a["embedding_dim"]),
         "lstm": lambda: LSTM(a["input_size"], a["hidden_size"], a["num_layers"]),
