@@ -53,6 +53,7 @@ class ClientResult:
     update: np.ndarray
     flow: np.ndarray | None = None  # (layers, 2) mean |dL/dh|, |dL/dθ| over local steps
     steps: int = 0
+    kept: np.ndarray | None = None  # the trained model's entries under ``keep`` (personal state)
 
 
 def train_client(
@@ -66,6 +67,10 @@ def train_client(
     client_id: int,
     correction: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    trainable: np.ndarray | None = None,
+    anchor: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
+    max_steps: int | None = None,
 ) -> ClientResult:
     """Run ``cfg.epochs`` of minibatch local training on the client's shard from ``global_params``.
 
@@ -76,37 +81,69 @@ def train_client(
     shard: (m,) int64 indices of this client's samples in it.
     correction: SCAFFOLD's c - c_i (n,), or None.
     mask: (n,) bool pruning mask: pruned weights get no gradient and stay exactly zero.
+    trainable: (n,) bool, or None for all: the other entries stay exactly as they start
+    (FedRep's alternating head and body phases).
+    anchor: the proximal term's centre (n,) when it is not the start point (Ditto's
+    personal model is pulled towards the global one); default ``global_params``.
+    keep: (n,) bool: the trained entries to return as ``kept`` (a personal head), or None.
+    max_steps: stop after this many local steps (fine-tuning), or None for whole epochs.
     Returns the delta and the sample-weighted mean minibatch loss.
     """
     model.load_params(global_params)
     # On a device, the start point is copied there once, from the loaded parameters.
     start_params = arrays.copy(model.params) if arrays.is_tensor(model.params) else global_params
     optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    transform = StepTransform(cfg.prox_mu, start_params, cfg.max_grad_norm, model.to_engine(correction))
+    centre = start_params if anchor is None else model.to_engine(anchor)
+    transform = StepTransform(cfg.prox_mu, centre, cfg.max_grad_norm, model.to_engine(correction))
     mask = None if mask is None else model.to_engine(mask)
+    freeze = None if trainable is None else Freeze(model, trainable)
     data = model.shard_data(x, y, shard)
     flow = FlowAverage() if model.track_gradients else None
+    # Batch norm cannot normalise one sample by its own statistics: a last batch of one is skipped.
+    smallest = 2 if any(layer.kind == "batchnorm" for layer in model.spec.layers) else 1
     loss_sum, seen, steps = 0.0, 0, 0
     for _ in range(cfg.epochs):
         order = rng.permutation(len(shard))
         for start in range(0, len(order), cfg.batch_size):
+            if steps == max_steps:
+                break
             positions = order[start : start + cfg.batch_size]
+            if len(positions) < smallest:
+                continue
             loss = model.loss_and_grad(*data.batch(positions))
             if transform.active:
                 transform.apply(model.grad, model.params)
             if mask is not None:
                 model.grad *= mask
+            if freeze is not None:
+                model.grad *= freeze.trainable
             optimizer.step(model.params, model.grad)
             if mask is not None:
                 model.params *= mask  # weight decay / momentum must not revive a pruned weight
+            if freeze is not None:
+                freeze.restore(model.params)
             loss_sum += loss * len(positions)
             seen += len(positions)
             steps += 1
             if flow is not None:
                 flow.add(model.last_flow)
     delta = arrays.to_numpy(model.params - start_params)
+    kept = None if keep is None else arrays.to_numpy(model.params)[keep]
     mean_loss = loss_sum / seen if seen else float("nan")
-    return ClientResult(client_id, len(shard), mean_loss, delta, flow.mean() if flow else None, steps)
+    return ClientResult(client_id, len(shard), mean_loss, delta, flow.mean() if flow else None, steps, kept)
+
+
+class Freeze:
+    """Holds the entries outside ``trainable`` at their values: their gradient is zeroed
+    before each step, and after it they are put back exactly (weight decay would move them)."""
+
+    def __init__(self, model, trainable: np.ndarray):
+        self.trainable = model.to_engine(trainable.astype(np.float32))
+        self.frozen = model.params * (1.0 - self.trainable)
+
+    def restore(self, params) -> None:
+        params *= self.trainable
+        params += self.frozen
 
 
 def client_gradient(
