@@ -36,6 +36,13 @@ from clients.devices import worker_device
 from clients.errors import ClientFailure, FedsimError
 from clients.models.engines import build_model
 from clients.models.spec import ModelSpec
+from clients.personalization import (
+    PURPOSE_FINETUNE,
+    PURPOSE_PERSONAL,
+    PersonalPlan,
+    finetuned,
+    train_personalized,
+)
 from clients.training import (
     PURPOSE_CLIENT_NOISE,
     PURPOSE_DATA_ORDER,
@@ -76,6 +83,7 @@ class ClientPlan:
     attack: Attack | None = None
     postprocess: Any = None
     track_gradients: bool = False
+    personal: PersonalPlan | None = None  # FedPer, FedRep, FedBN or Ditto
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS or self.weighting not in WEIGHTINGS:
@@ -262,15 +270,18 @@ class ClientWorker:
         new_states: dict[int, dict[str, np.ndarray]] = {}
         for i, cid in enumerate(int(c) for c in client_ids):
             state = inputs.client_states.get(cid, {})
-            result = self._train_one(global_params, inputs, cid, state)
+            result, personal_state = self._train_one(global_params, inputs, cid, state)
             sizes[i], losses[i] = result.num_samples, result.train_loss
             update, norm, cid_state = self._client_update(result, global_params, inputs, state)
             if update is None:
                 continue  # empty or non-finite: never reaches the model
             processed = self._postprocess(update, norm, inputs, cid, cid_state)
-            # SCAFFOLD clients also upload their control-variate change (n float32).
-            extra = update.size * 4 if self.plan.scaffold else 0
-            accepted[i], norms[i], bytes_up[i] = True, processed.norm, processed.bytes + extra
+            cid_state.update(personal_state)
+            accepted[i], norms[i], bytes_up[i] = (
+                True,
+                processed.norm,
+                self._bytes_up(processed.bytes, update.size),
+            )
             acc.add(processed.update, result.num_samples)
             acc.add_flow(result.flow, result.num_samples)
             if "control_delta" in cid_state:
@@ -282,6 +293,13 @@ class ClientWorker:
             acc.total, _stack(acc.stacked), np.asarray(acc.stacked_weights),
             acc.flow_sum, acc.control_sum, new_states,
         )  # fmt: skip
+
+    def _bytes_up(self, sent: int, size: int) -> int:
+        """What a client uploads: its (processed) update, less what a personalized client
+        keeps when the update travels dense, plus SCAFFOLD's control-variate change."""
+        if self.plan.personal is not None and sent == 4 * size:
+            sent -= self.plan.personal.kept_bytes
+        return sent + (4 * size if self.plan.scaffold else 0)
 
     def _client_update(self, result: ClientResult, global_params, inputs: RoundInput, state: dict):
         """The update the client sends (after any attack), its L2 norm and the client's new
@@ -334,21 +352,49 @@ class ClientWorker:
         return out
 
     def evaluate_groups(
-        self, global_params: np.ndarray, groups: list[tuple[int, np.ndarray]], batch_size: int
-    ) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """Federated evaluation: per group, (index, client ids, held-out sample counts,
-        summed losses, correct counts), each (k,) in client order."""
-        self.model.load_params(global_params)
+        self,
+        global_params: np.ndarray,
+        groups: list[tuple[int, np.ndarray]],
+        batch_size: int,
+        states: dict[int, dict[str, np.ndarray]] | None = None,
+        finetune_steps: int = 0,
+        round_: int = 0,
+    ) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """Federated evaluation: per group, (index, columns), each column (k,) in client
+        order: ``client``, ``num_samples`` (held out), ``loss`` (summed) and ``correct`` of
+        the global model; with personalization, ``personal_loss`` / ``personal_correct``
+        of each client's own model (nan / -1 for a client with no state yet); with
+        ``finetune_steps``, ``finetuned_loss`` / ``finetuned_correct`` of the global model
+        after that many local steps on the client's training rows."""
+        states = states or {}
         out = []
         for index, client_ids in groups:
-            counts = np.zeros(len(client_ids), np.int64)
-            loss_sums, correct = np.zeros(len(client_ids)), np.zeros(len(client_ids), np.int64)
+            columns = _EvalColumns(len(client_ids), self.plan.personal is not None, finetune_steps > 0)
             for i, cid in enumerate(int(c) for c in client_ids):
                 x, y = self._held_out_data(cid)
-                if len(y):
-                    loss_sums[i], correct[i], counts[i] = self.model.evaluate(x, y, batch_size)
-            out.append((index, np.asarray(client_ids), counts, loss_sums, correct))
+                if not len(y):
+                    continue
+                columns.set(i, "", self._evaluated(global_params, x, y, batch_size))
+                if cid in states:
+                    mine = self.plan.personal.personal_model(global_params, states[cid])
+                    columns.set(i, "personal_", self._evaluated(mine, x, y, batch_size))
+                if finetune_steps:
+                    tuned = self._finetuned(global_params, cid, finetune_steps, round_)
+                    columns.set(i, "finetuned_", self._evaluated(tuned, x, y, batch_size))
+            out.append((index, {"client": np.asarray(client_ids), **columns.arrays}))
         return out
+
+    def _evaluated(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch_size: int):
+        self.model.load_params(params)
+        return self.model.evaluate(x, y, batch_size)
+
+    def _finetuned(self, global_params: np.ndarray, client_id: int, steps: int, round_: int) -> np.ndarray:
+        x, y, shard = self._client_data(client_id)
+        rng = client_rng(self.seed, round_, client_id, PURPOSE_FINETUNE)
+        if self.has_dropout:
+            self.model.set_rng(client_rng(self.seed, round_, client_id, PURPOSE_FINETUNE + 100))
+        args = (self.model, global_params, x, y, shard, self.plan.training, rng, client_id)
+        return finetuned(args, self.plan.training, steps)
 
     def _held_out_data(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
         if self.population is not None:
@@ -379,13 +425,34 @@ class ClientWorker:
         args = (self.model, global_params, x, labels, shard, self.plan.training, rng, client_id)
         try:
             if self.plan.update_kind == "gradients":
-                return client_gradient(*args, mask=inputs.mask)
+                return client_gradient(*args, mask=inputs.mask), {}
+            if self.plan.personal is not None:
+                personal_rng = client_rng(self.seed, inputs.round, client_id, PURPOSE_PERSONAL)
+                return train_personalized(
+                    self.plan.personal, args, self.plan.training, state, personal_rng, mask=inputs.mask
+                )
             correction = None
             if self.plan.scaffold:
                 correction = inputs.server_control - state.get("control", np.zeros_like(global_params))
-            return train_client(*args, correction=correction, mask=inputs.mask)
+            return train_client(*args, correction=correction, mask=inputs.mask), {}
         except Exception as exc:
             raise ClientFailure(client_id, inputs.round, f"{type(exc).__name__}: {exc}") from exc
+
+
+class _EvalColumns:
+    """One group's evaluation columns: loss sums, correct counts, held-out counts."""
+
+    def __init__(self, count: int, personal: bool, finetuned: bool):
+        prefixes = ["", *(["personal_"] if personal else []), *(["finetuned_"] if finetuned else [])]
+        self.arrays: dict[str, np.ndarray] = {"num_samples": np.zeros(count, np.int64)}
+        for prefix in prefixes:
+            self.arrays[f"{prefix}loss"] = np.full(count, np.nan)
+            self.arrays[f"{prefix}correct"] = np.full(count, -1, np.int64)
+
+    def set(self, i: int, prefix: str, evaluation: tuple[float, float, int]) -> None:
+        loss_sum, correct, count = evaluation
+        self.arrays[f"{prefix}loss"][i], self.arrays[f"{prefix}correct"][i] = loss_sum, correct
+        self.arrays["num_samples"][i] = count
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,11 @@ class ModelConfig:
     hidden: list[int] = _field([200, 200], "mlp: hidden layer widths", at_most=1 << 20)
     activation: str = _field("relu", "mlp: hidden activation", ACTIVATIONS)
     residual: bool = _field(False, "mlp: hidden layers after the first are x + act(Wx + b)")
+    batchnorm: bool = _field(
+        False,
+        "mlp: batch norm after each hidden linear layer, normalising by each batch's own statistics "
+        "in training and evaluation (no running statistics outside the flat vector)",
+    )
     dropout: float = _field(0.0, "mlp: dropout probability after each hidden layer")
     conv_channels: list[int] = _field(
         [32, 64], "cnn: channels of the two 5x5 convolutions (resnet: the first)", at_most=1 << 16
@@ -128,6 +133,29 @@ class SystemConfig:
     over_selection: float = _field(0.0, "extra share of clients selected; the first k to finish count")
 
 
+PERSONALIZATION_METHODS = ("none", "fedper", "fedrep", "fedbn", "ditto")
+
+
+@dataclass(frozen=True)
+class PersonalizationConfig:
+    method: str = _field(
+        "none",
+        "what each client keeps for itself: fedper / fedrep (a local head), fedbn (local batch-norm "
+        "layers), ditto (a whole personal model)",
+        PERSONALIZATION_METHODS,
+    )
+    personal_layers: list[str] = _field(
+        [], "fedper / fedrep: layers kept on the clients (e.g. [fc3]); [] = the output layer"
+    )
+    head_epochs: int = _field(
+        1, "fedrep: local epochs on the head (body frozen) before the body's", at_most=10**6
+    )
+    ditto_lambda: float = _field(0.1, "ditto: λ, the pull of each personal model towards the global one")
+    ditto_epochs: int | None = _field(
+        None, "ditto: local epochs of the personal model; null = client.epochs", at_most=10**6
+    )
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     optimizer: str = _field("sgd", "local optimiser (state is fresh every round)", ("sgd", "adam"))
@@ -149,6 +177,9 @@ class ClientConfig:
     )
     system: SystemConfig = _field(
         SystemConfig(), "system heterogeneity: speeds, availability, dropout, deadline"
+    )
+    personalization: PersonalizationConfig = _field(
+        PersonalizationConfig(), "personalized federated learning: FedPer, FedRep, FedBN, Ditto"
     )
 
 
@@ -202,6 +233,12 @@ class FederatedEvalConfig:
     fraction: float = _field(0.1, "share of all clients evaluated each time (at least one)")
     holdout: float = _field(
         0.2, "share of each client's samples held out from its training for its own evaluation"
+    )
+    finetune_steps: int = _field(
+        0,
+        "also evaluate the global model after this many local SGD steps on each evaluated client's "
+        "own training rows (fine-tuning personalization); 0 = off",
+        at_most=10**6,
     )
 
 
@@ -514,6 +551,11 @@ def validate(cfg: Config) -> Config:
         )
     _validate_model(cfg.model)
     _validate_model_fits_data(cfg.model, d)
+    if c.personalization.method == "fedbn" and not cfg.model.batchnorm:
+        raise ConfigError(
+            "client.personalization.method: 'fedbn' keeps the batch-norm layers local; the model has none "
+            "(set model.batchnorm: true)"
+        )
     _validate_client(c)
     _validate_server(s, d.num_clients)
     _validate_pipeline(c, s, d.num_clients)
@@ -562,6 +604,11 @@ def _is_run_name(name: str) -> bool:
 
 
 def _validate_model(m: ModelConfig) -> None:
+    if m.batchnorm and (m.name != "mlp" or m.residual):
+        raise ConfigError(
+            f"model.batchnorm: true is for the plain mlp; model.name is {show(m.name)}"
+            f"{' with model.residual' if m.residual else ''}"
+        )
     _require(all(h >= 1 for h in m.hidden), "model.hidden", m.hidden, "a list of widths >= 1")
     _require(
         len(m.conv_channels) == 2 and all(ch >= 1 for ch in m.conv_channels),
@@ -674,6 +721,7 @@ def _validate_pipeline(c: ClientConfig, s: ServerConfig, num_clients: int) -> No
     _require(pr.every >= 1, "server.pruning.every", pr.every, ">= 1")
     _check_combinations(c, s, num_clients)
     _check_async_combinations(c, s)
+    _check_personalization(c, s)
 
 
 def async_shape(s: ServerConfig, num_clients: int) -> tuple[int, int]:
@@ -801,6 +849,9 @@ def _validate_server(s: ServerConfig, num_clients: int) -> None:
     _require(0 < fe.holdout < 1, "server.federated_eval.holdout", fe.holdout, "in (0, 1)")
     _require(s.eval_batch_size >= 1, "server.eval_batch_size", s.eval_batch_size, ">= 1")
     _validate_async(s.async_, num_clients)
+    _require(
+        fe.finetune_steps >= 0, "server.federated_eval.finetune_steps", fe.finetune_steps, ">= 0 (0 = off)"
+    )
 
 
 def _validate_async(a: AsyncConfig, num_clients: int) -> None:
@@ -836,6 +887,30 @@ ASYNC_REFUSALS = (
         "async keeps server.async.concurrency clients busy; over-selection is for sync rounds",
     ),
 )  # fmt: skip
+
+
+def _check_personalization(c: ClientConfig, s: ServerConfig) -> None:
+    p = c.personalization
+    _require(p.head_epochs >= 1, "client.personalization.head_epochs", p.head_epochs, ">= 1")
+    _require(0 <= p.ditto_lambda <= 1e6, "client.personalization.ditto_lambda", p.ditto_lambda, "in [0, 1e6]")
+    _require(
+        p.ditto_epochs is None or p.ditto_epochs >= 1, "client.personalization.ditto_epochs", p.ditto_epochs,
+        "null or >= 1",
+    )  # fmt: skip
+    if p.method == "none":
+        return
+    key = "client.personalization.method"
+    if s.update != "weights":
+        raise ConfigError(f"{key}: {show(p.method)} needs local training (server.update: weights)")
+    if c.algorithm != "fedavg":
+        raise ConfigError(
+            f"{key}: {show(p.method)} with client.algorithm {show(c.algorithm)} is not supported"
+        )
+    if p.personal_layers and p.method not in ("fedper", "fedrep"):
+        raise ConfigError(
+            f"client.personalization.personal_layers: {show(p.personal_layers)} is for fedper and fedrep; "
+            f"{p.method} keeps {'batch-norm layers' if p.method == 'fedbn' else 'a whole model'}"
+        )
 
 
 def _check_async_combinations(c: ClientConfig, s: ServerConfig) -> None:

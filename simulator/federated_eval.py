@@ -36,45 +36,75 @@ def clients_to_evaluate(cfg: Config, round_: int) -> np.ndarray:
     return np.sort(rng.choice(cfg.data.num_clients, size=count, replace=False))
 
 
-def evaluate_clients(pool, params: np.ndarray, clients: np.ndarray, cfg: Config, held_out: np.ndarray | None):
-    """Run the evaluation on the workers: (client ids, held-out counts, summed losses,
-    correct counts), each (k,) in client order. ``held_out``: every client's held-out
-    sample count, which balances the workers (None: generated clients, all alike)."""
-    groups, batch = cfg.runtime.reduction_groups, cfg.server.eval_batch_size
-    parts = map_groups(pool, params, clients, groups, "evaluate_groups", batch, client_work=held_out)
+def evaluate_clients(
+    pool,
+    params: np.ndarray,
+    clients: np.ndarray,
+    cfg: Config,
+    held_out: np.ndarray | None,
+    states: dict[int, dict[str, np.ndarray]] | None = None,
+    round_: int = 0,
+) -> dict[str, np.ndarray]:
+    """Run the evaluation on the workers: the columns of ``ClientWorker.evaluate_groups``
+    over ``clients``, each (k,) in client order. ``held_out``: every client's held-out
+    sample count, which balances the workers (None: generated clients, all alike);
+    ``states``: the evaluated clients' personal state (personalized runs)."""
+    groups, fe = cfg.runtime.reduction_groups, cfg.server.federated_eval
+    parts = map_groups(
+        pool, params, clients, groups, "evaluate_groups", cfg.server.eval_batch_size, states or {},
+        fe.finetune_steps, round_, client_work=held_out,
+    )  # fmt: skip
     if not parts:
-        return (np.zeros(0, np.int64),) * 4
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(1, 5))
+        return {"client": np.zeros(0, np.int64), "num_samples": np.zeros(0, np.int64)}
+    return {key: np.concatenate([columns[key] for _, columns in parts]) for key in parts[0][1]}
 
 
-def client_rows(round_: int, ids, counts, loss_sums, correct) -> list[dict[str, Any]]:
-    """clients.jsonl rows; clients with no held-out sample have nothing to report."""
-    return [
-        {
-            "round": round_,
-            "client": int(cid),
-            "num_samples": int(n),
-            "accuracy": float(c / n),
-            "loss": float(loss / n),
-        }
-        for cid, n, loss, c in zip(ids, counts, loss_sums, correct, strict=True)
-        if n > 0
-    ]
+MODELS = ("", "personal_", "finetuned_")  # the global model, each client's own, the fine-tuned global
 
 
-def round_metrics(counts, loss_sums, correct) -> dict[str, Any]:
-    """Sample-weighted accuracy and loss over the evaluated clients, the (unweighted)
-    spread of their accuracies and the mean accuracy of the worst 10% (at least one)."""
-    has_data = counts > 0
-    total = int(counts.sum())
-    if not total:
+def client_rows(round_: int, columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """clients.jsonl rows; clients with no held-out sample have nothing to report. A
+    personalized run adds ``personal_accuracy`` / ``personal_loss`` for clients that hold
+    personal state; fine-tuning adds ``finetuned_accuracy`` / ``finetuned_loss``."""
+    rows = []
+    for i, (cid, n) in enumerate(zip(columns["client"], columns["num_samples"], strict=True)):
+        if n <= 0:
+            continue
+        row: dict[str, Any] = {"round": round_, "client": int(cid), "num_samples": int(n)}
+        for prefix in MODELS:
+            if f"{prefix}correct" in columns and columns[f"{prefix}correct"][i] >= 0:
+                row[f"{prefix}accuracy"] = float(columns[f"{prefix}correct"][i] / n)
+                row[f"{prefix}loss"] = float(columns[f"{prefix}loss"][i] / n)
+        rows.append(row)
+    return rows
+
+
+def round_metrics(columns: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per model evaluated: sample-weighted accuracy and loss over the evaluated clients,
+    the (unweighted) spread of their accuracies and the mean accuracy of the worst 10%
+    (at least one): ``federated_*`` for the global model, ``personal_*`` and
+    ``finetuned_*`` for the clients' own and fine-tuned models."""
+    counts = columns["num_samples"]
+    if not int(counts.sum()):
         return {"federated_clients": 0}
-    accuracies = np.sort(correct[has_data] / counts[has_data])
+    out: dict[str, Any] = {}
+    for prefix, name in zip(MODELS, ("federated", "personal", "finetuned"), strict=True):
+        if f"{prefix}correct" in columns:
+            out.update(_spread(name, counts, columns[f"{prefix}loss"], columns[f"{prefix}correct"]))
+    return out
+
+
+def _spread(name: str, counts, loss_sums, correct) -> dict[str, Any]:
+    has = (counts > 0) & (correct >= 0)
+    total = int(counts[has].sum())
+    if not total:
+        return {f"{name}_clients": 0}
+    accuracies = np.sort(correct[has] / counts[has])
     worst = max(1, math.ceil(WORST_SHARE * len(accuracies)))
     return {
-        "federated_clients": int(has_data.sum()),
-        "federated_accuracy": float(correct.sum() / total),
-        "federated_loss": float(loss_sums.sum() / total),
-        "federated_accuracy_std": float(accuracies.std()),
-        "federated_accuracy_worst10": float(accuracies[:worst].mean()),
+        f"{name}_clients": int(has.sum()),
+        f"{name}_accuracy": float(correct[has].sum() / total),
+        f"{name}_loss": float(loss_sums[has].sum() / total),
+        f"{name}_accuracy_std": float(accuracies.std()),
+        f"{name}_accuracy_worst10": float(accuracies[:worst].mean()),
     }

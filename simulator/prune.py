@@ -125,7 +125,7 @@ def _test_metrics(sim: Simulation, state: _RunState, params: np.ndarray) -> dict
 def _finetune(sim: Simulation, state: _RunState, pool, params, mask, rounds: int) -> np.ndarray:
     """``rounds`` more federated rounds from ``params`` with ``mask`` fixed (the rounds
     after the run's last, so their samples are new)."""
-    state.server = build_server_state(state.cfg, params.copy(), state.layout)  # fresh optimiser state
+    state.server = build_server_state(state.cfg, params.copy(), state.spec)  # fresh optimiser state
     state.server.mask = mask
     for round_ in range(state.cfg.rounds + 1, state.cfg.rounds + 1 + rounds):
         sim._round(state, pool, round_)

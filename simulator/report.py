@@ -765,6 +765,62 @@ def _client_accuracy(runs: list[RunRecord], labels: list[str]) -> Figure | None:
     return fig
 
 
+PERSONAL_MODELS = (("accuracy", "global model"), ("personal_accuracy", "personalized"),
+                   ("finetuned_accuracy", "global, fine-tuned"))  # fmt: skip
+
+
+def _last_personal_evaluation(run: RunRecord) -> dict[str, list[float]]:
+    """Per model kind, the per-client accuracies (%) at the run's last federated evaluation
+    that measured a personalized or fine-tuned model ({} when none did)."""
+    rounds = [r["round"] for r in run.client_evals if "personal_accuracy" in r or "finetuned_accuracy" in r]
+    if not rounds:
+        return {}
+    last = [r for r in run.client_evals if r["round"] == max(rounds)]
+    return {
+        key: [100.0 * r[key] for r in last if isinstance(r.get(key), (int, float))]
+        for key, _ in PERSONAL_MODELS
+        if any(key in r for r in last)
+    }
+
+
+def _worst_tenth(values: list[float]) -> float:
+    return float(np.mean(sorted(values)[: max(1, math.ceil(len(values) / 10))]))
+
+
+def _personalization(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    """Per run, box plots of per-client accuracy under the global model, each client's
+    personalized model and the fine-tuned global model, with mean and worst 10%."""
+    evaluated = [(label, _last_personal_evaluation(run)) for run, label in zip(runs, labels, strict=True)]
+    evaluated = [(label, kinds) for label, kinds in evaluated if kinds]
+    if not evaluated:
+        return None
+    fig, ax = _new_axes()
+    ticks, tick_labels, drawn = [], [], set()
+    for i, (label, kinds) in enumerate(evaluated):
+        for j, (key, _) in enumerate(PERSONAL_MODELS):
+            values = kinds.get(key)
+            if not values:
+                continue
+            x = i * (len(PERSONAL_MODELS) + 1) + j
+            colour = _colour(j, len(PERSONAL_MODELS))
+            box = ax.boxplot([values], positions=[x], widths=0.7, patch_artist=True, showmeans=True)
+            box["boxes"][0].set(facecolor=colour, alpha=0.45)
+            drawn.add(j)
+            summary = f"{np.mean(values):.1f} / {_worst_tenth(values):.1f}"
+            ax.annotate(summary, (x, 3), ha="center", va="bottom", rotation=90, fontsize=7)
+        ticks.append(i * (len(PERSONAL_MODELS) + 1) + 1)
+        tick_labels.append(label)
+    ax.set_xticks(ticks, tick_labels)
+    ax.set_ylim(0, 102)
+    title = "Personalization: per-client accuracy on own held-out data"
+    xlabel = "Run (each box: clients at the last evaluation; written: mean / worst 10%, triangle: mean)"
+    _finish(ax, title, xlabel, "Client accuracy (%)")
+    for j in sorted(drawn):
+        ax.plot([], [], "s", color=_colour(j, len(PERSONAL_MODELS)), label=PERSONAL_MODELS[j][1])
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(drawn), fontsize=9)
+    return fig
+
+
 def _config_value(config: dict[str, Any], dotted: str) -> Any:
     """config["a"]["b"] for "a.b"; the fedsim default when the run's config lacks it."""
     node: Any = config
@@ -865,6 +921,12 @@ OPTIONAL_PANELS = (
         "client_accuracy.png",
         "Fairness: per-client accuracy at the last federated evaluation",
         _client_accuracy,
+    ),
+    _OptionalPanel(
+        "panel-personalization",
+        "personalization.png",
+        "Personalization: global against personalized per-client accuracy",
+        _personalization,
     ),
     _OptionalPanel(
         "panel-federated-accuracy",

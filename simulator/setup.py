@@ -31,6 +31,7 @@ from clients.data.partition import (
 )
 from clients.errors import ConfigError, DataError
 from clients.models.spec import ModelSpec, build_spec, init_params
+from clients.personalization import PersonalPlan
 from clients.training import LocalTrainingConfig
 from clients.worker import ClientPlan, ClientShards
 from server.aggregation import AGGREGATORS
@@ -249,7 +250,45 @@ def build_aggregation(cfg: Config) -> Aggregation:
     )  # fmt: skip
 
 
-def build_plan(cfg: Config, aggregation: Aggregation) -> ClientPlan:
+def build_personal_plan(cfg: Config, spec: ModelSpec) -> PersonalPlan | None:
+    """What clients keep for themselves (client.personalization), or None."""
+    p = cfg.client.personalization
+    if p.method == "none":
+        return None
+    personal = None if p.method == "ditto" else personal_entries(spec, p.method, p.personal_layers)
+    return PersonalPlan(
+        p.method, personal, p.head_epochs, p.ditto_lambda,
+        cfg.client.epochs if p.ditto_epochs is None else p.ditto_epochs,
+    )  # fmt: skip
+
+
+def personal_entries(spec: ModelSpec, method: str, names: list[str]) -> np.ndarray:
+    """(n,) bool: the parameters of the layers a client keeps: the batch-norm layers
+    (fedbn), or ``names`` (default: the output layer)."""
+    layers = [layer.name for layer in spec.layers if layer.param_specs()]
+    if method == "fedbn":
+        names = [layer.name for layer in spec.layers if layer.kind == "batchnorm"]
+    elif not names:
+        names = layers[-1:]
+    if unknown := [n for n in names if n not in layers]:
+        raise ConfigError(
+            f"client.personalization.personal_layers: {unknown[0]!r} is not a layer of {spec.name}; "
+            f"its layers with parameters: {', '.join(layers)}"
+        )
+    if set(names) == set(layers):
+        raise ConfigError(
+            "client.personalization.personal_layers: every layer would stay on the clients; "
+            "nothing would be shared (use fewer layers, or method ditto)"
+        )
+    layout = spec.layout()
+    keep = np.zeros(layout.size, bool)
+    for slot in layout:
+        if slot.name.split(".", 1)[0] in names:
+            keep[slot.offset : slot.stop] = True
+    return keep
+
+
+def build_plan(cfg: Config, aggregation: Aggregation, spec: ModelSpec) -> ClientPlan:
     """What every client does; an async server sums its buffer itself, so its clients
     return their updates one by one ("stack")."""
     s = cfg.server
@@ -265,6 +304,7 @@ def build_plan(cfg: Config, aggregation: Aggregation) -> ClientPlan:
         attack=_attack(cfg),
         postprocess=postprocess,
         track_gradients=cfg.client.track_gradients,
+        personal=build_personal_plan(cfg, spec),
     )
 
 
@@ -299,15 +339,15 @@ def _accountant(cfg: Config) -> PrivacyAccountant | None:
     )  # fmt: skip
 
 
-def build_server_state(cfg: Config, params: np.ndarray, layout) -> ServerState:
+def build_server_state(cfg: Config, params: np.ndarray, spec: ModelSpec) -> ServerState:
     """A fresh server (optimiser moments, clip norm, control variates, ...) at ``params``."""
     s = cfg.server
     aggregation = build_aggregation(cfg)
     return ServerState(
         params,
-        layout,
+        spec.layout(),
         seed=cfg.seed,
-        plan=build_plan(cfg, aggregation),
+        plan=build_plan(cfg, aggregation, spec),
         aggregation=aggregation,
         optimizer=from_section(SERVER_OPTIMIZERS[s.optimizer], s),
         clipper=_clipper(s),
@@ -384,7 +424,7 @@ def build_run(cfg: Config) -> RunSetup:
     population = build_population(cfg.data, cfg.seed)
     shards = ClientShards.pack(splits.train)
     spec = build_model_spec(cfg.model, dataset)
-    server = build_server_state(cfg, init_params(spec, cfg.seed), spec.layout())
+    server = build_server_state(cfg, init_params(spec, cfg.seed), spec)
     sizes = _sizes(shards, population, cfg.data.num_clients)
     training = server.plan.training
     work = from_section(local_work, training, sizes=sizes, update_kind=cfg.server.update)

@@ -335,11 +335,18 @@ class Simulation:
         if not federated_eval_due(self.cfg, round_):
             return {}
         clients = clients_to_evaluate(self.cfg, round_)
-        ids, counts, loss_sums, correct = evaluate_clients(
-            pool, state.params, clients, self.cfg, state.held_out_sizes
+        states = None
+        if state.server.plan.personal is not None:
+            states = {
+                int(c): state.server.client_states[int(c)]
+                for c in clients
+                if int(c) in state.server.client_states
+            }
+        columns = evaluate_clients(
+            pool, state.params, clients, self.cfg, state.held_out_sizes, states, round_
         )
-        state.client_evals.append(client_rows(round_, ids, counts, loss_sums, correct))
-        return round_metrics(counts, loss_sums, correct)
+        state.client_evals.append(client_rows(round_, columns))
+        return round_metrics(columns)
 
     def _maybe_evaluate(self, state: _RunState, round_: int) -> dict[str, float | None]:
         s = self.cfg.server

@@ -99,6 +99,9 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "server.async.buffer_size": 1, "server.async.staleness": "hinge", "server.async.staleness_b": 0,
         "rounds": 4,
     },
+    "fedper": {"client.personalization.method": "fedper"},
+    "fedrep": {"client.personalization.method": "fedrep"},
+    "ditto": {"client.personalization.method": "ditto", "server.federated_eval.every": 1},
     "mlflow": {"runtime.mlflow": "file://{tmp}/mlruns"},
 }  # fmt: skip
 
@@ -228,6 +231,16 @@ ROWS = [
     Row("server.federated_eval.every", 1, "trains", why="clients hold out part of their shard"),
     Row("server.federated_eval.fraction", 0.5, "reports", "fedeval", observe="federated_clients"),
     Row("server.federated_eval.holdout", 0.4, "trains", "fedeval"),
+    Row("server.federated_eval.finetune_steps", 2, "reports", "fedeval", observe="finetuned_loss"),
+    Row("client.personalization.method", "fedper", "trains"),
+    Row("client.personalization.personal_layers", ["fc1"], "trains", "fedper"),
+    Row("client.personalization.head_epochs", 2, "trains", "fedrep"),
+    Row(
+        "client.personalization.ditto_lambda", 1.0, "reports", "ditto", observe="personal_loss",
+        why="Ditto's global model is FedAvg's; λ shapes the personal models only",
+    ),
+    Row("client.personalization.ditto_epochs", 2, "reports", "ditto", observe="personal_loss"),
+    Row("model.batchnorm", True, "trains"),
     Row("server.mode", "async", "trains", why="digits shards differ in size: updates arrive stale"),
     Row("server.async.concurrency", 6, "trains", "async"),
     Row("server.async.buffer_size", 3, "trains", "async"),

@@ -47,7 +47,9 @@ def test_evaluated_clients_are_a_seeded_fraction():
 def test_round_metrics_weight_by_samples_and_take_the_worst_tenth():
     counts = np.array([10, 0, 30, 20])
     correct = np.array([5, 0, 30, 4])
-    metrics = round_metrics(counts, np.array([10.0, 0.0, 3.0, 40.0]), correct)
+    metrics = round_metrics(
+        {"num_samples": counts, "loss": np.array([10.0, 0.0, 3.0, 40.0]), "correct": correct}
+    )
     assert metrics["federated_clients"] == 3
     assert metrics["federated_accuracy"] == pytest.approx(39 / 60, abs=0)
     assert metrics["federated_loss"] == pytest.approx(53 / 60)

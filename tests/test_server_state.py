@@ -16,8 +16,8 @@ from tests.conftest import small_overrides
 
 def state_for(**overrides) -> ServerState:
     cfg = from_dict(apply_overrides({}, small_overrides(**overrides)))
-    layout = build_model_spec(cfg.model, build_dataset(cfg.data, cfg.seed)).layout()
-    return build_server_state(cfg, np.ones(layout.size, np.float32), layout)
+    spec = build_model_spec(cfg.model, build_dataset(cfg.data, cfg.seed))
+    return build_server_state(cfg, np.ones(spec.layout().size, np.float32), spec)
 
 
 def group(updates: np.ndarray, stacked: bool) -> GroupResult:

@@ -88,11 +88,11 @@ def test_a_key_that_shapes_training_is_read_when_the_run_is_built(row, paths):
 
 
 # Keys build_run reads although they do not change the model: what they change is
-# reported (gradient flow, ε), is arithmetic only (engine, the async buffer's summation
-# groups), or is inert by design.
+# reported (gradient flow, ε, Ditto's personal models), is arithmetic only (engine, the
+# async buffer's summation groups), or is inert by design.
 READ_WITHOUT_CHANGING_THE_MODEL = {
     "client.track_gradients", "server.privacy.delta", "model.engine", "data.synthetic.alpha",
-    "runtime.reduction_groups",
+    "runtime.reduction_groups", "client.personalization.ditto_lambda", "client.personalization.ditto_epochs",
 }  # fmt: skip
 
 
