@@ -221,6 +221,7 @@ class ClientWorker:
         self.model = build_model(spec, engine, device=self.device)
         self.model.track_gradients = plan.track_gradients
         self.has_dropout = any(layer.kind == "dropout" for layer in spec.layers)
+        self.has_batch_stats = any(layer.args.get("batch_stats") for layer in spec.layers)
         self.x, self.y = x_train, y_train
         flips = plan.attack is not None and plan.attack.kind == "label_flip"
         self.y_flipped = flip_labels(y_train, spec.num_classes) if flips else None
@@ -374,19 +375,29 @@ class ClientWorker:
                 x, y = self._held_out_data(cid)
                 if not len(y):
                     continue
-                columns.set(i, "", self._evaluated(global_params, x, y, batch_size))
+                columns.set(i, "", self._evaluated(global_params, cid, x, y, batch_size))
                 if cid in states:
                     mine = self.plan.personal.personal_model(global_params, states[cid])
-                    columns.set(i, "personal_", self._evaluated(mine, x, y, batch_size))
+                    columns.set(i, "personal_", self._evaluated(mine, cid, x, y, batch_size))
                 if finetune_steps:
                     tuned = self._finetuned(global_params, cid, finetune_steps, round_)
-                    columns.set(i, "finetuned_", self._evaluated(tuned, x, y, batch_size))
+                    columns.set(i, "finetuned_", self._evaluated(tuned, cid, x, y, batch_size))
             out.append((index, {"client": np.asarray(client_ids), **columns.arrays}))
         return out
 
-    def _evaluated(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch_size: int):
+    def _evaluated(self, params: np.ndarray, client_id: int, x: np.ndarray, y: np.ndarray, batch_size: int):
+        """``params`` on a client's held-out (x, y). Batch-statistics norm layers normalise
+        by the client's training rows (what FedBN's local running statistics estimate),
+        not by each small held-out batch."""
         self.model.load_params(params)
-        return self.model.evaluate(x, y, batch_size)
+        if not self.has_batch_stats:
+            return self.model.evaluate(x, y, batch_size)
+        train_x, _, shard = self._client_data(client_id)
+        self.model.calibrate(train_x[shard])
+        try:
+            return self.model.evaluate(x, y, batch_size)
+        finally:
+            self.model.calibrate(None)
 
     def _finetuned(self, global_params: np.ndarray, client_id: int, steps: int, round_: int) -> np.ndarray:
         x, y, shard = self._client_data(client_id)

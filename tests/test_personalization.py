@@ -102,6 +102,32 @@ def test_ditto_keeps_a_whole_personal_model_pulled_towards_the_global_one():
     assert np.linalg.norm(pulled["personal"] - start) < 0.5 * free_drift
 
 
+@pytest.mark.parametrize("rows", [7, 1])
+def test_batch_norm_evaluates_alike_in_both_engines_and_calibrates_on_training_rows(rows):
+    spec = build_spec("mlp", (12,), 4, hidden=[6, 5], batchnorm=True)
+    params = init_params(spec, 3)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(rows, 12)).astype(np.float32), rng.integers(0, 4, rows)
+    train = rng.normal(2.0, 3.0, size=(40, 12)).astype(np.float32)  # statistics unlike x's
+    results = {}
+    for engine in ("numpy", "torch"):
+        model = build_model(spec, engine)
+        model.load_params(params)
+        own = model.evaluate(x, y, 4)
+        model.calibrate(train)
+        calibrated = model.evaluate(x, y, 4)
+        model.calibrate(None)
+        assert model.evaluate(x, y, 4) == own  # back to each batch's own statistics
+        results[engine] = (own, calibrated)
+    # float32 sums in two libraries: summed losses agree to 1e-4 relative; counts exactly
+    for (np_loss, np_correct, n), (t_loss, t_correct, m) in zip(
+        results["numpy"], results["torch"], strict=True
+    ):
+        assert (np_correct, n) == (t_correct, m)
+        assert np_loss == pytest.approx(t_loss, rel=1e-4)
+    assert results["numpy"][0][0] != pytest.approx(results["numpy"][1][0], rel=1e-3)  # calibration acts
+
+
 # --- through the product -----------------------------------------------------------
 
 

@@ -49,10 +49,21 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         if x.dim() not in (2, 4):
             raise ValueError(f"batchnorm expects (N, C) or (N, C, H, W) inputs, got {tuple(x.shape)}")
 
+    fixed: tuple[torch.Tensor, torch.Tensor] | None = None  # set by TorchModel.calibrate
+    capturing = False
+
     def forward(self, x):
-        if not self.training and not self.track_running_stats and x.numel() == x.shape[1]:
+        if not self.training and not self.track_running_stats:
             self._check_input_dim(x)
-            return self.bias.view(1, -1, *([1] * (x.dim() - 2))).expand_as(x) + 0 * x
+            if self.capturing:  # the batch's mean and biased variance, as the numpy engine takes them
+                axes = [0, *range(2, x.dim())]
+                mean = x.mean(dim=axes)
+                centred = x - mean.view(1, -1, *([1] * (x.dim() - 2)))
+                self.fixed = (mean, (centred * centred).mean(dim=axes))
+            if self.fixed is not None:
+                return F.batch_norm(x, *self.fixed, self.weight, self.bias, False, 0.0, self.eps)
+            if x.numel() == x.shape[1]:
+                return self.bias.view(1, -1, *([1] * (x.dim() - 2))).expand_as(x) + 0 * x
         return super().forward(x)
 
 
@@ -188,6 +199,19 @@ class TorchModel(HostArrays):
             if signals is not None and layer_spec.param_specs():
                 h.register_hook(lambda g, name=layer_spec.name: signals.__setitem__(name, g.norm().item()))
         return h
+
+    @torch.no_grad()
+    def calibrate(self, x: np.ndarray | None) -> None:
+        """Make batch-statistics norm layers evaluate with the statistics of ``x`` (a
+        client's training rows, one batch); ``None`` goes back to each batch's own."""
+        norms = [m for m in self.net.modules() if isinstance(m, _BatchNorm) and not m.track_running_stats]
+        for module in norms:
+            module.fixed, module.capturing = None, x is not None
+        if x is not None and norms and len(x):
+            self.net.eval()
+            self.net(self._tensor(np.ascontiguousarray(x)))
+        for module in norms:
+            module.capturing = False
 
     @torch.no_grad()
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float, int]:

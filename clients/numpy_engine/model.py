@@ -90,6 +90,18 @@ class NumpyModel(HostArrays):
             yield module
             stack.extend(getattr(module, "body", []))
 
+    def calibrate(self, x: np.ndarray | None) -> None:
+        """Make batch-statistics norm layers evaluate with the statistics of ``x`` (a
+        client's training rows, one batch), each layer's taken from its input when ``x``
+        flows through; ``None`` goes back to each batch's own."""
+        norms = [m for m in self._all_modules() if isinstance(m, BatchNorm) and m.batch_stats]
+        for module in norms:
+            module.fixed, module.capturing = None, x is not None
+        if x is not None and norms and len(x):
+            self.forward(x, train=False)
+        for module in norms:
+            module.capturing = False
+
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         """Logits (B, num_classes) for inputs (B, *input_shape)."""
         h = x if self.spec.input_dtype == "int64" else x.astype(self.params.dtype, copy=False)

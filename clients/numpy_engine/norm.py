@@ -136,6 +136,9 @@ class BatchNorm(Module):
     ) -> None:
         super().__init__()
         self.batch_stats = batch_stats  # normalise by the batch's statistics in eval mode too
+        # Statistics a batch_stats layer evaluates with instead, once calibrated (see NumpyModel.calibrate).
+        self.fixed: tuple[np.ndarray, np.ndarray] | None = None
+        self.capturing = False
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -161,8 +164,13 @@ class BatchNorm(Module):
         if x.ndim < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm({self.num_features}) got input of shape {x.shape}")
         w, b = self.params["weight"], self.params["bias"]
+        if not train and self.batch_stats and self.fixed is not None:
+            y, self.cache = batch_norm_eval_forward(x, w, b, *self.fixed, self.eps)
+            return y
         if not train and self.batch_stats:  # one value per channel is its own mean: y = bias
-            y, self.cache, _, _ = batch_norm_train_forward(x, w, b, self.eps)
+            y, self.cache, mean, var = batch_norm_train_forward(x, w, b, self.eps)
+            if self.capturing:
+                self.fixed = (mean, var)
             return y
         if not train:
             y, self.cache = batch_norm_eval_forward(x, w, b, self.running_mean, self.running_var, self.eps)
