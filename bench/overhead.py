@@ -11,7 +11,11 @@ Per round, fedsim's round and then the same client work done by a plain loop in
 this process (no Ray; copy the weights, train each sampled client, average; one
 torch thread) are timed back to back, so both see the same machine state. T1 is
 the plain loop's time; the floor is T1 / workers; the ratio round / floor is 1.0
-at zero overhead. The median over rounds and repeats is reported.
+at zero overhead. The same round's clients are then trained by ``workers`` plain
+processes at once (spawned, sharing nothing, one torch thread each): their time
+over the floor is what this machine gives parallel work before any simulator
+runs, and fedsim over it is fedsim's own cost. The median over rounds and repeats
+is reported.
 
 Start-up: ``fedsim run`` in a fresh process on the overhead workload, from
 launch to ready for round 1 and to round 1 written, with fedsim's own breakdown
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -90,43 +95,101 @@ class PlainLoop:
 
     def round(self, round_: int) -> float:
         """Seconds to train round ``round_``'s clients and average their updates."""
-        cfg, d = self.cfg, self.dataset
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         start = time.perf_counter()
-        total, weight = np.zeros_like(self.params), 0
-        for cid in sample_clients(cfg.seed, round_, cfg.data.num_clients, cfg.sampled_per_round()):
-            rng = client_rng(cfg.seed, round_, int(cid), PURPOSE_DATA_ORDER)
-            result = train_client(
-                self.model, self.params, d.x_train, d.y_train, self.parts[cid], self.training, rng, cid
-            )
-            add_weighted(total, result.update, result.num_samples)
-            weight += result.num_samples
+        total, weight = self.train(round_, self.round_clients(round_), self.params)
         self.params = (self.params + total.astype(np.float64) / weight).astype(np.float32)
         seconds = time.perf_counter() - start
         torch.set_num_threads(before)
         return seconds
 
+    def round_clients(self, round_: int) -> np.ndarray:
+        return sample_clients(self.cfg.seed, round_, self.cfg.data.num_clients, self.cfg.sampled_per_round())
 
-def interleaved(cfg: Config) -> list[tuple[float, float]]:
-    """(fedsim round seconds, T1 seconds) per round, each fedsim round followed by the
-    plain loop's round. A fedsim round runs from the end of the previous plain round to
-    its own end-of-round callback, so metrics, checkpoints and the broadcast count."""
-    plain = PlainLoop(cfg)
-    pairs: list[tuple[float, float]] = []
+    def train(self, round_: int, clients, params: np.ndarray) -> tuple[np.ndarray, int]:
+        """(sum of n_i x update_i, sum of n_i) over ``clients`` from ``params``."""
+        d = self.dataset
+        total, weight = np.zeros_like(params), 0
+        for cid in clients:
+            rng = client_rng(self.cfg.seed, round_, int(cid), PURPOSE_DATA_ORDER)
+            result = train_client(
+                self.model, params, d.x_train, d.y_train, self.parts[cid], self.training, rng, cid
+            )
+            add_weighted(total, result.update, result.num_samples)
+            weight += result.num_samples
+        return total, weight
+
+
+def _plain_process(cfg: Config, conn) -> None:
+    """A plain-loop process: trains the clients it is sent, from the params it is sent."""
+    torch.set_num_threads(1)
+    loop = PlainLoop(cfg)
+    conn.send("ready")
+    while (job := conn.recv()) is not None:
+        round_, clients, params = job
+        conn.send(loop.train(round_, clients, params))
+
+
+class ParallelPlain:
+    """The plain loop in ``workers`` processes at once, each with the round's clients dealt
+    alternately (equal work in these workloads): what this machine gives two processes
+    that share nothing, the floor measured rather than assumed (T1 / workers)."""
+
+    def __init__(self, cfg: Config, workers: int):
+        self.loop = PlainLoop(cfg)
+        context = multiprocessing.get_context("spawn")
+        self.conns, self.processes = [], []
+        for _ in range(workers):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_plain_process, args=(cfg, theirs), daemon=True)
+            process.start()
+            self.conns.append(mine)
+            self.processes.append(process)
+        for conn in self.conns:
+            conn.recv()
+
+    def round(self, round_: int) -> float:
+        clients = self.loop.round_clients(round_)
+        start = time.perf_counter()
+        for k, conn in enumerate(self.conns):
+            conn.send((round_, clients[k :: len(self.conns)], self.loop.params))
+        parts = [conn.recv() for conn in self.conns]
+        total = np.sum([p[0] for p in parts], axis=0)
+        weight = sum(p[1] for p in parts)
+        self.loop.params = (self.loop.params + total.astype(np.float64) / weight).astype(np.float32)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        for process in self.processes:
+            process.join(timeout=30)
+
+
+def interleaved(cfg: Config) -> list[tuple[float, float, float]]:
+    """(fedsim round seconds, T1 seconds, parallel plain seconds) per round, each fedsim
+    round followed by the plain loop's round and the parallel plain loops' round. A
+    fedsim round runs from the end of the previous plain rounds to its own end-of-round
+    callback, so metrics, checkpoints and the broadcast count."""
+    plain, parallel = PlainLoop(cfg), ParallelPlain(cfg, cfg.runtime.workers)
+    triples: list[tuple[float, float, float]] = []
     resumed = [0.0]
 
     def after_round(row: dict) -> None:
         ended = time.perf_counter()
         fedsim = row["seconds"] if row["round"] == 1 else ended - resumed[0]
-        pairs.append((fedsim, plain.round(row["round"])))
+        triples.append((fedsim, plain.round(row["round"]), parallel.round(row["round"])))
         resumed[0] = time.perf_counter()
 
     from simulator import Simulation  # here: the plain start-up script imports this module without Ray
 
-    with tempfile.TemporaryDirectory() as tmp:
-        Simulation(cfg, Path(tmp) / "run", quiet=True, on_round_end=after_round).run()
-    return pairs
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            Simulation(cfg, Path(tmp) / "run", quiet=True, on_round_end=after_round).run()
+    finally:
+        parallel.close()
+    return triples
 
 
 def per_round(name: str, workers: int, rounds: int, repeat: int) -> float:
@@ -137,17 +200,30 @@ def per_round(name: str, workers: int, rounds: int, repeat: int) -> float:
         f"B=10, MLP 784-200-200-10, {rounds} rounds x {repeat}, {workers} workers, "
         f"{cfg.runtime.reduction_groups} reduction groups"
     )
-    print("repeat  fedsim s/round  T1 s/round  floor s/round  ratio (medians over rounds)")
-    ratios = []
+    print(
+        "repeat  fedsim s/round  T1 s/round  floor s/round  ratio | parallel plain s/round  "
+        "its ratio to floor  fedsim / it (medians over rounds)"
+    )
+    ratios, machine, versus = [], [], []
     for i in range(repeat):
-        pairs = interleaved(cfg)
-        round_ratios = [sim / (t1 / workers) for sim, t1 in pairs]
+        triples = interleaved(cfg)
+        round_ratios = [sim / (t1 / workers) for sim, t1, _ in triples]
         ratios += round_ratios
-        sim, t1 = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        machine += [par / (t1 / workers) for _, t1, par in triples]
+        versus += [sim / par for sim, _, par in triples]
+        sim, t1, par = (statistics.median(t[k] for t in triples) for k in range(3))
         middle = statistics.median(round_ratios)
-        print(f"{i + 1:>6}  {sim:>14.3f}  {t1:>10.3f}  {t1 / workers:>13.3f}  {middle:.3f}")
+        print(
+            f"{i + 1:>6}  {sim:>14.3f}  {t1:>10.3f}  {t1 / workers:>13.3f}  {middle:.3f} | "
+            f"{par:>22.3f}  {statistics.median(machine[-len(triples) :]):>18.3f}  "
+            f"{statistics.median(versus[-len(triples) :]):.3f}"
+        )
     ratio = statistics.median(ratios)
-    print(f"{name}: median ratio fedsim / floor over {len(ratios)} rounds: {ratio:.3f} (1.0: no overhead)")
+    print(
+        f"{name}: median ratio fedsim / floor over {len(ratios)} rounds: {ratio:.3f} (1.0: no overhead); "
+        f"{workers} plain processes / floor: {statistics.median(machine):.3f} (what the machine gives); "
+        f"fedsim / {workers} plain processes: {statistics.median(versus):.3f}"
+    )
     return ratio
 
 

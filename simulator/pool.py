@@ -55,8 +55,10 @@ class WorkerPool:
     ):
         """Like ``map`` but yields each result as soon as it and all before it are done,
         so the caller's in-order work overlaps with the workers'. Item i goes to
-        ``placed_on[i]`` while that actor lives, else to the least-loaded one;
-        ``on_done(actor, i, seconds)`` hears how long each item took from its submission."""
+        ``placed_on[i]`` while that actor lives, else to the least-loaded one; an item
+        placed on None waits for an idle actor (the round's tail goes to whoever is free
+        first); ``on_done(actor, i, seconds)`` hears how long each item took from its
+        submission."""
         results: dict[int, Any] = {}
         next_out = 0
         queue = deque(range(len(items)))
@@ -91,7 +93,9 @@ class WorkerPool:
             raise ClusterError("every worker actor died; no worker is left to run the round")
         while queue:
             actor = self._actor_for(queue[0], load, placed_on)
-            if load[id(actor)] >= self.depth:
+            if load[id(actor)] >= (
+                1 if placed_on is not None and placed_on[queue[0]] is None else self.depth
+            ):
                 return
             index = queue.popleft()
             running[submit(actor, items[index])] = (actor, index, time.perf_counter())
@@ -153,10 +157,26 @@ def balanced_shares(group_work: Sequence[float], speeds: Sequence[float]) -> lis
     return [sorted(share) for share in shares]
 
 
+def held_back(shares: list[list[int]], group_work: Sequence[float]) -> tuple[list[list[int]], list[int]]:
+    """(each share without its smallest group when it has two or more, those groups
+    largest first): the tail a worker that finishes early takes on."""
+    heads, tail = [], []
+    for share in shares:
+        if len(share) < 2:
+            heads.append(share)
+            continue
+        smallest = min(share, key=lambda g: (group_work[g], -g))
+        heads.append([g for g in share if g != smallest])
+        tail.append(smallest)
+    return heads, sorted(tail, key=lambda g: (-group_work[g], g))
+
+
 class GroupScheduler:
     """Deals a round's reduction groups to the pool's workers by estimated work (each
-    client's samples processed) and each worker's measured speed, one task per worker:
-    a Ray call and its returned object cost milliseconds, so fewer, larger tasks win.
+    client's samples processed) and each worker's measured speed, one task per worker,
+    less one small group each: those go, one at a time, to whichever worker is free
+    first, which evens out a worker that runs slower this round than measured. A Ray
+    call and its returned object cost milliseconds, so few, large tasks win.
     Only who carries a group depends on this, never a bit of the result."""
 
     SMOOTHING = 0.3  # weight of the newest speed measurement: this machine's timings drift ~15%
@@ -176,7 +196,9 @@ class GroupScheduler:
         result per group it was given, in order), in group order."""
         actors = list(pool.actors)
         split = balanced_shares(group_work, self._speeds(actors, kind))
-        shares = [(actor, share) for actor, share in zip(actors, split, strict=True) if share]
+        heads, tail = held_back(split, group_work) if len(actors) > 1 else (split, [])
+        shares = [(actor, share) for actor, share in zip(actors, heads, strict=True) if share]
+        shares += [(None, [g]) for g in tail]
         tasks = [[(g, groups[g]) for g in share] for _, share in shares]
         work = [sum(group_work[g] for g in share) for _, share in shares]
 

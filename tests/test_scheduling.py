@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
+import ray
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator.config import apply_overrides, from_dict
-from simulator.pool import GroupScheduler, balanced_shares
+from simulator.pool import GroupScheduler, WorkerPool, balanced_shares, held_back
 from simulator.setup import build_run
 
 
@@ -58,3 +62,38 @@ def test_client_work_is_samples_processed_plus_a_batch(tmp_path):
     cfg = from_dict(apply_overrides({}, {"data.num_clients": 12, "client.epochs": 3, "client.batch_size": 7}))
     setup = build_run(cfg)
     np.testing.assert_array_equal(setup.client_work, setup.shards.sizes() * 3.0 + 7)
+
+
+def test_each_share_holds_back_its_smallest_group_for_whoever_is_free_first():
+    work = [5.0, 1.0, 4.0, 2.0, 3.0, 3.0]
+    shares = balanced_shares(work, [1.0, 1.0])
+    heads, tail = held_back(shares, work)
+    assert sorted([*(g for share in heads for g in share), *tail]) == list(range(6))
+    for share, head in zip(shares, heads, strict=True):
+        smallest = min(share, key=lambda g: work[g])
+        assert smallest in tail and head == [g for g in share if g != smallest]
+    assert [work[g] for g in tail] == sorted((work[g] for g in tail), reverse=True)
+    assert held_back([[3]], work) == ([[3]], [])  # a single group is never held back
+
+
+@ray.remote(num_cpus=0)
+class _Timed:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def work(self, task):
+        time.sleep(self.seconds * len(task))
+        return [(index, os.getpid(), self.seconds) for index, _ in task]
+
+
+def test_the_held_back_tail_goes_to_the_worker_that_is_free(ray_cluster):
+    """A worker slower than measured finishes its share late; the tail goes to the other."""
+    slow, fast = _Timed.remote(0.3), _Timed.remote(0.02)
+    pool = WorkerPool([slow, fast])
+    groups = [np.array([g]) for g in range(6)]
+    results = pool.scheduler.run(pool, lambda actor, task: actor.work.remote(task), groups, [1.0] * 6, "t")
+    assert [r[0] for r in results] == list(range(6))  # in group order, whoever ran them
+    ran_fast = sum(1 for r in results if r[2] == 0.02)
+    assert ran_fast == 4  # its two of three, then both held-back groups
+    for actor in (slow, fast):
+        ray.kill(actor)
