@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -15,7 +17,8 @@ from server.system import SystemModel
 from simulator import Simulation
 from simulator.config import ConfigError, load_config
 from simulator.report import write_report
-from tests.conftest import ROOT, interrupted_and_resumed
+from simulator.workers import stop_idle_workers
+from tests.conftest import ROOT, client_worker_pids, interrupted_and_resumed
 
 ASYNC_CONFIG = ROOT / "configs" / "fedbuff.yaml"
 # Equal shards (50 samples per device, natural partition) and equal speeds: every client
@@ -210,3 +213,22 @@ def test_report_plots_staleness_and_sync_against_async_on_simulated_time(ray_clu
     assert 'id="panel-accuracy-vs-simulated-time"' in page
     summary = json.loads((asyn.run_dir / "summary.json").read_text())
     assert summary["mode"] == "async"
+
+
+@pytest.mark.slow
+def test_async_bits_survive_a_killed_worker(ray_cluster, tmp_path):
+    stop_idle_workers()  # the only ClientWorker processes left are the runs' own
+    straight = Simulation.from_yaml(ASYNC_CONFIG, HETEROGENEOUS, run_dir=tmp_path / "straight").run()
+    killed = []
+
+    def kill_one_worker(row):
+        if row["round"] in (2, 5):
+            killed.append(client_worker_pids()[0])
+            os.kill(killed[-1], signal.SIGKILL)
+
+    faulty = Simulation.from_yaml(
+        ASYNC_CONFIG, HETEROGENEOUS, run_dir=tmp_path / "faulty", on_round_end=kill_one_worker
+    ).run()
+    assert len(killed) == 2
+    assert faulty.final_params.tobytes() == straight.final_params.tobytes()
+    assert strip_timing(faulty.rows) == strip_timing(straight.rows)

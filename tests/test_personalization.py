@@ -257,3 +257,15 @@ def test_bad_personalization_settings_are_one_clear_error(overrides, message):
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_run(load_config(CONFIG, overrides))
+
+
+def test_async_runs_personalize_too(ray_cluster, tmp_path):
+    history = run(
+        tmp_path, "async", **{
+            "client.personalization.method": "fedrep", "server.mode": "async",
+            "client.system.speed_sigma": 1.0, "server.async.buffer_size": 3,
+        },
+    )  # fmt: skip
+    trained = {c for row in history.rows for c in row["clients"]}
+    assert trained <= set(client_states(history))  # arrived clients (and some still in flight)
+    assert history.rows[-1]["personal_accuracy"] > history.rows[-1]["federated_accuracy"]
