@@ -49,10 +49,14 @@ def evaluate_clients(
     over ``clients``, each (k,) in client order. ``held_out``: every client's held-out
     sample count, which balances the workers (None: generated clients, all alike);
     ``states``: the evaluated clients' personal state (personalized runs)."""
-    groups, fe = cfg.runtime.reduction_groups, cfg.server.federated_eval
+    groups, fe, states = cfg.runtime.reduction_groups, cfg.server.federated_eval, states or {}
+
+    def own_states(ids: np.ndarray) -> tuple:  # a task carries its own clients' state only
+        return ({int(c): states[int(c)] for c in ids if int(c) in states}, fe.finetune_steps, round_)
+
     parts = map_groups(
-        pool, params, clients, groups, "evaluate_groups", cfg.server.eval_batch_size, states or {},
-        fe.finetune_steps, round_, client_work=held_out,
+        pool, params, clients, groups, "evaluate_groups", cfg.server.eval_batch_size,
+        client_work=held_out, task_args=own_states,
     )  # fmt: skip
     if not parts:
         return {"client": np.zeros(0, np.int64), "num_samples": np.zeros(0, np.int64)}

@@ -234,14 +234,18 @@ def map_groups(
     method: str,
     *args,
     client_work: np.ndarray | None = None,
+    task_args: Callable[[np.ndarray], tuple] | None = None,
 ) -> list:
-    """Every reduction group's result of the workers' ``method(params, task, *args)`` over
-    ``clients`` cut into ``groups`` groups, in group order (whichever worker ran it),
-    balanced by ``client_work`` (num_clients,), else by client count; ``params`` goes
-    into the object store once."""
+    """Every reduction group's result of the workers' ``method(params, task, *args,
+    *task_args(task's client ids))`` over ``clients`` cut into ``groups`` groups, in group
+    order (whichever worker ran it), balanced by ``client_work`` (num_clients,), else by
+    client count; ``params`` goes into the object store once."""
     params_ref = ray.put(params)
     cut = reduction_groups(clients, groups)
     work = [float(len(g)) if client_work is None else float(client_work[g].sum()) for g in cut]
-    return pool.scheduler.run(
-        pool, lambda actor, task: getattr(actor, method).remote(params_ref, task, *args), cut, work, method
-    )
+
+    def submit(actor, task):
+        extra = () if task_args is None else task_args(np.concatenate([ids for _, ids in task]))
+        return getattr(actor, method).remote(params_ref, task, *args, *extra)
+
+    return pool.scheduler.run(pool, submit, cut, work, method)

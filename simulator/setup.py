@@ -46,6 +46,7 @@ from server.system import SystemModel, local_work
 from simulator.async_rounds import AsyncRounds
 from simulator.config import Config, DataConfig, ModelConfig, ServerConfig, async_shape, sampled_per_round
 from simulator.server_state import ServerState
+from simulator.yaml_input import show
 
 
 def section_kwargs(
@@ -272,7 +273,7 @@ def personal_entries(spec: ModelSpec, method: str, names: list[str]) -> np.ndarr
         names = layers[-1:]
     if unknown := [n for n in names if n not in layers]:
         raise ConfigError(
-            f"client.personalization.personal_layers: {unknown[0]!r} is not a layer of {spec.name}; "
+            f"client.personalization.personal_layers: {show(unknown[0])} is not a layer of {spec.name}; "
             f"its layers with parameters: {', '.join(layers)}"
         )
     if set(names) == set(layers):

@@ -269,3 +269,15 @@ def test_async_runs_personalize_too(ray_cluster, tmp_path):
     trained = {c for row in history.rows for c in row["clients"]}
     assert trained <= set(client_states(history))  # arrived clients (and some still in flight)
     assert history.rows[-1]["personal_accuracy"] > history.rows[-1]["federated_accuracy"]
+
+
+def test_a_huge_layer_name_is_refused_in_one_bounded_line():
+    from simulator.setup import build_run
+
+    overrides = {
+        "client.personalization.method": "fedper",
+        "client.personalization.personal_layers": ["x" * 100_000],
+    }
+    with pytest.raises(ConfigError) as refused:
+        build_run(load_config(CONFIG, overrides))
+    assert "is not a layer of mlp" in str(refused.value) and len(str(refused.value)) < 2000
