@@ -90,9 +90,10 @@ class StepPlan:
     timed_out: int = 0
     discarded: list[Trip] = field(default_factory=list)  # arrivals staler than max_staleness
 
-    def staleness(self) -> np.ndarray:
-        """(buffer_size,) int64: each arrival's steps of staleness."""
-        return np.array([self.step - 1 - t.version for t in self.arrivals], dtype=np.int64)
+    def staleness(self, trips: list[Trip] | None = None) -> np.ndarray:
+        """(len,) int64: each of ``trips``' (default: the arrivals') steps of staleness."""
+        trips = self.arrivals if trips is None else trips
+        return np.array([self.step - 1 - t.version for t in trips], dtype=np.int64)
 
 
 class AsyncSchedule:
@@ -224,17 +225,6 @@ class AsyncSchedule:
 
 def _event_rng(seed: int, event: int, client: int, purpose: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, event, client + 1, purpose, 1]))
-
-
-def replay(schedule: AsyncSchedule, steps: int) -> list[StepPlan]:
-    """The plans of the schedule's next ``steps`` steps (a resumed run replays its past)."""
-    return [schedule.next_step() for _ in range(steps)]
-
-
-def canonical_order(trips: list[Trip]) -> list[int]:
-    """Positions of ``trips`` sorted by (client, event): the order the buffer is summed in,
-    whatever order its updates arrived or were computed in."""
-    return sorted(range(len(trips)), key=lambda i: (trips[i].client, trips[i].event))
 
 
 def staleness_histogram(staleness: np.ndarray) -> list[int]:

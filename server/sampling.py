@@ -63,8 +63,7 @@ class ClientSampler:
                 self.seed, round_, self.num_clients, self.per_round / self.num_clients
             ), None
         if self.system is None or not self.system.active:
-            participants = sample_clients(self.seed, round_, self.num_clients, self.per_round)
-            return participants, None
+            return sample_clients(self.seed, round_, self.num_clients, self.per_round), None
         if self.work is None:
             raise ValueError("the system model needs each client's work per round")
         plan = plan_round(self.seed, round_, self.num_clients, self.per_round, self.work, self.system)

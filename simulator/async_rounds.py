@@ -26,8 +26,6 @@ from clients.worker import GroupResult, add_weighted
 from server.asynchronous import AsyncSchedule, StalenessWeight, StepPlan, Trip, staleness_histogram
 from server.sampling import reduction_groups
 
-META_FIELDS = ("num_samples", "train_loss", "norm", "bytes_up", "accepted", "weight")
-
 
 @dataclass(frozen=True)
 class ClientUpdate:
@@ -133,7 +131,7 @@ class AsyncRounds:
         staleness-weighted float32 sum, its clients in (client, event) order."""
         trips = sorted(plan.arrivals, key=lambda t: (t.client, t.event))
         updates = [self.waiting.pop(t.key) for t in trips]
-        weights = self.weight(np.array([plan.step - 1 - t.version for t in trips]))
+        weights = self.weight(plan.staleness(trips))
         positions = reduction_groups(np.arange(len(trips)), self.groups)
         return [_summed(index, part, trips, updates, weights, size) for index, part in enumerate(positions)]
 

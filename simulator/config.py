@@ -25,6 +25,7 @@ from clients.devices import DEVICES
 from clients.errors import ConfigError
 from clients.models.engines import ENGINES
 from clients.models.spec import ACTIVATION_KINDS, MODEL_NAMES
+from server.asynchronous import STALENESS_KINDS
 from simulator import yaml_input
 from simulator.yaml_input import show
 
@@ -254,9 +255,6 @@ class PruningConfig:
     start_round: int = _field(10, "first pruning round (one_shot: the only one)")
     end_round: int = _field(40, "gradual: round that reaches the final sparsity")
     every: int = _field(5, "gradual: rounds between pruning steps")
-
-
-STALENESS_KINDS = ("constant", "polynomial", "hinge")
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,13 @@ class ServerState:
             # Server momentum may still carry a pruned weight's past: the mask wins.
             self.params = stepped if self.mask is None else stepped * self.mask
 
-    def _update_client_state(self, results: list) -> None:
+    def keep_client_states(self, results: list) -> None:
+        """Take the new per-client state the results bring back."""
         for r in results:
             self.client_states.update(r.new_states)
+
+    def _update_client_state(self, results: list) -> None:
+        self.keep_client_states(results)
         if self.server_control is not None:
             deltas = [r.control_delta_sum for r in results if r.control_delta_sum is not None]
             if deltas:

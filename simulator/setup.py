@@ -372,16 +372,16 @@ def build_sampler(cfg: Config, work: np.ndarray) -> ClientSampler:
     )
 
 
-def build_async(cfg: Config, work: np.ndarray) -> AsyncRounds | None:
-    """The asynchronous server's schedule and staleness weighting (server.mode: async)."""
+def build_async(cfg: Config, work: np.ndarray, system: SystemModel) -> AsyncRounds | None:
+    """The asynchronous server's schedule and staleness weighting (server.mode: async),
+    on the sampler's ``system`` model."""
     s, n = cfg.server, cfg.data.num_clients
     if s.mode != "async":
         return None
     concurrency, buffer_size = async_shape(s, n)
     a = s.async_
     schedule = AsyncSchedule(
-        cfg.seed, n, concurrency, buffer_size, work, from_section(SystemModel, cfg.client.system),
-        a.max_staleness,
+        cfg.seed, n, concurrency, buffer_size, work, system, a.max_staleness,
     )  # fmt: skip
     weight = StalenessWeight(a.staleness, a.staleness_a, a.staleness_b)
     return AsyncRounds(schedule, weight, cfg.runtime.reduction_groups)
@@ -436,5 +436,5 @@ def build_run(cfg: Config) -> RunSetup:
         server, sampler,
         # A client costs about a batch beyond its samples: the model copy, its update's norm and sum.
         work + training.batch_size,
-        build_async(cfg, work),
+        build_async(cfg, work, sampler.system),
     )  # fmt: skip

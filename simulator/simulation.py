@@ -230,7 +230,7 @@ class Simulation:
         cfg = self.cfg
         sampled, system_metrics = self._sample(state, round_)
         groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
-        results = self._train(state, pool, round_, groups, sampled)
+        results = self._train(state, pool, round_, groups)
         # The model as broadcast this round, to every selected client (stragglers too).
         server = state.server
         bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
@@ -249,10 +249,8 @@ class Simulation:
         start = time.perf_counter()
         steps = state.async_rounds
         plan = steps.plan()
-        trained = steps.train(
-            plan, lambda groups, events: self._train(state, pool, round_, groups, None, events)
-        )
-        state.server.client_states.update({c: s for r in trained for c, s in r.new_states.items()})
+        trained = steps.train(plan, lambda groups, events: self._train(state, pool, round_, groups, events))
+        state.server.keep_client_states(trained)
         results = steps.buffer_results(plan, state.params.size)
         server_metrics = state.server.step(round_, results)
         row = _round_row(round_, results, state.model_bytes)
@@ -264,7 +262,7 @@ class Simulation:
         arrived = np.array(sorted(t.client for t in plan.arrivals), np.int64)
         return self._finish_row(state, pool, round_, row, results, arrived, start)
 
-    def _train(self, state, pool, round_, groups, sampled, events=None) -> list:
+    def _train(self, state, pool, round_, groups, events=None) -> list:
         """Each group's result of training on the workers from the current model;
         ``events`` (async): group -> the dispatch event keying its clients' draws."""
         global_ref = ray.put(state.params)
@@ -335,13 +333,7 @@ class Simulation:
         if not federated_eval_due(self.cfg, round_):
             return {}
         clients = clients_to_evaluate(self.cfg, round_)
-        states = None
-        if state.server.plan.personal is not None:
-            states = {
-                int(c): state.server.client_states[int(c)]
-                for c in clients
-                if int(c) in state.server.client_states
-            }
+        states = state.server.client_states if state.server.plan.personal is not None else None
         columns = evaluate_clients(
             pool, state.params, clients, self.cfg, state.held_out_sizes, states, round_
         )
