@@ -99,8 +99,7 @@ def train_client(
     freeze = None if trainable is None else Freeze(model, trainable)
     data = model.shard_data(x, y, shard)
     flow = FlowAverage() if model.track_gradients else None
-    # Batch norm cannot normalise one sample by its own statistics: a last batch of one is skipped.
-    smallest = 2 if any(layer.kind == "batchnorm" for layer in model.spec.layers) else 1
+    smallest = smallest_batch(model)
     loss_sum, seen, steps = 0.0, 0, 0
     for _ in range(cfg.epochs):
         order = rng.permutation(len(shard))
@@ -133,6 +132,12 @@ def train_client(
     return ClientResult(client_id, len(shard), mean_loss, delta, flow.mean() if flow else None, steps, kept)
 
 
+def smallest_batch(model) -> int:
+    """The fewest rows a training batch may have: batch norm cannot normalise one sample by
+    its own statistics, so under it a (last) batch of one is skipped, in every kind of pass."""
+    return 2 if any(layer.kind == "batchnorm" for layer in model.spec.layers) else 1
+
+
 class Freeze:
     """Holds the entries outside ``trainable`` at their values: their gradient is zeroed
     before each step, and after it they are put back exactly (weight decay would move them)."""
@@ -160,13 +165,15 @@ def client_gradient(
     """FedSGD (McMahan et al. 2017, arXiv:1602.05629, Section 2): the gradient of the
     client's mean loss at ``global_params``, over its whole shard (in batches of
     ``cfg.batch_size``, weighted by batch size) or over ``cfg.local_steps`` batches
-    of a seeded order. Returns it as ``update`` (n,) float32."""
+    of a seeded order; under batch norm a batch of one row is skipped, as in local
+    training, and not counted. Returns it as ``update`` (n,) float32."""
     model.load_params(global_params)
     data = model.shard_data(x, y, shard)
     order = rng.permutation(len(shard))
     batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
     if cfg.local_steps is not None:
         batches = batches[: cfg.local_steps]
+    batches = [b for b in batches if len(b) >= smallest_batch(model)]
     total = arrays.zeros_like(model.grad, dtype=np.float64)
     loss_sum, seen = 0.0, 0
     for positions in batches:
@@ -194,13 +201,16 @@ def client_scores(model, global_params, x, y, shard, batch_size: int, kind: str)
         raise ValueError(f"unknown score kind {kind!r}; known: {', '.join(SCORE_KINDS)}")
     model.load_params(global_params)
     data = model.shard_data(x, y, shard)
-    total = np.zeros(global_params.shape, dtype=np.float64)
+    total, seen = np.zeros(global_params.shape, dtype=np.float64), 0
     for start in range(0, len(shard), batch_size):
         positions = np.arange(start, min(start + batch_size, len(shard)))
+        if len(positions) < smallest_batch(model):
+            continue
         model.loss_and_grad(*data.batch(positions))
         grad = arrays.to_numpy(model.grad).astype(np.float64)
         total += len(positions) * (grad if kind == "saliency" else grad * grad)
-    mean = total / max(len(shard), 1)
+        seen += len(positions)
+    mean = total / max(seen, 1)
     return np.abs(global_params * mean) if kind == "saliency" else mean
 
 

@@ -135,7 +135,14 @@ def _file_dataset(data: DataConfig) -> Dataset:
     writers / roles when partitioned naturally."""
     from clients.data import leaf, vision
 
-    root = Path(data.root).expanduser()
+    try:
+        root = Path(data.root).expanduser()
+    except RuntimeError:  # ~name of no user on this machine (pathlib: "could not determine home")
+        user = data.root.split("/", 1)[0]
+        raise DataError(
+            f"data.root: {show(data.root)} starts with {show(user)}, but this machine has no home "
+            "directory for it; give the folder's full path"
+        ) from None
     if root.exists() and not root.is_dir():
         raise DataError(f"data.root: {root} is a file, not a folder holding the dataset")
     try:

@@ -266,6 +266,13 @@ def test_a_data_root_that_is_a_file_or_a_symlink_loop_is_one_error(tmp_path):
         assert code == 2 and "Traceback" not in err and "not found" in err, err
 
 
+def test_a_data_root_under_the_home_of_no_user_is_one_error(ray_cluster, tmp_path):
+    fragment = "data.root: '~nosuchuser/x' starts with '~nosuchuser', but this machine has no home"
+    assert_refused(digits_with(tmp_path, "mnist", "~nosuchuser/x"), fragment)
+    root = ("--set", "data.dataset=mnist", "--set", "data.root=~nosuchuser/x", "--set", "rounds=1")
+    assert_refused(cli("run", DEFAULT, *root, "--out", tmp_path / "run", "--quiet"), fragment)
+
+
 def test_leaf_json_nested_thousands_deep_or_with_string_pixels_is_refused(tmp_path):
     deep = '{"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": ' + "[" * 5000 + "]" * 5000 + "}}}"
     for split in ("train", "test"):

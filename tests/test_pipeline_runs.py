@@ -57,6 +57,18 @@ def test_fedsgd_with_full_shards_is_centralised_gradient_descent(ray_cluster, tm
     np.testing.assert_allclose(history.final_params, params, rtol=1e-4, atol=1e-6)
 
 
+def test_fedsgd_under_batch_norm_skips_a_last_batch_of_one_as_local_training_does(ray_cluster, tmp_path):
+    # 1,438 digits rows over 8 IID clients: six of 180 rows, two of 179; in batches of 89
+    # the 179-row shards end in a batch of one, which batch norm cannot normalise.
+    overrides = {
+        "rounds": 2, "data.num_clients": 8, "data.partition": "iid", "model.hidden": [16],
+        "model.batchnorm": True, "server.clients_per_round": 8, "client.batch_size": 89,
+    }  # fmt: skip
+    history = run(tmp_path, "fedsgd_bn", overrides, ROOT / "configs" / "fedsgd.yaml")
+    assert [row["num_samples"] for row in history.rows] == [6 * 180 + 2 * 178] * 2
+    assert np.isfinite(history.final_params).all()
+
+
 def test_step_transform_adds_the_proximal_pull_then_clips_then_corrects():
     """The local step's gradient modifications by hand (FedProx's run-level effect is in
     tests/test_algorithms.py): g + mu (w - w_t), clipped to C, plus SCAFFOLD's c - c_i."""
