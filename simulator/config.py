@@ -967,10 +967,11 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, follow_links: bool = True) -> dict[str, Any]:
     """Read a config file into a dict; every failure is a ConfigError naming the file
-    (see simulator.yaml_input for what is refused and why)."""
-    raw = yaml_input.load(yaml_input.read_text(Path(path)), str(path))
+    (see simulator.yaml_input for what is refused and why; a run directory's config.yaml
+    is read with ``follow_links`` off)."""
+    raw = yaml_input.load(yaml_input.read_text(Path(path), follow_links=follow_links), str(path))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -995,7 +996,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | dict[str, Any] | None 
     client.prox_mu, client.max_grad_norm and client.local_steps (they never reached
     training then), without local adam momentum, and with DP's unweighted sums; it goes
     on as it was trained, and each value read differently is logged once."""
-    raw, changes = as_trained(read_yaml(Path(run_dir) / "config.yaml"))
+    raw, changes = as_trained(read_yaml(Path(run_dir) / "config.yaml", follow_links=False))
     for change in changes:
         log.warning("%s: written by an older fedsim; resuming as it trained: %s", run_dir, change)
     return from_dict(apply_overrides(raw, overrides or []))

@@ -10,12 +10,11 @@ writes prune.json plus charts. Nothing in the run directory is rewritten.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file
 
 from clients.errors import FedsimError
 from server.evaluation import evaluate
@@ -35,10 +34,9 @@ METHODS = ("magnitude", "saliency", "squared_gradient", "random")
 def load_model_params(run_dir: Path, state: _RunState) -> np.ndarray:
     """The run's model.safetensors as one flat vector in the model's layout."""
     path = run_dir / "model.safetensors"
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise FedsimError(f"{path}: cannot read the run's final model: {exc}") from exc
+    if not os.path.lexists(path):
+        raise FedsimError(f"{path}: no final model (did the run finish?)")
+    tensors = rundir.load_model(path)
     params = state.layout.zeros()
     for slot in state.layout:
         if slot.name not in tensors or tensors[slot.name].shape != slot.shape:

@@ -23,6 +23,7 @@ import html
 import io
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from matplotlib.figure import Figure
 
 from clients.errors import FedsimError
 from simulator.config import Config, read_yaml
-from simulator.rundir import atomic_write_bytes, read_metrics, running_pid
+from simulator.rundir import atomic_write_bytes, load_model, read_json, read_metrics, running_pid
 from simulator.yaml_input import one_line
 
 DPI = 110  # chart resolution, dots per inch
@@ -127,6 +128,7 @@ def load_run(run_dir: Path) -> RunRecord:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FedsimError(f"run directory not found: {run_dir}")
+    _check_model(run_dir / "model.safetensors")
     config = _read_config(run_dir / "config.yaml")
     summary = _read_summary(run_dir / "summary.json")
     rows = _read_metrics(run_dir / "metrics.jsonl")
@@ -135,16 +137,25 @@ def load_run(run_dir: Path) -> RunRecord:
     return RunRecord(str(name), run_dir, config, rows, summary, client_evals, running_pid(run_dir))
 
 
+def _check_model(path: Path) -> None:
+    """A report is of the run that made it: a final model altered since is refused."""
+    if os.path.lexists(path):
+        try:
+            load_model(path)
+        except FedsimError as exc:
+            raise FedsimError(f"{exc}; remove it to report the metrics alone") from None
+
+
 def _read_config(path: Path) -> dict[str, Any]:
-    return read_yaml(path) if path.exists() else {}
+    return read_yaml(path, follow_links=False) if os.path.lexists(path) else {}
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
     """The summary, or {} if missing or cut short by a crash (rows fill in)."""
-    if not path.exists():
+    if not os.path.lexists(path):
         return {}
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = read_json(path)
     except (ValueError, RecursionError):  # cut short, not UTF-8, or nested absurdly deep
         return {}
     return summary if isinstance(summary, dict) else {}
@@ -152,7 +163,7 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     """Parse metrics.jsonl (a truncated last line is skipped); dedupe by round."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FedsimError(f"no metrics.jsonl in run directory {path.parent} (looked for {path})")
     by_round: dict[int, dict[str, Any]] = {}
     for row in read_metrics(path):
@@ -166,7 +177,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def _read_client_evals(path: Path) -> list[dict[str, Any]]:
     """Parse clients.jsonl ([] when absent; a truncated last line is skipped)."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
     rows = read_metrics(path)
     for row in rows:
@@ -451,11 +462,11 @@ def _gradient_flow_last_round(runs: list[RunRecord], labels: list[str]) -> Figur
 
 def _prune_results(run: RunRecord) -> dict[str, Any] | None:
     path = run.run_dir / "prune.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
+        return read_json(path, limit=64 << 20)
+    except (ValueError, RecursionError) as exc:
         raise FedsimError(f"{path}: unreadable prune results: {one_line(str(exc), 200)}") from None
 
 

@@ -1,8 +1,14 @@
-"""The run directory: config.yaml, metrics.jsonl, summary.json, model.safetensors, checkpoints/.
+"""The run directory: config.yaml, run.json, metrics.jsonl, summary.json, model.safetensors,
+checkpoints/.
 
 Metrics are appended one line per round and never rewritten; checkpoints and
 the model are safetensors (no pickle on any load path); every file that is
-replaced is written to a temporary name first and moved into place.
+replaced is written to a temporary name first and moved into place. Every file
+opened here must be a regular file (no link followed, no FIFO or device:
+simulator/files.py). Each checkpoint carries the run's identity
+(run.json), its round, a checksum and a digest of the metrics rows up to its
+round, and the final model its round and a checksum, so a checkpoint renamed, copied from
+another round or another run, or rows edited since, are found out.
 """
 
 from __future__ import annotations
@@ -13,20 +19,22 @@ import json
 import logging
 import os
 import re
-import stat
+import struct
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.numpy import load, save_file
 
 from clients.errors import FedsimError
 from clients.models.layout import Layout
+from simulator.files import check_folder, open_regular, read_regular
 from simulator.yaml_input import one_line, show
 
 log = logging.getLogger("fedsim")
@@ -35,8 +43,20 @@ CHECKPOINT_PATTERN = re.compile(r"^round_(\d{6})\.safetensors$")
 KEEP_CHECKPOINTS = 3
 LOCK_NAME = ".lock"
 LOCK_ATTEMPTS = 5
-CHECKPOINT_FORMAT = "fedsim-checkpoint-2"
-OLD_CHECKPOINT_FORMAT = "fedsim-checkpoint-1"  # before the checksum and the recorded config
+CHECKPOINT_FORMAT = "fedsim-checkpoint-3"
+# 1: before the checksum and the recorded config; 2: before the run id and the metrics digest
+OLD_CHECKPOINT_FORMATS = ("fedsim-checkpoint-1", "fedsim-checkpoint-2")
+MODEL_FORMAT = "fedsim-model-2"
+OLD_MODEL_FORMAT = "fedsim-model-1"  # before the checksum
+RUN_FILE = "run.json"
+RUN_FORMAT = "fedsim-run-1"
+MAX_ROW_BYTES = 1 << 20  # a round's metrics row is a few kB; a longer line is not fedsim's
+MAX_SMALL_FILE_BYTES = 1 << 20  # run.json, summary.json
+MAX_TENSOR_FILE_BYTES = 1 << 40  # a bound for reads only: a regular file is finite anyway
+# What every metrics row holds (DESIGN.md), and which values may be null.
+ROW_INTEGERS = ("num_clients", "bytes_up", "bytes_down")
+ROW_NUMBERS = ("seconds",)
+ROW_OPTIONAL_NUMBERS = ("test_accuracy", "test_loss", "train_loss")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -74,13 +94,36 @@ def check_new_run_dir(path: Path) -> None:
 
 
 def create_run_dir(path: Path) -> Path:
-    """Make a fresh run directory; refuse one that already holds files or cannot be made."""
+    """Make a fresh run directory with its identity (run.json); refuse one that already
+    holds files or cannot be made."""
     check_new_run_dir(path)
     try:
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FedsimError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
+    write_json(path / RUN_FILE, {"format": RUN_FORMAT, "run_id": uuid.uuid4().hex})
     return path
+
+
+def read_run_id(run_dir: Path) -> str | None:
+    """The run's identity from run.json; None for a run directory made before fedsim kept
+    one (its checkpoints carry none either)."""
+    path = run_dir / RUN_FILE
+    if not os.path.lexists(path):
+        return None
+    try:
+        record = json.loads(read_regular(path, MAX_SMALL_FILE_BYTES))
+    except (ValueError, RecursionError):
+        record = None
+    run_id = record.get("run_id") if isinstance(record, dict) else None
+    if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise FedsimError(f"{path}: damaged (expected a JSON object with a 32-hex-digit 'run_id')")
+    return run_id
+
+
+def check_run_folders(run_dir: Path) -> None:
+    """The run directory's checkpoints/ is a real folder, not a link out of it."""
+    check_folder(run_dir / "checkpoints")
 
 
 class RunLock:
@@ -118,26 +161,19 @@ class RunLock:
 
 
 def _open_lock_file(path: Path, flags: int) -> int:
-    """The lock file's descriptor; a lock file that is not a regular file is refused
-    (O_NONBLOCK: a FIFO put there must not block the open)."""
+    """The lock file's descriptor; a link, FIFO or anything but a regular file is refused."""
     try:
-        fd = os.open(path, flags | os.O_NONBLOCK, 0o644)
-    except OSError as exc:
-        raise FedsimError(f"cannot lock run directory {path.parent}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise FedsimError(f"cannot lock run directory {path.parent}: {path.name} is not a regular file")
-    return fd
+        return open_regular(path, flags)
+    except FedsimError as exc:
+        raise FedsimError(f"cannot lock run directory {path.parent}: {exc}") from None
 
 
 def running_pid(run_dir: Path) -> int | None:
     """The pid of the fedsim run that holds ``run_dir``'s lock now, else None."""
-    if not (run_dir / LOCK_NAME).is_file():
-        return None
     try:
         fd = _open_lock_file(run_dir / LOCK_NAME, os.O_RDONLY)
     except FedsimError:
-        return None
+        return None  # no lock file (or not one fedsim made): nobody holds it
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
@@ -153,22 +189,124 @@ def _lock_holder(fd: int) -> int | None:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl: one JSON object per round."""
+    """Append-only metrics.jsonl: one JSON object per round, rounds 1, 2, 3, ... in order.
+
+    Opening an existing log keeps its longest valid beginning: a line that is not a
+    complete row of the next round (not JSON, over MAX_ROW_BYTES, missing a field, a
+    round out of order, duplicated or foreign) ends it. Those lines and all after them
+    are moved to ``metrics.jsonl.cut-N`` beside it, never lost, and nothing is appended
+    after them; their rounds are re-run from a checkpoint (``Simulation`` resumes from
+    the newest one that agrees with the rows kept). A last line a crash left without
+    its newline is a torn write and is dropped."""
 
     def __init__(self, path: Path):
         self.path = path
-        if path.exists():
-            _drop_torn_tail(path)
-        self.rows = read_metrics(path) if path.exists() else []
-        if any(not isinstance(r, dict) or not isinstance(r.get("round"), int) for r in self.rows):
-            raise FedsimError(f"{path}: every row must be a JSON object with an integer 'round'")
+        self.rows: list[dict[str, Any]] = []
+        self._ends: list[int] = []  # byte offset just after each row
+        self._digest = hashlib.sha256()
+        if os.path.lexists(path):
+            self._read_valid_prefix()
 
     def last_round(self) -> int:
-        return self.rows[-1]["round"] if self.rows else 0
+        return len(self.rows)
 
     def append(self, row: dict[str, Any]) -> None:
-        _append_lines(self.path, [row])
+        if row["round"] != len(self.rows) + 1:
+            raise FedsimError(f"{self.path}: round {row['round']} would follow round {len(self.rows)}")
+        data = _append_lines(self.path, [row])
         self.rows.append(row)
+        self._digest.update(data)
+        self._ends.append((self._ends[-1] if self._ends else 0) + len(data))
+
+    def prefix_digest(self, round_: int) -> str:
+        """sha256 of the log's bytes up to the end of round ``round_``'s row."""
+        if round_ == len(self.rows):
+            return self._digest.copy().hexdigest()
+        if not 0 <= round_ < len(self.rows):
+            raise FedsimError(f"{self.path}: no row for round {round_} (the log ends at {len(self.rows)})")
+        size = self._ends[round_ - 1] if round_ else 0
+        with os.fdopen(open_regular(self.path), "rb") as f:
+            return hashlib.sha256(f.read(size)).hexdigest()
+
+    def cut_after(self, round_: int, reason: str) -> None:
+        """Move the rows after round ``round_`` aside, so those rounds are run again."""
+        if round_ < len(self.rows):
+            self._cut(self._ends[round_ - 1] if round_ else 0, round_ + 1, reason)
+            del self.rows[round_:], self._ends[round_:]
+            self._digest = hashlib.sha256()
+            with os.fdopen(open_regular(self.path), "rb") as f:
+                self._digest.update(f.read())
+
+    def _read_valid_prefix(self) -> None:
+        fd = open_regular(self.path, os.O_RDWR)
+        with os.fdopen(fd, "r+b") as f:
+            for number, line in enumerate(iter(lambda: f.readline(MAX_ROW_BYTES + 1), b""), start=1):
+                if not line.endswith(b"\n") and len(line) <= MAX_ROW_BYTES:
+                    f.truncate(self._ends[-1] if self._ends else 0)  # a torn last write
+                    return
+                problem = _row_problem(line, len(self.rows) + 1)
+                if problem:
+                    self._cut(f.tell() - len(line), number, f"line {number}: {problem}")
+                    return
+                self.rows.append(json.loads(line))
+                self._digest.update(line)
+                self._ends.append(f.tell())
+
+    def _cut(self, offset: int, first: int, reason: str) -> None:
+        """Copy the log's bytes from ``offset`` on to a new ``.cut-N`` file, then truncate."""
+        kept = _free_name(self.path.with_name(f"{self.path.name}.cut"))
+        with os.fdopen(open_regular(self.path, os.O_RDWR), "r+b") as f:
+            f.seek(offset)
+            with os.fdopen(open_regular(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as out:
+                while chunk := f.read(1 << 20):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            f.truncate(offset)
+        log.warning(
+            "%s: %s; its rows from round %d on were moved to %s and those rounds are run again",
+            self.path, reason, first, kept.name,
+        )  # fmt: skip
+
+
+def _row_problem(line: bytes, expected_round: int) -> str | None:
+    """Why ``line`` is not round ``expected_round``'s metrics row, or None if it is."""
+    if len(line) > MAX_ROW_BYTES:
+        return f"over {MAX_ROW_BYTES:,} bytes"
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested absurdly deep, huge ints
+        return "not valid JSON"
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if not _is_int(row.get("round")):
+        return "no integer 'round'"
+    if row["round"] != expected_round:
+        return f"round {show(row['round'])} where round {expected_round} was due"
+    for key in ROW_INTEGERS:
+        if not _is_int(row.get(key)) or row[key] < 0:
+            return f"'{key}' is {show(row.get(key))}, not a count"
+    for key in ROW_NUMBERS + ROW_OPTIONAL_NUMBERS:
+        value = row.get(key)
+        if not (_is_number(value) or (value is None and key in ROW_OPTIONAL_NUMBERS)):
+            return f"'{key}' is {show(value)}, not a number"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _free_name(stem: Path) -> Path:
+    """``stem``-1, -2, ...: the first name not taken."""
+    number = 1
+    while os.path.lexists(f"{stem}-{number}"):
+        number += 1
+    return Path(f"{stem}-{number}")
 
 
 class ClientEvalLog:
@@ -182,7 +320,7 @@ class ClientEvalLog:
 
     def __init__(self, path: Path, completed_round: int):
         self.path = path
-        if path.exists():
+        if os.path.lexists(path):
             _truncate_after_round(path, completed_round)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
@@ -194,85 +332,130 @@ def _truncate_after_round(path: Path, completed_round: int) -> None:
     """Cut a torn last line and every row of a round after ``completed_round``; a
     damaged complete line is an error, not something to cut away."""
     keep = 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
+    with os.fdopen(open_regular(path, os.O_RDWR), "r+b") as f:
+        for number, line in enumerate(iter(lambda: f.readline(MAX_ROW_BYTES + 1), b""), start=1):
+            if len(line) > MAX_ROW_BYTES:
+                raise FedsimError(f"{path}:{number}: a line over {MAX_ROW_BYTES:,} bytes")
             if not line.endswith(b"\n"):
                 break
             try:
                 row = json.loads(line)
             except (ValueError, RecursionError):  # not JSON, not UTF-8, nested absurdly deep
                 raise FedsimError(f"{path}:{number}: not valid JSON") from None
-            if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+            if not isinstance(row, dict) or not _is_int(row.get("round")):
                 raise FedsimError(f"{path}:{number}: not a JSON object with an integer 'round'")
             if row["round"] > completed_round:
                 break
             keep += len(line)
-    if keep < path.stat().st_size:
-        with open(path, "r+b") as f:
-            f.truncate(keep)
+        f.truncate(keep)
 
 
-def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(row, allow_nan=True) + "\n" for row in rows)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
+def _append_lines(path: Path, rows: list[dict[str, Any]]) -> bytes:
+    """Append one JSON line per row; the bytes written."""
+    data = "".join(json.dumps(row, allow_nan=True) + "\n" for row in rows).encode("utf-8")
+    with os.fdopen(open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line that a crash left without its newline: it is not a row, and
-    appending after it would glue the next row onto it. Complete rows are never touched."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
+    return data
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl; a truncated last line (a crash mid-write) is skipped."""
+    """Rows of a metrics.jsonl (or clients.jsonl) for reading, as a report does; a
+    truncated last line (a crash mid-write) is skipped, any other bad line is an error."""
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise FedsimError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except (ValueError, RecursionError):
-            if number == len(lines):
-                break
-            raise FedsimError(f"{path}:{number}: not valid JSON") from None
+    with os.fdopen(open_regular(path), "rb") as f:
+        for number, line in enumerate(iter(lambda: f.readline(MAX_ROW_BYTES + 1), b""), start=1):
+            if len(line) > MAX_ROW_BYTES:
+                raise FedsimError(f"{path}:{number}: a line over {MAX_ROW_BYTES:,} bytes")
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except (ValueError, RecursionError):
+                if not line.endswith(b"\n"):
+                    break  # torn by a crash
+                raise FedsimError(f"{path}:{number}: not valid JSON") from None
     return rows
 
 
-def save_model(path: Path, layout: Layout, params: np.ndarray, metadata: dict[str, str]) -> None:
-    """Global parameters by layer name, as safetensors."""
-    tensors = {name: np.ascontiguousarray(view) for name, view in layout.views(params).items()}
+def read_json(path: Path, limit: int = MAX_SMALL_FILE_BYTES) -> Any:
+    """A JSON file of the run directory (summary.json, prune.json); ValueError if it is not JSON."""
+    return json.loads(read_regular(path, limit))
+
+
+def save_model(path: Path, layout: Layout, params: np.ndarray, round_: int, name: str) -> None:
+    """Global parameters by layer name, as safetensors, with the round and a sha256 of the
+    tensors (checked by ``load_model``). No run id: identical runs give identical files."""
+    tensors = {name_: np.ascontiguousarray(view) for name_, view in layout.views(params).items()}
+    metadata = {"format": MODEL_FORMAT, "round": str(round_), "name": name, "sha256": _tensors_sha256(tensors)}
     _atomic_save(path, tensors, metadata)
+
+
+def load_model(path: Path) -> dict[str, np.ndarray]:
+    """A run's model.safetensors by layer name, verified against its checksum; a model of
+    fedsim before 0.2 (no checksum) loads with a warning."""
+    tensors, metadata = _load_safetensors(path, "model")
+    fmt = metadata.get("format")
+    if fmt == OLD_MODEL_FORMAT:
+        log.warning("%s: written before fedsim kept a checksum for it; it cannot be verified", path)
+    elif fmt != MODEL_FORMAT:
+        raise FedsimError(f"{path}: not a fedsim model (format {show(fmt)})")
+    elif metadata.get("sha256") != _tensors_sha256(tensors):
+        raise FedsimError(f"{path}: altered since fedsim wrote it: its tensors do not match their checksum")
+    return tensors
+
+
+def _load_safetensors(path: Path, what: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The tensors and fedsim metadata of a safetensors file that must be a regular file."""
+    data = read_regular(path, MAX_TENSOR_FILE_BYTES)
+    try:
+        tensors = load(data)
+        metadata = json.loads(_safetensors_metadata(data).get("fedsim", "{}"))
+    except (SafetensorError, ValueError, RecursionError, TypeError, struct.error) as exc:
+        raise FedsimError(f"{path}: unreadable {what}: {one_line(str(exc), 200)}") from None
+    if not isinstance(metadata, dict):
+        raise FedsimError(f"{path}: unreadable {what}: its fedsim metadata is not an object")
+    return tensors, metadata
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, Any]:
+    """The ``__metadata__`` of a safetensors file's header (an 8-byte length, then JSON);
+    ``load`` has already checked that the header is well formed."""
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    metadata = header.get("__metadata__") or {} if isinstance(header, dict) else {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def _atomic_save(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
     # One metadata key: safetensors stores metadata in a hash map whose order varies
-    # between writes, and identical runs must give identical files.
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"fedsim": json.dumps(metadata, sort_keys=True)})
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    # between writes, and identical runs must give identical files. A fresh temporary
+    # name: a fixed one could be a link planted to make the write land elsewhere.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"fedsim": json.dumps(metadata, sort_keys=True)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     """One checkpoint: the global parameters and server state after ``round``, and the
-    training config it was made with (None in checkpoints of fedsim before 0.2)."""
+    training config it was made with (None in checkpoints of fedsim before 0.2).
+    ``metrics_sha256`` is the digest of metrics.jsonl up to this round's row (None in
+    checkpoints made before fedsim recorded it)."""
 
     round: int
     params: np.ndarray
     server_state: dict[str, np.ndarray]
     config: dict[str, Any] | None
     path: Path
+    metrics_sha256: str | None = None
 
 
 def save_checkpoint(
@@ -281,13 +464,16 @@ def save_checkpoint(
     params: np.ndarray,
     server_state: dict[str, np.ndarray],
     config: dict[str, Any],
+    identity: dict[str, str],
 ) -> Path:
     """checkpoints/round_NNNNNN.safetensors: global params + server state, with a sha256 of
-    every tensor and the training config in its metadata (checked when it is loaded)."""
+    every tensor, the training config and ``identity`` (run_id, metrics_sha256) in its
+    metadata (checked when it is loaded)."""
+    check_run_folders(run_dir)
     tensors = {"global_params": params, **{f"server.{k}": v for k, v in server_state.items()}}
     path = run_dir / "checkpoints" / f"round_{round_:06d}.safetensors"
     metadata = {"round": str(round_), "format": CHECKPOINT_FORMAT, "sha256": _tensors_sha256(tensors)}
-    _atomic_save(path, tensors, {**metadata, "config": json.dumps(config, sort_keys=True)})
+    _atomic_save(path, tensors, {**metadata, **identity, "config": json.dumps(config, sort_keys=True)})
     for old in list_checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
         old.unlink()
     return path
@@ -311,36 +497,44 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """A checkpoint, verified against its recorded sha256; FedsimError if it is unreadable,
-    not fedsim's, or altered since it was written."""
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), "numpy") as f:
-            metadata = json.loads((f.metadata() or {}).get("fedsim", "{}"))
-    except (SafetensorError, OSError, ValueError, RecursionError) as exc:
-        raise FedsimError(f"{path}: unreadable checkpoint: {one_line(str(exc), 200)}") from None
-    if "global_params" not in tensors or not isinstance(metadata, dict):
+def load_checkpoint(path: Path, run_id: str | None = None) -> Checkpoint:
+    """A checkpoint, verified against its recorded sha256, its file name's round and the
+    run's identity; FedsimError if it is unreadable, not fedsim's, altered, renamed, or
+    another run's."""
+    tensors, metadata = _load_safetensors(path, "checkpoint")
+    if "global_params" not in tensors:
         raise FedsimError(f"{path}: not a fedsim checkpoint (no 'global_params' tensor)")
     fmt, checksum = metadata.get("format"), metadata.get("sha256")
-    if fmt not in (CHECKPOINT_FORMAT, OLD_CHECKPOINT_FORMAT):
+    if fmt != CHECKPOINT_FORMAT and fmt not in OLD_CHECKPOINT_FORMATS:
         raise FedsimError(f"{path}: corrupt checkpoint: unknown format {show(fmt)}")
-    if (fmt == CHECKPOINT_FORMAT or checksum is not None) and checksum != _tensors_sha256(tensors):
+    if (fmt != OLD_CHECKPOINT_FORMATS[0] or checksum is not None) and checksum != _tensors_sha256(tensors):
         raise FedsimError(
             f"{path}: corrupt checkpoint: its tensors do not match the checksum written with them"
+        )
+    round_ = int(CHECKPOINT_PATTERN.match(path.name).group(1))
+    if "round" in metadata and metadata["round"] != str(round_):
+        raise FedsimError(
+            f"{path}: holds round {show(metadata['round'])}, not the round {round_} its name says "
+            "(renamed or copied over another)"
+        )
+    if metadata.get("run_id") != run_id:
+        raise FedsimError(
+            f"{path}: belongs to another run (run id {show(metadata.get('run_id'))}, this run's is "
+            f"{show(run_id)} in {RUN_FILE})"
         )
     try:
         config = json.loads(metadata["config"]) if "config" in metadata else None
     except (TypeError, ValueError, RecursionError):
         raise FedsimError(f"{path}: corrupt checkpoint: its recorded config is not JSON") from None
-    round_ = int(CHECKPOINT_PATTERN.match(path.name).group(1))
     state = {k.removeprefix("server."): v for k, v in tensors.items() if k.startswith("server.")}
-    return Checkpoint(round_, tensors["global_params"], state, config, path)
+    digest = metadata.get("metrics_sha256")
+    return Checkpoint(round_, tensors["global_params"], state, config, path, digest)
 
 
-def intact_checkpoints(run_dir: Path) -> Iterator[Checkpoint]:
+def intact_checkpoints(run_dir: Path, run_id: str | None) -> Iterator[Checkpoint]:
     """The run's checkpoints that load and verify, newest first; each one that does not is
     logged and skipped. FedsimError when there is none at all."""
+    check_run_folders(run_dir)
     paths = list_checkpoints(run_dir)
     if not paths:
         raise FedsimError(
@@ -348,7 +542,7 @@ def intact_checkpoints(run_dir: Path) -> Iterator[Checkpoint]:
         )
     for path in reversed(paths):
         try:
-            yield load_checkpoint(path)
+            yield load_checkpoint(path, run_id)
         except FedsimError as exc:
             log.warning("skipping a damaged checkpoint: %s", exc)
 

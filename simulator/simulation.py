@@ -548,6 +548,7 @@ class _RunState:
         self.client_evals: rundir.ClientEvalLog
         self.device: str | None = None  # what the workers train on, once they are up
         self.lock = rundir.RunLock(run_dir)
+        self.run_id: str | None = None  # run.json's; None in run directories of fedsim before 0.3
         self.startup: dict[str, float] = {}  # when data, Ray and workers were ready (StartupClock)
 
     @property
@@ -563,35 +564,51 @@ class _RunState:
         """Create the run directory (or restore from its checkpoint) and open the metrics log."""
         if resume:
             self.lock.acquire()
+            self.run_id = rundir.read_run_id(self.run_dir)
             self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
             self._restore(self.metrics.last_round())
         else:
             rundir.create_run_dir(self.run_dir)
             self.lock.acquire()
+            self.run_id = rundir.read_run_id(self.run_dir)
             rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
-            self.checkpoint()  # round 0: resumable even if stopped before its first round
             self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
+            self.checkpoint()  # round 0: resumable even if stopped before its first round
         self.client_evals = rundir.ClientEvalLog(self.run_dir / "clients.jsonl", self.completed_round)
         done = [r for r in self.metrics.rows if r["round"] <= self.completed_round]
         self.simulated_elapsed = float(done[-1].get("simulated_elapsed", 0.0)) if done else 0.0
 
     def _restore(self, logged_round: int) -> None:
         """Continue from the newest intact checkpoint whose rounds are all in metrics.jsonl
-        (``logged_round``): a damaged checkpoint is skipped, and rows lost from the log are
-        rebuilt by re-running their rounds from an earlier checkpoint, bit for bit."""
-        for ckpt in rundir.intact_checkpoints(self.run_dir):
-            if ckpt.round <= logged_round:
+        (``logged_round``) and whose record of those rows matches them: a damaged, renamed
+        or foreign checkpoint is skipped, and rows lost from the log are rebuilt by
+        re-running their rounds from an earlier checkpoint, bit for bit. Rows that a
+        newer checkpoint disagrees with are moved aside and rebuilt the same way."""
+        disagreed = False
+        for ckpt in rundir.intact_checkpoints(self.run_dir, self.run_id):
+            if ckpt.round > logged_round:
+                log.warning(
+                    "%s: metrics.jsonl ends at round %d, before checkpoint round %d; resuming from an "
+                    "earlier checkpoint re-runs the missing rounds",
+                    self.run_dir, logged_round, ckpt.round,
+                )  # fmt: skip
+            elif ckpt.metrics_sha256 not in (None, self.metrics.prefix_digest(ckpt.round)):
+                disagreed = True
+                log.warning(
+                    "%s: metrics.jsonl's rows up to round %d are not those checkpoint round %d was "
+                    "written after (rows edited, or the checkpoint copied in); trying an earlier one",
+                    self.run_dir, ckpt.round, ckpt.round,
+                )  # fmt: skip
+            else:
                 break
-            log.warning(
-                "%s: metrics.jsonl ends at round %d, before checkpoint round %d; resuming from an "
-                "earlier checkpoint re-runs the missing rounds",
-                self.run_dir, logged_round, ckpt.round,
-            )  # fmt: skip
         else:
             raise FedsimError(
                 f"{self.run_dir}: no intact checkpoint at or before round {logged_round}, where "
-                "metrics.jsonl ends; the run cannot continue without losing rows (start it again)"
+                "metrics.jsonl ends, that agrees with its rows; the run cannot continue without "
+                "losing rows (start it again)"
             )
+        if disagreed:
+            self.metrics.cut_after(ckpt.round, f"a checkpoint after round {ckpt.round} disagrees with them")
         self._check_checkpoint(ckpt)
         self.server.params = ckpt.params.astype(np.float32)
         self.server.load_arrays(ckpt.server_state)
@@ -644,8 +661,8 @@ class _RunState:
         if self.completed_round == 0 or not path.is_file():
             return None
         try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError):
+            summary = rundir.read_json(path)
+        except (FedsimError, ValueError, RecursionError):
             return None  # a damaged summary is rewritten at the end; it decides nothing
         return summary.get("device") if isinstance(summary, dict) else None
 
@@ -653,15 +670,19 @@ class _RunState:
         arrays = self.server.arrays()
         if self.async_rounds is not None:  # updates still in flight
             arrays.update(self.async_rounds.arrays())
+        identity = {"metrics_sha256": self.metrics.prefix_digest(self.completed_round)}
+        if self.run_id is not None:
+            identity["run_id"] = self.run_id
         rundir.save_checkpoint(
-            self.run_dir, self.completed_round, self.params, arrays, trained_config(self.cfg)
+            self.run_dir, self.completed_round, self.params, arrays, trained_config(self.cfg), identity
         )
 
     def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
         """Checkpoint, write the model and summary.json; return the summary."""
         self.checkpoint()
-        meta = {"format": "fedsim-model-1", "round": str(self.completed_round), "name": self.cfg.name}
-        rundir.save_model(self.run_dir / "model.safetensors", self.layout, self.params, meta)
+        rundir.save_model(
+            self.run_dir / "model.safetensors", self.layout, self.params, self.completed_round, self.cfg.name
+        )
         summary = _summary(self.cfg, self.metrics.rows, status, self.layout.size)
         summary["device"] = self.device or self.recorded_device()
         if self.startup:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from clients.errors import ConfigError, FedsimError
 from simulator.config import Config
+from simulator.files import check_folder
+from simulator.rundir import atomic_write_text, read_json
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
 # The run's small files; checkpoints and clients.jsonl stay in the run directory.
@@ -60,8 +63,8 @@ def flat_config(cfg: Config) -> dict[str, str]:
 def _json_object(path: Path) -> dict[str, Any]:
     """A small JSON object fedsim wrote, or {} when it is missing or not one."""
     try:
-        content = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError, RecursionError):
+        content = read_json(path) if os.path.lexists(path) else {}
+    except (ValueError, RecursionError):
         return {}
     return content if isinstance(content, dict) else {}
 
@@ -109,6 +112,8 @@ class Trackers:
             self._mlflow = self._mlflow_module
 
     def _start_tensorboard(self, first_round: int):
+        if os.path.lexists(self.run_dir / "tensorboard"):  # its event files must stay in the run
+            check_folder(self.run_dir / "tensorboard")
         try:
             return self._tensorboard_module.SummaryWriter(
                 logdir=str(self.run_dir / "tensorboard"), purge_step=first_round if first_round > 1 else None
@@ -129,7 +134,7 @@ class Trackers:
             mlflow.start_run(run_id=record["run_id"])
             return
         run = mlflow.start_run(run_name=self.cfg.name)
-        record_path.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
+        atomic_write_text(record_path, json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
         params = sorted(flat_config(self.cfg).items())
         for start in range(0, len(params), MLFLOW_PARAMS_PER_CALL):
             mlflow.log_params(dict(params[start : start + MLFLOW_PARAMS_PER_CALL]))

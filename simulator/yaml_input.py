@@ -112,15 +112,18 @@ def dump(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def read_text(path: Path, what: str = "config file") -> str:
-    """The text of a regular file of at most MAX_FILE_BYTES; a FIFO, a device, a folder
-    or a larger file is refused without reading it."""
+def read_text(path: Path, what: str = "config file", follow_links: bool = True) -> str:
+    """The text of a regular file of at most MAX_FILE_BYTES; a FIFO, a device, a folder,
+    a larger file or (``follow_links`` off: a run directory's) a link is refused without
+    reading it."""
     try:
-        info = os.stat(path)
+        info = os.stat(path, follow_symlinks=follow_links)
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{what} {path} is a symbolic link; fedsim follows no links inside a run directory")
     if not stat.S_ISREG(info.st_mode):
         raise ConfigError(f"{what} {path} is not a regular file")
     if info.st_size > MAX_FILE_BYTES:

@@ -642,7 +642,7 @@ def test_a_non_finite_test_loss_counts_until_an_evaluation_says_otherwise():
 
 def test_a_lock_file_that_is_a_fifo_neither_blocks_nor_crashes(tmp_path):
     os.mkfifo(tmp_path / ".lock")
-    with pytest.raises(FedsimError, match="is not a regular file"):
+    with pytest.raises(FedsimError, match="is a FIFO, not a regular file"):
         RunLock(tmp_path).acquire()
     from simulator.rundir import running_pid
 
