@@ -109,18 +109,29 @@ class AsyncRounds:
         except ValueError as exc:  # no client can ever report: a config the run cannot serve
             raise ConfigError(f"server.mode: async: {exc}") from None
 
-    def train(self, plan: StepPlan, run_groups) -> list[GroupResult]:
+    def train(self, plan: StepPlan, run_groups, on_arrivals=None) -> list[GroupResult]:
         """Train the trips dispatched from the current model that will report;
-        ``run_groups(groups, group_rounds)`` runs them on the workers and returns their
-        GroupResults in group order, which this returns too. Updates that will arrive
-        too stale are dropped from the waiting ones."""
+        ``run_groups(groups, group_rounds, on_groups_done)`` runs them on the workers and
+        returns their GroupResults in group order, which this returns too. Updates that
+        will arrive too stale are dropped from the waiting ones. ``on_arrivals(got,
+        needed)`` hears how many of the step's buffer are trained, as groups finish."""
         for trip in plan.discarded:
             self.waiting.pop(trip.key, None)
         reporting = [t for t in plan.dispatched if t.outcome == "arrives"]
         groups, events = _groups_by_event(reporting, self.groups)
+        buffer = {t.key for t in plan.arrivals}
+        got = len(buffer & self.waiting.keys())  # trained in earlier steps
+        if on_arrivals is not None:
+            on_arrivals(got, len(buffer))
         if not groups:
             return []
-        results = run_groups(groups, events)
+
+        def groups_done(indices: list[int]) -> None:
+            nonlocal got
+            got += sum((events[g], int(c)) in buffer for g in indices for c in groups[g])
+            on_arrivals(got, len(buffer))
+
+        results = run_groups(groups, events, None if on_arrivals is None else groups_done)
         for index, result in enumerate(results):
             for client, update in zip(result.client_ids, updates_of(result), strict=True):
                 self.waiting[(events[index], int(client))] = update

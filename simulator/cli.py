@@ -264,6 +264,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         args.finetune_rounds,
         args.scope,
         args.out,
+        quiet=False,
     )
     _print_prune_table(path)
     return 0

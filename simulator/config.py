@@ -330,6 +330,11 @@ class ServerConfig:
         at_most=10**9,
     )
     eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
+    stop_after_rejected_share: float = _field(
+        0.5,
+        "a round in which more than this share of the updates was NaN/Inf (rejected) counts towards "
+        "stop_after_nonfinite_rounds too; 1 = only rounds in which every update was",
+    )
     eval_batch_size: int = _field(1024, "test-set evaluation batch size", at_most=10**7)
     federated_eval: FederatedEvalConfig = _field(
         FederatedEvalConfig(), "per-client evaluation on clients' own held-out data (clients.jsonl)"
@@ -990,6 +995,12 @@ def load_config(path: Path, overrides: list[str] | dict[str, Any] | None = None)
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    _require(
+        0 <= s.stop_after_rejected_share <= 1,
+        "server.stop_after_rejected_share",
+        s.stop_after_rejected_share,
+        "in [0, 1] (1 = only when every update is rejected)",
+    )
     """A run directory's config.yaml as the run was trained, with ``overrides``.
 
     A run directory written before ``server.weighting`` existed was trained without

@@ -191,9 +191,11 @@ class GroupScheduler:
         groups: list[np.ndarray],
         group_work: Sequence[float],
         kind: str,
+        on_groups_done: Callable[[list[int]], None] | None = None,
     ) -> list:
         """Each group's result of ``submit(actor, [(index, ids), ...])`` (which returns one
-        result per group it was given, in order), in group order."""
+        result per group it was given, in order), in group order. ``on_groups_done`` hears
+        the indices of the groups of each task as it finishes (progress)."""
         actors = list(pool.actors)
         split = balanced_shares(group_work, self._speeds(actors, kind))
         heads, tail = held_back(split, group_work) if len(actors) > 1 else (split, [])
@@ -204,6 +206,8 @@ class GroupScheduler:
 
         def measured(actor: Any, index: int, seconds: float) -> None:
             self._measured(actor, kind, work[index], seconds)
+            if on_groups_done is not None:
+                on_groups_done([g for g, _ in tasks[index]])
 
         by_group: list[Any] = [None] * len(groups)
         placed = [actor for actor, _ in shares]

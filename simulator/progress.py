@@ -50,10 +50,18 @@ class RoundProgress:
             f"acc {_fmt(row['test_accuracy'])}  test loss {_fmt(row['test_loss'])}  "
             f"train loss {_fmt(row['train_loss'])}  {row['seconds']:.2f}s/round"
         )
+        if row.get("rejected_updates"):  # train loss is over the accepted updates only
+            stats += f"  {row['rejected_updates']}/{row['num_clients']} updates rejected"
         if self._progress is not None:
             self._progress.update(self._task, completed=row["round"], stats=stats)
         else:
             print(f"round {row['round']}/{self.total}  {stats}  eta {eta:.0f}s", flush=True)
+
+    def working(self, text: str) -> None:
+        """What the round in progress waits for, e.g. ``step 12: 3/5 arrivals``: the live
+        line moves. Nothing off a terminal, where each round prints its own line."""
+        if self._progress is not None:
+            self._progress.update(self._task, stats=text, refresh=True)
 
     def close(self) -> None:
         if self._progress is not None:
@@ -62,6 +70,45 @@ class RoundProgress:
     def message(self, text: str) -> None:
         if not self.quiet:
             print(text, file=sys.stdout, flush=True)
+
+
+class StepProgress:
+    """Progress through a known number of steps that are not rounds (validating a sweep's
+    runs, prune's masks and fine-tune rounds): a live bar on a terminal, as rounds have;
+    otherwise a plain line at every tenth of the way."""
+
+    PLAIN_LINES = 10
+
+    def __init__(self, total: int, name: str, quiet: bool = False):
+        self.total, self.name, self.quiet = max(total, 1), name, quiet
+        self.done = 0
+        self._tenths = 0  # plain lines printed
+        console = Console(stderr=False)
+        self._progress = None
+        if console.is_terminal and not quiet:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self._task = self._progress.add_task(name, total=self.total, stats="")
+            self._progress.start()
+
+    def advance(self, note: str = "", steps: int = 1) -> None:
+        """``steps`` more done; ``note`` says what the latest was."""
+        self.done += steps
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, stats=note)
+        elif not self.quiet and self.done * self.PLAIN_LINES // self.total > self._tenths:
+            self._tenths = self.done * self.PLAIN_LINES // self.total
+            print(f"{self.name} {self.done:,}/{self.total:,}  {note}".rstrip(), flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
 
 def _bytes(count: int) -> str:

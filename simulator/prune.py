@@ -23,12 +23,19 @@ from server.sampling import sample_clients
 from simulator import rundir
 from simulator.cluster import ray_session
 from simulator.config import load_run_config
-from simulator.progress import RoundProgress
+from simulator.progress import RoundProgress, StepProgress
 from simulator.report import write_prune_charts
 from simulator.setup import build_server_state
 from simulator.simulation import PURPOSE_PRUNING, Simulation, _RunState, federated_scores
+from simulator.yaml_input import show
 
 METHODS = ("magnitude", "saliency", "squared_gradient", "random")
+# Each sparsity is a mask built and evaluated per method: a fine sweep of the curve is a
+# few hundred; tens of thousands is a script gone wrong.
+MAX_SPARSITIES = 1_000
+# Fine-tuning trains methods x sparsities x rounds x clients per round clients: a million
+# is days of a real study's fine-tuning; more is a typo.
+MAX_FINETUNE_TRAININGS = 1_000_000
 
 
 def load_model_params(run_dir: Path, state: _RunState) -> np.ndarray:
@@ -47,25 +54,28 @@ def load_model_params(run_dir: Path, state: _RunState) -> np.ndarray:
 
 def prune_run(
     run_dir: Path, methods: list[str], sparsities: list[float], finetune_rounds: int = 0,
-    scope: str = "global", out_dir: Path | None = None,
+    scope: str = "global", out_dir: Path | None = None, quiet: bool = True,
 ) -> Path:  # fmt: skip
-    """Evaluate every (method, sparsity) mask; write prune.json (+ charts); return its path."""
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise FedsimError(f"--method: {', '.join(bad)} not known; choose from {', '.join(METHODS)}")
-    if any(not 0 <= s < 1 for s in sparsities):
-        raise FedsimError(f"--sparsity: every value must be in [0, 1), got {sparsities}")
+    """Evaluate every (method, sparsity) mask; write prune.json (+ charts); return its path.
+    More than MAX_SPARSITIES sparsities or MAX_FINETUNE_TRAININGS fine-tuning client
+    trainings are refused before anything loads; ``quiet=False`` shows each step."""
+    _check_arguments(methods, sparsities)
     cfg = load_run_config(run_dir)
+    _check_finetune_work(len(methods), len(sparsities), finetune_rounds, cfg.sampled_per_round())
     state = _RunState(cfg, run_dir)
     trained = load_model_params(run_dir, state)
     sim = Simulation(cfg, run_dir, quiet=True)
     with ray_session(cfg.runtime.address) as session:
         pool = sim._start_workers(state, session, RoundProgress(1, 1, cfg.name, quiet=True))
         completed = False
+        progress = StepProgress(len(methods) * len(sparsities) * (1 + finetune_rounds), "prune", quiet)
         try:
-            results = _evaluate_all(sim, state, pool, trained, methods, sparsities, finetune_rounds, scope)
+            results = _evaluate_all(
+                sim, state, pool, trained, methods, sparsities, finetune_rounds, scope, progress
+            )
             completed = True
         finally:
+            progress.close()
             sim._stop_workers(pool, session, reusable=completed)
     report = {
         "run": str(run_dir),
@@ -82,7 +92,38 @@ def prune_run(
     return path
 
 
-def _evaluate_all(sim, state, pool, trained, methods, sparsities, finetune_rounds, scope) -> list[dict]:
+def _check_arguments(methods: list[str], sparsities: list[float]) -> None:
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise FedsimError(f"--method: {show(bad[0])} not known; choose from {', '.join(METHODS)}")
+    twice = [m for m in METHODS if methods.count(m) > 1]
+    if twice:
+        raise FedsimError(f"--method: {twice[0]} is listed twice")
+    if len(sparsities) > MAX_SPARSITIES:
+        raise FedsimError(
+            f"--sparsity: {len(sparsities):,} values; at most {MAX_SPARSITIES:,} "
+            "(each is a mask to build and evaluate per method)"
+        )
+    outside = [s for s in sparsities if not 0 <= s < 1]
+    if outside:
+        raise FedsimError(f"--sparsity: every value must be in [0, 1), got {outside[0]:g}")
+
+
+def _check_finetune_work(methods: int, sparsities: int, rounds: int, per_round: int) -> None:
+    """Refuse fine-tuning that would train more than MAX_FINETUNE_TRAININGS clients."""
+    trainings = methods * sparsities * rounds * per_round
+    if trainings > MAX_FINETUNE_TRAININGS:
+        raise FedsimError(
+            f"--finetune-rounds {rounds:,}: {methods} method{'s' * (methods > 1)} x {sparsities:,} "
+            f"sparsit{'ies' if sparsities > 1 else 'y'} x {rounds:,} rounds x {per_round:,} clients "
+            f"per round = {trainings:,} client trainings; at most {MAX_FINETUNE_TRAININGS:,} "
+            "(fewer rounds, sparsities or methods)"
+        )
+
+
+def _evaluate_all(
+    sim, state, pool, trained, methods, sparsities, finetune_rounds, scope, progress: StepProgress
+) -> list[dict]:
     cfg = state.cfg
     clients = sample_clients(cfg.seed, cfg.rounds + 1, cfg.data.num_clients, cfg.sampled_per_round())
     results = []
@@ -97,8 +138,10 @@ def _evaluate_all(sim, state, pool, trained, methods, sparsities, finetune_round
                 "layer_density": layer_densities(mask, state.layout),
                 **_test_metrics(sim, state, trained * mask),
             }
+            step = f"{method} sparsity {sparsity:g}"
+            progress.advance(f"{step}: accuracy {row['test_accuracy']:.4f}")
             if finetune_rounds:
-                tuned = _finetune(sim, state, pool, trained * mask, mask, finetune_rounds)
+                tuned = _finetune(sim, state, pool, trained * mask, mask, finetune_rounds, progress, step)
                 row.update({f"finetuned_{k}": v for k, v in _test_metrics(sim, state, tuned).items()})
             results.append(row)
     return results
@@ -120,11 +163,14 @@ def _test_metrics(sim: Simulation, state: _RunState, params: np.ndarray) -> dict
     return {"test_accuracy": result.accuracy, "test_loss": result.loss}
 
 
-def _finetune(sim: Simulation, state: _RunState, pool, params, mask, rounds: int) -> np.ndarray:
+def _finetune(
+    sim: Simulation, state: _RunState, pool, params, mask, rounds: int, progress: StepProgress, step: str
+) -> np.ndarray:
     """``rounds`` more federated rounds from ``params`` with ``mask`` fixed (the rounds
     after the run's last, so their samples are new)."""
     state.server = build_server_state(state.cfg, params.copy(), state.spec)  # fresh optimiser state
     state.server.mask = mask
-    for round_ in range(state.cfg.rounds + 1, state.cfg.rounds + 1 + rounds):
+    for done, round_ in enumerate(range(state.cfg.rounds + 1, state.cfg.rounds + 1 + rounds), 1):
         sim._round(state, pool, round_)
+        progress.advance(f"{step}: fine-tune round {done:,}/{rounds:,}")
     return state.server.params

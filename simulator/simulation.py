@@ -211,7 +211,7 @@ class Simulation:
     def _loop(self, state: _RunState, pool: WorkerPool, progress: RoundProgress, trackers: Trackers) -> None:
         divergence = DivergenceWatch(self.cfg)
         for round_ in range(state.next_round, state.rounds + 1):
-            row = self._round(state, pool, round_)
+            row = self._round(state, pool, round_, progress)
             if round_ > state.metrics.last_round():
                 state.metrics.append(row)
             trackers.log_round(row)  # re-run rounds too: a crash may have cut them from the trackers
@@ -223,14 +223,17 @@ class Simulation:
             if self.on_round_end:
                 self.on_round_end(row)
 
-    def _round(self, state: _RunState, pool: WorkerPool, round_: int) -> dict[str, Any]:
+    def _round(
+        self, state: _RunState, pool: WorkerPool, round_: int, progress: RoundProgress | None = None
+    ) -> dict[str, Any]:
+        """One round's metrics row; ``progress`` hears how its training goes."""
         if state.async_rounds is not None:
-            return self._async_step(state, pool, round_)
+            return self._async_step(state, pool, round_, progress)
         start = time.perf_counter()
         cfg = self.cfg
         sampled, system_metrics = self._sample(state, round_)
         groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
-        results = self._train(state, pool, round_, groups)
+        results = self._train(state, pool, round_, groups, None, _clients_trained(progress, round_, groups))
         # The model as broadcast this round, to every selected client (stragglers too).
         server = state.server
         bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
@@ -243,13 +246,21 @@ class Simulation:
         row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
         return self._finish_row(state, pool, round_, row, results, sampled, start)
 
-    def _async_step(self, state: _RunState, pool: WorkerPool, round_: int) -> dict[str, Any]:
+    def _async_step(self, state: _RunState, pool: WorkerPool, round_: int, progress=None) -> dict[str, Any]:
         """One asynchronous server step (``round_`` counts steps): train the clients
         dispatched from the current model, then step on the buffer that arrived."""
         start = time.perf_counter()
         steps = state.async_rounds
         plan = steps.plan()
-        trained = steps.train(plan, lambda groups, events: self._train(state, pool, round_, groups, events))
+
+        def arrivals(got: int, needed: int) -> None:
+            progress.working(f"step {round_}: {got}/{needed} arrivals")
+
+        trained = steps.train(
+            plan,
+            lambda groups, events, heard: self._train(state, pool, round_, groups, events, heard),
+            None if progress is None else arrivals,
+        )
         state.server.keep_client_states(trained)
         results = steps.buffer_results(plan, state.params.size)
         server_metrics = state.server.step(round_, results)
@@ -262,9 +273,10 @@ class Simulation:
         arrived = np.array(sorted(t.client for t in plan.arrivals), np.int64)
         return self._finish_row(state, pool, round_, row, results, arrived, start)
 
-    def _train(self, state, pool, round_, groups, events=None) -> list:
+    def _train(self, state, pool, round_, groups, events=None, on_groups_done=None) -> list:
         """Each group's result of training on the workers from the current model;
-        ``events`` (async): group -> the dispatch event keying its clients' draws."""
+        ``events`` (async): group -> the dispatch event keying its clients' draws;
+        ``on_groups_done(indices)``: progress, as each task's groups come back."""
         global_ref = ray.put(state.params)
         server = state.server
 
@@ -276,7 +288,7 @@ class Simulation:
 
         work = [float(state.client_work[ids].sum()) for ids in groups]
         try:
-            results = pool.scheduler.run(pool, submit, groups, work, "train_groups")
+            results = pool.scheduler.run(pool, submit, groups, work, "train_groups", on_groups_done)
         except ClusterError as exc:
             clients = np.concatenate(groups).tolist() if groups else []
             raise ClusterError(
@@ -352,8 +364,10 @@ class Simulation:
 class DivergenceWatch:
     """Stops a run that has learned nothing finite for ``server.stop_after_nonfinite_rounds``
     rounds in a row, rather than let it report 'completed' with a model that went nowhere.
-    A non-finite test loss stands until the next evaluation says otherwise, so rounds
-    between evaluations (server.eval_every > 1) count too."""
+    A round counts when every update, or more than ``server.stop_after_rejected_share`` of
+    them, was NaN/Inf, when the server step overflowed, or when the test loss was not
+    finite; a non-finite test loss stands until the next evaluation says otherwise, so
+    rounds between evaluations (server.eval_every > 1) count too."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -372,9 +386,9 @@ class DivergenceWatch:
 
     def cause(self, row: dict[str, Any], params: np.ndarray) -> str | None:
         """Why this round learned nothing finite, naming the setting most likely at fault."""
-        c, s = self.cfg.client, self.cfg.server
+        s = self.cfg.server
         server_step = f"server.lr={s.lr:g} too large for {s.optimizer}"
-        local_step = f"client.lr={c.lr:g}" if s.update == "weights" else f"server.lr={s.lr:g}"
+        local_step = self.local_step_cause()
         loss = row.get("test_loss")
         if loss is not None:
             finite = math.isfinite(loss)
@@ -388,8 +402,31 @@ class DivergenceWatch:
             if largest > HUGE_WEIGHT:  # the global model blew up: no local step could stay finite
                 weights = f"weights of {largest:.3g}"
                 return f"every client's update was NaN or Inf, from {weights} (likely {server_step})"
-            return f"every client's update was NaN or Inf (likely {local_step} too large)"
+            return f"every client's update was NaN or Inf (likely {local_step})"
+        clients, rejected = row["num_clients"], row["rejected_updates"]
+        if clients and rejected > s.stop_after_rejected_share * clients:
+            share = f"more than server.stop_after_rejected_share={s.stop_after_rejected_share:g}"
+            return f"{rejected} of {clients} updates were NaN or Inf, {share} (likely {local_step})"
         return self.loss_cause
+
+    def local_step_cause(self) -> str:
+        """The setting most likely to blow up a client's local step, as 'KEY=VALUE too
+        large...'. An SGD step scales the weights by (1 - lr * weight_decay) and the drift
+        from the global model by (1 - lr * prox_mu): once lr times either is >= 2, that
+        factor is <= -1 and they grow every step, whatever the learning rate alone."""
+        c, s = self.cfg.client, self.cfg.server
+        if s.update != "weights":  # FedSGD: the clients take no step; the server's lr does
+            return f"server.lr={s.lr:g} too large"
+        blamed = [
+            f"client.{key}={value:g} too large for client.lr={c.lr:g}: lr x {key} = "
+            f"{c.lr * value:.3g} >= 2 grows the {grown} every local step"
+            for key, value, grown in (
+                ("weight_decay", c.weight_decay, "weights"),
+                ("prox_mu", c.prox_mu, "distance to the global model"),
+            )
+            if c.lr * value >= 2
+        ]
+        return " or ".join(blamed) or f"client.lr={c.lr:g} too large"
 
 
 class StartupClock:
@@ -481,6 +518,20 @@ def federated_scores(
         total += group_total
         weight += group_weight
     return total / max(weight, 1.0)
+
+
+def _clients_trained(progress: RoundProgress | None, round_: int, groups: list[np.ndarray]):
+    """A round's ``on_groups_done``: the live line says how many of its clients trained."""
+    if progress is None:
+        return None
+    total, done = sum(len(g) for g in groups), 0
+
+    def heard(indices: list[int]) -> None:
+        nonlocal done
+        done += sum(len(groups[g]) for g in indices)
+        progress.working(f"round {round_}: {done}/{total} clients trained")
+
+    return heard
 
 
 def _gradient_flow(results: list, layers: list[str]) -> dict[str, dict[str, float]]:

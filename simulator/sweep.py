@@ -40,8 +40,10 @@ from matplotlib.figure import Figure
 from clients.errors import ConfigError, FedsimError, RunDiverged
 from simulator.cluster import RaySession, pool_size, ray_session
 from simulator.config import Config, apply_overrides, from_dict, parse_override, read_yaml
+from simulator.progress import StepProgress
 from simulator.rundir import atomic_write_bytes, atomic_write_text
 from simulator.workers import reuse_workers, worker_threads
+from simulator.yaml_input import show
 
 INDEX_NAME = "sweep.json"
 PNG_NAME = "comparison.png"
@@ -49,6 +51,10 @@ HTML_NAME = "comparison.html"
 INDEX_FORMAT = "fedsim-sweep-1"
 # Most filesystems allow 255 bytes per name; leave room for a uniqueness suffix.
 MAX_RUN_NAME = 200
+# Grid points x seeds: a few thousand runs is a big but real study; more is a typo
+# (a run takes seconds at the very least, and sweep.json lists every run).
+MAX_SWEEP_RUNS = 10_000
+PLAN_PROGRESS_FROM = 200  # runs: validating fewer takes well under a second
 NOT_RUN, COMPLETED, FAILED, INTERRUPTED = "not run", "completed", "failed", "interrupted"
 DIVERGED = "diverged"  # stopped by server.stop_after_nonfinite_rounds: a result, not a failure
 DPI = 110
@@ -119,6 +125,11 @@ def parse_grid(specs: Sequence[str]) -> list[GridAxis]:
 def _parse_axis(spec: str) -> GridAxis:
     key, sep, raw = spec.partition("=")
     pieces = [p.strip() for p in raw.split(",")]
+    if len(pieces) > MAX_SWEEP_RUNS:  # refused before parsing each value
+        raise ConfigError(
+            f"--grid {show(key.strip())}: {len(pieces):,} values; a sweep runs at most "
+            f"{MAX_SWEEP_RUNS:,} runs (split it into several sweeps)"
+        )
     if not sep or not key.strip() or not all(pieces):
         raise ConfigError(
             f"--grid {spec!r}: expected KEY=V1,V2,... with non-empty values, e.g. client.lr=0.01,0.1"
@@ -154,21 +165,39 @@ class _Planned:
     config: Config
 
 
-def _plan(base_raw: dict[str, Any], axes: list[GridAxis], repeat_seeds: int) -> list[_Planned]:
-    """One validated config per (point, seed), in grid order then seed order."""
+def _plan(
+    base_raw: dict[str, Any], axes: list[GridAxis], repeat_seeds: int, quiet: bool = True
+) -> list[_Planned]:
+    """One validated config per (point, seed), in grid order then seed order; a sweep of
+    more than MAX_SWEEP_RUNS is refused before any is built. ``quiet=False`` shows the
+    validation's progress for a large sweep."""
     if not axes or any(not a.values for a in axes):
         raise ConfigError("sweep: give at least one --grid KEY=V1,V2,... with at least one value")
     if repeat_seeds < 1:
         raise ConfigError(f"--repeat-seeds: {repeat_seeds} is not allowed; must be >= 1")
     if repeat_seeds > 1 and any(a.key == "seed" for a in axes):
         raise ConfigError("--grid seed=... and --repeat-seeds > 1 both set seeds; use one of them")
+    points = math.prod(len(a.values) for a in axes)
+    total = points * repeat_seeds
+    if total > MAX_SWEEP_RUNS:
+        raise ConfigError(
+            f"sweep: {points:,} grid points x {repeat_seeds:,} seeds = {total:,} runs; "
+            f"at most {MAX_SWEEP_RUNS:,} runs per sweep (split it into several sweeps)"
+        )
+    progress = StepProgress(total, "validating runs", quiet=quiet or total < PLAN_PROGRESS_FROM)
     planned = []
-    for index, values in enumerate(itertools.product(*(a.values for a in axes))):
-        point = dict(zip((a.key for a in axes), values, strict=True))
-        first_seed = _validated(base_raw, point).seed
-        for seed in range(first_seed, first_seed + repeat_seeds):
-            overrides = {**point, "seed": seed}
-            planned.append(_Planned(SweepRun("", index, overrides, seed), _validated(base_raw, overrides)))
+    try:
+        for index, values in enumerate(itertools.product(*(a.values for a in axes))):
+            point = dict(zip((a.key for a in axes), values, strict=True))
+            first_seed = _validated(base_raw, point).seed
+            for seed in range(first_seed, first_seed + repeat_seeds):
+                overrides = {**point, "seed": seed}
+                planned.append(
+                    _Planned(SweepRun("", index, overrides, seed), _validated(base_raw, overrides))
+                )
+                progress.advance()
+    finally:
+        progress.close()
     _name_runs([p.run for p in planned])
     return planned
 
@@ -367,16 +396,17 @@ def run_sweep(
     """Run every (grid point, seed) of ``config`` + ``overrides`` and compare them.
 
     grid: ``{"client.lr": [0.01, 0.1]}``, ``["client.lr=0.01,0.1"]`` or GridAxis list.
-    Raises FedsimError before running anything for a bad key or value, an
-    existing non-empty ``out`` or a run the cluster cannot hold; a run that
-    fails later is recorded as failed and the sweep goes on. Ctrl-C raises
-    SweepInterrupted after sweep.json is written. ``quiet=False`` shows each
-    run's progress when runs go one at a time.
+    Raises FedsimError before running anything for a bad key or value, more than
+    MAX_SWEEP_RUNS runs, an existing non-empty ``out`` or a run the cluster cannot
+    hold; a run that fails later is recorded as failed and the sweep goes on. Ctrl-C
+    raises SweepInterrupted after sweep.json is written. ``quiet=False`` shows the
+    validation's progress for a large sweep, and each run's progress when runs go
+    one at a time.
     """
     axes = _axes_of(grid)
     base_raw = apply_overrides(read_yaml(Path(config)), overrides or [])
     base = from_dict(base_raw)
-    planned = _plan(base_raw, axes, repeat_seeds)
+    planned = _plan(base_raw, axes, repeat_seeds, quiet)
     sweep_dir = _sweep_dir(Path(out) if out is not None else None, base)
     with ray_session(base.runtime.address, debug) as session:
         at_once = runs_at_once([p.config for p in planned], session, max_concurrent)

@@ -226,6 +226,10 @@ ROWS = [
         "server.stop_after_nonfinite_rounds", 1, "none",
         why="it only stops runs that learn nothing finite (tests/test_hostile_input.py)",
     ),
+    Row(
+        "server.stop_after_rejected_share", 1.0, "none",
+        why="it only stops runs whose updates are mostly NaN/Inf (tests/test_hostile_input.py)",
+    ),
     Row("server.eval_every", 2, "reports", observe="test_accuracy"),
     Row("server.eval_batch_size", 7, "none"),
     Row("server.federated_eval.every", 1, "trains", why="clients hold out part of their shard"),

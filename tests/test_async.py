@@ -232,3 +232,19 @@ def test_async_bits_survive_a_killed_worker(ray_cluster, tmp_path):
     assert len(killed) == 2
     assert faulty.final_params.tobytes() == straight.final_params.tobytes()
     assert strip_timing(faulty.rows) == strip_timing(straight.rows)
+
+
+
+@pytest.mark.parametrize(
+    "mode, moving", [("async", "step 1: 0/2 arrivals"), ("sync", "round 1: 5/5 clients trained")]
+)
+def test_the_live_line_moves_while_a_round_trains(ray_cluster, tmp_path, monkeypatch, capsys, mode, moving):
+    """An async step says how much of its buffer is in; a sync round, how many clients trained."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich draws its live bar, as on a terminal
+    monkeypatch.setenv("TERM", "xterm")
+    overrides = {**(HETEROGENEOUS if mode == "async" else EQUAL_CLIENTS), "rounds": 2, "server.mode": mode}
+    Simulation.from_yaml(ASYNC_CONFIG, overrides, run_dir=tmp_path / mode, quiet=False).run()
+    out = capsys.readouterr().out
+    assert moving in out
+    if mode == "async":
+        assert "step 1: 2/2 arrivals" in out and "step 2: " in out

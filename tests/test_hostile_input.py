@@ -571,9 +571,80 @@ def test_npz_members_zipfile_cannot_read_are_one_error(tmp_path):
         for header in (b"PK\x03\x04", b"PK\x01\x02"):  # local and central headers alike
             start = data.find(header)
             while start != -1:
+PERSONALIZATION = ROOT / "configs" / "personalization.yaml"
+
+
+def test_a_run_whose_most_updates_are_non_finite_stops_as_diverged(ray_cluster, tmp_path):
+    """client.lr=1e30 with FedRep: 8-10 of 10 updates NaN every round, the rest zero."""
+    overrides = {
+        "client.lr": 1e30, "rounds": 4, "server.federated_eval.every": 0,
+        "runtime.workers": 2, "runtime.cpus_per_worker": 0.5,
+    }  # fmt: skip
+    with pytest.raises(
+        RunDiverged,
+        match=r"diverged at round 3: \d+ of 10 updates were NaN or Inf, more than "
+        r"server.stop_after_rejected_share=0.5 \(likely client.lr=1e\+30 too large\)",
+    ):
+        Simulation.from_yaml(PERSONALIZATION, overrides, run_dir=tmp_path / "most").run()
+    assert json.loads((tmp_path / "most" / "summary.json").read_text())["status"] == "diverged"
+    off = {**overrides, "server.stop_after_rejected_share": 1.0}  # only all-rejected rounds count
+    history = Simulation.from_yaml(PERSONALIZATION, off, run_dir=tmp_path / "off").run()
+    assert history.summary["status"] == "completed" and len(history.rows) == 4
+    assert all(row["rejected_updates"] >= 8 for row in history.rows)
+
+
+@pytest.mark.parametrize("key", ["weight_decay", "prox_mu"])
+def test_a_divergence_from_weight_decay_or_prox_mu_names_that_key(ray_cluster, tmp_path, key):
+    overrides = small_overrides(rounds=20, **{f"client.{key}": 1e300})
+    with pytest.raises(RunDiverged, match=rf"\(likely client.{key}=1e\+300 too large for client.lr=0.1: "):
+        Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / key).run()
+
+
+def test_the_rejected_share_counts_rounds_where_more_than_it_was_rejected():
+    watch = DivergenceWatch(load_config(DEFAULT, ["server.stop_after_nonfinite_rounds=2"]))
+    params = np.zeros(4, np.float32)
+
+    def row(round_: int, rejected: int) -> dict:
+        return {"round": round_, "num_clients": 10, "rejected_updates": rejected, "test_loss": 2.3}
+
+    watch.check(row(1, 6), params)
+    watch.check(row(2, 5), params)  # exactly half is not more than 0.5: the streak ends
+    watch.check(row(3, 6), params)
+    with pytest.raises(RunDiverged, match="diverged at round 4: 9 of 10 updates were NaN or Inf"):
+        watch.check(row(4, 9), params)
+
+
                 field = start + offset + (2 if header == b"PK\x01\x02" else 0)
                 data[field] = value
                 start = data.find(header, start + 4)
+def test_a_sweep_of_too_many_runs_is_refused_before_any_is_built(tmp_path):
+    out = tmp_path / "sweep"
+    seeds = cli("sweep", DEFAULT, "--grid", "client.lr=0.1,0.2,0.3", "--repeat-seeds", 10**9, "--out", out)
+    assert_refused(seeds, "sweep: 3 grid points x 1,000,000,000 seeds = 3,000,000,000 runs; at most 10,000")
+    values = ",".join(str(b) for b in range(1, 15_001))
+    axis = cli("sweep", DEFAULT, "--grid", f"client.batch_size={values}", "--out", out)
+    assert_refused(axis, "--grid 'client.batch_size': 15,000 values; a sweep runs at most 10,000 runs")
+    points = cli("sweep", DEFAULT, "--grid", "client.lr=0.1,0.2", "--grid", "client.epochs=1,2",
+                 "--repeat-seeds", 2_501, "--out", out)  # fmt: skip
+    assert_refused(points, "4 grid points x 2,501 seeds = 10,004 runs")
+    assert not out.exists()
+
+
+def test_prune_refuses_more_sparsities_or_fine_tuning_than_it_could_do(tmp_path):
+    """Refused from the run's config.yaml alone, before its data or Ray load."""
+    write(tmp_path / "done" / "config.yaml", dump_yaml(load_config(DEFAULT)))
+    many = ",".join(f"{i / 30_000:.6f}" for i in range(25_000))
+    refused = cli("prune", tmp_path / "done", "--sparsity", many)
+    assert_refused(refused, "--sparsity: 25,000 values; at most 1,000")
+    assert_refused(
+        cli("prune", tmp_path / "done", "--finetune-rounds", 10**9),
+        "--finetune-rounds 1,000,000,000: 4 methods x 5 sparsities x 1,000,000,000 rounds x 10 clients "
+        "per round = 200,000,000,000 client trainings; at most 1,000,000",
+    )
+    assert_refused(cli("prune", tmp_path / "done", "--sparsity", "0.5,1.5"), "got 1.5")
+    assert_refused(cli("prune", tmp_path / "done", "--method", "random,random"), "random is listed twice")
+
+
         write(tmp_path / name / "mnist.npz", bytes(data))
         assert_refused(digits_with(tmp_path, "mnist", tmp_path / name), "cannot read as an .npz archive")
 

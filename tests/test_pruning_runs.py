@@ -124,3 +124,15 @@ def test_prune_keeps_more_accuracy_than_random_and_reports(ray_cluster, tmp_path
     html = write_report([run.run_dir], tmp_path / "report").read_text()
     assert 'id="panel-prune-accuracy"' in html and 'id="panel-prune-layers"' in html
     assert (run.run_dir / "prune_accuracy.png").stat().st_size > 5000
+
+
+def test_fedsim_prune_shows_each_mask_and_fine_tuning_round(ray_cluster, tmp_path, capsys):
+    from simulator.cli import main
+
+    run = Simulation.from_yaml(DEFAULT, small_overrides(rounds=1), run_dir=tmp_path / "trained").run()
+    argv = ["prune", str(run.run_dir), "--method", "magnitude", "--sparsity", "0.5,0.9"]
+    assert main([*argv, "--finetune-rounds", "2", "--out", str(tmp_path / "pruned")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("prune 1/6  magnitude sparsity 0.5: accuracy ") for line in lines), lines
+    assert "prune 3/6  magnitude sparsity 0.5: fine-tune round 2/2" in lines
+    assert "prune 6/6  magnitude sparsity 0.9: fine-tune round 2/2" in lines

@@ -205,3 +205,14 @@ def test_ctrl_c_stops_the_sweep_and_leaves_its_index(ray_cluster, tmp_path, monk
     assert index["status"] == "interrupted"
     assert [r["status"] for r in index["runs"]] == [*others, "interrupted", "not run"]
     assert (out / "comparison.html").is_file()
+
+
+def test_validating_a_large_sweep_shows_its_progress(ray_cluster, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("simulator.simulation.Simulation", FailingForLargeLr)  # runs finish at once
+    out = tmp_path / "sweep"
+    grid = ["--grid", "client.lr=0.05,0.1", "--repeat-seeds", "100", "--out", str(out)]
+    assert main(["sweep", str(write_config(tmp_path)), *grid]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    progress = [line for line in lines if line.startswith("validating runs")]
+    assert progress == [f"validating runs {20 * i}/200" for i in range(1, 11)]
+    assert lines.index(progress[-1]) < min(i for i, line in enumerate(lines) if line.startswith("completed"))
