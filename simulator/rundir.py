@@ -218,6 +218,18 @@ class MetricsLog:
         self._digest.update(data)
         self._ends.append((self._ends[-1] if self._ends else 0) + len(data))
 
+    def record(self, row: dict[str, Any]) -> None:
+        """Append a round's row, or, for a round re-run on resume whose row the log
+        already holds, check that row: one that differs from the re-run (beyond its
+        wall-clock ``seconds``) was not written by this run, and is moved aside with
+        all after it before the re-run's row is appended."""
+        round_ = row["round"]
+        if round_ <= len(self.rows):
+            if _comparable(self.rows[round_ - 1]) == _comparable(row):
+                return
+            self.cut_after(round_ - 1, f"round {round_}'s row is not what re-running round {round_} gives")
+        self.append(row)
+
     def prefix_digest(self, round_: int) -> str:
         """sha256 of the log's bytes up to the end of round ``round_``'s row."""
         if round_ == len(self.rows):
@@ -267,6 +279,11 @@ class MetricsLog:
             "%s: %s; its rows from round %d on were moved to %s and those rounds are run again",
             self.path, reason, first, kept.name,
         )  # fmt: skip
+
+
+def _comparable(row: dict[str, Any]) -> str:
+    """A row as JSON text without its wall-clock time (text: NaN equals NaN there)."""
+    return json.dumps({k: v for k, v in row.items() if k != "seconds"}, sort_keys=True, allow_nan=True)
 
 
 def _row_problem(line: bytes, expected_round: int) -> str | None:

@@ -212,8 +212,7 @@ class Simulation:
         divergence = DivergenceWatch(self.cfg)
         for round_ in range(state.next_round, state.rounds + 1):
             row = self._round(state, pool, round_, progress)
-            if round_ > state.metrics.last_round():
-                state.metrics.append(row)
+            state.metrics.record(row)
             trackers.log_round(row)  # re-run rounds too: a crash may have cut them from the trackers
             state.completed_round = round_
             if round_ % self.cfg.runtime.checkpoint_every == 0 or round_ == self.cfg.rounds:

@@ -249,3 +249,29 @@ def test_an_untouched_final_model_is_reported(runs, tmp_path):
     code, _, err = cli("report", runs / "done", "--out", tmp_path / "report")
     assert code == 0, err
     assert (tmp_path / "report" / "report.html").is_file()
+
+
+def test_a_row_edited_after_the_last_checkpoint_is_caught_by_its_re_run(runs, tmp_path, caplog):
+    """No checkpoint vouches for round 3's row once checkpoint 3 is gone; re-running
+    round 3 from checkpoint 2 gives the row it must be, and the edited one is moved aside."""
+    run_dir = copy_of(runs, tmp_path)
+    checkpoint(run_dir, ROUNDS).unlink()
+    lines = (run_dir / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    row = json.loads(lines[ROUNDS - 1])
+    row["train_loss"] = 0.0
+    lines[ROUNDS - 1] = (json.dumps(row) + "\n").encode()
+    (run_dir / "metrics.jsonl").write_bytes(b"".join(lines))
+    with caplog.at_level("WARNING", logger="fedsim"):
+        result = resume(run_dir)
+    assert f"round {ROUNDS}'s row is not what re-running round {ROUNDS} gives" in caplog.text
+    assert_resumed_as_straight(result, run_dir, runs)
+    assert (run_dir / "metrics.jsonl.cut-1").read_bytes() == lines[ROUNDS - 1]
+
+
+def test_rows_after_the_checkpoint_that_re_run_the_same_are_kept_as_written(runs, tmp_path):
+    run_dir = copy_of(runs, tmp_path)
+    checkpoint(run_dir, ROUNDS).unlink()
+    written = (run_dir / "metrics.jsonl").read_bytes()
+    assert_resumed_as_straight(resume(run_dir), run_dir, runs)
+    assert (run_dir / "metrics.jsonl").read_bytes().startswith(written)  # seconds and all, untouched
+    assert not (run_dir / "metrics.jsonl.cut-1").exists()
