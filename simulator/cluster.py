@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -72,7 +73,11 @@ def ray_starting(address: str | None, debug: bool = False) -> Iterator[Callable[
         _check_reachable(_resolve_auto(address))
     else:
         _warm_worker_environment()
-    with _reaper() if started else contextlib.nullcontext(), _exit_on_sigterm():
+    with (
+        _reaper() if started else contextlib.nullcontext(),
+        _exit_on_sigterm(),
+        _private_to_this_machine() if started else contextlib.nullcontext(),
+    ):
         owner = _outer = _RayOwner(address, debug)
         try:
             yield owner.session
@@ -151,6 +156,53 @@ def _init_ray(address: str | None, debug: bool) -> None:
     except Exception as exc:  # Ray raises many types for an unreachable cluster
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise ClusterError(f"could not start or reach {where}: {exc}") from exc
+
+
+# What the embedded Ray is started under, and restored once it has stopped.
+_PRIVATE_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+
+
+@contextmanager
+def _private_to_this_machine():
+    """The embedded Ray accepts nothing from beyond this machine. Its node address is
+    loopback (Ray's single-machine mode, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: the GCS,
+    raylet, workers, driver and runtime-env agent then listen on 127.0.0.1 only, not on
+    every interface), and Ray's token authentication is on with a fresh random token for
+    this run, held only in the environment its processes inherit (readable by this user
+    alone), never in a file (Ray's default is a lasting ~/.ray/auth_token). Everything is
+    put back once Ray has stopped, so a later connection to a user's cluster from this
+    process sees the environment it had."""
+    from ray._private import ray_constants
+
+    saved = {name: os.environ.get(name) for name in _PRIVATE_ENV}
+    saved_cluster = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(
+        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"
+    )
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; Ray then takes 127.0.0.1 as the node IP
+    _reload_ray_auth()
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_cluster
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Have this process's Ray read the auth mode and token from the environment again
+    (both are cached once read), as Ray's own tests do: config first, then token."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextmanager
