@@ -111,14 +111,14 @@ def _add_set(sub: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = list(args.overrides)
+def _run_overrides(args: argparse.Namespace) -> list[str | tuple[str, str]]:
+    overrides: list[str | tuple[str, str]] = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"runtime.workers={args.workers}")
     if args.address is not None:
         overrides.append(f"runtime.address={args.address}")
-    if args.name is not None:
-        overrides.append(f"name={args.name}")
+    if args.name is not None:  # a name is a string as typed ("2024", "yes"), not YAML
+        overrides.append(("name", args.name))
     return overrides
 
 
@@ -176,10 +176,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from simulator.config import dump_yaml, load_config
 
     cfg = load_config(args.config, args.overrides)
+    data = _data_summary(cfg) if args.data else None  # nothing is called valid before the data are
     print(dump_yaml(cfg), end="")
     print(f"# valid; {cfg.sampled_per_round()} of {cfg.data.num_clients} clients per round", file=sys.stderr)
-    if args.data:
-        print(f"# {_data_summary(cfg)}", file=sys.stderr)
+    if data is not None:
+        print(f"# {data}", file=sys.stderr)
     return 0
 
 
@@ -206,6 +207,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from simulator.report import write_report
     from simulator.rundir import running_pid
 
+    for run_dir in args.run_dirs:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise FedsimError(f"report {run_dir}: a file, not a run directory; give the folder a run wrote")
     out = args.out or args.run_dirs[0]
     if out.exists() and not out.is_dir():
         raise FedsimError(f"report --out {out} is an existing file; give a folder")

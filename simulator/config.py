@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import inspect
 import logging
 import math
 import re
@@ -24,7 +25,7 @@ from typing import Any
 from clients.devices import DEVICES
 from clients.errors import ConfigError
 from clients.models.engines import ENGINES
-from clients.models.spec import ACTIVATION_KINDS, MODEL_NAMES
+from clients.models.spec import ACTIVATION_KINDS, MODEL_NAMES, ModelSpec, build_spec
 from server.asynchronous import STALENESS_KINDS
 from simulator import yaml_input
 from simulator.yaml_input import show
@@ -329,12 +330,12 @@ class ServerConfig:
         "was non-finite, the server step overflowed, or the model's loss was non-finite; 0 = never",
         at_most=10**9,
     )
-    eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
     stop_after_rejected_share: float = _field(
         0.5,
         "a round in which more than this share of the updates was NaN/Inf (rejected) counts towards "
         "stop_after_nonfinite_rounds too; 1 = only rounds in which every update was",
     )
+    eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
     eval_batch_size: int = _field(1024, "test-set evaluation batch size", at_most=10**7)
     federated_eval: FederatedEvalConfig = _field(
         FederatedEvalConfig(), "per-client evaluation on clients' own held-out data (clients.jsonl)"
@@ -554,14 +555,13 @@ def validate(cfg: Config) -> Config:
         )
     _validate_model(cfg.model)
     _validate_model_fits_data(cfg.model, d)
-    if c.personalization.method == "fedbn" and not cfg.model.batchnorm:
-        raise ConfigError(
-            "client.personalization.method: 'fedbn' keeps the batch-norm layers local; the model has none "
-            "(set model.batchnorm: true)"
-        )
     _validate_client(c)
     _validate_server(s, d.num_clients)
     _validate_pipeline(c, s, d.num_clients)
+    p = c.personalization
+    if p.method in ("fedper", "fedrep", "fedbn"):
+        personal_layer_names(layer_spec(cfg.model), p.method, p.personal_layers)
+    _check_batch_norm_batches(cfg.model, c, s)
     _require(r.workers is None or r.workers >= 1, "runtime.workers", r.workers, "null or >= 1")
     _require(
         RAY_RESOURCE_STEP <= r.cpus_per_worker <= 100_000,
@@ -572,6 +572,7 @@ def validate(cfg: Config) -> Config:
     _validate_devices(cfg.model, r)
     _require(r.reduction_groups >= 1, "runtime.reduction_groups", r.reduction_groups, ">= 1")
     _require(r.checkpoint_every >= 1, "runtime.checkpoint_every", r.checkpoint_every, ">= 1")
+    _check_work(cfg)
     return cfg
 
 
@@ -594,6 +595,114 @@ def _validate_synthetic_size(d: DataConfig) -> None:
             f"{s.num_features:,} features is {devices * per_device / 2**30:.0f} GiB; at most "
             f"{MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB (use data.generate_on_workers for large populations)"
         )
+
+
+# The work a config asks for, estimated before anything runs; past these no run ends in
+# any sensible time (a local step of the smallest model takes ~0.1 ms on a core), and a
+# run that would sit silent for days is one error instead. Research runs stay far below
+# (the configs in configs/ ask for at most 9e3 trips, 8e3 steps a round, 2e6 a run).
+MAX_CLIENT_TRIPS = 10**8  # client trips in a run: a client trains once and reports
+MAX_ROUND_STEPS = 10**6  # local steps in one round or async server step, fine-tuning included
+MAX_RUN_STEPS = 10**9  # local steps in the whole run
+# What validate assumes of the datasets without reading them: training rows (digits and
+# synthetic before data.test_fraction), and LEAF's full FEMNIST and Shakespeare (Caldas et
+# al. 2018, Table 1: samples, and their writers / speaking roles).
+DATASET_ROWS = {
+    "digits": 1_797, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000,
+    "femnist": 805_263, "shakespeare": 4_226_158,
+}  # fmt: skip
+LEAF_CLIENTS = {"femnist": 3_550, "shakespeare": 1_129}
+
+
+def client_rows(d: DataConfig, fe: FederatedEvalConfig) -> float:
+    """A client's training rows on average (the mean over clients sets a run's expected
+    work), from the config alone: no data is read."""
+    natural_leaf = d.dataset in LEAF_CLIENTS and d.partition == "natural"
+    if d.dataset == "synthetic":
+        rows = (d.synthetic.samples_per_device or SYNTHETIC_MEAN_SAMPLES) * (1 - d.test_fraction)
+    elif natural_leaf:
+        rows = DATASET_ROWS[d.dataset] / LEAF_CLIENTS[d.dataset]
+    else:
+        held_out = d.test_fraction if d.dataset == "digits" else 0.0
+        rows = DATASET_ROWS[d.dataset] * (1 - held_out) / d.num_clients
+    if fe.every and not (natural_leaf or d.generate_on_workers):
+        rows *= 1 - fe.holdout
+    return rows
+
+
+def _check_work(cfg: Config) -> None:
+    """Refuse more than MAX_CLIENT_TRIPS client trips, MAX_ROUND_STEPS local steps in a
+    round or MAX_RUN_STEPS in the run, in one line naming the key that weighs most and
+    how the work adds up (client_rows estimates a client's share)."""
+    d, c, s, p, fe = cfg.data, cfg.client, cfg.server, cfg.client.personalization, cfg.server.federated_eval
+    if s.mode == "async":
+        per_round = async_shape(s, d.num_clients)[1]
+        size = s.async_.buffer_size if s.async_.buffer_size is not None else f"null (= {per_round})"
+        clients, rounds = f"server.async.buffer_size={size}", _n(cfg.rounds, "step")
+    else:
+        k = sampled_per_round(s, d.num_clients)
+        per_round = min(d.num_clients, math.ceil(k * (1 + c.system.over_selection) - 1e-9))
+        clients, rounds = f"server.clients_per_round={show(s.clients_per_round)}", _n(cfg.rounds, "round")
+        if per_round > k:
+            clients = f"client.system.over_selection={c.system.over_selection:g}"
+    trips = cfg.rounds * per_round
+    if trips > MAX_CLIENT_TRIPS:
+        lead = clients if per_round >= cfg.rounds else f"rounds={cfg.rounds}"
+        raise ConfigError(
+            f"{lead} asks for {_amount(trips)} client trips ({per_round:,} a round over {rounds}); "
+            f"at most {_amount(MAX_CLIENT_TRIPS)} are allowed"
+        )
+    batches = max(1, math.ceil(client_rows(d, fe) / c.batch_size))
+    if s.update == "gradients":  # FedSGD: one gradient over the shard or local_steps batches
+        passes: dict[str, int] = {}
+        trip = batches if c.local_steps is None else min(batches, c.local_steps)
+        training = f"{_n(per_round, 'client')} x ~{_n(trip, 'batch')}"
+    else:
+        passes = {"client.epochs": c.epochs}
+        if p.method == "fedrep":
+            passes["client.personalization.head_epochs"] = p.head_epochs
+        if p.method == "ditto":
+            passes["client.personalization.ditto_epochs"] = p.ditto_epochs or c.epochs
+        epochs = sum(passes.values())
+        trip = epochs * batches
+        training = f"{_n(per_round, 'client')} x {_n(epochs, 'epoch')} x ~{_n(batches, 'batch')}"
+    evaluated = max(1, round(fe.fraction * d.num_clients)) if fe.every else 0
+    evaluations = -(-cfg.rounds // fe.every) if fe.every else 0
+    tune = evaluated * fe.finetune_steps
+    factors = {clients: per_round, f"client.batch_size={c.batch_size}": batches}
+    factors.update({f"{key}={value}": value for key, value in passes.items() if value > 1})
+    tuning = ""
+    if tune:
+        tuning = f" + {_n(evaluated, 'evaluated client')} x {_n(fe.finetune_steps, 'fine-tuning step')}"
+    round_steps = per_round * trip + tune
+    lead = f"server.federated_eval.finetune_steps={fe.finetune_steps}"
+    if tune <= per_round * trip:
+        lead = max(factors, key=factors.__getitem__)
+    if round_steps > MAX_ROUND_STEPS:
+        raise ConfigError(
+            f"{lead} asks for {_amount(round_steps)} local steps a round ({training}{tuning}); "
+            f"at most {_amount(MAX_ROUND_STEPS)} are allowed"
+        )
+    run_steps = cfg.rounds * per_round * trip + evaluations * tune
+    if run_steps > MAX_RUN_STEPS:
+        tuning = f" + {_n(evaluations, 'evaluation')} x {tuning[3:]}" if tune else ""
+        raise ConfigError(
+            f"rounds={cfg.rounds} asks for {_amount(run_steps)} local steps "
+            f"({rounds} x {training}{tuning}); at most {_amount(MAX_RUN_STEPS)} are allowed"
+        )
+
+
+def _n(count: int, noun: str) -> str:
+    """``count`` ``noun``s: 1 client, 2 clients, 3 batches."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "es" if noun == "batch" else "s")
+
+
+def _amount(count: float) -> str:
+    """A count in an error line: 12,345, or 1.2e9 from a hundred thousand on."""
+    if count < 100_000:
+        return f"{int(count):,}"
+    mantissa, exponent = f"{count:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
 def _is_run_name(name: str) -> bool:
@@ -629,6 +738,54 @@ def _validate_model(m: ModelConfig) -> None:
     )
     for key in ("embedding_dim", "lstm_hidden", "lstm_layers"):
         _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+
+
+def layer_spec(m: ModelConfig) -> ModelSpec:
+    """The built-in architecture's layers from the config alone, before any data is read:
+    the dataset's input shape and class count set widths, never layer names or kinds, so
+    stand-ins serve (an 8x8 one-channel image, 2 classes)."""
+    arch = inspect.signature(build_spec).parameters.keys() - {"name", "input_shape", "num_classes"}
+    return build_spec(m.name, (1, 8, 8), 2, **{key: getattr(m, key) for key in arch})
+
+
+def personal_layer_names(spec: ModelSpec, method: str, names: list[str]) -> list[str]:
+    """The layers a fedper / fedrep / fedbn client keeps: every batch-norm layer (fedbn), or
+    ``names`` (default: the output layer). Refused: a name that is not a layer of ``spec``
+    with parameters, nothing to keep, or nothing left to share."""
+    layers = spec.tracked_layers()
+    key = "client.personalization.personal_layers"
+    if method == "fedbn":
+        names = [layer.name for layer in spec.layers if layer.kind == "batchnorm"]
+        if not names:
+            raise ConfigError(
+                "client.personalization.method: 'fedbn' keeps the batch-norm layers local; the model has "
+                "none (model.batchnorm: true puts one after each hidden layer of the mlp)"
+            )
+    elif not names:
+        names = layers[-1:]
+    if unknown := [n for n in names if n not in layers]:
+        raise ConfigError(
+            f"{key}: {show(unknown[0])} is not a layer of {spec.name}; its layers with parameters: "
+            f"{', '.join(layers)}"
+        )
+    if set(names) == set(layers):
+        hint = " (model.hidden: [] leaves the output layer alone)" if len(layers) == 1 else ""
+        raise ConfigError(
+            f"{key}: every layer would stay on the clients{hint}; nothing would be shared "
+            "(use fewer layers, or method ditto)"
+        )
+    return names
+
+
+def _check_batch_norm_batches(m: ModelConfig, c: ClientConfig, s: ServerConfig) -> None:
+    if not (m.batchnorm and m.hidden):
+        return
+    for key, size in (("client.batch_size", c.batch_size), ("server.eval_batch_size", s.eval_batch_size)):
+        if size < 2:
+            raise ConfigError(
+                f"{key}: {size} is not allowed with model.batchnorm: true; batch norm normalises a "
+                "batch by its own statistics and needs batches of at least 2 rows"
+            )
 
 
 def _validate_devices(m: ModelConfig, r: RuntimeConfig) -> None:
@@ -846,6 +1003,12 @@ def _validate_server(s: ServerConfig, num_clients: int) -> None:
         s.stop_after_nonfinite_rounds,
         ">= 0 (0 = never stop)",
     )
+    _require(
+        0 <= s.stop_after_rejected_share <= 1,
+        "server.stop_after_rejected_share",
+        s.stop_after_rejected_share,
+        "in [0, 1] (1 = only when every update is rejected)",
+    )
     fe = s.federated_eval
     _require(fe.every >= 0, "server.federated_eval.every", fe.every, ">= 0 (0 = off)")
     _require(0 < fe.fraction <= 1, "server.federated_eval.fraction", fe.fraction, "in (0, 1]")
@@ -892,6 +1055,16 @@ ASYNC_REFUSALS = (
 )  # fmt: skip
 
 
+# The personalization keys each method reads: set away from its default under another
+# method, a key could not act, and is refused.
+PERSONALIZATION_READERS = {
+    "personal_layers": ("fedper", "fedrep"),
+    "head_epochs": ("fedrep",),
+    "ditto_lambda": ("ditto",),
+    "ditto_epochs": ("ditto",),
+}
+
+
 def _check_personalization(c: ClientConfig, s: ServerConfig) -> None:
     p = c.personalization
     _require(p.head_epochs >= 1, "client.personalization.head_epochs", p.head_epochs, ">= 1")
@@ -900,6 +1073,13 @@ def _check_personalization(c: ClientConfig, s: ServerConfig) -> None:
         p.ditto_epochs is None or p.ditto_epochs >= 1, "client.personalization.ditto_epochs", p.ditto_epochs,
         "null or >= 1",
     )  # fmt: skip
+    for name, readers in PERSONALIZATION_READERS.items():
+        value = getattr(p, name)
+        if p.method not in readers and value != getattr(PersonalizationConfig(), name):
+            raise ConfigError(
+                f"client.personalization.{name}: {show(value)} is for {' and '.join(readers)}; "
+                f"client.personalization.method {show(p.method)} does not read it"
+            )
     if p.method == "none":
         return
     key = "client.personalization.method"
@@ -909,15 +1089,18 @@ def _check_personalization(c: ClientConfig, s: ServerConfig) -> None:
         raise ConfigError(
             f"{key}: {show(p.method)} with client.algorithm {show(c.algorithm)} is not supported"
         )
-    if p.personal_layers and p.method not in ("fedper", "fedrep"):
-        raise ConfigError(
-            f"client.personalization.personal_layers: {show(p.personal_layers)} is for fedper and fedrep; "
-            f"{p.method} keeps {'batch-norm layers' if p.method == 'fedbn' else 'a whole model'}"
-        )
 
 
 def _check_async_combinations(c: ClientConfig, s: ServerConfig) -> None:
     if s.mode != "async":
+        for f in dataclasses.fields(AsyncConfig):
+            value = getattr(s.async_, f.name)
+            if value != f.default:
+                raise ConfigError(
+                    f"server.async.{yaml_key(f)}: {show(value)} is not allowed with server.mode: sync; "
+                    "server.async acts in async runs only (set server.mode: async, or reset the "
+                    "section: --set server.async={})"
+                )
         return
     for key, refused, why in ASYNC_REFUSALS:
         if refused(c, s):
@@ -948,12 +1131,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with dotted overrides applied (strings ``a.b=v`` or a dict)."""
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str | tuple[str, Any]] | dict[str, Any]
+) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted overrides applied, in order: strings ``a.b=v``
+    (v is YAML), ``(dotted key, value)`` pairs taken as they are, or a dict of the pairs."""
     items = (
         [(k.split("."), v) for k, v in overrides.items()]
         if isinstance(overrides, dict)
-        else [parse_override(o) for o in overrides]
+        else [parse_override(o) if isinstance(o, str) else (o[0].split("."), o[1]) for o in overrides]
     )
     merged = _deep_copy(raw)
     for keys, value in items:
@@ -995,12 +1181,6 @@ def load_config(path: Path, overrides: list[str] | dict[str, Any] | None = None)
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    _require(
-        0 <= s.stop_after_rejected_share <= 1,
-        "server.stop_after_rejected_share",
-        s.stop_after_rejected_share,
-        "in [0, 1] (1 = only when every update is rejected)",
-    )
     """A run directory's config.yaml as the run was trained, with ``overrides``.
 
     A run directory written before ``server.weighting`` existed was trained without

@@ -44,7 +44,15 @@ from server.pruning import PruningSchedule
 from server.sampling import ClientSampler
 from server.system import SystemModel, local_work
 from simulator.async_rounds import AsyncRounds
-from simulator.config import Config, DataConfig, ModelConfig, ServerConfig, async_shape, sampled_per_round
+from simulator.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    ServerConfig,
+    async_shape,
+    personal_layer_names,
+    sampled_per_round,
+)
 from simulator.server_state import ServerState
 from simulator.yaml_input import show
 
@@ -272,22 +280,8 @@ def build_personal_plan(cfg: Config, spec: ModelSpec) -> PersonalPlan | None:
 
 def personal_entries(spec: ModelSpec, method: str, names: list[str]) -> np.ndarray:
     """(n,) bool: the parameters of the layers a client keeps: the batch-norm layers
-    (fedbn), or ``names`` (default: the output layer)."""
-    layers = [layer.name for layer in spec.layers if layer.param_specs()]
-    if method == "fedbn":
-        names = [layer.name for layer in spec.layers if layer.kind == "batchnorm"]
-    elif not names:
-        names = layers[-1:]
-    if unknown := [n for n in names if n not in layers]:
-        raise ConfigError(
-            f"client.personalization.personal_layers: {show(unknown[0])} is not a layer of {spec.name}; "
-            f"its layers with parameters: {', '.join(layers)}"
-        )
-    if set(names) == set(layers):
-        raise ConfigError(
-            "client.personalization.personal_layers: every layer would stay on the clients; "
-            "nothing would be shared (use fewer layers, or method ditto)"
-        )
+    (fedbn), or ``names`` (default: the output layer); see ``personal_layer_names``."""
+    names = personal_layer_names(spec, method, names)
     layout = spec.layout()
     keep = np.zeros(layout.size, bool)
     for slot in layout:

@@ -164,6 +164,18 @@ def yaml_cases(out: Path) -> list[Case]:
     add("set_exponent", "", False, "--set", "client.lr=1e-3")
     add("set_path_name", "", True, "--set", "name=../../etc")
     add("set_long_name", "", True, "--set", "name=" + "n" * 300)
+    # Settings that could not act, or work no run could finish (refused before any data).
+    add("async_key_in_sync_run", "server: {async: {buffer_size: 5}}\n")
+    add("async_buffer_of_millions", "server: {mode: async, async: {buffer_size: 10000000}}\n")
+    add("unknown_personal_layer", "client: {personalization: {method: fedper, personal_layers: [fc9]}}\n")
+    add("head_epochs_without_fedrep", "client: {personalization: {head_epochs: 3}}\n")
+    add("million_head_epochs", "client: {personalization: {method: fedrep, head_epochs: 1000000}}\n")
+    add("million_finetune_steps", "server: {federated_eval: {every: 1, finetune_steps: 1000000}}\n")
+    add("batchnorm_batch_of_one", "model: {batchnorm: true}\nclient: {batch_size: 1}\n")
+    add("batchnorm_eval_batch_of_one", "model: {batchnorm: true}\nserver: {eval_batch_size: 1}\n")
+    fedbn = "model: {batchnorm: true, hidden: []}\nclient: {personalization: {method: fedbn}}\n"
+    add("fedbn_without_hidden_layers", fedbn)
+    add("data_root_of_no_user", "data: {dataset: mnist, root: ~nosuchuser/x, download: false}\n")
     cases.append(Case("config_is_a_folder", "yaml", True, _validate(out)))
     cases.append(Case("config_missing", "yaml", True, _validate(out / "missing.yaml")))
     cases.append(Case("config_dev_zero", "yaml", True, _validate(Path("/dev/zero"))))

@@ -169,3 +169,29 @@ def test_report_on_a_missing_run_does_not_create_it(tmp_path):
 
 def test_resume_with_a_config_too_is_refused(tmp_path):
     assert_one_line_error(fedsim("run", DEFAULT, "--resume", tmp_path), "drop CONFIG")
+
+
+def test_a_run_name_is_the_string_typed_not_yaml(tmp_path):
+    # --name went in as the YAML override name=VALUE: 2024 became an int, yes a bool.
+    for name in ("2024", "yes"):
+        out = tmp_path / name
+        result = fedsim("run", DEFAULT, "--name", name, "--out", out, "--set", "rounds=1", "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert f"name: '{name}'" in (out / "config.yaml").read_text()
+
+
+def test_report_on_a_file_blames_the_file_not_out(tmp_path):
+    stray = tmp_path / "metrics.jsonl"
+    stray.write_text("{}\n")
+    result = fedsim("report", stray)
+    assert_one_line_error(result, f"report {stray}: a file, not a run directory")
+    assert "--out" not in result.stderr
+
+
+def test_validate_with_data_says_valid_only_once_the_data_load(tmp_path):
+    result = fedsim(
+        "validate", DEFAULT, "--data", "--set", "data.dataset=mnist", "--set", f"data.root={tmp_path}",
+        "--set", "data.download=false",
+    )  # fmt: skip
+    assert_one_line_error(result, "mnist files not found")  # and no "# valid" line before it
+    assert result.stdout == ""

@@ -158,6 +158,77 @@ def test_values_that_crashed_a_run_are_refused_by_validate(overrides, fragment):
     assert_refused(cli("validate", DEFAULT, *args), fragment)
 
 
+PERSONAL = ROOT / "configs" / "personalization.yaml"  # fedrep, mlp [200, 200]: fc1, fc2, fc3
+FEDBUFF = ROOT / "configs" / "fedbuff.yaml"  # async, concurrency 10, buffer 5, 120 steps
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "fragment"),
+    [
+        (PERSONAL, ["client.personalization.personal_layers=[fc9]"],
+         "client.personalization.personal_layers: 'fc9' is not a layer of mlp; its layers with parameters: "
+         "fc1, fc2, fc3"),
+        (PERSONAL, ["client.personalization.method=fedper", "client.personalization.personal_layers=['']"],
+         "personal_layers: '' is not a layer of mlp"),
+        (PERSONAL, ["model.hidden=[]"], "every layer would stay on the clients (model.hidden: [] leaves"),
+        (PERSONAL, ["client.personalization.method=fedbn", "model.batchnorm=true", "model.hidden=[]"],
+         "client.personalization.method: 'fedbn' keeps the batch-norm layers local; the model has none"),
+        (DEFAULT, ["model.batchnorm=true", "client.batch_size=1"],
+         "client.batch_size: 1 is not allowed with model.batchnorm: true; batch norm normalises"),
+        (DEFAULT, ["model.batchnorm=true", "server.eval_batch_size=1"],
+         "server.eval_batch_size: 1 is not allowed with model.batchnorm: true"),
+        (DEFAULT, ["server.async.staleness=hinge"],
+         "server.async.staleness: 'hinge' is not allowed with server.mode: sync; server.async acts in"),
+        (FEDBUFF, ["server.mode=sync"], "server.async.concurrency: 10 is not allowed with server.mode: sync"),
+        (DEFAULT, ["client.personalization.personal_layers=[fc1]"],
+         "client.personalization.personal_layers: ['fc1'] is for fedper and fedrep; "
+         "client.personalization.method 'none' does not read it"),
+        (PERSONAL, ["client.personalization.method=fedper", "client.personalization.head_epochs=3"],
+         "client.personalization.head_epochs: 3 is for fedrep; client.personalization.method 'fedper'"),
+        (PERSONAL, ["client.personalization.ditto_lambda=0.5"], "ditto_lambda: 0.5 is for ditto; "),
+        (DEFAULT, ["client.personalization.ditto_epochs=2"], "ditto_epochs: 2 is for ditto; "),
+    ],
+)  # fmt: skip
+def test_settings_that_could_not_act_are_refused_by_plain_validate(config, overrides, fragment):
+    assert_refused(cli("validate", config, *[a for o in overrides for a in ("--set", o)]), fragment)
+
+
+METHOD = "client.personalization.method"
+
+
+def test_what_a_sync_baseline_or_another_method_needs_still_validates(tmp_path):
+    # Keys at their defaults are no settings: a run's resolved config.yaml holds them all.
+    assert cli("validate", FEDBUFF, "--set", "server.mode=sync", "--set", "server.async={}")[0] == 0
+    for method in ("none", "fedper", "ditto", "fedbn"):
+        extra = ("--set", "model.batchnorm=true") if method == "fedbn" else ()
+        code, resolved, err = cli("validate", PERSONAL, "--set", f"{METHOD}={method}", *extra)
+        assert code == 0, err
+        assert cli("validate", write(tmp_path / f"{method}.yaml", resolved))[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "fragment"),
+    [
+        (FEDBUFF, ["server.async.buffer_size=10000000"],
+         "server.async.buffer_size=10000000 asks for 1.2e9 client trips (10,000,000 a round over 120 "
+         "steps); at most 1e8 are allowed"),
+        (DEFAULT, ["rounds=1000000000"],
+         "rounds=1000000000 asks for 1e10 client trips (10 a round over 1,000,000,000 rounds); at most 1e8"),
+        (PERSONAL, ["client.personalization.head_epochs=1000000"],
+         "client.personalization.head_epochs=1000000 asks for 3e7 local steps a round (10 clients x "
+         "1,000,002 epochs x ~3 batches + 50 evaluated clients x 5 fine-tuning steps); at most 1e6 are"),
+        (DEFAULT, ["server.federated_eval.every=1", "server.federated_eval.finetune_steps=1000000"],
+         "server.federated_eval.finetune_steps=1000000 asks for 5e6 local steps a round (10 clients x 2 "
+         "epochs x ~3 batches + 5 evaluated clients x 1,000,000 fine-tuning steps)"),
+        (DEFAULT, ["rounds=1000000", "client.epochs=50"],
+         "rounds=1000000 asks for 1.5e9 local steps (1,000,000 rounds x 10 clients x 50 epochs x ~3 "
+         "batches); at most 1e9 are allowed"),
+    ],
+)  # fmt: skip
+def test_runs_that_could_not_finish_are_refused_with_the_work_they_ask_for(config, overrides, fragment):
+    assert_refused(cli("validate", config, *[a for o in overrides for a in ("--set", o)]), fragment)
+
+
 def test_a_model_too_large_for_memory_is_refused_before_allocation():
     wide = (
         "--set",
