@@ -17,7 +17,7 @@ from clients.training import LocalTrainingConfig, client_rng
 from simulator import Simulation
 from simulator.config import ConfigError, load_config
 from simulator.report import write_report
-from simulator.rundir import intact_checkpoints
+from simulator.rundir import intact_checkpoints, read_run_id
 from simulator.workers import stop_idle_workers
 from tests.conftest import ROOT, client_worker_pids, interrupted_and_resumed
 
@@ -45,7 +45,7 @@ def run(tmp_path, name, **overrides):
 
 def client_states(history) -> dict[int, dict[str, np.ndarray]]:
     """The personal state in the run's last checkpoint: client -> {name: array}."""
-    ckpt = next(iter(intact_checkpoints(history.run_dir)))
+    ckpt = next(iter(intact_checkpoints(history.run_dir, read_run_id(history.run_dir))))
     states: dict[int, dict[str, np.ndarray]] = {}
     for key, value in ckpt.server_state.items():
         if key.startswith("client."):
