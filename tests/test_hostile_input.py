@@ -642,6 +642,13 @@ def test_npz_members_zipfile_cannot_read_are_one_error(tmp_path):
         for header in (b"PK\x03\x04", b"PK\x01\x02"):  # local and central headers alike
             start = data.find(header)
             while start != -1:
+                field = start + offset + (2 if header == b"PK\x01\x02" else 0)
+                data[field] = value
+                start = data.find(header, start + 4)
+        write(tmp_path / name / "mnist.npz", bytes(data))
+        assert_refused(digits_with(tmp_path, "mnist", tmp_path / name), "cannot read as an .npz archive")
+
+
 PERSONALIZATION = ROOT / "configs" / "personalization.yaml"
 
 
@@ -685,9 +692,6 @@ def test_the_rejected_share_counts_rounds_where_more_than_it_was_rejected():
         watch.check(row(4, 9), params)
 
 
-                field = start + offset + (2 if header == b"PK\x01\x02" else 0)
-                data[field] = value
-                start = data.find(header, start + 4)
 def test_a_sweep_of_too_many_runs_is_refused_before_any_is_built(tmp_path):
     out = tmp_path / "sweep"
     seeds = cli("sweep", DEFAULT, "--grid", "client.lr=0.1,0.2,0.3", "--repeat-seeds", 10**9, "--out", out)
@@ -714,10 +718,6 @@ def test_prune_refuses_more_sparsities_or_fine_tuning_than_it_could_do(tmp_path)
     )
     assert_refused(cli("prune", tmp_path / "done", "--sparsity", "0.5,1.5"), "got 1.5")
     assert_refused(cli("prune", tmp_path / "done", "--method", "random,random"), "random is listed twice")
-
-
-        write(tmp_path / name / "mnist.npz", bytes(data))
-        assert_refused(digits_with(tmp_path, "mnist", tmp_path / name), "cannot read as an .npz archive")
 
 
 def test_a_damaged_checksum_record_is_ignored_not_trusted(tmp_path):
