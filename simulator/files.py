@@ -17,7 +17,9 @@ from pathlib import Path
 from clients.errors import FedsimError
 
 
-def open_regular(path: Path, flags: int = os.O_RDONLY, *, follow_links: bool = False, mode: int = 0o644) -> int:
+def open_regular(
+    path: Path, flags: int = os.O_RDONLY, *, follow_links: bool = False, mode: int = 0o644
+) -> int:
     """A blocking descriptor for ``path``, which must be a regular file (``follow_links``:
     a link to one is accepted too). O_NONBLOCK makes the open of a FIFO return at once,
     so it can be refused instead of waiting for a writer."""

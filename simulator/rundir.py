@@ -405,7 +405,12 @@ def save_model(path: Path, layout: Layout, params: np.ndarray, round_: int, name
     """Global parameters by layer name, as safetensors, with the round and a sha256 of the
     tensors (checked by ``load_model``). No run id: identical runs give identical files."""
     tensors = {name_: np.ascontiguousarray(view) for name_, view in layout.views(params).items()}
-    metadata = {"format": MODEL_FORMAT, "round": str(round_), "name": name, "sha256": _tensors_sha256(tensors)}
+    metadata = {
+        "format": MODEL_FORMAT,
+        "round": str(round_),
+        "name": name,
+        "sha256": _tensors_sha256(tensors),
+    }
     _atomic_save(path, tensors, metadata)
 
 

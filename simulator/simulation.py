@@ -10,7 +10,6 @@ order. Worker count, scheduling and resumption cannot change a bit.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os

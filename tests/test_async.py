@@ -205,7 +205,8 @@ def test_cli_refuses_a_bad_async_key_with_exit_2(tmp_path):
 def test_report_plots_staleness_and_sync_against_async_on_simulated_time(ray_cluster, tmp_path):
     asyn = Simulation.from_yaml(ASYNC_CONFIG, {**HETEROGENEOUS, "rounds": 4}, run_dir=tmp_path / "a").run()
     sync = Simulation.from_yaml(
-        ASYNC_CONFIG, {**HETEROGENEOUS, "rounds": 2, "server.mode": "sync", "server.async": {}},
+        ASYNC_CONFIG,
+        {**HETEROGENEOUS, "rounds": 2, "server.mode": "sync", "server.async": {}},
         run_dir=tmp_path / "s",
     ).run()
     assert all(r["simulated_elapsed"] > 0 for r in sync.rows)
@@ -233,7 +234,6 @@ def test_async_bits_survive_a_killed_worker(ray_cluster, tmp_path):
     assert len(killed) == 2
     assert faulty.final_params.tobytes() == straight.final_params.tobytes()
     assert strip_timing(faulty.rows) == strip_timing(straight.rows)
-
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from tests.test_hostile_input import cli
 from tests.test_run_directory import (  # noqa: F401  (runs is a fixture)
     ROUNDS,
     checkpoint,
@@ -27,15 +28,16 @@ from tests.test_run_directory import (  # noqa: F401  (runs is a fixture)
     runs,
     timeless_rows,
 )
-from tests.test_hostile_input import cli
 
 CASES = int(os.environ.get("FEDSIM_FUZZ_RUN_DIRS", "20"))
 OUTSIDE_TEXT = "a file outside the run\n"
 FILES = [".lock", "metrics.jsonl", "clients.jsonl", "run.json", "config.yaml", "summary.json",
          "model.safetensors", *(f"checkpoints/round_{r:06d}.safetensors" for r in (1, 2, 3))]  # fmt: skip
-ROW_GARBAGE = [b"{not json}\n", b"[" * 100_000 + b"]" * 100_000 + b"\n", b'{"round": ' + b"7" * 5000 + b"}\n",
-               b'{"round": 99}\n', b"\xff\xfe\n", b"null\n", b'{"round": 4, "pad": "' + b"x" * (2 << 20) + b'"}\n',
-               b'{"round": 4, "num_clients": -1, "bytes_up": 0, "bytes_down": 0, "seconds": 1}\n']  # fmt: skip
+ROW_GARBAGE = [
+    b"{not json}\n", b"[" * 100_000 + b"]" * 100_000 + b"\n", b'{"round": ' + b"7" * 5000 + b"}\n",
+    b'{"round": 99}\n', b"\xff\xfe\n", b"null\n", b'{"round": 4, "pad": "' + b"x" * (2 << 20) + b'"}\n',
+    b'{"round": 4, "num_clients": -1, "bytes_up": 0, "bytes_down": 0, "seconds": 1}\n',
+]  # fmt: skip
 
 
 def link_out(run_dir: Path, rng: random.Random, outside: Path) -> str:
