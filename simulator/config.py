@@ -851,7 +851,8 @@ def _validate_pipeline(c: ClientConfig, s: ServerConfig, num_clients: int) -> No
     _require(0 < y.availability <= 1, "client.system.availability", y.availability, "in (0, 1]")
     _require(0 <= y.dropout < 1, "client.system.dropout", y.dropout, "in [0, 1)")
     _require(y.deadline is None or y.deadline > 0, "client.system.deadline", y.deadline, "null or > 0")
-    _require(y.over_selection >= 0, "client.system.over_selection", y.over_selection, ">= 0")
+    # Beyond a million times the round's clients, every online client is selected anyway.
+    _require(0 <= y.over_selection <= 1e6, "client.system.over_selection", y.over_selection, "in [0, 1e6]")
     for key in ("momentum", "beta1", "beta2"):
         _require(0 <= getattr(s, key) < 1, f"server.{key}", getattr(s, key), "in [0, 1)")
     _require(s.tau > 0, "server.tau", s.tau, "> 0")
