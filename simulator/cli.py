@@ -275,9 +275,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _print_prune_table(path: Path) -> None:
-    import json
+    from simulator.rundir import read_json
 
-    prune = json.loads(path.read_text())
+    prune = read_json(path, limit=64 << 20)
     tuned = prune["finetune_rounds"] > 0
     print(f"unpruned test accuracy {prune['baseline']['test_accuracy']:.4f}")
     print(f"{'method':<18} {'sparsity':>8} {'accuracy':>9}" + (f" {'fine-tuned':>10}" if tuned else ""))

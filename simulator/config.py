@@ -1196,7 +1196,44 @@ def load_run_config(run_dir: Path, overrides: list[str] | dict[str, Any] | None 
 
 def as_trained(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``raw`` (a run's config.yaml) with the values its training actually used, and what
-    changed; configs that already have server.weighting are returned as they are."""
+    changed: keys that never acted are put back to their defaults (``inert_reset``), and
+    configs from before server.weighting existed get what their training used."""
+    raw, changes = inert_reset(raw)
+    trained, weighting_changes = _as_trained_weighting(raw)
+    return trained, changes + weighting_changes
+
+
+def inert_reset(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``raw`` (a run's config, or the config a checkpoint recorded) with the keys an
+    older fedsim accepted although they never acted -- server.async.* in a sync run,
+    personalization keys their method does not read -- at their defaults, which
+    ``validate`` now asks of them; and what changed."""
+    server, client = raw.get("server"), raw.get("client")
+    changes: list[str] = []
+    sync = isinstance(server, dict) and server.get("mode", "sync") != "async"
+    if sync and isinstance(server.get("async"), dict):
+        defaults = {yaml_key(f): f.default for f in dataclasses.fields(AsyncConfig)}
+        server = {**server, "async": _defaults_for(server["async"], defaults, "server.async", changes)}
+    personal = client.get("personalization") if isinstance(client, dict) else None
+    if isinstance(personal, dict):
+        method = personal.get("method", "none")
+        defaults = {
+            name: getattr(PersonalizationConfig(), name)
+            for name, readers in PERSONALIZATION_READERS.items() if method not in readers
+        }  # fmt: skip
+        where = "client.personalization"
+        client = {**client, "personalization": _defaults_for(personal, defaults, where, changes)}
+    return ({**raw, "server": server, "client": client} if changes else raw), changes
+
+
+def _defaults_for(section: dict, defaults: dict[str, Any], where: str, changes: list[str]) -> dict:
+    reset = {k: defaults.get(k, v) for k, v in section.items()}
+    changes += [f"{where}.{k}: {defaults[k]!r} (the run's {v!r} never acted)" for k, v in section.items()
+                if k in defaults and v != defaults[k]]  # fmt: skip
+    return reset
+
+
+def _as_trained_weighting(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     server, client = raw.get("server"), raw.get("client")
     if not isinstance(server, dict) or not isinstance(client, dict) or "weighting" in server:
         return raw, []

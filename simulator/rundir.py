@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import stat
 import struct
 import tempfile
 import time
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load, save_file
+from safetensors.numpy import load, save
 
 from clients.errors import FedsimError
 from clients.models.layout import Layout
@@ -60,13 +61,18 @@ ROW_OPTIONAL_NUMBERS = ("test_accuracy", "test_loss", "train_loss")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``data`` to a fresh temporary file beside ``path`` (written through its own
+    descriptor: a link planted at a temporary name is never written through), then
+    rename it into place; a folder in the way is one error."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are for sharing
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise FedsimError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -93,16 +99,17 @@ def check_new_run_dir(path: Path) -> None:
         raise FedsimError(f"cannot create run directory {path}: {parent}: {exc.strerror or exc}") from None
 
 
-def create_run_dir(path: Path) -> Path:
-    """Make a fresh run directory with its identity (run.json); refuse one that already
-    holds files or cannot be made."""
+def create_run_dir(path: Path) -> str:
+    """Make a fresh run directory with its identity (run.json), and return that id;
+    refuse one that already holds files or cannot be made."""
     check_new_run_dir(path)
     try:
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FedsimError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
-    write_json(path / RUN_FILE, {"format": RUN_FORMAT, "run_id": uuid.uuid4().hex})
-    return path
+    run_id = uuid.uuid4().hex
+    write_json(path / RUN_FILE, {"format": RUN_FORMAT, "run_id": run_id})
+    return run_id
 
 
 def read_run_id(run_dir: Path) -> str | None:
@@ -119,11 +126,6 @@ def read_run_id(run_dir: Path) -> str | None:
     if not isinstance(run_id, str) or not re.fullmatch(r"[0-9a-f]{32}", run_id):
         raise FedsimError(f"{path}: damaged (expected a JSON object with a 32-hex-digit 'run_id')")
     return run_id
-
-
-def check_run_folders(run_dir: Path) -> None:
-    """The run directory's checkpoints/ is a real folder, not a link out of it."""
-    check_folder(run_dir / "checkpoints")
 
 
 class RunLock:
@@ -191,19 +193,21 @@ def _lock_holder(fd: int) -> int | None:
 class MetricsLog:
     """Append-only metrics.jsonl: one JSON object per round, rounds 1, 2, 3, ... in order.
 
-    Opening an existing log keeps its longest valid beginning: a line that is not a
-    complete row of the next round (not JSON, over MAX_ROW_BYTES, missing a field, a
-    round out of order, duplicated or foreign) ends it. Those lines and all after them
-    are moved to ``metrics.jsonl.cut-N`` beside it, never lost, and nothing is appended
-    after them; their rounds are re-run from a checkpoint (``Simulation`` resumes from
-    the newest one that agrees with the rows kept). A last line a crash left without
-    its newline is a torn write and is dropped."""
+    Opening an existing log reads its longest valid beginning and changes nothing: a
+    line that is not a complete row of the next round (not JSON, over MAX_ROW_BYTES,
+    missing a field, a round out of order, duplicated or foreign) ends it. ``settle``
+    (called by the first ``append``, or once the run knows it can go on) then moves
+    those lines and all after them to ``metrics.jsonl.cut-N`` beside it, never lost, so
+    nothing is appended after them; their rounds are re-run from a checkpoint. A last
+    line a crash left without its newline is a torn write and is dropped."""
 
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict[str, Any]] = []
         self._ends: list[int] = []  # byte offset just after each row
+        self._prefixes = [hashlib.sha256().hexdigest()]  # sha256 of the log up to each row
         self._digest = hashlib.sha256()
+        self._beyond: str | None = None  # why the bytes after the rows must go ("" for a torn line)
         if os.path.lexists(path):
             self._read_valid_prefix()
 
@@ -213,10 +217,8 @@ class MetricsLog:
     def append(self, row: dict[str, Any]) -> None:
         if row["round"] != len(self.rows) + 1:
             raise FedsimError(f"{self.path}: round {row['round']} would follow round {len(self.rows)}")
-        data = _append_lines(self.path, [row])
-        self.rows.append(row)
-        self._digest.update(data)
-        self._ends.append((self._ends[-1] if self._ends else 0) + len(data))
+        self.settle()
+        self._add(row, _append_lines(self.path, [row]))
 
     def record(self, row: dict[str, Any]) -> None:
         """Append a round's row, or, for a round re-run on resume whose row the log
@@ -232,53 +234,71 @@ class MetricsLog:
 
     def prefix_digest(self, round_: int) -> str:
         """sha256 of the log's bytes up to the end of round ``round_``'s row."""
-        if round_ == len(self.rows):
-            return self._digest.copy().hexdigest()
-        if not 0 <= round_ < len(self.rows):
+        if not 0 <= round_ <= len(self.rows):
             raise FedsimError(f"{self.path}: no row for round {round_} (the log ends at {len(self.rows)})")
-        size = self._ends[round_ - 1] if round_ else 0
-        with os.fdopen(open_regular(self.path), "rb") as f:
-            return hashlib.sha256(f.read(size)).hexdigest()
+        return self._prefixes[round_]
 
     def cut_after(self, round_: int, reason: str) -> None:
-        """Move the rows after round ``round_`` aside, so those rounds are run again."""
-        if round_ < len(self.rows):
-            self._cut(self._ends[round_ - 1] if round_ else 0, round_ + 1, reason)
-            del self.rows[round_:], self._ends[round_:]
-            self._digest = hashlib.sha256()
-            with os.fdopen(open_regular(self.path), "rb") as f:
-                self._digest.update(f.read())
+        """Drop the rows after round ``round_``, so those rounds are run again; the file
+        follows at ``settle``."""
+        if round_ >= len(self.rows):
+            return
+        del self.rows[round_:], self._ends[round_:], self._prefixes[round_ + 1 :]
+        with os.fdopen(open_regular(self.path), "rb") as f:
+            self._digest = hashlib.sha256(f.read(self._size()))
+        self._beyond = reason
+
+    def settle(self) -> None:
+        """Make the file hold exactly the rows kept: a torn last line is cut, anything
+        else past them is moved to a new ``.cut-N`` file first."""
+        if self._beyond is None:
+            return
+        size, reason, self._beyond = self._size(), self._beyond, None
+        with os.fdopen(open_regular(self.path, os.O_RDWR), "r+b") as f:
+            if reason:
+                kept = _copy_from(f, size, _free_name(self.path.with_name(f"{self.path.name}.cut")))
+                log.warning(
+                    "%s: %s; its rows from round %d on were moved to %s and those rounds are run again",
+                    self.path, reason, len(self.rows) + 1, kept.name,
+                )  # fmt: skip
+            f.truncate(size)
+
+    def _size(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def _add(self, row: dict[str, Any], line: bytes) -> None:
+        self._ends.append(self._size() + len(line))
+        self.rows.append(row)
+        self._digest.update(line)
+        self._prefixes.append(self._digest.hexdigest())
 
     def _read_valid_prefix(self) -> None:
-        fd = open_regular(self.path, os.O_RDWR)
-        with os.fdopen(fd, "r+b") as f:
-            for number, line in enumerate(iter(lambda: f.readline(MAX_ROW_BYTES + 1), b""), start=1):
+        with os.fdopen(open_regular(self.path), "rb") as f:
+            for number, line in enumerate(_bounded_lines(f), start=1):
                 if not line.endswith(b"\n") and len(line) <= MAX_ROW_BYTES:
-                    f.truncate(self._ends[-1] if self._ends else 0)  # a torn last write
+                    self._beyond = ""  # a torn last write
                     return
-                problem = _row_problem(line, len(self.rows) + 1)
+                row, problem = _parse_row(line, len(self.rows) + 1)
                 if problem:
-                    self._cut(f.tell() - len(line), number, f"line {number}: {problem}")
+                    self._beyond = f"line {number}: {problem}"
                     return
-                self.rows.append(json.loads(line))
-                self._digest.update(line)
-                self._ends.append(f.tell())
+                self._add(row, line)
 
-    def _cut(self, offset: int, first: int, reason: str) -> None:
-        """Copy the log's bytes from ``offset`` on to a new ``.cut-N`` file, then truncate."""
-        kept = _free_name(self.path.with_name(f"{self.path.name}.cut"))
-        with os.fdopen(open_regular(self.path, os.O_RDWR), "r+b") as f:
-            f.seek(offset)
-            with os.fdopen(open_regular(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as out:
-                while chunk := f.read(1 << 20):
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            f.truncate(offset)
-        log.warning(
-            "%s: %s; its rows from round %d on were moved to %s and those rounds are run again",
-            self.path, reason, first, kept.name,
-        )  # fmt: skip
+
+def _bounded_lines(f) -> Iterator[bytes]:
+    """``f``'s lines, each cut at MAX_ROW_BYTES + 1 bytes so that no line fills memory."""
+    return iter(lambda: f.readline(MAX_ROW_BYTES + 1), b"")
+
+
+def _copy_from(f, offset: int, target: Path) -> Path:
+    """Copy ``f``'s bytes from ``offset`` on into the new file ``target``."""
+    f.seek(offset)
+    with os.fdopen(open_regular(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as out:
+        while chunk := f.read(1 << 20):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return target
 
 
 def _comparable(row: dict[str, Any]) -> str:
@@ -286,28 +306,28 @@ def _comparable(row: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in row.items() if k != "seconds"}, sort_keys=True, allow_nan=True)
 
 
-def _row_problem(line: bytes, expected_round: int) -> str | None:
-    """Why ``line`` is not round ``expected_round``'s metrics row, or None if it is."""
+def _parse_row(line: bytes, expected_round: int) -> tuple[dict[str, Any], str | None]:
+    """``line`` as round ``expected_round``'s metrics row, and why it is not one (None if it is)."""
     if len(line) > MAX_ROW_BYTES:
-        return f"over {MAX_ROW_BYTES:,} bytes"
+        return {}, f"over {MAX_ROW_BYTES:,} bytes"
     try:
         row = json.loads(line)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, nested absurdly deep, huge ints
-        return "not valid JSON"
+        return {}, "not valid JSON"
     if not isinstance(row, dict):
-        return "not a JSON object"
+        return {}, "not a JSON object"
     if not _is_int(row.get("round")):
-        return "no integer 'round'"
+        return row, "no integer 'round'"
     if row["round"] != expected_round:
-        return f"round {show(row['round'])} where round {expected_round} was due"
+        return row, f"round {show(row['round'])} where round {expected_round} was due"
     for key in ROW_INTEGERS:
         if not _is_int(row.get(key)) or row[key] < 0:
-            return f"'{key}' is {show(row.get(key))}, not a count"
+            return row, f"'{key}' is {show(row.get(key))}, not a count"
     for key in ROW_NUMBERS + ROW_OPTIONAL_NUMBERS:
         value = row.get(key)
         if not (_is_number(value) or (value is None and key in ROW_OPTIONAL_NUMBERS)):
-            return f"'{key}' is {show(value)}, not a number"
-    return None
+            return row, f"'{key}' is {show(value)}, not a number"
+    return row, None
 
 
 def _is_int(value: Any) -> bool:
@@ -350,7 +370,7 @@ def _truncate_after_round(path: Path, completed_round: int) -> None:
     damaged complete line is an error, not something to cut away."""
     keep = 0
     with os.fdopen(open_regular(path, os.O_RDWR), "r+b") as f:
-        for number, line in enumerate(iter(lambda: f.readline(MAX_ROW_BYTES + 1), b""), start=1):
+        for number, line in enumerate(_bounded_lines(f), start=1):
             if len(line) > MAX_ROW_BYTES:
                 raise FedsimError(f"{path}:{number}: a line over {MAX_ROW_BYTES:,} bytes")
             if not line.endswith(b"\n"):
@@ -382,7 +402,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     truncated last line (a crash mid-write) is skipped, any other bad line is an error."""
     rows = []
     with os.fdopen(open_regular(path), "rb") as f:
-        for number, line in enumerate(iter(lambda: f.readline(MAX_ROW_BYTES + 1), b""), start=1):
+        for number, line in enumerate(_bounded_lines(f), start=1):
             if len(line) > MAX_ROW_BYTES:
                 raise FedsimError(f"{path}:{number}: a line over {MAX_ROW_BYTES:,} bytes")
             if not line.strip():
@@ -452,17 +472,8 @@ def _safetensors_metadata(data: bytes) -> dict[str, Any]:
 
 def _atomic_save(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
     # One metadata key: safetensors stores metadata in a hash map whose order varies
-    # between writes, and identical runs must give identical files. A fresh temporary
-    # name: a fixed one could be a link planted to make the write land elsewhere.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"fedsim": json.dumps(metadata, sort_keys=True)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # between writes, and identical runs must give identical files.
+    atomic_write_bytes(path, save(tensors, metadata={"fedsim": json.dumps(metadata, sort_keys=True)}))
 
 
 @dataclass(frozen=True)
@@ -491,13 +502,13 @@ def save_checkpoint(
     """checkpoints/round_NNNNNN.safetensors: global params + server state, with a sha256 of
     every tensor, the training config and ``identity`` (run_id, metrics_sha256) in its
     metadata (checked when it is loaded)."""
-    check_run_folders(run_dir)
+    check_folder(run_dir / "checkpoints")  # a real folder, not a link out of the run
     tensors = {"global_params": params, **{f"server.{k}": v for k, v in server_state.items()}}
     path = run_dir / "checkpoints" / f"round_{round_:06d}.safetensors"
     metadata = {"round": str(round_), "format": CHECKPOINT_FORMAT, "sha256": _tensors_sha256(tensors)}
     _atomic_save(path, tensors, {**metadata, **identity, "config": json.dumps(config, sort_keys=True)})
     for old in list_checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
-        old.unlink()
+        old.unlink(missing_ok=True)
     return path
 
 
@@ -515,8 +526,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if CHECKPOINT_PATTERN.match(p.name)]
+    found = [p for p in folder.iterdir() if CHECKPOINT_PATTERN.match(p.name) and not _is_real_folder(p)]
     return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def _is_real_folder(path: Path) -> bool:
+    return stat.S_ISDIR(os.lstat(path).st_mode)
 
 
 def load_checkpoint(path: Path, run_id: str | None = None) -> Checkpoint:
@@ -556,7 +571,7 @@ def load_checkpoint(path: Path, run_id: str | None = None) -> Checkpoint:
 def intact_checkpoints(run_dir: Path, run_id: str | None) -> Iterator[Checkpoint]:
     """The run's checkpoints that load and verify, newest first; each one that does not is
     logged and skipped. FedsimError when there is none at all."""
-    check_run_folders(run_dir)
+    check_folder(run_dir / "checkpoints")  # a real folder, not a link out of the run
     paths = list_checkpoints(run_dir)
     if not paths:
         raise FedsimError(

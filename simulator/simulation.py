@@ -34,7 +34,15 @@ from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
 from simulator import rundir, workers
 from simulator.cluster import RaySession, pool_size, ray_starting
-from simulator.config import Config, apply_overrides, dump_yaml, from_dict, load_config, load_run_config
+from simulator.config import (
+    Config,
+    apply_overrides,
+    dump_yaml,
+    from_dict,
+    inert_reset,
+    load_config,
+    load_run_config,
+)
 from simulator.federated_eval import (
     client_rows,
     clients_to_evaluate,
@@ -410,19 +418,22 @@ class DivergenceWatch:
     def local_step_cause(self) -> str:
         """The setting most likely to blow up a client's local step, as 'KEY=VALUE too
         large...'. An SGD step scales the weights by (1 - lr * weight_decay) and the drift
-        from the global model by (1 - lr * prox_mu): once lr times either is >= 2, that
-        factor is <= -1 and they grow every step, whatever the learning rate alone."""
+        from the global model by (1 - lr * prox_mu); with heavy-ball momentum m the
+        recurrence grows every step once lr times either is >= 2 (1 + m), whatever the
+        learning rate alone. Adam normalises the whole gradient, decay and proximal pull
+        included, so its step stays about lr long and only lr is to blame."""
         c, s = self.cfg.client, self.cfg.server
         if s.update != "weights":  # FedSGD: the clients take no step; the server's lr does
             return f"server.lr={s.lr:g} too large"
+        limit = 2 * (1 + c.momentum)
         blamed = [
             f"client.{key}={value:g} too large for client.lr={c.lr:g}: lr x {key} = "
-            f"{c.lr * value:.3g} >= 2 grows the {grown} every local step"
+            f"{c.lr * value:.3g} >= {limit:g} grows the {grown} every local step"
             for key, value, grown in (
                 ("weight_decay", c.weight_decay, "weights"),
                 ("prox_mu", c.prox_mu, "distance to the global model"),
             )
-            if c.lr * value >= 2
+            if c.optimizer == "sgd" and c.lr * value >= limit
         ]
         return " or ".join(blamed) or f"client.lr={c.lr:g} too large"
 
@@ -617,9 +628,8 @@ class _RunState:
             self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
             self._restore(self.metrics.last_round())
         else:
-            rundir.create_run_dir(self.run_dir)
+            self.run_id = rundir.create_run_dir(self.run_dir)
             self.lock.acquire()
-            self.run_id = rundir.read_run_id(self.run_dir)
             rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
             self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
             self.checkpoint()  # round 0: resumable even if stopped before its first round
@@ -659,6 +669,7 @@ class _RunState:
         if disagreed:
             self.metrics.cut_after(ckpt.round, f"a checkpoint after round {ckpt.round} disagrees with them")
         self._check_checkpoint(ckpt)
+        self.metrics.settle()  # only now that the run can go on is anything in the log changed
         self.server.params = ckpt.params.astype(np.float32)
         self.server.load_arrays(ckpt.server_state)
         if self.async_rounds is not None:
@@ -676,7 +687,8 @@ class _RunState:
             raise FedsimError(
                 f"{ckpt.path}: checkpoint has {ckpt.params.size} parameters, model needs {self.params.size}"
             )
-        changed = [] if ckpt.config is None else _differences(ckpt.config, trained_config(self.cfg))
+        recorded = None if ckpt.config is None else inert_reset(ckpt.config)[0]
+        changed = [] if recorded is None else _differences(recorded, trained_config(self.cfg))
         if changed:
             raise ConfigError(
                 f"{self.run_dir}/config.yaml differs from the config checkpoint round {ckpt.round} was "

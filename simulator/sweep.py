@@ -41,7 +41,7 @@ from clients.errors import ConfigError, FedsimError, RunDiverged
 from simulator.cluster import RaySession, pool_size, ray_session
 from simulator.config import Config, apply_overrides, from_dict, parse_override, read_yaml
 from simulator.progress import StepProgress
-from simulator.rundir import atomic_write_bytes, atomic_write_text
+from simulator.rundir import atomic_write_bytes, atomic_write_text, read_json
 from simulator.workers import reuse_workers, worker_threads
 from simulator.yaml_input import show
 
@@ -355,8 +355,8 @@ def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event,
 def _accuracies(run_dir: Path) -> dict[str, Any]:
     """The final and best test accuracy a stopped run's summary.json recorded."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError, RecursionError):
+        summary = read_json(run_dir / "summary.json")
+    except (FedsimError, ValueError, RecursionError):
         return {}
     if not isinstance(summary, dict):
         return {}

@@ -172,7 +172,7 @@ class Trackers:
     def _finish_mlflow(self, status: str) -> None:
         self._write_report()
         for name in MLFLOW_ARTIFACTS:
-            if (self.run_dir / name).is_file():
+            if (self.run_dir / name).is_file() and not (self.run_dir / name).is_symlink():
                 self._mlflow.log_artifact(str(self.run_dir / name), artifact_path="run")
         self._mlflow.end_run(status=MLFLOW_STATUS.get(status, "FAILED"))
 

@@ -22,6 +22,7 @@ Every failure is one ConfigError naming the source and, where known, the line.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import reprlib
@@ -115,24 +116,30 @@ def dump(data: Any) -> str:
 def read_text(path: Path, what: str = "config file", follow_links: bool = True) -> str:
     """The text of a regular file of at most MAX_FILE_BYTES; a FIFO, a device, a folder,
     a larger file or (``follow_links`` off: a run directory's) a link is refused without
-    reading it."""
-    try:
-        info = os.stat(path, follow_symlinks=follow_links)
+    reading it. What is checked is the open descriptor, so nothing swapped in after the
+    check is read."""
+    no_follow = 0 if follow_links else os.O_NOFOLLOW
+    try:  # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | no_follow)
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links and os.path.islink(path):
+            raise ConfigError(
+                f"{what} {path} is a symbolic link; fedsim follows no links inside a run directory"
+            ) from None
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if stat.S_ISLNK(info.st_mode):
-        raise ConfigError(f"{what} {path} is a symbolic link; fedsim follows no links inside a run directory")
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"{what} {path} is not a regular file")
-    if info.st_size > MAX_FILE_BYTES:
-        raise ConfigError(f"{what} {path} is {info.st_size} bytes; at most {MAX_FILE_BYTES} are read")
-    try:
-        with open(path, "rb") as f:
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{what} {path} is {info.st_size} bytes; at most {MAX_FILE_BYTES} are read")
+        os.set_blocking(fd, True)
+        try:
             data = f.read(MAX_FILE_BYTES + 1)  # it may have grown since the stat
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(f"{what} {path} is over {MAX_FILE_BYTES} bytes")
     try:

@@ -1,9 +1,10 @@
 """Run directories tampered with at random never crash, hang or resume to a wrong model.
 
 Each case copies a finished 3-round run and applies one to three tamperings drawn from
-a seed (links to a file outside or to /dev/zero, FIFOs, deleted, truncated or
-bit-flipped files, checkpoints renamed, copied over another round or taken from
-another run, metrics rows broken, duplicated, swapped, edited or foreign), then runs
+a seed (links to a file outside or to /dev/zero, FIFOs, folders where files belong,
+deleted, truncated or bit-flipped files, checkpoints renamed, copied over another
+round or taken from another run, metrics rows broken, duplicated, swapped, edited or
+foreign, a config.yaml with keys an older fedsim accepted without acting on them), then runs
 ``fedsim report`` and ``fedsim run --resume`` to 4 rounds on it through the CLI.
 Every command ends with exit 0 or with exit 2 and one error line, under a timer; a
 file outside the run is never written; and a resume that goes on ends with exactly
@@ -108,7 +109,25 @@ def rows(run_dir: Path, rng: random.Random, outside: Path) -> str:
     return f"rows {how} at {at}"
 
 
-TAMPERINGS = {"link": link_out, "fifo": fifo, "damage": damage, "checkpoint": checkpoint_swap, "rows": rows}
+def folder(run_dir: Path, rng: random.Random, outside: Path) -> str:
+    name = rng.choice([*FILES, f"checkpoints/round_{ROUNDS + 1:06d}.safetensors"])
+    _replace(run_dir / name, Path.mkdir)
+    return f"folder {name}"
+
+
+def older_config(run_dir: Path, rng: random.Random, outside: Path) -> str:
+    """Keys an older fedsim accepted without acting on them (a sync run's server.async)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file() or path.is_symlink():
+        return "no config to age"
+    path.write_text(path.read_text().replace("    concurrency: null\n", "    concurrency: 7\n"))
+    return "older config"
+
+
+TAMPERINGS = {
+    "link": link_out, "fifo": fifo, "damage": damage, "checkpoint": checkpoint_swap, "rows": rows,
+    "folder": folder, "older config": older_config,
+}  # fmt: skip
 
 
 def _replace(path: Path, make) -> None:

@@ -275,3 +275,39 @@ def test_rows_after_the_checkpoint_that_re_run_the_same_are_kept_as_written(runs
     assert_resumed_as_straight(resume(run_dir), run_dir, runs)
     assert (run_dir / "metrics.jsonl").read_bytes().startswith(written)  # seconds and all, untouched
     assert not (run_dir / "metrics.jsonl.cut-1").exists()
+
+
+def test_a_refused_resume_changes_nothing_in_the_log(runs, tmp_path):
+    run_dir = copy_of(runs, tmp_path)
+    with open(run_dir / "metrics.jsonl", "ab") as f:
+        f.write(b"{not json}\n")
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("  lr: 0.1\n", "  lr: 0.5\n", 1))
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    assert_refused(resume(run_dir), "differs from the config checkpoint round")
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+    assert not (run_dir / "metrics.jsonl.cut-1").exists()
+
+
+def test_a_folder_planted_under_a_checkpoint_name_is_one_error_or_ignored(runs, tmp_path):
+    run_dir = copy_of(runs, tmp_path)
+    checkpoint(run_dir, 1).unlink()
+    checkpoint(run_dir, 1).mkdir()  # an old name: not a checkpoint, passed over
+    checkpoint(run_dir, ROUNDS + 1).mkdir()  # the name the resumed run must write
+    assert_refused(resume(run_dir), f"cannot write {checkpoint(run_dir, ROUNDS + 1)}")
+    checkpoint(run_dir, ROUNDS + 1).rmdir()
+    assert_resumed_as_straight(resume(run_dir), run_dir, runs)
+
+
+def test_keys_an_older_fedsim_accepted_without_acting_do_not_block_resume(runs, tmp_path, caplog):
+    """Before issue 25, server.async.* under sync was accepted and ignored (the README's
+    own sync baseline of fedbuff.yaml wrote one); such a run directory still resumes."""
+    run_dir = copy_of(runs, tmp_path)
+    config = run_dir / "config.yaml"
+    text = config.read_text()
+    assert "  async:\n    concurrency: null\n" in text
+    config.write_text(text.replace("  async:\n    concurrency: null\n", "  async:\n    concurrency: 10\n"))
+    with caplog.at_level("WARNING", logger="fedsim"):
+        result = resume(run_dir)
+    assert "server.async.concurrency: None (the run's 10 never acted)" in caplog.text
+    assert_resumed_as_straight(result, run_dir, runs)
