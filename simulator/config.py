@@ -600,7 +600,7 @@ def _validate_synthetic_size(d: DataConfig) -> None:
 # The work a config asks for, estimated before anything runs; past these no run ends in
 # any sensible time (a local step of the smallest model takes ~0.1 ms on a core), and a
 # run that would sit silent for days is one error instead. Research runs stay far below
-# (the configs in configs/ ask for at most 9e3 trips, 8e3 steps a round, 2e6 a run).
+# (the configs in configs/ ask for at most 9,000 trips, 8,200 steps a round, 1.6e6 a run).
 MAX_CLIENT_TRIPS = 10**8  # client trips in a run: a client trains once and reports
 MAX_ROUND_STEPS = 10**6  # local steps in one round or async server step, fine-tuning included
 MAX_RUN_STEPS = 10**9  # local steps in the whole run
