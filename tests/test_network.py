@@ -94,6 +94,17 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
 
 
+def _session_dir(gcs: int) -> Path:
+    """The Ray session folder (/tmp/ray/session_*) the GCS was started with."""
+    for arg in Path(f"/proc/{gcs}/cmdline").read_bytes().decode().split("\0"):
+        _, _, value = arg.partition("=")
+        parts = Path(value).parts
+        for i, part in enumerate(parts):
+            if part.startswith("session_") and part != "session_latest":
+                return Path(*parts[: i + 1])
+    raise AssertionError("no session folder on the GCS's command line")
+
+
 def test_an_embedded_run_listens_on_loopback_only_and_wants_its_token(tmp_path):
     overrides = small_overrides(rounds=100_000)  # stopped once seen: it must outlast the look
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
@@ -137,8 +148,15 @@ def test_an_embedded_run_listens_on_loopback_only_and_wants_its_token(tmp_path):
         assert _environ(gcs).get("RAY_AUTH_MODE") == "token" and len(token) >= 32
         lasting = Path.home() / ".ray" / "auth_token"
         assert not lasting.is_file() or lasting.read_text().strip() != token, "not a fresh token"
-        for path in run_dir.rglob("*"):
-            assert not path.is_file() or token.encode() not in path.read_bytes(), f"token in {path}"
+        for pid in pids:  # command lines are readable by every user
+            with contextlib.suppress(OSError):
+                assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), (
+                    f"token in {pid}'s argv"
+                )
+        for folder in (run_dir, _session_dir(gcs)):
+            for path in folder.rglob("*"):
+                if path.is_file() and not path.is_symlink() and path.stat().st_size < 64 << 20:
+                    assert token.encode() not in path.read_bytes(), f"token in {path}"
     finally:
         if driver.poll() is None:
             driver.send_signal(signal.SIGTERM)  # fedsim stops Ray on SIGTERM
