@@ -13,12 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from clients.algorithms import StepTransform
+from clients.data.transforms import Augmenter
 from clients.models import arrays
 from clients.optim import make_optimizer
 
 PURPOSE_DATA_ORDER = 1
 PURPOSE_DROPOUT = 4
 PURPOSE_CLIENT_NOISE = 6
+PURPOSE_AUGMENT = 19  # image augmentation's crops and flips (data.augment)
 
 
 def client_rng(seed: int, round_: int, client_id: int, purpose: int) -> np.random.Generator:
@@ -71,6 +73,7 @@ def train_client(
     anchor: np.ndarray | None = None,
     keep: np.ndarray | None = None,
     max_steps: int | None = None,
+    augment: Augmenter | None = None,
 ) -> ClientResult:
     """Run ``cfg.epochs`` of minibatch local training on the client's shard from ``global_params``.
 
@@ -87,6 +90,7 @@ def train_client(
     personal model is pulled towards the global one); default ``global_params``.
     keep: (n,) bool: the trained entries to return as ``kept`` (a personal head), or None.
     max_steps: stop after this many local steps (fine-tuning), or None for whole epochs.
+    augment: crops and flips each training batch (data.augment), or None.
     Returns the delta and the sample-weighted mean minibatch loss.
     """
     model.load_params(global_params)
@@ -98,6 +102,8 @@ def train_client(
     mask = None if mask is None else model.to_engine(mask)
     freeze = None if trainable is None else Freeze(model, trainable)
     data = model.shard_data(x, y, shard)
+    if augment is not None:
+        data = augment.wrap(data)
     flow = FlowAverage() if model.track_gradients else None
     smallest = smallest_batch(model)
     loss_sum, seen, steps = 0.0, 0, 0
@@ -161,6 +167,7 @@ def client_gradient(
     rng: np.random.Generator,
     client_id: int,
     mask: np.ndarray | None = None,
+    augment: Augmenter | None = None,
 ) -> ClientResult:
     """FedSGD (McMahan et al. 2017, arXiv:1602.05629, Section 2): the gradient of the
     client's mean loss at ``global_params``, over its whole shard (in batches of
@@ -169,6 +176,8 @@ def client_gradient(
     training, and not counted. Returns it as ``update`` (n,) float32."""
     model.load_params(global_params)
     data = model.shard_data(x, y, shard)
+    if augment is not None:
+        data = augment.wrap(data)
     order = rng.permutation(len(shard))
     batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
     if cfg.local_steps is not None:

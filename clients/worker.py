@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from clients.algorithms import scaffold_new_control
 from clients.attacks import Attack, flip_labels
 from clients.data.datasets import SyntheticClients
+from clients.data.transforms import Augmentation, Augmenter
 from clients.devices import worker_device
 from clients.errors import ClientFailure, FedsimError
 from clients.models.engines import build_model
@@ -44,6 +45,7 @@ from clients.personalization import (
     train_personalized,
 )
 from clients.training import (
+    PURPOSE_AUGMENT,
     PURPOSE_CLIENT_NOISE,
     PURPOSE_DATA_ORDER,
     PURPOSE_DROPOUT,
@@ -84,6 +86,7 @@ class ClientPlan:
     postprocess: Any = None
     track_gradients: bool = False
     personal: PersonalPlan | None = None  # FedPer, FedRep, FedBN or Ditto
+    augment: Augmentation | None = None  # crops / flips of training batches (data.augment)
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS or self.weighting not in WEIGHTINGS:
@@ -434,18 +437,22 @@ class ClientWorker:
                 else flip_labels(labels, self.model.spec.num_classes)
             )
         args = (self.model, global_params, x, labels, shard, self.plan.training, rng, client_id)
+        extra = {"mask": inputs.mask}
+        if self.plan.augment is not None:
+            augment_rng = client_rng(self.seed, inputs.round, client_id, PURPOSE_AUGMENT)
+            extra["augment"] = Augmenter(self.plan.augment, augment_rng)
         try:
             if self.plan.update_kind == "gradients":
-                return client_gradient(*args, mask=inputs.mask), {}
+                return client_gradient(*args, **extra), {}
             if self.plan.personal is not None:
                 personal_rng = client_rng(self.seed, inputs.round, client_id, PURPOSE_PERSONAL)
                 return train_personalized(
-                    self.plan.personal, args, self.plan.training, state, personal_rng, mask=inputs.mask
+                    self.plan.personal, args, self.plan.training, state, personal_rng, **extra
                 )
             correction = None
             if self.plan.scaffold:
                 correction = inputs.server_control - state.get("control", np.zeros_like(global_params))
-            return train_client(*args, correction=correction, mask=inputs.mask), {}
+            return train_client(*args, correction=correction, **extra), {}
         except Exception as exc:
             raise ClientFailure(client_id, inputs.round, f"{type(exc).__name__}: {exc}") from exc
 

@@ -22,20 +22,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clients.data.formats import CODE_DATASET, TABLE_FORMATS, USER_DATASETS
+from clients.data.transforms import AUGMENTATIONS, NORMALIZATIONS
 from clients.devices import DEVICES
 from clients.errors import ConfigError
 from clients.models.engines import ENGINES
 from clients.models.spec import ACTIVATION_KINDS, MODEL_NAMES, ModelSpec, build_spec
+from clients.user_code import check_target
 from server.asynchronous import STALENESS_KINDS
 from simulator import yaml_input
 from simulator.yaml_input import show
 
-DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare")
+BUILT_IN_DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare")
+DATASETS = (*BUILT_IN_DATASETS, *USER_DATASETS)
 NATURAL_DATASETS = ("synthetic", "femnist", "shakespeare")  # datasets whose clients are given
 TEXT_DATASETS = ("shakespeare",)
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = MODEL_NAMES
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "femnist")
+IMAGE_USER_DATASETS = ("arrays", "npz", "image_folder", "hf_disk")  # may hold (N, C, H, W) images
 ACTIVATIONS = ACTIVATION_KINDS
 log = logging.getLogger("fedsim")
 
@@ -92,6 +97,25 @@ class DataConfig:
     generate_on_workers: bool = _field(
         False, "synthetic: workers generate each client's data from (seed, id); any population size"
     )
+    loader: str | None = _field(
+        None,
+        "arrays: 'package.module:callable' returning train/test arrays and optional client ids "
+        "(its code runs when the run starts)",
+    )
+    features: list[str] = _field(
+        [], "csv / parquet / hf_disk: feature columns; [] = every column but the label and client ones"
+    )
+    label: str = _field("label", "csv / parquet / hf_disk: the label column")
+    client_column: str | None = _field(
+        None, "csv / parquet / hf_disk: column of client ids; one natural client per distinct value"
+    )
+    normalize: str = _field(
+        "none", "inputs: standard (mean 0, std 1) or minmax ([0, 1]), from the training split", NORMALIZATIONS
+    )
+    augment: str = _field(
+        "none", "image training batches: random crop, horizontal flip, or both", AUGMENTATIONS
+    )
+    crop_padding: int = _field(4, "augment crop: zero padding on each side before the crop", at_most=1 << 10)
     synthetic: SyntheticConfig = _field(SyntheticConfig(), "Synthetic(α, β) generator settings")
 
 
@@ -548,10 +572,12 @@ def validate(cfg: Config) -> Config:
             "data.generate_on_workers: true needs data.synthetic.samples_per_device (a fixed count)"
         )
     _validate_synthetic_size(d)
-    if d.partition == "natural" and d.dataset not in NATURAL_DATASETS:
+    _validate_user_data(d)
+    if d.partition == "natural" and not _may_have_clients(d):
         raise ConfigError(
             f"data.partition: 'natural' is not allowed for data.dataset {d.dataset!r}; "
-            f"it has no natural clients (datasets with them: {', '.join(NATURAL_DATASETS)})"
+            f"it has no natural clients (datasets with them: {', '.join(NATURAL_DATASETS)}; "
+            "arrays and npz when they give client ids; csv, parquet and hf_disk with data.client_column)"
         )
     _validate_model(cfg.model)
     _validate_model_fits_data(cfg.model, d)
@@ -574,6 +600,47 @@ def validate(cfg: Config) -> Config:
     _require(r.checkpoint_every >= 1, "runtime.checkpoint_every", r.checkpoint_every, ">= 1")
     _check_work(cfg)
     return cfg
+
+
+def _may_have_clients(d: DataConfig) -> bool:
+    """Whether the dataset can name each row's client (known for files and code only when
+    they are read: a missing column or array is refused then)."""
+    if d.dataset in TABLE_FORMATS:
+        return d.client_column is not None
+    return d.dataset in NATURAL_DATASETS or d.dataset in ("arrays", "npz")
+
+
+def _validate_user_data(d: DataConfig) -> None:
+    """Users' own data: each key only where it is read; data.loader's syntax, never its import."""
+    if d.dataset == CODE_DATASET:
+        if d.loader is None:
+            raise ConfigError("data.dataset: 'arrays' needs data.loader ('package.module:callable')")
+        check_target(d.loader, "data.loader")
+    elif d.loader is not None:
+        raise ConfigError(f"data.loader: {show(d.loader)} is read with data.dataset: arrays only")
+    if d.dataset not in TABLE_FORMATS:
+        given = {"features": d.features != [], "label": d.label != "label", "client_column": d.client_column}
+        for key, set_ in given.items():
+            if set_:
+                raise ConfigError(
+                    f"data.{key}: {show(getattr(d, key))} names a column; data.dataset {show(d.dataset)} "
+                    f"has none (columns are read for {', '.join(TABLE_FORMATS)})"
+                )
+    _require(d.crop_padding >= 0, "data.crop_padding", d.crop_padding, ">= 0")
+    if d.augment in ("crop", "crop_flip"):
+        _require(d.crop_padding >= 1, "data.crop_padding", d.crop_padding, ">= 1 with a crop")
+    if d.normalize != "none" and d.generate_on_workers:
+        raise ConfigError(
+            f"data.normalize: {show(d.normalize)} needs the training data on the driver; "
+            "data.generate_on_workers generates it on the workers"
+        )
+    if d.normalize != "none" and d.dataset in TEXT_DATASETS:
+        raise ConfigError(f"data.normalize: {show(d.normalize)}: {d.dataset} holds token ids, not numbers")
+    if d.augment != "none" and d.dataset in (*TEXT_DATASETS, "synthetic", "csv", "parquet"):
+        raise ConfigError(
+            f"data.augment: {show(d.augment)} crops and flips images; "
+            f"data.dataset {show(d.dataset)} holds none"
+        )
 
 
 SYNTHETIC_MEAN_SAMPLES = 453  # E[int(lognormal(4, 2))] + 50 = e^6 + 50, the paper's sizes
@@ -618,6 +685,8 @@ def client_rows(d: DataConfig, fe: FederatedEvalConfig) -> float:
     """A client's training rows on average (the mean over clients sets a run's expected
     work), from the config alone: no data is read."""
     natural_leaf = d.dataset in LEAF_CLIENTS and d.partition == "natural"
+    if d.dataset not in DATASET_ROWS and d.dataset != "synthetic":
+        return 0.0  # users' data: sizes unknown until read; a client counts one batch at least
     if d.dataset == "synthetic":
         rows = (d.synthetic.samples_per_device or SYNTHETIC_MEAN_SAMPLES) * (1 - d.test_fraction)
     elif natural_leaf:
@@ -818,7 +887,7 @@ def _validate_devices(m: ModelConfig, r: RuntimeConfig) -> None:
 
 
 def _validate_model_fits_data(m: ModelConfig, d: DataConfig) -> None:
-    if m.name in ("cnn", "resnet") and d.dataset not in IMAGE_DATASETS:
+    if m.name in ("cnn", "resnet") and d.dataset not in (*IMAGE_DATASETS, *IMAGE_USER_DATASETS):
         raise ConfigError(
             f"model.name: {m.name!r} needs image inputs; data.dataset {d.dataset!r} is not an image "
             f"dataset (image datasets: {', '.join(IMAGE_DATASETS)})"

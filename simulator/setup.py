@@ -22,6 +22,7 @@ import numpy as np
 
 from clients.attacks import Attack, malicious_clients
 from clients.data.datasets import Dataset, SyntheticClients, load_digits, make_synthetic
+from clients.data.formats import USER_DATASETS
 from clients.data.partition import (
     dirichlet_partition,
     holdout_split,
@@ -29,10 +30,12 @@ from clients.data.partition import (
     natural_partition,
     shards_partition,
 )
+from clients.data.transforms import Augmentation, normalized
 from clients.errors import ConfigError, DataError
 from clients.models.spec import ModelSpec, build_spec, init_params
 from clients.personalization import PersonalPlan
 from clients.training import LocalTrainingConfig
+from clients.user_code import resolve
 from clients.worker import ClientPlan, ClientShards
 from server.aggregation import AGGREGATORS
 from server.asynchronous import AsyncSchedule, StalenessWeight
@@ -108,6 +111,7 @@ def _name(target: Callable[..., Any]) -> str:
 
 PURPOSE_PARTITION = 3
 PURPOSE_HOLDOUT = 10
+PURPOSE_TEST_SPLIT = 18  # users' data without a test split: the rows held out
 MAX_PARAMETERS = 1 << 28  # 1 GiB a float32 copy; params, grads and optimiser state take several
 
 
@@ -119,7 +123,18 @@ def build_population(data: DataConfig, seed: int) -> SyntheticClients | None:
 
 
 def build_dataset(data: DataConfig, seed: int) -> Dataset:
-    """The driver's dataset; with generated populations only the server test set is held."""
+    """The driver's dataset, its inputs normalised as ``data.normalize`` says; with
+    generated populations only the server test set is held."""
+    dataset = normalized(_read_dataset(data, seed), data.normalize)
+    if data.augment != "none" and len(dataset.input_shape) != 3:
+        raise DataError(
+            f"data.augment: {show(data.augment)} crops and flips (N, C, H, W) images; "
+            f"{dataset.name}'s inputs are {dataset.input_shape}"
+        )
+    return dataset
+
+
+def _read_dataset(data: DataConfig, seed: int) -> Dataset:
     population = build_population(data, seed)
     if population is not None:
         x_test, y_test = population.server_test_set(data.num_clients)
@@ -130,6 +145,8 @@ def build_dataset(data: DataConfig, seed: int) -> Dataset:
         )  # fmt: skip
     if data.dataset == "digits":
         return load_digits(seed=seed, test_fraction=data.test_fraction)
+    if data.dataset in USER_DATASETS:
+        return _user_dataset(data, seed)
     if data.dataset != "synthetic":
         return _file_dataset(data)
     return from_section(
@@ -138,19 +155,60 @@ def build_dataset(data: DataConfig, seed: int) -> Dataset:
     )  # fmt: skip
 
 
-def _file_dataset(data: DataConfig) -> Dataset:
-    """A dataset read from ``data.root``; LEAF data keeps its first ``num_clients``
-    writers / roles when partitioned naturally."""
-    from clients.data import leaf, vision
+def _user_dataset(data: DataConfig, seed: int) -> Dataset:
+    """Users' own data: arrays from ``data.loader`` (its code runs here), or a file format
+    under ``data.root``; natural clients keep the first ``num_clients`` of them."""
+    from clients.data import formats
 
+    rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_TEST_SPLIT]))
+    if data.dataset == "arrays":
+        where = f"data.loader {data.loader}"
+        splits = formats.load_from_code(resolve(data.loader, "data.loader"), data.loader)
+    else:
+        root = data_root(data)
+        where = str(root)
+        columns = formats.Columns(tuple(data.features), data.label, data.client_column)
+        try:
+            if data.dataset == "npz":
+                splits = formats.load_npz(root)
+            elif data.dataset == "image_folder":
+                splits = formats.load_image_folder(root)
+            elif data.dataset == "hf_disk":
+                splits = formats.load_hf_disk(root, columns)
+            else:
+                splits = formats.load_table(root, data.dataset, columns)
+        except OSError as exc:
+            where = exc.filename or root
+            raise DataError(f"data.root {root}: cannot use {where}: {exc.strerror or exc}") from None
+    dataset = formats.assemble(data.dataset, *splits, rng, data.test_fraction)
+    if data.partition != "natural":
+        return dataset
+    if dataset.train_owner is None:
+        raise DataError(
+            f"data.partition: natural, but {where} gives no client ids "
+            "(client_train / client arrays, or data.client_column)"
+        )
+    return first_clients(dataset, data.num_clients, where)
+
+
+def data_root(data: DataConfig) -> Path:
+    """``data.root`` with ``~`` expanded; one error when no home folder is known for it."""
     try:
-        root = Path(data.root).expanduser()
+        return Path(data.root).expanduser()
     except RuntimeError:  # ~name of no user on this machine (pathlib: "could not determine home")
         user = data.root.split("/", 1)[0]
         raise DataError(
             f"data.root: {show(data.root)} starts with {show(user)}, but this machine has no home "
             "directory for it; give the folder's full path"
         ) from None
+
+
+def _file_dataset(data: DataConfig) -> Dataset:
+    """A dataset read from ``data.root``; LEAF data keeps its first ``num_clients``
+    writers / roles when partitioned naturally."""
+    from clients.data import leaf, vision
+
+    root = data_root(data)
     if root.exists() and not root.is_dir():
         raise DataError(f"data.root: {root} is a file, not a folder holding the dataset")
     try:
@@ -168,7 +226,7 @@ def _file_dataset(data: DataConfig) -> Dataset:
         raise DataError(f"data.root {root}: cannot use {where}: {exc.strerror or exc}") from None
 
 
-def first_clients(dataset: Dataset, count: int, root: Path) -> Dataset:
+def first_clients(dataset: Dataset, count: int, root: Path | str) -> Dataset:
     """The rows of natural clients 0..count-1 (train and test)."""
     available = len(np.unique(dataset.train_owner))  # loaders index training users first
     if count > available:
@@ -307,6 +365,7 @@ def build_plan(cfg: Config, aggregation: Aggregation, spec: ModelSpec) -> Client
         postprocess=postprocess,
         track_gradients=cfg.client.track_gradients,
         personal=build_personal_plan(cfg, spec),
+        augment=Augmentation.of(cfg.data.augment, cfg.data.crop_padding),
     )
 
 

@@ -64,6 +64,16 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "data.num_clients": 4, "server.clients_per_round": 2, "model.name": "charlstm",
         "model.embedding_dim": 2, "model.lstm_hidden": 4, "model.lstm_layers": 1,
     },
+    # Users' own data: a CSV folder (features f0..f3, two label and two writer columns),
+    # and arrays from code (loaders below).
+    "csv": {"data.dataset": "csv", "data.root": "{csv}", "data.features": ["f0", "f1", "f2", "f3"]},
+    "csv_natural": {
+        "data.dataset": "csv", "data.root": "{csv}", "data.features": ["f0", "f1", "f2", "f3"],
+        "data.client_column": "writer", "data.partition": "natural", "data.num_clients": 6,
+        "server.clients_per_round": 3,
+    },
+    "arrays": {"data.dataset": "arrays", "data.loader": "tests.key_effects:tiny_arrays"},
+    "augment_crop": {"data.augment": "crop"},
     "mlp2": {"model.hidden": [8, 8]},
     "cnn": {"model.name": "cnn", "model.conv_channels": [2, 2], "model.fc_width": 8},
     "fedsgd": {"server.update": "gradients", "server.lr": 0.5, "client.batch_size": 20},
@@ -153,6 +163,13 @@ ROWS = [
     Row("data.synthetic.num_features", 30, "trains", "synthetic"),
     Row("data.synthetic.num_classes", 5, "trains", "synthetic"),
     Row("data.synthetic.samples_per_device", 30, "trains", "synthetic"),
+    Row("data.loader", "tests.key_effects:other_tiny_arrays", "trains", "arrays"),
+    Row("data.features", ["f0", "f1"], "trains", "csv"),
+    Row("data.label", "label2", "trains", "csv"),
+    Row("data.client_column", "writer2", "trains", "csv_natural"),
+    Row("data.normalize", "standard", "trains"),
+    Row("data.augment", "flip", "trains"),
+    Row("data.crop_padding", 2, "trains", "augment_crop"),
     # model
     Row("model.name", "logreg", "trains"),
     Row("model.engine", "numpy", "rounding"),
@@ -304,6 +321,45 @@ def write_leaf_roots(tmp: Path) -> dict[str, str]:
             _write_shard(root / "shakespeare" / "data" / split / "0.json", plays)
         roots[name] = str(root)
     return roots
+
+
+def write_data_roots(tmp: Path) -> dict[str, str]:
+    """A CSV folder (train.csv, test.csv) for the users' data contexts: {"csv": ...}."""
+    root = tmp / "csv"
+    root.mkdir(parents=True, exist_ok=True)
+    for split, count, seed in (("train", 120, 1), ("test", 30, 2)):
+        x, y = _tiny(count, seed)
+        rows = ["f0,f1,f2,f3,label,label2,writer,writer2"]
+        rows += [
+            ",".join(
+                [*(f"{v:.4f}" for v in row), str(label), str((label + i) % 3), f"w{i % 6}", f"v{i % 7 % 6}"]
+            )
+            for i, (row, label) in enumerate(zip(x, y, strict=True))
+        ]
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return {"csv": str(root)}
+
+
+def _tiny(count: int, seed: int) -> tuple:
+    """x (count, 4) float32 with the class in its first features, y (count,) in 0..2."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(count) % 3
+    x = rng.normal(0, 0.5, (count, 4)).astype(np.float32)
+    x[np.arange(count), y] += 1.5
+    return x, y
+
+
+def tiny_arrays() -> dict:
+    """data.loader of the "arrays" context: a held-out test split of its own."""
+    (x, y), (xt, yt) = _tiny(120, 3), _tiny(30, 4)
+    return {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}
+
+
+def other_tiny_arrays() -> tuple:
+    (x, y), (xt, yt) = _tiny(120, 5), _tiny(30, 6)
+    return x, y, xt, yt
 
 
 def _write_shard(path: Path, user_data: dict) -> None:

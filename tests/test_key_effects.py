@@ -20,7 +20,7 @@ import torch
 from simulator import Simulation
 from simulator.workers import reuse_workers
 from tests.conftest import ROOT
-from tests.key_effects import ROUNDING_ATOL, ROWS, WORKER_KEYS, Row, write_leaf_roots
+from tests.key_effects import ROUNDING_ATOL, ROWS, WORKER_KEYS, Row, write_data_roots, write_leaf_roots
 from tests.test_tracking import RecordingMlflow
 
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -74,6 +74,7 @@ def test_every_key_changes_the_model_exactly_when_it_should(ray_cluster, tmp_pat
     monkeypatch.setitem(sys.modules, "mlflow", RecordingMlflow())  # runtime.mlflow needs the package
     paths = {
         **write_leaf_roots(tmp_path),
+        **write_data_roots(tmp_path),
         "tmp": str(tmp_path),
         "address": ray_cluster.get_runtime_context().gcs_address,
     }

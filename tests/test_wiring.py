@@ -30,7 +30,7 @@ from simulator.config import (
 )
 from simulator.setup import build_run, from_section, section_kwargs
 from tests.conftest import ROOT
-from tests.key_effects import CONTEXTS, ROWS, Row, validate_keys, write_leaf_roots
+from tests.key_effects import CONTEXTS, ROWS, Row, validate_keys, write_data_roots, write_leaf_roots
 
 DEFAULT = ROOT / "configs" / "default.yaml"
 
@@ -64,7 +64,7 @@ def reads_of_build_run(cfg: Config) -> set[str]:
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("wiring")
-    return {**write_leaf_roots(tmp), "tmp": str(tmp), "address": "auto"}
+    return {**write_leaf_roots(tmp), **write_data_roots(tmp), "tmp": str(tmp), "address": "auto"}
 
 
 def test_every_key_fedsim_validate_prints_has_exactly_one_row():

@@ -114,7 +114,7 @@ def load_digits(seed: int, test_fraction: float) -> Dataset:
     _check_fraction(test_fraction)
     pixels, labels = _digits_arrays()
     images = (pixels.reshape(-1, 8, 8) / DIGITS_MAX_PIXEL).astype(np.float32)[:, None, :, :]
-    test_mask = _stratified_test_mask(labels, test_fraction, np.random.default_rng(seed))
+    test_mask = stratified_test_mask(labels, test_fraction, np.random.default_rng(seed))
     return Dataset(
         name="digits",
         x_train=np.ascontiguousarray(images[~test_mask]),
@@ -146,7 +146,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return bunch.data, bunch.target.astype(np.int64)
 
 
-def _stratified_test_mask(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
+def stratified_test_mask(labels: np.ndarray, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """(N,) bool, True for the rows held out: a shuffled share of each class."""
     test_mask = np.zeros(labels.shape, dtype=bool)
     for label in np.unique(labels):

@@ -314,7 +314,7 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     """Keras' layout: uint8 x_train (N, 28, 28), y_train (N,), x_test, y_test; never unpickled,
     and each array's .npy header checked against its stored size before numpy allocates it."""
     try:
-        _check_npz_headers(path)
+        check_npz_headers(path, NPZ_ARRAYS)
         with np.load(path, allow_pickle=False) as archive:
             x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_ARRAYS)
     except (
@@ -336,15 +336,16 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return x_train, y_train, x_test, y_test
 
 
-def _check_npz_headers(path: Path) -> None:
-    """Each needed member's .npy header must describe exactly the bytes the member holds,
-    and at most MAX_ARRAY_BYTES: a header claiming 10^12 rows is refused unallocated."""
+def check_npz_headers(path: Path, keys: tuple[str, ...]) -> None:
+    """Each member ``keys`` names must be there, and its .npy header must describe exactly
+    the bytes the member holds, at most MAX_ARRAY_BYTES: a header claiming 10^12 rows is
+    refused unallocated."""
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
-        missing = [key for key in NPZ_ARRAYS if f"{key}.npy" not in names]
+        missing = [key for key in keys if f"{key}.npy" not in names]
         if missing:
-            raise DataError(f"{path}: missing arrays {missing}; expected {list(NPZ_ARRAYS)}")
-        for key in NPZ_ARRAYS:
+            raise DataError(f"{path}: missing arrays {missing}; expected {list(keys)}")
+        for key in keys:
             info = archive.getinfo(f"{key}.npy")
             with archive.open(info) as member:
                 version = np.lib.format.read_magic(member)
