@@ -14,6 +14,10 @@ class ConfigError(FedsimError):
     """A config file, key or value is not acceptable."""
 
 
+class ModelError(ConfigError):
+    """The model a config names cannot be imported or built, or does not fit the data."""
+
+
 class DataError(FedsimError):
     """A dataset is missing, malformed or cannot be partitioned as asked."""
 

@@ -141,7 +141,7 @@ def train_client(
 def smallest_batch(model) -> int:
     """The fewest rows a training batch may have: batch norm cannot normalise one sample by
     its own statistics, so under it a (last) batch of one is skipped, in every kind of pass."""
-    return 2 if any(layer.kind == "batchnorm" for layer in model.spec.layers) else 1
+    return 2 if model.spec.has_batchnorm() else 1
 
 
 class Freeze:

@@ -35,8 +35,9 @@ from clients.data.datasets import SyntheticClients
 from clients.data.transforms import Augmentation, Augmenter
 from clients.devices import worker_device
 from clients.errors import ClientFailure, FedsimError
+from clients.models.arrays import to_numpy
 from clients.models.engines import build_model
-from clients.models.spec import ModelSpec
+from clients.models.spec import BUFFER_POLICIES, ModelSpec
 from clients.personalization import (
     PURPOSE_FINETUNE,
     PURPOSE_PERSONAL,
@@ -87,10 +88,16 @@ class ClientPlan:
     track_gradients: bool = False
     personal: PersonalPlan | None = None  # FedPer, FedRep, FedBN or Ditto
     augment: Augmentation | None = None  # crops / flips of training batches (data.augment)
+    # A module model's buffers: each client starts from the global ones, which the server
+    # averages from the clients' by samples ("average"), from its own kept ones ("local"),
+    # or from their initial values ("reset").
+    buffers: str = "average"
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS or self.weighting not in WEIGHTINGS:
             raise ValueError(f"reduction must be in {REDUCTIONS} and weighting in {WEIGHTINGS}")
+        if self.buffers not in BUFFER_POLICIES:
+            raise ValueError(f"buffers must be in {BUFFER_POLICIES}, got {self.buffers!r}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ class RoundInput:
     server_control: np.ndarray | None = None
     client_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     mask: np.ndarray | None = None  # (n,) bool pruning mask broadcast with the model
+    buffers: np.ndarray | None = None  # (m,) the global model's buffers (module models with any)
     # Asynchronous runs: a group's clients were dispatched at its own event, which keys
     # their draws in place of the round (group index -> event).
     group_rounds: dict[int, int] = field(default_factory=dict)
@@ -138,6 +146,10 @@ class GroupResult:
     control_delta_sum: np.ndarray | None = None  # SCAFFOLD: sum of c_i+ - c_i
     new_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # distinct warnings its clients raised, "Category: message"
+    # model.buffers: average: (m,) float32 sum of n_i * b_i (buffers after training) over
+    # accepted clients, in client-id order, and the sum of their n_i.
+    buffer_sum: np.ndarray | None = None
+    buffer_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,8 @@ class _GroupAccumulator:
         self.weight_total = 0.0
         self.flow_sum: np.ndarray | None = None
         self.control_sum: np.ndarray | None = None
+        self.buffer_sum: np.ndarray | None = None
+        self.buffer_weight = 0.0
 
     def add(self, update: np.ndarray, num_samples: int) -> None:
         weight = 1.0 if self.uniform else float(num_samples)
@@ -187,6 +201,12 @@ class _GroupAccumulator:
         if flow is not None:
             weighted = num_samples * flow
             self.flow_sum = weighted if self.flow_sum is None else self.flow_sum + weighted
+
+    def add_buffers(self, buffers: np.ndarray, num_samples: int) -> None:
+        if self.buffer_sum is None:
+            self.buffer_sum = np.zeros(buffers.size, np.float32)
+        add_weighted(self.buffer_sum, buffers, float(num_samples))
+        self.buffer_weight += num_samples
 
     def add_control_delta(self, delta: np.ndarray) -> None:
         self.control_sum = delta.copy() if self.control_sum is None else self.control_sum + delta
@@ -223,8 +243,11 @@ class ClientWorker:
         self.unload()
         self.model = build_model(spec, engine, device=self.device)
         self.model.track_gradients = plan.track_gradients
-        self.has_dropout = any(layer.kind == "dropout" for layer in spec.layers)
+        # A module model may draw from torch's generator anywhere (dropout, stochastic depth).
+        self.has_dropout = spec.source is not None or any(layer.kind == "dropout" for layer in spec.layers)
         self.has_batch_stats = any(layer.args.get("batch_stats") for layer in spec.layers)
+        self.buffer_size = spec.buffer_layout().size  # a module model's float buffers (m,)
+        self.has_buffers = self.buffer_size > 0
         self.x, self.y = x_train, y_train
         flips = plan.attack is not None and plan.attack.kind == "label_flip"
         self.y_flipped = flip_labels(y_train, spec.num_classes) if flips else None
@@ -274,6 +297,7 @@ class ClientWorker:
         new_states: dict[int, dict[str, np.ndarray]] = {}
         for i, cid in enumerate(int(c) for c in client_ids):
             state = inputs.client_states.get(cid, {})
+            self._start_buffers(inputs.buffers, state)
             result, personal_state = self._train_one(global_params, inputs, cid, state)
             sizes[i], losses[i] = result.num_samples, result.train_loss
             update, norm, cid_state = self._client_update(result, global_params, inputs, state)
@@ -288,6 +312,7 @@ class ClientWorker:
             )
             acc.add(processed.update, result.num_samples)
             acc.add_flow(result.flow, result.num_samples)
+            self._keep_buffers(acc, cid_state, result.num_samples)
             if "control_delta" in cid_state:
                 acc.add_control_delta(cid_state.pop("control_delta"))
             if cid_state:
@@ -295,15 +320,42 @@ class ClientWorker:
         return GroupResult(
             group_index, np.asarray(client_ids), sizes, losses, accepted, norms, bytes_up, acc.weight_total,
             acc.total, _stack(acc.stacked), np.asarray(acc.stacked_weights),
-            acc.flow_sum, acc.control_sum, new_states,
+            acc.flow_sum, acc.control_sum, new_states, buffer_sum=acc.buffer_sum,
+            buffer_weight=acc.buffer_weight,
         )  # fmt: skip
+
+    def _start_buffers(self, global_buffers: np.ndarray | None, state: dict, policy: str = "") -> None:
+        """Set the model's buffers (m,) to what the next client starts from, per ``policy``
+        (default: the plan's): the global ones ("average"; ``global_buffers``, initial ones
+        when None), the client's own kept ones ("local"; initial ones the first time), or
+        the initial ones ("reset")."""
+        if not self.has_buffers:
+            return
+        policy, initial = policy or self.plan.buffers, self.model.initial_buffers
+        if policy == "local":
+            self.model.load_buffers(state.get("buffers", initial))
+        else:
+            use_initial = policy == "reset" or global_buffers is None
+            self.model.load_buffers(initial if use_initial else global_buffers)
+
+    def _keep_buffers(self, acc: _GroupAccumulator, new_state: dict, num_samples: int) -> None:
+        """After an accepted client: its buffers join the group's sum ("average") or its
+        state ("local")."""
+        if not self.has_buffers or self.plan.buffers == "reset":
+            return
+        buffers = to_numpy(self.model.buffers).copy()
+        if self.plan.buffers == "local":
+            new_state["buffers"] = buffers
+        else:
+            acc.add_buffers(buffers, num_samples)
 
     def _bytes_up(self, sent: int, size: int) -> int:
         """What a client uploads: its (processed) update, less what a personalized client
         keeps when the update travels dense, plus SCAFFOLD's control-variate change."""
         if self.plan.personal is not None and sent == 4 * size:
             sent -= self.plan.personal.kept_bytes
-        return sent + (4 * size if self.plan.scaffold else 0)
+        averaged = self.buffer_size if self.plan.buffers == "average" else 0
+        return sent + (4 * size if self.plan.scaffold else 0) + 4 * averaged
 
     def _client_update(self, result: ClientResult, global_params, inputs: RoundInput, state: dict):
         """The update the client sends (after any attack), its L2 norm and the client's new
@@ -363,30 +415,41 @@ class ClientWorker:
         states: dict[int, dict[str, np.ndarray]] | None = None,
         finetune_steps: int = 0,
         round_: int = 0,
+        buffers: np.ndarray | None = None,
     ) -> list[tuple[int, dict[str, np.ndarray]]]:
         """Federated evaluation: per group, (index, columns), each column (k,) in client
         order: ``client``, ``num_samples`` (held out), ``loss`` (summed) and ``correct`` of
         the global model; with personalization, ``personal_loss`` / ``personal_correct``
         of each client's own model (nan / -1 for a client with no state yet); with
         ``finetune_steps``, ``finetuned_loss`` / ``finetuned_correct`` of the global model
-        after that many local steps on the client's training rows."""
+        after that many local steps on the client's training rows. ``buffers`` (m,): the
+        global model's buffers (module models; None: their initial values); a client's own
+        model evaluates with its own kept buffers when it has any ("local")."""
         states = states or {}
         out = []
         for index, client_ids in groups:
-            columns = _EvalColumns(len(client_ids), self.plan.personal is not None, finetune_steps > 0)
+            columns = _EvalColumns(len(client_ids), self._has_own_models(), finetune_steps > 0)
             for i, cid in enumerate(int(c) for c in client_ids):
                 x, y = self._held_out_data(cid)
                 if not len(y):
                     continue
+                self._start_buffers(buffers, {}, policy="average")
                 columns.set(i, "", self._evaluated(global_params, cid, x, y, batch_size))
                 if cid in states:
-                    mine = self.plan.personal.personal_model(global_params, states[cid])
+                    personal = self.plan.personal
+                    mine = personal.personal_model(global_params, states[cid]) if personal else global_params
+                    self._start_buffers(buffers, states[cid])
                     columns.set(i, "personal_", self._evaluated(mine, cid, x, y, batch_size))
                 if finetune_steps:
+                    self._start_buffers(buffers, {}, policy="average")
                     tuned = self._finetuned(global_params, cid, finetune_steps, round_)
                     columns.set(i, "finetuned_", self._evaluated(tuned, cid, x, y, batch_size))
             out.append((index, {"client": np.asarray(client_ids), **columns.arrays}))
         return out
+
+    def _has_own_models(self) -> bool:
+        """Whether clients hold models of their own: personalization, or kept buffers."""
+        return self.plan.personal is not None or (self.has_buffers and self.plan.buffers == "local")
 
     def _evaluated(self, params: np.ndarray, client_id: int, x: np.ndarray, y: np.ndarray, batch_size: int):
         """``params`` on a client's held-out (x, y). Batch-statistics norm layers normalise

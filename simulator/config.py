@@ -27,7 +27,14 @@ from clients.data.transforms import AUGMENTATIONS, NORMALIZATIONS
 from clients.devices import DEVICES
 from clients.errors import ConfigError
 from clients.models.engines import ENGINES
-from clients.models.spec import ACTIVATION_KINDS, MODEL_NAMES, ModelSpec, build_spec
+from clients.models.spec import (
+    ACTIVATION_KINDS,
+    BUFFER_POLICIES,
+    MODEL_NAMES,
+    MODULE_MODEL,
+    ModelSpec,
+    build_spec,
+)
 from clients.user_code import check_target
 from server.asynchronous import STALENESS_KINDS
 from simulator import yaml_input
@@ -38,7 +45,7 @@ DATASETS = (*BUILT_IN_DATASETS, *USER_DATASETS)
 NATURAL_DATASETS = ("synthetic", "femnist", "shakespeare")  # datasets whose clients are given
 TEXT_DATASETS = ("shakespeare",)
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
-MODELS = MODEL_NAMES
+MODELS = (*MODEL_NAMES, MODULE_MODEL)
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "femnist")
 IMAGE_USER_DATASETS = ("arrays", "npz", "image_folder", "hf_disk")  # may hold (N, C, H, W) images
 ACTIVATIONS = ACTIVATION_KINDS
@@ -121,7 +128,19 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _field("mlp", "architecture", MODELS)
+    name: str = _field("mlp", "architecture; module = your own torch nn.Module (model.factory)", MODELS)
+    factory: str | None = _field(
+        None,
+        "module: 'package.module:callable' returning a torch.nn.Module, built under torch seeded from "
+        "the run's seed (importing it runs its code when the run starts)",
+    )
+    kwargs: dict[str, Any] = _field({}, "module: keyword arguments of the factory")
+    buffers: str = _field(
+        "average",
+        "a module model's buffers (batch-norm running statistics): average (sample-weighted with "
+        "the update), local (kept per client, as FedBN does), reset (re-initialised every round)",
+        BUFFER_POLICIES,
+    )
     engine: str = _field(
         "torch", "backpropagation engine: torch, or numpy (fedsim's chain-rule engine)", ENGINES
     )
@@ -452,6 +471,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if value is None:
             return None
         raise _bad_type(path, value, tp)
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
+            raise ConfigError(f"{path}: {show(value)} is not allowed; expected a mapping of keyword names")
+        return dict(value)
     if typing.get_origin(tp) is list:
         if not isinstance(value, (list, tuple)):
             raise _bad_type(path, value, tp)
@@ -585,7 +608,8 @@ def validate(cfg: Config) -> Config:
     _validate_server(s, d.num_clients)
     _validate_pipeline(c, s, d.num_clients)
     p = c.personalization
-    if p.method in ("fedper", "fedrep", "fedbn"):
+    if p.method in ("fedper", "fedrep", "fedbn") and cfg.model.name != MODULE_MODEL:
+        # A module model's layers are known once its code runs: checked when the run is built.
         personal_layer_names(layer_spec(cfg.model), p.method, p.personal_layers)
     _check_batch_norm_batches(cfg.model, c, s)
     _require(r.workers is None or r.workers >= 1, "runtime.workers", r.workers, "null or >= 1")
@@ -785,6 +809,7 @@ def _is_run_name(name: str) -> bool:
 
 
 def _validate_model(m: ModelConfig) -> None:
+    _validate_module(m)
     if m.batchnorm and (m.name != "mlp" or m.residual):
         raise ConfigError(
             f"model.batchnorm: true is for the plain mlp; model.name is {show(m.name)}"
@@ -807,6 +832,30 @@ def _validate_model(m: ModelConfig) -> None:
     )
     for key in ("embedding_dim", "lstm_hidden", "lstm_layers"):
         _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+
+
+def _validate_module(m: ModelConfig) -> None:
+    """A module model's keys, checked without importing anything: the factory's syntax."""
+    if m.name != MODULE_MODEL:
+        for key in ("factory", "kwargs"):
+            if getattr(m, key):
+                raise ConfigError(
+                    f"model.{key}: {show(getattr(m, key))} is for model.name: module; "
+                    f"model.name {show(m.name)} does not read it"
+                )
+        if m.buffers != "average":
+            raise ConfigError(
+                f"model.buffers: {show(m.buffers)} acts on a module model's buffers; model.name "
+                f"{show(m.name)} keeps none (its batch norm normalises by each batch's own statistics)"
+            )
+        return
+    if m.factory is None:
+        raise ConfigError("model.name: 'module' needs model.factory ('package.module:callable')")
+    check_target(m.factory, "model.factory")
+    if m.engine != "torch":
+        raise ConfigError(
+            f"model.engine: {show(m.engine)} cannot run a module model (a torch nn.Module); use torch"
+        )
 
 
 def layer_spec(m: ModelConfig) -> ModelSpec:
@@ -892,7 +941,7 @@ def _validate_model_fits_data(m: ModelConfig, d: DataConfig) -> None:
             f"model.name: {m.name!r} needs image inputs; data.dataset {d.dataset!r} is not an image "
             f"dataset (image datasets: {', '.join(IMAGE_DATASETS)})"
         )
-    if (m.name == "charlstm") != (d.dataset in TEXT_DATASETS):
+    if m.name != MODULE_MODEL and (m.name == "charlstm") != (d.dataset in TEXT_DATASETS):
         raise ConfigError(
             f"model.name: {m.name!r} does not fit data.dataset {d.dataset!r}: text datasets "
             f"({', '.join(TEXT_DATASETS)}) need model.name: charlstm, and charlstm needs one of them"

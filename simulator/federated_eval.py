@@ -44,15 +44,18 @@ def evaluate_clients(
     held_out: np.ndarray | None,
     states: dict[int, dict[str, np.ndarray]] | None = None,
     round_: int = 0,
+    buffers: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the evaluation on the workers: the columns of ``ClientWorker.evaluate_groups``
     over ``clients``, each (k,) in client order. ``held_out``: every client's held-out
     sample count, which balances the workers (None: generated clients, all alike);
-    ``states``: the evaluated clients' personal state (personalized runs)."""
+    ``states``: the evaluated clients' personal state (personalized runs); ``buffers``:
+    the global model's buffers (a module model's, when it has any)."""
     groups, fe, states = cfg.runtime.reduction_groups, cfg.server.federated_eval, states or {}
 
     def own_states(ids: np.ndarray) -> tuple:  # a task carries its own clients' state only
-        return ({int(c): states[int(c)] for c in ids if int(c) in states}, fe.finetune_steps, round_)
+        own = {int(c): states[int(c)] for c in ids if int(c) in states}
+        return (own, fe.finetune_steps, round_, buffers)
 
     parts = map_groups(
         pool, params, clients, groups, "evaluate_groups", cfg.server.eval_batch_size,

@@ -38,8 +38,12 @@ class ServerState:
         accountant: PrivacyAccountant | None = None,
         pruning: PruningSchedule | None = None,
         num_clients: int = 1,
+        buffers: np.ndarray | None = None,
     ):
         self.params = params
+        # (m,) a module model's global buffers (float32; empty when it has none): averaged
+        # from the clients' by samples under model.buffers average, else the initial ones.
+        self.buffers = np.zeros(0, np.float32) if buffers is None else buffers
         self.layout = layout
         self.seed = seed
         self.plan = plan
@@ -59,7 +63,8 @@ class ServerState:
 
     def round_input(self, round_: int, client_ids) -> RoundInput:
         states = {int(c): self.client_states[int(c)] for c in client_ids if int(c) in self.client_states}
-        return RoundInput(round_, self.clip_norm(), self.server_control, states, self.mask)
+        buffers = self.buffers if self.buffers.size else None
+        return RoundInput(round_, self.clip_norm(), self.server_control, states, self.mask, buffers=buffers)
 
     def step(self, round_: int, results: list) -> dict[str, Any]:
         """Aggregate, add noise, step the optimiser and update all state; returns metrics."""
@@ -72,6 +77,7 @@ class ServerState:
         if aggregate is not None:
             self._apply(aggregate, metrics)
         self._update_client_state(results)
+        self._average_buffers(results)
         metrics.update(self._clip_metrics(results, clip_norm))
         if self.accountant is not None:
             metrics["epsilon"] = self.accountant.epsilon(round_)
@@ -104,6 +110,14 @@ class ServerState:
                 self.server_control = (
                     self.server_control + np.sum(deltas, axis=0) / self.num_clients
                 ).astype(np.float32)
+
+    def _average_buffers(self, results: list) -> None:
+        """model.buffers average: the global buffers become the sample-weighted mean of the
+        accepted clients' (group sums added in group order); kept when none was accepted."""
+        sums = [r.buffer_sum for r in results if getattr(r, "buffer_sum", None) is not None]
+        weight = sum(r.buffer_weight for r in results if getattr(r, "buffer_sum", None) is not None)
+        if sums and weight > 0:
+            self.buffers = (np.sum(sums, axis=0, dtype=np.float64) / weight).astype(np.float32)
 
     def _clip_metrics(self, results: list, clip_norm: float | None) -> dict[str, Any]:
         if not results:
@@ -158,6 +172,8 @@ class ServerState:
             out["server_control"] = self.server_control
         if self.mask is not None:
             out["mask"] = self.mask.astype(np.uint8)
+        if self.buffers.size:
+            out["buffers"] = self.buffers
         for cid, state in self.client_states.items():
             out.update({f"client.{cid}.{key}": value for key, value in state.items()})
         return out
@@ -173,6 +189,8 @@ class ServerState:
             self.server_control = arrays["server_control"]
         if "mask" in arrays:
             self.mask = arrays["mask"].astype(bool)
+        if "buffers" in arrays:
+            self.buffers = arrays["buffers"]
         for key, value in section("client.").items():
             cid, name = key.split(".", 1)
             self.client_states.setdefault(int(cid), {})[name] = value

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from clients.attacks import Attack, malicious_clients
 from clients.data.datasets import Dataset, SyntheticClients, load_digits, make_synthetic
@@ -31,8 +32,10 @@ from clients.data.partition import (
     shards_partition,
 )
 from clients.data.transforms import Augmentation, normalized
-from clients.errors import ConfigError, DataError
-from clients.models.spec import ModelSpec, build_spec, init_params
+from clients.errors import ConfigError, DataError, ModelError
+from clients.models.engines import initial_state
+from clients.models.module_model import build_module, check_fits, module_spec
+from clients.models.spec import MODULE_MODEL, ModelSpec, build_spec
 from clients.personalization import PersonalPlan
 from clients.training import LocalTrainingConfig
 from clients.user_code import resolve
@@ -287,16 +290,36 @@ def client_splits(dataset: Dataset, cfg: Config) -> ClientSplits:
     return ClientSplits(*holdout_split(parts, fe.holdout, rng))
 
 
-def build_model_spec(model: ModelConfig, dataset: Dataset) -> ModelSpec:
+def build_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None = None) -> ModelSpec:
     """The model for this data; refused before anything is allocated when it has more
-    than MAX_PARAMETERS (workers keep several vectors of that length each)."""
-    spec = from_section(build_spec, model, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    than MAX_PARAMETERS (workers keep several vectors of that length each). A module
+    model (``seed``: the run's, which its initial weights are built from) runs the user's
+    factory here, and is refused unless it maps the data's inputs to one logit per class."""
+    if model.name == MODULE_MODEL:
+        spec = _module_model_spec(model, dataset, seed)
+    else:
+        shape, classes = dataset.input_shape, dataset.num_classes
+        spec = from_section(build_spec, model, input_shape=shape, num_classes=classes)
     size = spec.layout().size
     if size > MAX_PARAMETERS:
         raise ConfigError(
             f"model: {model.name} on {dataset.name} has {size:,} parameters ({size * 4 / 2**30:.1f} GiB "
             f"a copy); at most {MAX_PARAMETERS:,}: lower model.hidden / conv_channels / fc_width / lstm_*"
         )
+    return spec
+
+
+def _module_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None) -> ModelSpec:
+    if seed is None:
+        raise ValueError("a module model's spec needs the run's seed")
+    tokens = dataset.x_test.dtype.kind in "iu"
+    spec = module_spec(
+        model.factory, model.kwargs, seed, dataset.input_shape, dataset.num_classes,
+        "int64" if tokens else "float32",
+    )  # fmt: skip
+    probe = torch.from_numpy(np.ascontiguousarray(dataset.x_test[:2]))
+    probe = probe.long() if tokens else probe
+    check_fits(build_module(spec.source), probe, dataset.num_classes, model.factory)
     return spec
 
 
@@ -339,12 +362,26 @@ def build_personal_plan(cfg: Config, spec: ModelSpec) -> PersonalPlan | None:
 def personal_entries(spec: ModelSpec, method: str, names: list[str]) -> np.ndarray:
     """(n,) bool: the parameters of the layers a client keeps: the batch-norm layers
     (fedbn), or ``names`` (default: the output layer); see ``personal_layer_names``."""
-    names = personal_layer_names(spec, method, names)
     layout = spec.layout()
     keep = np.zeros(layout.size, bool)
+    if method == "fedbn" and spec.source is not None:
+        return _module_norm_entries(spec, keep)
+    names = personal_layer_names(spec, method, names)
     for slot in layout:
         if slot.name.split(".", 1)[0] in names:
             keep[slot.offset : slot.stop] = True
+    return keep
+
+
+def _module_norm_entries(spec: ModelSpec, keep: np.ndarray) -> np.ndarray:
+    """fedbn on a module model: the parameters of its batch-norm layers, wherever they sit."""
+    norm = {name for layer in spec.layers for name in layer.args["norm_params"]}
+    if not norm:
+        raise ConfigError(
+            "client.personalization.method: 'fedbn' keeps batch-norm layers local; the model has none"
+        )
+    for slot in spec.layout():
+        keep[slot.offset : slot.stop] |= slot.name in norm
     return keep
 
 
@@ -365,8 +402,27 @@ def build_plan(cfg: Config, aggregation: Aggregation, spec: ModelSpec) -> Client
         postprocess=postprocess,
         track_gradients=cfg.client.track_gradients,
         personal=build_personal_plan(cfg, spec),
+        buffers=_buffer_policy(cfg, spec),
         augment=Augmentation.of(cfg.data.augment, cfg.data.crop_padding),
     )
+
+
+def _buffer_policy(cfg: Config, spec: ModelSpec) -> str:
+    """model.buffers, refused where averaging a module model's buffers cannot be done
+    faithfully: asynchronous arrivals (one at a time), or DP (the statistics would leak
+    what the noise hides)."""
+    policy, s = cfg.model.buffers, cfg.server
+    if policy != "average" or not spec.buffer_layout().size:
+        return policy
+    names = ", ".join(slot.name for slot in list(spec.buffer_layout())[:3])
+    refusals = ((s.mode == "async", "server.mode: async"), (s.privacy.noise_multiplier > 0, "DP noise"))
+    for refused, why in refusals:
+        if refused:
+            raise ModelError(
+                f"model.buffers: 'average' is not supported with {why}; the model's buffers ({names}, ...) "
+                "would be averaged outside it: use model.buffers local or reset"
+            )
+    return policy
 
 
 def _attack(cfg: Config) -> Attack | None:
@@ -400,8 +456,11 @@ def _accountant(cfg: Config) -> PrivacyAccountant | None:
     )  # fmt: skip
 
 
-def build_server_state(cfg: Config, params: np.ndarray, spec: ModelSpec) -> ServerState:
-    """A fresh server (optimiser moments, clip norm, control variates, ...) at ``params``."""
+def build_server_state(
+    cfg: Config, params: np.ndarray, spec: ModelSpec, buffers: np.ndarray | None = None
+) -> ServerState:
+    """A fresh server (optimiser moments, clip norm, control variates, ...) at ``params``
+    (and a module model's ``buffers`` (m,), when it has any)."""
     s = cfg.server
     aggregation = build_aggregation(cfg)
     return ServerState(
@@ -415,6 +474,7 @@ def build_server_state(cfg: Config, params: np.ndarray, spec: ModelSpec) -> Serv
         accountant=_accountant(cfg),
         pruning=None if s.pruning.method == "none" else from_section(PruningSchedule, s.pruning),
         num_clients=cfg.data.num_clients,
+        buffers=buffers,
     )
 
 
@@ -484,8 +544,9 @@ def build_run(cfg: Config) -> RunSetup:
     splits = client_splits(dataset, cfg)
     population = build_population(cfg.data, cfg.seed)
     shards = ClientShards.pack(splits.train)
-    spec = build_model_spec(cfg.model, dataset)
-    server = build_server_state(cfg, init_params(spec, cfg.seed), spec)
+    spec = build_model_spec(cfg.model, dataset, cfg.seed)
+    params, buffers = initial_state(spec, cfg.seed)
+    server = build_server_state(cfg, params, spec, buffers)
     sizes = _sizes(shards, population, cfg.data.num_clients)
     training = server.plan.training
     work = from_section(local_work, training, sizes=sizes, update_kind=cfg.server.update)

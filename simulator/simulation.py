@@ -351,9 +351,12 @@ class Simulation:
         if not federated_eval_due(self.cfg, round_):
             return {}
         clients = clients_to_evaluate(self.cfg, round_)
-        states = state.server.client_states if state.server.plan.personal is not None else None
+        server = state.server
+        # A client's own model: its personal state, or its own buffers (model.buffers: local).
+        own_models = server.plan.personal is not None or server.plan.buffers == "local"
+        states = server.client_states if own_models else None
         columns = evaluate_clients(
-            pool, state.params, clients, self.cfg, state.held_out_sizes, states, round_
+            pool, state.params, clients, self.cfg, state.held_out_sizes, states, round_, server.buffers
         )
         state.client_evals.append(client_rows(round_, columns))
         return round_metrics(columns)
@@ -363,6 +366,8 @@ class Simulation:
         if round_ % s.eval_every and round_ != self.cfg.rounds:
             return {"test_accuracy": None, "test_loss": None}
         with compute_threads(worker_threads(self.cfg.runtime.cpus_per_worker)):
+            if state.server.buffers.size:
+                state.eval_model.load_buffers(state.server.buffers)
             result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
 

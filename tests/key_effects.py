@@ -75,6 +75,9 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "arrays": {"data.dataset": "arrays", "data.loader": "tests.key_effects:tiny_arrays"},
     "augment_crop": {"data.augment": "crop"},
     "mlp2": {"model.hidden": [8, 8]},
+    # Users' own models (tests/module_models.py): a small MLP, and one with batch norm.
+    "module": {"model.name": "module", "model.factory": "tests.module_models:small_net"},
+    "module_bn": {"model.name": "module", "model.factory": "tests.module_models:BatchNormNet"},
     "cnn": {"model.name": "cnn", "model.conv_channels": [2, 2], "model.fc_width": 8},
     "fedsgd": {"server.update": "gradients", "server.lr": 0.5, "client.batch_size": 20},
     # About half the clients beat the deadline: speeds and deadlines decide who counts.
@@ -183,6 +186,12 @@ ROWS = [
     Row("model.lstm_hidden", 5, "trains", "shakespeare"),
     Row("model.lstm_layers", 2, "trains", "shakespeare"),
     Row("model.device", "cpu", "none", why="auto is the host without a GPU"),
+    Row("model.factory", "tests.module_models:BatchNormNet", "trains", "module"),
+    Row("model.kwargs", {"width": 8}, "trains", "module"),
+    Row(
+        "model.buffers", "local", "reports", "module_bn", observe="test_loss",
+        why="batch norm trains on each batch's own statistics; its running ones act in evaluation",
+    ),
     # client
     Row("client.optimizer", "adam", "trains"),
     Row("client.lr", 0.1, "trains"),
@@ -290,7 +299,8 @@ def validate_keys(resolved_yaml: str) -> list[str]:
         keys = []
         for name, value in node.items():
             path = f"{prefix}{name}"
-            keys += leaves(value, path + ".") if isinstance(value, dict) else [path]
+            # A section is a mapping of keys; an empty mapping is a value (model.kwargs: {}).
+            keys += leaves(value, path + ".") if isinstance(value, dict) and value else [path]
         return keys
 
     return leaves(yaml.safe_load(resolved_yaml), "")

@@ -93,6 +93,7 @@ def test_a_key_that_shapes_training_is_read_when_the_run_is_built(row, paths):
 READ_WITHOUT_CHANGING_THE_MODEL = {
     "client.track_gradients", "server.privacy.delta", "model.engine", "data.synthetic.alpha",
     "runtime.reduction_groups", "client.personalization.ditto_lambda", "client.personalization.ditto_epochs",
+    "model.buffers",
 }  # fmt: skip
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.models.spec import ModelSpec
+from clients.models.spec import ModelSpec, init_params
 
 ENGINES = ("torch", "numpy")
 
@@ -18,6 +18,8 @@ def build_model(spec: ModelSpec, engine: str, dtype=np.float32, device=None):
         from clients.models.torch_engine import TorchModel
 
         return TorchModel(spec, dtype, device)
+    if spec.source is not None:
+        raise ValueError(f"a module model runs on the torch engine only, not the {engine} engine")
     if device is not None:
         raise ValueError(f"the {engine} engine runs on the host only, not on {device}")
     if engine == "numpy":
@@ -25,3 +27,13 @@ def build_model(spec: ModelSpec, engine: str, dtype=np.float32, device=None):
 
         return NumpyModel(spec, dtype)
     raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+
+
+def initial_state(spec: ModelSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The run's initial flat parameters (n,) and float buffers (m,), both float32: the
+    built-in models' drawn in numpy from ``seed`` (no buffers); a module model's as its
+    factory builds them under torch seeded from ``seed`` (the spec's source holds it)."""
+    if spec.source is None:
+        return init_params(spec, seed), np.zeros(0, np.float32)
+    model = build_model(spec, "torch")
+    return model.params.copy(), model.initial_buffers.copy()

@@ -20,7 +20,11 @@ import numpy as np
 from clients.models.layout import Layout
 
 ACTIVATION_KINDS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
-MODEL_NAMES = ("logreg", "mlp", "cnn", "resnet", "charlstm")
+MODEL_NAMES = ("logreg", "mlp", "cnn", "resnet", "charlstm")  # built from a spec by every engine
+MODULE_MODEL = "module"  # a user's nn.Module from a factory (torch engine only)
+PURPOSE_INIT = 0x1A17  # the random stream of initial weights (built-in and module models)
+# What a client of a module model starts its buffers from (clients/worker.py, ClientPlan.buffers).
+BUFFER_POLICIES = ("average", "local", "reset")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,12 @@ class LayerSpec:
     dropout(p); batchnorm(num_features); residual(body: tuple[LayerSpec]);
     embedding(num_embeddings, embedding_dim); lstm(input_size, hidden_size,
     num_layers); last_step; and the activations in ACTIVATION_KINDS.
+
+    A user's module model has one ``module`` layer per top-level submodule (or
+    parameter registered on the root), named as in torch, with ``params`` and
+    ``buffers``: tuples of (full torch name, shape); ``batchnorm``: whether it
+    holds a batch-norm layer; ``norm_params``: the full names of its batch-norm
+    layers' parameters.
     """
 
     kind: str
@@ -54,6 +64,8 @@ class LayerSpec:
 
     def param_specs(self) -> list[ParamSpec]:
         """This layer's tensors with full names (``{layer}.{torch local name}``)."""
+        if self.kind == MODULE_MODEL:  # initialised by the user's module, not drawn here
+            return [ParamSpec(name, tuple(shape), ("module", 0.0)) for name, shape in self.args["params"]]
         return [ParamSpec(f"{self.name}.{local}", shape, init) for local, shape, init in self._local_params()]
 
     def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -103,15 +115,39 @@ def _lstm_params(input_size: int, hidden: int, layers: int):
 
 
 @dataclass(frozen=True)
+class ModuleSource:
+    """Where a user's module model comes from: ``factory`` ("package.module:callable")
+    called with ``kwargs`` under a torch generator seeded from (``seed``, PURPOSE_INIT);
+    ``search_path``: the folder its top-level package was imported from on the driver,
+    put on a worker's sys.path when the worker cannot import it otherwise."""
+
+    factory: str
+    kwargs: dict
+    seed: int
+    search_path: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
     layers: tuple[LayerSpec, ...]
     input_dtype: str = "float32"  # "int64" for token models
+    source: ModuleSource | None = None  # set for a user's module model (name "module")
 
     def layout(self) -> Layout:
         return Layout([p for layer in self.layers for p in layer.param_shapes()])
+
+    def buffer_layout(self) -> Layout:
+        """Names and shapes of the floating-point buffers (batch-norm running statistics) of
+        a module model, in torch's order: one flat vector of their own; empty otherwise."""
+        return Layout([(n, tuple(s)) for layer in self.layers for n, s in layer.args.get("buffers", ())])
+
+    def has_batchnorm(self) -> bool:
+        """Whether a batch-norm layer normalises training batches by their own statistics
+        (so a batch of one row cannot be trained on)."""
+        return any(layer.kind == "batchnorm" or layer.args.get("batchnorm") for layer in self.layers)
 
     def param_specs(self) -> list[ParamSpec]:
         return [p for layer in self.layers for p in layer.param_specs()]
@@ -267,9 +303,11 @@ def init_params(spec: ModelSpec, seed: int) -> np.ndarray:
     distributions (linear/conv/LSTM: U(-1/sqrt(fan), 1/sqrt(fan)); embedding: N(0, 1);
     batch norm: weight 1, bias 0), drawn from numpy so every engine starts from
     identical bits."""
+    if spec.source is not None:
+        raise ValueError(f"{spec.name}: a module model's initial vector is its module's (module_params)")
     layout = spec.layout()
     flat = layout.zeros()
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1A17]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_INIT]))
     for param in spec.param_specs():
         view = layout.view(flat, param.name)
         kind, value = param.init

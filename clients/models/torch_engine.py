@@ -10,6 +10,8 @@ there, and ``params``/``grad`` are those tensors.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from torch import nn
 
 from clients.models.arrays import DeviceShard, HostArrays, tensor_from_numpy, to_numpy
 from clients.models.gradflow import layer_flow
+from clients.models.module_model import bind_flat, build_module
 from clients.models.spec import LayerSpec, ModelSpec
 
 _ACTIVATIONS = {
@@ -104,11 +107,20 @@ def _module(layer: LayerSpec) -> nn.Module:
     return builders[layer.kind]()
 
 
+def _record_signal(name: str, signals: dict, module: nn.Module, inputs, output) -> None:
+    """Forward hook: note |dL/d output| of a top-level unit once backward reaches it."""
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        output.register_hook(lambda g: signals.__setitem__(name, g.norm().item()))
+
+
 class TorchModel(HostArrays):
-    """A model whose parameters and gradients are flat vectors.
+    """A model whose parameters and gradients are flat vectors: a built-in spec's layers, or
+    a user's module (``spec.source``) with every parameter rebound as a view.
 
     ``params``: (n,) writable, shared with the torch parameters.
     ``grad``:   (n,) shared with every parameter's ``.grad``.
+    ``buffers``: (m,) a module model's float buffers (running statistics), shared with
+    them; ``initial_buffers`` (m,) their values as built. m = 0 for the built-in models.
     ``dtype``: float32 for training, float64 for gradient checks.
     ``device``: None keeps both as numpy arrays in host memory; a torch device
     (``cuda:0``, or ``cpu`` to run the device code path on the host) makes them
@@ -129,9 +141,14 @@ class TorchModel(HostArrays):
         else:
             flat_p, flat_g = flat_p.to(self.device), flat_g.to(self.device)
             self.params, self.grad = flat_p, flat_g
-        self.net = nn.Sequential(*[_module(layer) for layer in spec.layers]).to(_DTYPES[np.dtype(dtype)])
-        self.net.to(flat_p.device)
-        self._bind_flat_views(flat_p, flat_g)
+        if spec.source is None:
+            self.net = nn.Sequential(*[_module(layer) for layer in spec.layers]).to(_DTYPES[np.dtype(dtype)])
+            self.net.to(flat_p.device)
+            self._bind_flat_views(flat_p, flat_g)
+        else:
+            self.net = build_module(spec.source).to(_DTYPES[np.dtype(dtype)]).to(flat_p.device)
+            bind_flat(self.net, self.layout, flat_p, flat_g, buffers=False)
+        self._bind_buffers(dtype)
         self.track_gradients = False
         self.last_flow: dict[str, tuple[float, float]] = {}
 
@@ -147,6 +164,25 @@ class TorchModel(HostArrays):
                 param.grad = flat_g[slot.offset : slot.stop].view(slot.shape)
                 owner_name, _, attr = torch_name.rpartition(".")
                 setattr(module.get_submodule(owner_name) if owner_name else module, attr, param)
+
+    def _bind_buffers(self, dtype) -> None:
+        """``buffers`` (m,): a module model's float buffers (batch-norm running statistics) as
+        one flat vector, host numpy or device tensor like ``params``; ``initial_buffers`` their
+        values as built (empty for the built-in models, which keep none)."""
+        buffer_layout = self.spec.buffer_layout()
+        host = buffer_layout.zeros(dtype)
+        flat = torch.from_numpy(host) if self.device is None else torch.from_numpy(host).to(self.device)
+        if buffer_layout.size:
+            bind_flat(self.net, buffer_layout, flat, None, buffers=True)
+        self.buffers = host if self.device is None else flat
+        self.initial_buffers = to_numpy(flat).copy()
+
+    def load_buffers(self, values: np.ndarray) -> None:
+        """Set the float buffers (m,) from host values."""
+        if self.device is None:
+            self.buffers[:] = values
+        else:
+            self.buffers.copy_(tensor_from_numpy(values, torch.device("cpu")))
 
     # Array side: host models inherit HostArrays' numpy behaviour; a device model moves data.
 
@@ -194,11 +230,29 @@ class TorchModel(HostArrays):
         return float(loss.detach())
 
     def _forward(self, h: torch.Tensor, signals: dict | None) -> torch.Tensor:
+        if self.spec.source is not None:
+            return self._module_forward(h, signals)
         for layer_spec, module in zip(self.spec.layers, self.net, strict=True):
             h = module(h)
             if signals is not None and layer_spec.param_specs():
                 h.register_hook(lambda g, name=layer_spec.name: signals.__setitem__(name, g.norm().item()))
         return h
+
+    def _module_forward(self, x: torch.Tensor, signals: dict | None) -> torch.Tensor:
+        """A module model's logits; with ``signals``, |dL/dh| at each top-level unit's output."""
+        if signals is None:
+            return self.net(x)
+        units = set(self.spec.tracked_layers())
+        handles = [
+            child.register_forward_hook(partial(_record_signal, name, signals))
+            for name, child in self.net.named_children()
+            if name in units
+        ]
+        try:
+            return self.net(x)
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @torch.no_grad()
     def calibrate(self, x: np.ndarray | None) -> None:
