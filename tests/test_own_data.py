@@ -285,3 +285,78 @@ def test_keys_of_other_formats_are_refused_without_reading_data(capsys):
     assert_one_line(*validate(capsys, {"data.dataset": "arrays"}, data=False), "needs data.loader")
     overrides = {"data.dataset": "csv", "data.partition": "natural"}
     assert_one_line(*validate(capsys, overrides, data=False), "data.client_column")
+
+
+def test_one_file_holds_out_the_same_rows_whatever_its_format(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    x, y, _ = tabular(90, 0)
+    np.savez(tmp_path / "pooled", x=x, y=y)
+    pq.write_table(
+        pa.table({**{f"f{j}": x[:, j] for j in range(FEATURES)}, "label": y}), tmp_path / "t.parquet"
+    )
+    from_npz = build_dataset(
+        load_config(DEFAULT, {"data.dataset": "npz", "data.root": str(tmp_path / "pooled.npz")}).data, 3
+    )
+    from_parquet = build_dataset(
+        load_config(DEFAULT, {"data.dataset": "parquet", "data.root": str(tmp_path / "t.parquet")}).data, 3
+    )
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(from_npz, field), getattr(from_parquet, field)), field
+    assert len(from_npz.y_test) == 18  # 20% of each class's 30 rows
+
+
+PARQUET_MEMORY_PROBE = """
+import sys, tracemalloc
+from pathlib import Path
+import pyarrow as pa
+from simulator.config import load_config
+from simulator.setup import build_dataset
+overrides = {"data.dataset": "parquet", "data.root": sys.argv[1], "data.normalize": "standard"}
+cfg = load_config(Path("configs/default.yaml"), overrides)
+build_dataset(cfg.data, 0)  # imports allocate too: the first read is not measured
+tracemalloc.start()
+dataset = build_dataset(cfg.data, 0)
+print(tracemalloc.get_traced_memory()[1], pa.default_memory_pool().max_memory())
+"""
+
+
+def test_a_parquet_file_is_held_once_not_as_a_table_and_again_as_arrays(tmp_path):
+    """Peak numpy memory while reading, holding out and normalising: the features once, plus
+    the held-out rows, a column's worth and labels; pyarrow's own pool (a fresh process's)
+    holds about a column at a time, never the table."""
+    pa = pytest.importorskip("pyarrow")
+    import subprocess
+
+    import pyarrow.parquet as pq
+
+    rows, cols = 50_000, 64
+    rng = np.random.default_rng(0)
+    columns = {f"f{j}": rng.random(rows, dtype=np.float32) for j in range(cols)}
+    pq.write_table(pa.table({**columns, "label": np.arange(rows) % 10}), tmp_path / "big.parquet")
+    out = subprocess.run(
+        [sys.executable, "-c", PARQUET_MEMORY_PROBE, str(tmp_path / "big.parquet")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    numpy_peak, arrow_peak = (int(v) / (rows * cols * 4) for v in out.stdout.split())
+    assert numpy_peak < 1.5, numpy_peak  # x (1.0) + the held-out rows (0.2) + chunks, a column, labels
+    assert arrow_peak < 0.25, arrow_peak  # a column at a time is 1/64 of x
+
+
+def test_augmented_runs_are_the_same_whatever_the_worker_count(ray_cluster, tmp_path):
+    overrides = small_overrides(
+        rounds=2, **write_data("image_folder", tmp_path), **{"data.augment": "crop_flip"}
+    )
+    models = []
+    for workers in (1, 2):
+        run = {**overrides, "runtime.workers": workers, "name": f"w{workers}"}
+        models.append(
+            Simulation.from_yaml(DEFAULT, run, run_dir=tmp_path / f"run{workers}").run().final_params
+        )
+    plain = Simulation.from_yaml(
+        DEFAULT, {**overrides, "data.augment": "none"}, run_dir=tmp_path / "plain"
+    ).run()
+    assert models[0].tobytes() == models[1].tobytes()
+    assert plain.final_params.tobytes() != models[0].tobytes()

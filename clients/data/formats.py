@@ -59,6 +59,7 @@ class Split:
     x: np.ndarray
     labels: np.ndarray
     clients: np.ndarray | None = None
+    owned: bool = False  # x is a float32 buffer the reader made: it may be rearranged in place
 
 
 # ------------------------------------------------------------------ assembling
@@ -113,10 +114,26 @@ def _held_out(train: Split, rng: np.random.Generator, test_fraction: float) -> t
     mask = stratified_test_mask(classes.reshape(-1), test_fraction, rng)
     keep, hold = np.flatnonzero(~mask), np.flatnonzero(mask)
     clients = train.clients
+    x_test = train.x[hold]
+    if train.owned and train.x.flags.c_contiguous and train.x.flags.writeable:
+        x_train = _compacted(train.x, keep)
+    else:
+        x_train = train.x[keep]
     return (
-        Split(train.x[keep], train.labels[keep], None if clients is None else clients[keep]),
-        Split(train.x[hold], train.labels[hold], None if clients is None else clients[hold]),
+        Split(x_train, train.labels[keep], None if clients is None else clients[keep]),
+        Split(x_test, train.labels[hold], None if clients is None else clients[hold]),
     )
+
+
+def _compacted(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """x[keep] for increasing ``keep``, made by moving those rows to the front of x itself,
+    about 1 MiB at a time (row keep[i] >= i is read before anything overwrites it): the
+    training rows are not copied a second time. A view of x's first len(keep) rows."""
+    chunk = max(1, (1 << 20) // max(1, x[:1].nbytes))
+    for start in range(0, len(keep), chunk):
+        rows = keep[start : start + chunk]
+        x[start : start + len(rows)] = x[rows]
+    return x[: len(keep)]
 
 
 def _label_ids(name: str, train: np.ndarray, test: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], int]:
@@ -164,7 +181,9 @@ def _features(name: str, split: str, x: np.ndarray) -> np.ndarray:
     if x.dtype.kind not in "biuf":
         raise DataError(f"{name}: x_{split} is {x.dtype}; features must be numbers")
     out = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.all(np.isfinite(out)):
+    # NaN and Inf carry through a float64 sum (finite float32 values cannot overflow it),
+    # which, unlike isfinite, allocates nothing the size of x.
+    if not np.isfinite(out.sum(dtype=np.float64)):
         raise DataError(f"{name}: x_{split} holds NaN or Inf (or values beyond float32's range)")
     return out
 
@@ -290,7 +309,7 @@ def _image_split(folder: Path, classes: list[str]) -> Split:
         x[i] = _read_image(path, first.shape)
     pixels = x.astype(np.float32)
     pixels /= np.float32(255.0)
-    return Split(pixels, np.asarray(labels, np.int64))
+    return Split(pixels, np.asarray(labels, np.int64), owned=True)
 
 
 def _read_image(path: Path, shape: tuple[int, ...] | None) -> np.ndarray:
@@ -389,7 +408,8 @@ def _read_csv(path: Path, columns: Columns) -> Split:
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a readable UTF-8 CSV file: {exc}") from None
     x = np.frombuffer(values, dtype=np.float32).reshape(len(labels), len(features))
-    return Split(x, _text_labels(labels), np.asarray(clients) if client_at is not None else None)
+    clients_ = np.asarray(clients) if client_at is not None else None
+    return Split(x, _text_labels(labels), clients_, owned=True)  # x shares the array's buffer
 
 
 def _is_number(text: str) -> bool:
@@ -428,7 +448,7 @@ def _read_parquet(path: Path, columns: Columns) -> Split:
         raise
     except Exception as exc:  # pyarrow's errors are many (ArrowInvalid, OSError, ...)
         raise DataError(f"{path}: cannot read as parquet: {type(exc).__name__}: {exc}") from None
-    return Split(x, labels, clients)
+    return Split(x, labels, clients, owned=True)
 
 
 def _feature_buffer(where: Any, rows: int, width: int) -> np.ndarray:
@@ -499,7 +519,7 @@ def _hf_split(split: Any, root: Path, columns: Columns) -> Split:
             x[:, j] = _numeric(table.column(name), where, name)
     labels = _plain(table.column(columns.label), where, columns.label)
     clients = _plain(table.column(columns.client), where, columns.client) if columns.client else None
-    return Split(x, labels, clients)
+    return Split(x, labels, clients, owned=x.flags.writeable and x.flags.owndata)
 
 
 def _is_scalar(kind: Any) -> bool:

@@ -6,6 +6,7 @@ its batches, from the client's (seed, round, client) generator)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,10 +32,7 @@ def normalized(dataset: Dataset, kind: str) -> Dataset:
     axes = (0,) if dataset.x_train.ndim == 2 else (0, *range(2, dataset.x_train.ndim))
     x = dataset.x_train
     if kind == "standard":
-        shift = x.mean(axis=axes, dtype=np.float64, keepdims=True)
-        scale = np.sqrt(
-            np.mean(np.square(x - shift.astype(np.float32), dtype=np.float64), axis=axes, keepdims=True)
-        )
+        shift, scale = _mean_std(x, axes)
     else:
         shift = x.min(axis=axes, keepdims=True).astype(np.float64)
         scale = x.max(axis=axes, keepdims=True).astype(np.float64) - shift
@@ -45,6 +43,21 @@ def normalized(dataset: Dataset, kind: str) -> Dataset:
         x_train=_rescaled(dataset.x_train, shift32, scale32),
         x_test=_rescaled(dataset.x_test, shift32, scale32),
     )
+
+
+def _mean_std(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation over ``axes``, float64, kept dims; two
+    passes over chunks of rows (about 1 MiB of float64 each), so no temporary is the size of x."""
+    rows = max(1, (1 << 17) // max(1, x[:1].size))
+    count = x.size // math.prod(x.shape[a] for a in range(x.ndim) if a not in axes)
+    total = sum(
+        x[i : i + rows].sum(axis=axes, dtype=np.float64, keepdims=True) for i in range(0, len(x), rows)
+    )
+    mean = total / count
+    squares = sum(
+        np.square(x[i : i + rows] - mean).sum(axis=axes, keepdims=True) for i in range(0, len(x), rows)
+    )
+    return mean, np.sqrt(squares / count)
 
 
 def _rescaled(x: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
