@@ -360,3 +360,12 @@ def test_augmented_runs_are_the_same_whatever_the_worker_count(ray_cluster, tmp_
     ).run()
     assert models[0].tobytes() == models[1].tobytes()
     assert plain.final_params.tobytes() != models[0].tobytes()
+
+
+def test_the_example_loader_gives_one_client_per_sensor(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(ROOT))
+    code = main(["validate", "examples/own_data/config.yaml", "--data"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "data: arrays, 1,940 training rows over 40 clients" in err
