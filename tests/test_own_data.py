@@ -369,3 +369,45 @@ def test_the_example_loader_gives_one_client_per_sensor(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 0, err
     assert "data: arrays, 1,940 training rows over 40 clients" in err
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A grey PNG whose header declares width x height, with a few bytes of pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 8))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [10_000, 100_000])  # over fedsim's 2^26 pixels; over PIL's own bomb guard
+def test_an_image_declaring_billions_of_pixels_is_refused_undecoded(side, tmp_path, capsys):
+    folder = tmp_path / "images" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "huge.png").write_bytes(png_declaring(side, side))
+    (tmp_path / "images" / "dog").mkdir()
+    overrides = {"data.dataset": "image_folder", "data.root": str(tmp_path / "images")}
+    assert_one_line(*validate(capsys, overrides), "huge.png")
+
+
+def test_an_npz_header_claiming_a_trillion_rows_is_refused_unallocated(tmp_path, capsys):
+    import zipfile
+
+    def npy(shape: tuple, body: bytes) -> bytes:
+        header = repr({"descr": "<f4", "fortran_order": False, "shape": shape}).encode()
+        header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+        return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + body
+
+    with zipfile.ZipFile(tmp_path / "lying.npz", "w") as archive:
+        archive.writestr("x.npy", npy((10**12, 2), b"\0" * 32))
+        archive.writestr("y.npy", npy((4,), b"\0" * 16))
+    overrides = {"data.dataset": "npz", "data.root": str(tmp_path / "lying.npz")}
+    assert_one_line(*validate(capsys, overrides), "lying.npz", "header declares")

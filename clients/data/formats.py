@@ -317,14 +317,24 @@ def _read_image(path: Path, shape: tuple[int, ...] | None) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path, formats=IMAGE_FORMATS) as image:
+        with warnings.catch_warnings():
+            # PIL warns from 89M pixels (beyond MAX_IMAGE_PIXELS): an error, so one line is printed
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path, formats=IMAGE_FORMATS)
+        with image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise DataError(f"{path}: {image.width}x{image.height} pixels; at most {MAX_IMAGE_PIXELS:,}")
             grey = image.mode in ("1", "L", "I", "I;16", "F") if shape is None else shape[0] == 1
             pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.uint8)
     except DataError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise DataError(f"{path}: cannot read as an image: {exc}") from None
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     if shape is not None and chw.shape != shape:
