@@ -159,6 +159,8 @@ def _scores(method: str, pool, params: np.ndarray, clients: np.ndarray, state: _
 
 
 def _test_metrics(sim: Simulation, state: _RunState, params: np.ndarray) -> dict[str, float]:
+    if state.server.buffers.size:  # a module model's running statistics, as the run left them
+        state.eval_model.load_buffers(state.server.buffers)
     result = evaluate(state.eval_model, params, state.x_test, state.y_test, state.cfg.server.eval_batch_size)
     return {"test_accuracy": result.accuracy, "test_loss": result.loss}
 
@@ -168,7 +170,8 @@ def _finetune(
 ) -> np.ndarray:
     """``rounds`` more federated rounds from ``params`` with ``mask`` fixed (the rounds
     after the run's last, so their samples are new)."""
-    state.server = build_server_state(state.cfg, params.copy(), state.spec)  # fresh optimiser state
+    # Fresh optimiser state; a module model's buffers go on from the run's.
+    state.server = build_server_state(state.cfg, params.copy(), state.spec, state.server.buffers)
     state.server.mask = mask
     for done, round_ in enumerate(range(state.cfg.rounds + 1, state.cfg.rounds + 1 + rounds), 1):
         sim._round(state, pool, round_)

@@ -64,8 +64,8 @@ def test_a_module_model_gives_the_same_bits_on_1_and_2_workers_and_after_resume(
 def test_batch_norm_statistics_follow_model_buffers(ray_cluster, tmp_path):
     """Running statistics never change the training (batch norm trains on each batch's
     own statistics); they change what the model predicts in evaluation. ``average`` and
-    ``local`` evaluate differently, and each client's own statistics (``local``) are
-    kept across rounds and come back on resume."""
+    ``local`` evaluate differently, and the server's averaged statistics (``average``) and
+    each client's own (``local``) are kept across rounds and come back on resume."""
     base = small_overrides(**module("BatchNormNet"), **{"server.federated_eval.every": 2})
     runs = {
         policy: Simulation.from_yaml(
@@ -78,13 +78,45 @@ def test_batch_norm_statistics_follow_model_buffers(ray_cluster, tmp_path):
     assert average.rows[-1]["test_loss"] != local.rows[-1]["test_loss"]
     # A client's own statistics: its personal evaluation differs from the global model's.
     assert local.rows[-1]["personal_loss"] != local.rows[-1]["federated_loss"]
-    resumed = interrupted_and_resumed(
-        DEFAULT, {**base, "model.buffers": "local"}, tmp_path / "resumed", stop_after=3
-    )
-    for before, after in zip(local.rows, resumed.rows, strict=True):
-        assert {k: v for k, v in before.items() if k != "seconds"} == {
-            k: v for k, v in after.items() if k != "seconds"
-        }
+    for policy, run in runs.items():
+        overrides = {**base, "model.buffers": policy}
+        resumed = interrupted_and_resumed(DEFAULT, overrides, tmp_path / f"resumed_{policy}", stop_after=3)
+        for before, after in zip(run.rows, resumed.rows, strict=True):
+            assert {k: v for k, v in before.items() if k != "seconds"} == {
+                k: v for k, v in after.items() if k != "seconds"
+            }
+
+
+PIPELINES = {
+    "fedsgd": {"server.update": "gradients", "server.lr": 0.5},
+    "fedprox_adam": {"client.prox_mu": 0.1, "server.optimizer": "adam", "server.lr": 0.01},
+    "scaffold": {"client.algorithm": "scaffold"},
+    "krum_topk": {"server.aggregator": "multi_krum", "server.compression.method": "topk"},
+    "dp": {
+        "server.clipping.kind": "fixed", "server.privacy.noise_multiplier": 0.5,
+        "server.weighting": "uniform", "model.buffers": "reset",
+    },
+    "async": {"server.mode": "async", "client.system.speed_sigma": 1.0, "model.buffers": "local"},
+    "ditto_finetune": {
+        "client.personalization.method": "ditto", "server.federated_eval.every": 1,
+        "server.federated_eval.finetune_steps": 2,
+    },
+    "fedbn": {
+        "client.personalization.method": "fedbn", "model.buffers": "local", "server.federated_eval.every": 1,
+    },
+}  # fmt: skip
+
+
+def test_every_pipeline_trains_a_module_model(ray_cluster, tmp_path):
+    """The server and client steps work on a module model's flat vector as on any other:
+    each run trains (the model moves) to a finite test loss."""
+    start = None
+    for name, extra in PIPELINES.items():
+        overrides = small_overrides(**module("BatchNormNet"), **{"rounds": 2, **extra})
+        history = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / name).run()
+        assert np.isfinite(history.rows[-1]["test_loss"]), name
+        start = history.final_params if start is None else start
+        assert name == "fedsgd" or history.final_params.tobytes() != start.tobytes(), name
 
 
 @pytest.mark.parametrize(
@@ -112,9 +144,10 @@ def test_a_module_model_on_the_numpy_engine_is_refused_in_one_line():
     assert_one_line_error(fedsim("validate", DEFAULT, *sets(overrides)), "model.engine", "module model")
 
 
-def test_validate_runs_no_user_code_without_data_and_a_tied_weight_is_one_entry(tmp_path):
+def test_user_code_runs_only_once_the_run_starts_and_workers_find_it(tmp_path):
     """The trust boundary: plain ``validate`` reads the factory's name only; ``--data``
-    builds the run, which imports and calls it (here from the folder fedsim runs in)."""
+    builds the run, which imports and calls it, from the folder fedsim runs in (not
+    installed); so does ``run``, whose workers find it there too; ``prune`` rebuilds it."""
     marker = tmp_path / "imported"
     (tmp_path / "my_models.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n"
@@ -123,18 +156,30 @@ def test_validate_runs_no_user_code_without_data_and_a_tied_weight_is_one_entry(
     overrides = {"model.name": "module", "model.factory": "my_models:tied"}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    def validate(*extra):
-        args = [sys.executable, "-m", "simulator", "validate", DEFAULT, *extra, *sets(overrides)]
+    def fedsim_here(command, *args):  # fedsim in tmp_path, where my_models.py is
+        args = [sys.executable, "-m", "simulator", command, *map(str, args)]
         return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
 
-    plain = validate()
+    plain = fedsim_here("validate", DEFAULT, *sets(overrides))
     assert plain.returncode == 0, plain.stderr
     assert "factory: my_models:tied" in plain.stdout and not marker.exists()
-    built = validate("--data")
+    built = fedsim_here("validate", DEFAULT, "--data", *sets(overrides))
     assert built.returncode == 0, built.stderr
     assert marker.exists()
     weights = 64 * 64 + 64 + 64 + 64 * 10 + 10  # the tied 64x64 weight counted once
     assert f"model: {weights:,} parameters" in built.stderr
+    run_dir = tmp_path / "run"
+    run = fedsim_here("run", DEFAULT, "--out", run_dir, "--quiet", *sets({**TINY, **overrides}))
+    assert run.returncode == 0, run.stderr
+    assert sorted(load_model(run_dir / "model.safetensors")) == [
+        "1.bias",
+        "1.weight",
+        "3.bias",
+        "5.bias",
+        "5.weight",
+    ]
+    pruned = fedsim_here("prune", run_dir, "--sparsity", "0.5", "--finetune-rounds", "1")
+    assert pruned.returncode == 0, pruned.stderr
 
 
 def test_module_names_serve_personalization_and_layer_pruning(ray_cluster, tmp_path):
