@@ -411,3 +411,26 @@ def test_an_npz_header_claiming_a_trillion_rows_is_refused_unallocated(tmp_path,
         archive.writestr("y.npy", npy((4,), b"\0" * 16))
     overrides = {"data.dataset": "npz", "data.root": str(tmp_path / "lying.npz")}
     assert_one_line(*validate(capsys, overrides), "lying.npz", "header declares")
+
+
+def test_client_ids_for_the_training_rows_alone_give_natural_clients(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "train_clients_only.py").write_text(
+        "import numpy as np\n"
+        "def load():\n"
+        "    x = np.eye(3, dtype=np.float32).repeat(8, 0)\n"
+        "    y = np.arange(24) // 8\n"
+        "    return x, y, x[:6], y[:6], np.array(['b', 'a', 'c', 'd'] * 6)\n"
+    )
+    overrides = {
+        "data.dataset": "arrays", "data.loader": "train_clients_only:load", "data.partition": "natural",
+        "data.num_clients": 4, "server.clients_per_round": 2,
+    }  # fmt: skip
+    setup = build_run(load_config(DEFAULT, overrides))
+    assert setup.dataset.test_owner is None and len(setup.dataset.y_test) == 6
+    assert [part.tolist()[:2] for part in setup.splits.train] == [
+        [1, 5],
+        [0, 4],
+        [2, 6],
+        [3, 7],
+    ]  # a, b, c, d

@@ -74,8 +74,8 @@ def assemble(
             _check_lengths(name, split, part)
     if len(train.labels) == 0:
         raise DataError(f"{name}: the training split is empty")
-    if test is not None and (test.clients is None) != (train.clients is None):
-        raise DataError(f"{name}: client ids are given for one split only; give them for both or neither")
+    if test is not None and test.clients is not None and train.clients is None:
+        raise DataError(f"{name}: client ids are given for the test rows only; give the training rows' too")
     if test is None:
         train, test = _held_out(train, rng, test_fraction)
     labels, num_classes = _label_ids(name, train.labels, test.labels)
@@ -92,7 +92,7 @@ def assemble(
         num_classes=num_classes,
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         train_owner=None if owners is None else owners[0],
-        test_owner=None if owners is None else owners[1],
+        test_owner=None if owners is None or test.clients is None else owners[1],
     )
 
 
