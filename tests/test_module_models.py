@@ -101,6 +101,11 @@ PIPELINES = {
         "client.personalization.method": "ditto", "server.federated_eval.every": 1,
         "server.federated_eval.finetune_steps": 2,
     },
+    # Kept on the clients by parameter-name prefix: a submodule, and one parameter.
+    "fedrep_prefixes": {
+        "client.personalization.method": "fedrep",
+        "client.personalization.personal_layers": ["bn", "head.bias"],
+    },
     "fedbn": {
         "client.personalization.method": "fedbn", "model.buffers": "local", "server.federated_eval.every": 1,
     },
@@ -137,6 +142,20 @@ def test_every_pipeline_trains_a_module_model(ray_cluster, tmp_path):
 def test_a_bad_factory_is_one_line_and_exit_2(factory, kwargs, fragments):
     overrides = {"model.name": "module", "model.factory": factory, "model.kwargs": kwargs}
     assert_one_line_error(fedsim("validate", DEFAULT, "--data", *sets(overrides)), *fragments)
+
+
+@pytest.mark.parametrize(
+    ("layers", "fragment"),
+    [(["nohead"], "'nohead' names no parameter of the model; its top-level modules with parameters: 1, 4"),
+     (["1", "4"], "every parameter would stay on the clients")],
+)  # fmt: skip
+def test_personal_layers_of_a_module_model_are_checked_when_the_run_is_built(layers, fragment):
+    overrides = {
+        **module("small_net"), "client.personalization.method": "fedper",
+        "client.personalization.personal_layers": layers,
+    }  # fmt: skip
+    assert fedsim("validate", DEFAULT, *sets(overrides)).returncode == 0  # the layers are not known yet
+    assert_one_line_error(fedsim("validate", DEFAULT, "--data", *sets(overrides)), fragment)
 
 
 def test_a_module_model_on_the_numpy_engine_is_refused_in_one_line():
