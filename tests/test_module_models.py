@@ -166,7 +166,8 @@ def test_a_module_model_on_the_numpy_engine_is_refused_in_one_line():
 def test_user_code_runs_only_once_the_run_starts_and_workers_find_it(tmp_path):
     """The trust boundary: plain ``validate`` reads the factory's name only; ``--data``
     builds the run, which imports and calls it, from the folder fedsim runs in (not
-    installed); so does ``run``, whose workers find it there too; ``prune`` rebuilds it."""
+    installed); so does ``run``, whose workers find it there too; ``prune`` rebuilds it,
+    and ``report`` draws its run (gradient flow per top-level module included)."""
     marker = tmp_path / "imported"
     (tmp_path / "my_models.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n"
@@ -188,7 +189,8 @@ def test_user_code_runs_only_once_the_run_starts_and_workers_find_it(tmp_path):
     weights = 64 * 64 + 64 + 64 + 64 * 10 + 10  # the tied 64x64 weight counted once
     assert f"model: {weights:,} parameters" in built.stderr
     run_dir = tmp_path / "run"
-    run = fedsim_here("run", DEFAULT, "--out", run_dir, "--quiet", *sets({**TINY, **overrides}))
+    tracked = {**TINY, **overrides, "client.track_gradients": True}
+    run = fedsim_here("run", DEFAULT, "--out", run_dir, "--quiet", *sets(tracked))
     assert run.returncode == 0, run.stderr
     assert sorted(load_model(run_dir / "model.safetensors")) == [
         "1.bias",
@@ -199,6 +201,9 @@ def test_user_code_runs_only_once_the_run_starts_and_workers_find_it(tmp_path):
     ]
     pruned = fedsim_here("prune", run_dir, "--sparsity", "0.5", "--finetune-rounds", "1")
     assert pruned.returncode == 0, pruned.stderr
+    report = fedsim_here("report", run_dir, "--out", tmp_path / "report")
+    assert report.returncode == 0, report.stderr
+    assert "data:image/png;base64," in (tmp_path / "report" / "report.html").read_text()
 
 
 def test_module_names_serve_personalization_and_layer_pruning(ray_cluster, tmp_path):
