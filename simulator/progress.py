@@ -27,14 +27,7 @@ class RoundProgress:
         self._done_here = 0
         self._progress = None
         if self.live:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
+            self._progress = _bar(self.console)
             self._task = self._progress.add_task(
                 name, total=total_rounds, completed=first_round - 1, stats=""
             )
@@ -86,14 +79,7 @@ class StepProgress:
         console = Console(stderr=False)
         self._progress = None
         if console.is_terminal and not quiet:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeRemainingColumn(),
-                console=console,
-            )
+            self._progress = _bar(console)
             self._task = self._progress.add_task(name, total=self.total, stats="")
             self._progress.start()
 
@@ -141,3 +127,15 @@ def summary_table(summary: dict, run_dir: Path) -> None:
     for key, value in rows:
         table.add_row(key, value)
     Console(stderr=False, soft_wrap=True).print(table)
+
+
+def _bar(console: Console) -> Progress:
+    """The live bar rounds and steps share: name, bar, done/total, stats, time left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeRemainingColumn(),
+        console=console,
+    )

@@ -145,7 +145,8 @@ def test_an_error_line_is_one_line_and_cut(tmp_path):
     ("overrides", "fragment"),
     [
         (["client.system.over_selection=.inf"], "client.system.over_selection: inf is not allowed"),
-        (["client.system.over_selection=1e308"], "over_selection: 1e+308 is not allowed; must be in [0, 1e6]"),
+        (["client.system.over_selection=1e308"],
+         "over_selection: 1e+308 is not allowed; must be in [0, 1e6]"),
         (["data.synthetic.num_classes=1e30"], "num_classes: 1e+30 is not allowed; expected int"),
         (["data.synthetic.num_classes=100000000000000000000000000000"], "no setting takes so large a"),
         (["data.synthetic.num_classes=1000000"], "num_classes: 1000000 is not allowed; must be <="),

@@ -26,7 +26,6 @@ import importlib
 import math
 import warnings
 import zipfile
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from clients.data.datasets import Dataset, stratified_test_mask
-from clients.data.vision import check_npz_headers
+from clients.data.vision import NPZ_READ_ERRORS, read_npz
 from clients.errors import DataError
 
 CODE_DATASET = "arrays"  # data.loader's
@@ -250,22 +249,9 @@ def load_npz(path: Path) -> tuple[Split, Split | None]:
         keys = SPLIT_KEYS if set(SPLIT_KEYS) <= names else POOLED_KEYS
         optional = ("client_train", "client_test") if keys == SPLIT_KEYS else ("client",)
         keys = keys + tuple(k for k in optional if k in names)
-        check_npz_headers(path, keys)
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in keys}
-    except DataError:
-        raise
-    except (
-        OSError,
-        ValueError,
-        EOFError,
-        zlib.error,
-        zipfile.BadZipFile,
-        RuntimeError,
-        NotImplementedError,
-    ) as e:
+    except NPZ_READ_ERRORS as e:
         raise DataError(f"{path}: cannot read as an .npz archive of plain arrays: {e}") from None
-    return from_arrays("npz", arrays, str(path))
+    return from_arrays("npz", read_npz(path, keys), str(path))
 
 
 # ------------------------------------------------------------------ ImageFolder

@@ -313,21 +313,7 @@ def _idx_shape(path: Path, header: bytes, ndim: int) -> tuple[int, ...]:
 def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Keras' layout: uint8 x_train (N, 28, 28), y_train (N,), x_test, y_test; never unpickled,
     and each array's .npy header checked against its stored size before numpy allocates it."""
-    try:
-        check_npz_headers(path, NPZ_ARRAYS)
-        with np.load(path, allow_pickle=False) as archive:
-            x_train, y_train, x_test, y_test = (archive[key] for key in NPZ_ARRAYS)
-    except (
-        OSError,
-        ValueError,
-        EOFError,
-        zlib.error,
-        zipfile.BadZipFile,
-        RuntimeError,
-        NotImplementedError,
-    ) as error:
-        # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile lacks
-        raise DataError(f"{path}: cannot read as an .npz archive of plain arrays: {error}") from error
+    x_train, y_train, x_test, y_test = read_npz(path, NPZ_ARRAYS).values()
     for images, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
         _check_images(images, f"{path} x_{split}")
         _check_labels(labels, f"{path} y_{split}")
@@ -738,3 +724,27 @@ def _describe(value, depth: int = 0) -> str:
     if isinstance(value, int | type(None)):
         return repr(value)
     return type(value).__name__
+
+
+# What reading an .npz can raise: RuntimeError for an encrypted member, NotImplementedError
+# for a compression zipfile lacks.
+NPZ_READ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zlib.error,
+    zipfile.BadZipFile,
+    RuntimeError,
+    NotImplementedError,
+)
+
+
+def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an .npz archive, in that order; never unpickled, and each
+    .npy header checked against its stored size before numpy allocates it."""
+    try:
+        check_npz_headers(path, keys)
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in keys}
+    except NPZ_READ_ERRORS as error:
+        raise DataError(f"{path}: cannot read as an .npz archive of plain arrays: {error}") from error
