@@ -428,7 +428,12 @@ class ClientWorker:
         states = states or {}
         out = []
         for index, client_ids in groups:
-            columns = _EvalColumns(len(client_ids), self._has_own_models(), finetune_steps > 0)
+            columns = _EvalColumns(
+                len(client_ids),
+                self._has_own_models(),
+                finetune_steps > 0,
+                self.model.spec.loss.is_regression,
+            )
             for i, cid in enumerate(int(c) for c in client_ids):
                 x, y = self._held_out_data(cid)
                 if not len(y):
@@ -521,18 +526,26 @@ class ClientWorker:
 
 
 class _EvalColumns:
-    """One group's evaluation columns: loss sums, correct counts, held-out counts."""
+    """One group's evaluation columns: loss sums, correct counts (-1: not evaluated), held-out
+    counts; under regression, which has no accuracy, ``evaluated`` flags instead of counts."""
 
-    def __init__(self, count: int, personal: bool, finetuned: bool):
+    def __init__(self, count: int, personal: bool, finetuned: bool, regression: bool = False):
         prefixes = ["", *(["personal_"] if personal else []), *(["finetuned_"] if finetuned else [])]
         self.arrays: dict[str, np.ndarray] = {"num_samples": np.zeros(count, np.int64)}
         for prefix in prefixes:
             self.arrays[f"{prefix}loss"] = np.full(count, np.nan)
-            self.arrays[f"{prefix}correct"] = np.full(count, -1, np.int64)
+            if regression:
+                self.arrays[f"{prefix}evaluated"] = np.zeros(count, bool)
+            else:
+                self.arrays[f"{prefix}correct"] = np.full(count, -1, np.int64)
 
-    def set(self, i: int, prefix: str, evaluation: tuple[float, float, int]) -> None:
+    def set(self, i: int, prefix: str, evaluation: tuple[float, int | None, int]) -> None:
         loss_sum, correct, count = evaluation
-        self.arrays[f"{prefix}loss"][i], self.arrays[f"{prefix}correct"][i] = loss_sum, correct
+        self.arrays[f"{prefix}loss"][i] = loss_sum
+        if correct is None:
+            self.arrays[f"{prefix}evaluated"][i] = True
+        else:
+            self.arrays[f"{prefix}correct"][i] = correct
         self.arrays["num_samples"][i] = count
 
 

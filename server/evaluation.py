@@ -9,15 +9,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class EvalResult:
-    accuracy: float
+    accuracy: float | None  # None under regression, which has no accuracy
     loss: float
     num_samples: int
 
 
 def evaluate(model, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch_size: int) -> EvalResult:
-    """Load ``params`` into ``model`` and measure mean loss and accuracy on (x, y), batched."""
+    """Load ``params`` into ``model`` and measure mean loss and accuracy (None for a
+    regression model) on (x, y), batched."""
     model.load_params(params)
     loss_sum, correct, count = model.evaluate(x, y, batch_size)
     if count == 0:
         raise ValueError("cannot evaluate on an empty test set")
-    return EvalResult(correct / count, loss_sum / count, count)
+    return EvalResult(None if correct is None else correct / count, loss_sum / count, count)

@@ -49,6 +49,8 @@ MODELS = (*MODEL_NAMES, MODULE_MODEL)
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "femnist")
 IMAGE_USER_DATASETS = ("arrays", "npz", "image_folder", "hf_disk")  # may hold (N, C, H, W) images
 ACTIVATIONS = ACTIVATION_KINDS
+TASKS = ("auto", "classification", "regression")
+BUILT_IN_LOSSES = ("cross_entropy", "mse")
 log = logging.getLogger("fedsim")
 
 
@@ -140,6 +142,18 @@ class ModelConfig:
         "a module model's buffers (batch-norm running statistics): average (sample-weighted with "
         "the update), local (kept per client, as FedBN does), reset (re-initialised every round)",
         BUFFER_POLICIES,
+    )
+    loss: str = _field(
+        "cross_entropy",
+        "cross_entropy, mse, or 'package.module:callable' taking (outputs, targets) and returning "
+        "the batch's mean loss as a scalar tensor (importing it runs its code when the run starts)",
+    )
+    task: str = _field(
+        "auto",
+        "classification (class-id labels, accuracy measured) or regression (float targets, loss only); "
+        "auto = regression for mse, classification for cross_entropy, and for a callable loss "
+        "regression when the labels are floats",
+        TASKS,
     )
     engine: str = _field(
         "torch", "backpropagation engine: torch, or numpy (fedsim's chain-rule engine)", ENGINES
@@ -604,6 +618,7 @@ def validate(cfg: Config) -> Config:
         )
     _validate_model(cfg.model)
     _validate_model_fits_data(cfg.model, d)
+    _validate_task(cfg)
     _validate_client(c)
     _validate_server(s, d.num_clients)
     _validate_pipeline(c, s, d.num_clients)
@@ -946,6 +961,51 @@ def _validate_model_fits_data(m: ModelConfig, d: DataConfig) -> None:
             f"model.name: {m.name!r} does not fit data.dataset {d.dataset!r}: text datasets "
             f"({', '.join(TEXT_DATASETS)}) need model.name: charlstm, and charlstm needs one of them"
         )
+
+
+def model_task(m: ModelConfig) -> str | None:
+    """classification or regression as the config says; None when the labels decide
+    (a callable loss with model.task auto: regression when they are floats)."""
+    if m.task != "auto":
+        return m.task
+    return {"cross_entropy": "classification", "mse": "regression"}.get(m.loss)
+
+
+def _validate_task(cfg: Config) -> None:
+    """model.loss and model.task, checked without importing a callable loss; regression is
+    refused where something needs class labels."""
+    m, d = cfg.model, cfg.data
+    if m.loss not in BUILT_IN_LOSSES:
+        check_target(m.loss, "model.loss")
+        if m.engine != "torch":
+            raise ConfigError(
+                f"model.loss: {show(m.loss)} is a torch callable; model.engine {show(m.engine)} "
+                f"computes {' and '.join(BUILT_IN_LOSSES)} only: use one of them, or model.engine torch"
+            )
+    wanted = {"cross_entropy": "classification", "mse": "regression"}.get(m.loss)
+    if wanted and m.task not in ("auto", wanted):
+        raise ConfigError(
+            f"model.task: {show(m.task)} does not go with model.loss {show(m.loss)}, which is for "
+            f"{wanted}: set model.task {wanted} (or auto)"
+        )
+    if model_task(m) == "regression" and d.dataset in BUILT_IN_DATASETS:
+        raise ConfigError(
+            f"model.loss / model.task: regression needs float targets; data.dataset {show(d.dataset)} has "
+            f"class labels (regression data: {', '.join(USER_DATASETS)})"
+        )
+    if model_task(m) == "regression":
+        refuse_under_regression(cfg)
+
+
+def refuse_under_regression(cfg: Config) -> None:
+    """One ConfigError for a setting that needs class labels, in a regression run."""
+    if cfg.data.partition == "dirichlet":
+        raise ConfigError(
+            "data.partition: 'dirichlet' draws each client's class proportions; a regression run has "
+            "no classes: use iid, shards (sorted by target) or natural"
+        )
+    if cfg.server.attack.kind == "label_flip":
+        raise ConfigError("server.attack.kind: 'label_flip' flips class labels; a regression run has none")
 
 
 def _validate_client(c: ClientConfig) -> None:

@@ -7,7 +7,9 @@ global model on the samples it held out from its training
 (``server.federated_eval.holdout`` of its shard; generated populations use
 each device's own test rows). One row per client goes to ``clients.jsonl``;
 the round's metrics get the sample-weighted federated accuracy and loss, the
-spread of client accuracies and the mean of the worst 10%.
+spread of client accuracies and the mean of the worst 10%. A regression run has no
+accuracy: its rows carry the loss, the spread of client losses and the mean of the
+worst (highest) 10%.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def client_rows(round_: int, columns: dict[str, np.ndarray]) -> list[dict[str, A
             if f"{prefix}correct" in columns and columns[f"{prefix}correct"][i] >= 0:
                 row[f"{prefix}accuracy"] = float(columns[f"{prefix}correct"][i] / n)
                 row[f"{prefix}loss"] = float(columns[f"{prefix}loss"][i] / n)
+            elif f"{prefix}evaluated" in columns and columns[f"{prefix}evaluated"][i]:
+                row[f"{prefix}loss"] = float(columns[f"{prefix}loss"][i] / n)
         rows.append(row)
     return rows
 
@@ -98,7 +102,26 @@ def round_metrics(columns: dict[str, np.ndarray]) -> dict[str, Any]:
     for prefix, name in zip(MODELS, ("federated", "personal", "finetuned"), strict=True):
         if f"{prefix}correct" in columns:
             out.update(_spread(name, counts, columns[f"{prefix}loss"], columns[f"{prefix}correct"]))
+        elif f"{prefix}evaluated" in columns:
+            out.update(_loss_spread(name, counts, columns[f"{prefix}loss"], columns[f"{prefix}evaluated"]))
     return out
+
+
+def _loss_spread(name: str, counts, loss_sums, evaluated) -> dict[str, Any]:
+    """A regression run's: sample-weighted loss, the spread of client losses and the mean
+    loss of the worst (highest-loss) 10%, at least one client."""
+    has = (counts > 0) & evaluated
+    total = int(counts[has].sum())
+    if not total:
+        return {f"{name}_clients": 0}
+    losses = np.sort(loss_sums[has] / counts[has])[::-1]
+    worst = max(1, math.ceil(WORST_SHARE * len(losses)))
+    return {
+        f"{name}_clients": int(has.sum()),
+        f"{name}_loss": float(loss_sums[has].sum() / total),
+        f"{name}_loss_std": float(losses.std()),
+        f"{name}_loss_worst10": float(losses[:worst].mean()),
+    }
 
 
 def _spread(name: str, counts, loss_sums, correct) -> dict[str, Any]:

@@ -16,7 +16,7 @@ def _fmt(value) -> str:
 
 
 class RoundProgress:
-    """Shows round i/N, test accuracy, losses, seconds per round and ETA."""
+    """Shows round i/N, test accuracy (a classification run's), losses, seconds per round and ETA."""
 
     def __init__(self, total_rounds: int, first_round: int, name: str, quiet: bool = False):
         self.quiet = quiet
@@ -39,8 +39,9 @@ class RoundProgress:
         self._done_here += 1
         per_round = (time.perf_counter() - self._start) / self._done_here
         eta = per_round * (self.total - row["round"])
+        accuracy = f"acc {_fmt(row['test_accuracy'])}  " if "test_accuracy" in row else ""
         stats = (
-            f"acc {_fmt(row['test_accuracy'])}  test loss {_fmt(row['test_loss'])}  "
+            f"{accuracy}test loss {_fmt(row['test_loss'])}  "
             f"train loss {_fmt(row['train_loss'])}  {row['seconds']:.2f}s/round"
         )
         if row.get("rejected_updates"):  # train loss is over the accepted updates only
@@ -106,15 +107,24 @@ def _bytes(count: int) -> str:
 
 
 def summary_table(summary: dict, run_dir: Path) -> None:
-    """The end-of-run table: outcome, accuracy, time, traffic, privacy, where it all is."""
+    """The end-of-run table: outcome, accuracy (loss under regression), time, traffic,
+    privacy, where it all is."""
     table = Table(title=f"{summary['name']}: {summary['status']}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    best = summary.get("best_test_accuracy")
-    rows = [
-        ("rounds", f"{summary['rounds_completed']} of {summary['rounds']}"),
-        ("final test accuracy", _fmt(summary.get("final_test_accuracy"))),
-        ("best test accuracy", "-" if best is None else f"{best:.4f} (round {summary['best_round']})"),
+    rows = [("rounds", f"{summary['rounds_completed']} of {summary['rounds']}")]
+    if "best_test_loss" in summary:  # regression: no accuracy
+        best = summary["best_test_loss"]
+        rows.append(
+            ("best test loss", "-" if best is None else f"{best:.4f} (round {summary['best_round']})")
+        )
+    else:
+        best = summary.get("best_test_accuracy")
+        rows += [
+            ("final test accuracy", _fmt(summary.get("final_test_accuracy"))),
+            ("best test accuracy", "-" if best is None else f"{best:.4f} (round {summary['best_round']})"),
+        ]
+    rows += [
         ("final test loss", _fmt(summary.get("final_test_loss"))),
         ("wall-clock", f"{summary['total_seconds']:.1f} s"),
         ("bytes up / down", f"{_bytes(summary['total_bytes_up'])} / {_bytes(summary['total_bytes_down'])}"),

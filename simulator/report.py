@@ -184,11 +184,12 @@ def _read_client_evals(path: Path) -> list[dict[str, Any]]:
         if (
             _valid_row(row) is None
             or not isinstance(row.get("client"), int)
-            or _metric(row, "accuracy") is None
+            or (_metric(row, "accuracy") is None and "accuracy" in row)
+            or ("accuracy" not in row and not isinstance(row.get("loss"), (int, float)))
         ):
             raise FedsimError(
                 f"{path}: a row is not a JSON object with integer 'round' and 'client' "
-                f"and a numeric 'accuracy': {row!r}"
+                f"and a numeric 'accuracy' (regression: 'loss'): {row!r}"
             )
     return rows
 
@@ -265,14 +266,28 @@ class _RunStats:
     status: Any
 
 
+def has_accuracy(run: RunRecord) -> bool:
+    """Whether the run measures accuracy: a regression run's rows carry no test_accuracy."""
+    return any("test_accuracy" in row for row in run.rows)
+
+
 def _run_stats(run: RunRecord) -> _RunStats:
-    """summary.json's numbers, each falling back to one derived from the rows."""
-    rounds, accs = _series(run, "test_accuracy", "round")
-    best = max(range(len(accs)), key=lambda i: (accs[i], -i), default=None)
+    """summary.json's numbers, each falling back to one derived from the rows; a regression
+    run's final and best are its test loss (lowest is best)."""
     s = run.summary
+    if not has_accuracy(run):
+        rounds, losses = _series(run, "test_loss", "round")
+        best = min(range(len(losses)), key=lambda i: (losses[i], i), default=None)
+        final = s.get("final_test_loss", losses[-1] if losses else None)
+        best_score = s.get("best_test_loss", None if best is None else losses[best])
+    else:
+        rounds, accs = _series(run, "test_accuracy", "round")
+        best = max(range(len(accs)), key=lambda i: (accs[i], -i), default=None)
+        final = s.get("final_test_accuracy", accs[-1] if accs else None)
+        best_score = s.get("best_test_accuracy", None if best is None else accs[best])
     return _RunStats(
-        final_acc=s.get("final_test_accuracy", accs[-1] if accs else None),
-        best_acc=s.get("best_test_accuracy", None if best is None else accs[best]),
+        final_acc=final,
+        best_acc=best_score,
         best_round=s.get("best_round", None if best is None else int(rounds[best])),
         rounds_completed=s.get("rounds_completed", run.rows[-1]["round"]),
         total_seconds=s.get("total_seconds", _total(run, "seconds")),
@@ -561,7 +576,7 @@ def _density_over_rounds(runs: list[RunRecord], labels: list[str]) -> Figure | N
 
 def _accuracy_vs_simulated_time(runs: list[RunRecord], labels: list[str]) -> Figure | None:
     """Test accuracy against simulated time: sync rounds and async steps side by side."""
-    tracked = _runs_with(runs, labels, lambda run: _logs(run, "simulated_elapsed"))
+    tracked = _runs_with(runs, labels, lambda run: _logs(run, "simulated_elapsed") and has_accuracy(run))
     if not tracked:
         return None
     fig, ax = _new_axes()
@@ -698,6 +713,27 @@ _federated_accuracy = functools.partial(
 )
 
 
+_federated_loss_chart = functools.partial(
+    _rounds_chart,
+    title="Federated evaluation: loss on clients' own data (worst 10% dashed)",
+    axes=(
+        _Axis(
+            "Loss on evaluated clients",
+            (
+                _Line("federated_loss", "-", " (sample-weighted)"),
+                _Line("federated_loss_worst10", "--", " (worst 10%)"),
+            ),
+        ),
+    ),
+)
+
+
+def _federated_loss(runs: list[RunRecord], labels: list[str]) -> Figure | None:
+    """Regression runs' federated evaluation (they have no accuracy chart to show it)."""
+    tracked = _runs_with(runs, labels, lambda run: not has_accuracy(run))
+    return _federated_loss_chart([r for r, _ in tracked], [lab for _, lab in tracked]) if tracked else None
+
+
 def _overlaid_histograms(ax: Axes, captioned: list[tuple[list[float], str]], bins: Any) -> None:
     """One translucent histogram per run (values, legend caption), counts on the y axis."""
     for i, (values, caption) in enumerate(captioned):
@@ -740,7 +776,7 @@ def _participation(runs: list[RunRecord], labels: list[str]) -> Figure | None:
 
 def _last_evaluation(run: RunRecord) -> tuple[int, list[float]] | None:
     """(round, per-client accuracies in %) of the run's last federated evaluation, or None."""
-    if not run.client_evals:
+    if not run.client_evals or not has_accuracy(run):
         return None
     last = max(row["round"] for row in run.client_evals)
     return last, [100.0 * row["accuracy"] for row in run.client_evals if row["round"] == last]
@@ -945,6 +981,12 @@ OPTIONAL_PANELS = (
         "Federated evaluation: accuracy over rounds",
         _federated_accuracy,
     ),
+    _OptionalPanel(
+        "panel-federated-loss",
+        "federated_loss.png",
+        "Federated evaluation: loss over rounds (regression)",
+        _federated_loss,
+    ),
     _OptionalPanel("panel-update-norms", "update_norms.png", "Client update norms", _update_norms),
     _OptionalPanel("panel-clipping", "clipping.png", "Update clipping", _clipping),
     _OptionalPanel("panel-epsilon", "epsilon.png", "Differential privacy: ε over rounds", _epsilon),
@@ -1001,13 +1043,20 @@ def _fmt_differences(config: dict[str, Any]) -> str:
     return ", ".join(_differences(config)) or "none"
 
 
+def _fmt_loss(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—" if value is None else str(value)
+    return f"{value:.4g} (loss)"
+
+
 def _table_row(run: RunRecord, label: str, target: float | None) -> str:
     st = _run_stats(run)
+    score = _fmt_pct if has_accuracy(run) else _fmt_loss
     cells = [
         label,
         str(run.run_dir),
-        _fmt_pct(st.final_acc),
-        f"{_fmt_pct(st.best_acc)} (round {_fmt(st.best_round)})",
+        score(st.final_acc),
+        f"{score(st.best_acc)} (round {_fmt(st.best_round)})",
         _fmt(st.rounds_completed),
         _fmt_seconds(st.total_seconds),
         _fmt_bytes(st.bytes_up),
@@ -1025,11 +1074,13 @@ def _table_row(run: RunRecord, label: str, target: float | None) -> str:
 
 
 def _summary_section(runs: list[RunRecord], labels: list[str], target: float | None) -> str:
+    kinds = {has_accuracy(run) for run in runs}
+    score = "accuracy or loss" if len(kinds) > 1 else "accuracy" if True in kinds else "loss"
     heads = [
         "Run",
         "Run directory",
-        "Final test accuracy",
-        "Best test accuracy",
+        f"Final test {score}",
+        f"Best test {score}",
         "Rounds completed",
         "Wall-clock",
         "Bytes up",
@@ -1097,8 +1148,15 @@ def write_report(run_dirs: list[Path], out_dir: Path, target_accuracy: float | N
     if target_accuracy is not None and not 0.0 <= target_accuracy <= 1.0:
         raise FedsimError(f"target accuracy {target_accuracy} is not a fraction in [0, 1]")
     runs = [load_run(Path(d)) for d in run_dirs]
+    regression = [run for run in runs if not has_accuracy(run)]
+    if target_accuracy is not None and regression:
+        raise FedsimError(
+            f"report --target: {regression[0].run_dir} is a regression run, which has no accuracy to reach"
+        )
     labels = _labels(runs)
-    pngs = {p.filename: _render_panel(p, runs, labels) for p in PANELS}
+    # Accuracy charts only when some run measures accuracy: a regression report has none.
+    measured = [p for p in PANELS if p.y != "accuracy" or len(regression) < len(runs)]
+    pngs = {p.filename: _render_panel(p, runs, labels) for p in measured}
     for panel in OPTIONAL_PANELS:
         fig = panel.draw(runs, labels)
         if fig is not None:

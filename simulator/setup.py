@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,10 @@ from clients.data.partition import (
 from clients.data.transforms import Augmentation, normalized
 from clients.errors import ConfigError, DataError, ModelError
 from clients.models.engines import initial_state
-from clients.models.module_model import build_module, check_fits, module_spec
-from clients.models.spec import MODULE_MODEL, ModelSpec, build_spec
+from clients.models.losses import check_loss, load_loss
+from clients.models.module_model import build_module, check_fits, import_root, module_spec
+from clients.models.spec import MODULE_MODEL, LossSource, ModelSpec, build_spec
+from clients.models.torch_engine import TorchModel
 from clients.personalization import PersonalPlan
 from clients.training import LocalTrainingConfig
 from clients.user_code import resolve
@@ -51,12 +54,15 @@ from server.sampling import ClientSampler
 from server.system import SystemModel, local_work
 from simulator.async_rounds import AsyncRounds
 from simulator.config import (
+    BUILT_IN_LOSSES,
     Config,
     DataConfig,
     ModelConfig,
     ServerConfig,
     async_shape,
+    model_task,
     personal_layer_names,
+    refuse_under_regression,
     sampled_per_round,
 )
 from simulator.server_state import ServerState
@@ -125,10 +131,11 @@ def build_population(data: DataConfig, seed: int) -> SyntheticClients | None:
     return from_section(SyntheticClients, data.synthetic, seed=seed, test_fraction=data.test_fraction)
 
 
-def build_dataset(data: DataConfig, seed: int) -> Dataset:
+def build_dataset(data: DataConfig, seed: int, task: str | None = "classification") -> Dataset:
     """The driver's dataset, its inputs normalised as ``data.normalize`` says; with
-    generated populations only the server test set is held."""
-    dataset = normalized(_read_dataset(data, seed), data.normalize)
+    generated populations only the server test set is held. ``task`` (model_task's):
+    users' labels are read as class ids or as regression targets; None lets them decide."""
+    dataset = normalized(_read_dataset(data, seed, task), data.normalize)
     if data.augment != "none" and len(dataset.input_shape) != 3:
         raise DataError(
             f"data.augment: {show(data.augment)} crops and flips (N, C, H, W) images; "
@@ -137,7 +144,7 @@ def build_dataset(data: DataConfig, seed: int) -> Dataset:
     return dataset
 
 
-def _read_dataset(data: DataConfig, seed: int) -> Dataset:
+def _read_dataset(data: DataConfig, seed: int, task: str | None) -> Dataset:
     population = build_population(data, seed)
     if population is not None:
         x_test, y_test = population.server_test_set(data.num_clients)
@@ -149,7 +156,7 @@ def _read_dataset(data: DataConfig, seed: int) -> Dataset:
     if data.dataset == "digits":
         return load_digits(seed=seed, test_fraction=data.test_fraction)
     if data.dataset in USER_DATASETS:
-        return _user_dataset(data, seed)
+        return _user_dataset(data, seed, task)
     if data.dataset != "synthetic":
         return _file_dataset(data)
     return from_section(
@@ -158,7 +165,7 @@ def _read_dataset(data: DataConfig, seed: int) -> Dataset:
     )  # fmt: skip
 
 
-def _user_dataset(data: DataConfig, seed: int) -> Dataset:
+def _user_dataset(data: DataConfig, seed: int, task: str | None) -> Dataset:
     """Users' own data: arrays from ``data.loader`` (its code runs here), or a file format
     under ``data.root``; natural clients keep the first ``num_clients`` of them."""
     from clients.data import formats
@@ -183,7 +190,7 @@ def _user_dataset(data: DataConfig, seed: int) -> Dataset:
         except OSError as exc:
             where = exc.filename or root
             raise DataError(f"data.root {root}: cannot use {where}: {exc.strerror or exc}") from None
-    dataset = formats.assemble(data.dataset, *splits, rng, data.test_fraction)
+    dataset = formats.assemble(data.dataset, *splits, rng, data.test_fraction, task)
     if data.partition != "natural":
         return dataset
     if dataset.train_owner is None:
@@ -261,6 +268,8 @@ def build_partition(dataset: Dataset, data: DataConfig, seed: int) -> list[np.nd
     if data.partition == "dirichlet":
         return dirichlet_partition(labels, data.num_clients, data.alpha, rng, data.min_samples_per_client)
     if data.partition == "shards":
+        if dataset.is_regression:  # sorted by target (a row's mean for (N, k) targets): target skew
+            labels = labels if labels.ndim == 1 else labels.mean(axis=1)
         return shards_partition(labels, data.num_clients, data.shards_per_client, rng)
     return natural_partition(dataset.train_owner, data.num_clients)
 
@@ -295,11 +304,19 @@ def build_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None = No
     than MAX_PARAMETERS (workers keep several vectors of that length each). A module
     model (``seed``: the run's, which its initial weights are built from) runs the user's
     factory here, and is refused unless it maps the data's inputs to one logit per class."""
+    loss = _loss_source(model, dataset)
     if model.name == MODULE_MODEL:
-        spec = _module_model_spec(model, dataset, seed)
+        spec = _module_model_spec(model, dataset, seed, loss)
     else:
         shape, classes = dataset.input_shape, dataset.num_classes
-        spec = from_section(build_spec, model, input_shape=shape, num_classes=classes)
+        spec = dataclasses.replace(
+            from_section(build_spec, model, input_shape=shape, num_classes=classes), loss=loss
+        )
+        if loss.name not in BUILT_IN_LOSSES:
+            probe = _probe_inputs(dataset)
+            with torch.no_grad():
+                outputs = TorchModel(spec).net.eval()(probe)
+            check_loss(load_loss(loss), outputs, _probe_targets(dataset), loss)
     size = spec.layout().size
     if size > MAX_PARAMETERS:
         raise ConfigError(
@@ -309,7 +326,27 @@ def build_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None = No
     return spec
 
 
-def _module_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None) -> ModelSpec:
+def _loss_source(model: ModelConfig, dataset: Dataset) -> LossSource:
+    """model.loss and the run's task (the data's: float targets are regression); a callable
+    loss is imported here, first from the folder fedsim runs in, as model.factory is."""
+    task = "regression" if dataset.is_regression else "classification"
+    if model.loss in BUILT_IN_LOSSES:
+        return LossSource(model.loss, task)
+    load_loss(LossSource(model.loss, task, search_path=os.getcwd()))
+    return LossSource(model.loss, task, search_path=import_root(model.loss))
+
+
+def _probe_inputs(dataset: Dataset) -> torch.Tensor:
+    """Two test rows, as a model takes them (token ids widened to int64)."""
+    probe = torch.from_numpy(np.ascontiguousarray(dataset.x_test[:2]))
+    return probe.long() if dataset.x_test.dtype.kind in "iu" else probe
+
+
+def _probe_targets(dataset: Dataset) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(dataset.y_test[:2]))
+
+
+def _module_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None, loss: LossSource) -> ModelSpec:
     if seed is None:
         raise ValueError("a module model's spec needs the run's seed")
     tokens = dataset.x_test.dtype.kind in "iu"
@@ -317,9 +354,11 @@ def _module_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None) -
         model.factory, model.kwargs, seed, dataset.input_shape, dataset.num_classes,
         "int64" if tokens else "float32",
     )  # fmt: skip
-    probe = torch.from_numpy(np.ascontiguousarray(dataset.x_test[:2]))
-    probe = probe.long() if tokens else probe
-    check_fits(build_module(spec.source), probe, dataset.num_classes, model.factory)
+    spec = dataclasses.replace(spec, loss=loss)
+    targets = tuple(dataset.y_test.shape[1:]) if dataset.is_regression else None
+    net = build_module(spec.source)
+    outputs = check_fits(net, _probe_inputs(dataset), dataset.num_classes, model.factory, targets)
+    check_loss(load_loss(loss), outputs, _probe_targets(dataset), loss)
     return spec
 
 
@@ -556,7 +595,9 @@ def _sizes(shards: ClientShards, population: SyntheticClients | None, num_client
 
 def build_run(cfg: Config) -> RunSetup:
     """Read the config for everything that shapes training; nothing else does."""
-    dataset = build_dataset(cfg.data, cfg.seed)
+    dataset = build_dataset(cfg.data, cfg.seed, model_task(cfg.model))
+    if dataset.is_regression:  # a callable loss with model.task auto learns it only now
+        refuse_under_regression(cfg)
     if not len(dataset.y_test):
         raise DataError(
             f"the server's test set of {dataset.name} is empty (data.test_fraction, or the test rows "

@@ -308,6 +308,8 @@ class Simulation:
         """Add what every round reports: gradient flow, evaluations, clients, seconds."""
         if state.server.plan.track_gradients:
             row["gradient_flow"] = _gradient_flow(results, state.spec.tracked_layers())
+        if state.spec.loss.is_regression:
+            del row["test_accuracy"]  # a regression run has no accuracy: absent, not missing
         row.update(self._maybe_evaluate(state, round_))
         row.update(self._maybe_federated_eval(state, pool, round_))
         row["clients"] = clients.tolist()
@@ -363,12 +365,15 @@ class Simulation:
 
     def _maybe_evaluate(self, state: _RunState, round_: int) -> dict[str, float | None]:
         s = self.cfg.server
+        regression = state.spec.loss.is_regression
         if round_ % s.eval_every and round_ != self.cfg.rounds:
-            return {"test_accuracy": None, "test_loss": None}
+            return {"test_loss": None} if regression else {"test_accuracy": None, "test_loss": None}
         with compute_threads(worker_threads(self.cfg.runtime.cpus_per_worker)):
             if state.server.buffers.size:
                 state.eval_model.load_buffers(state.server.buffers)
             result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
+        if regression:
+            return {"test_loss": result.loss}
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
 
 
@@ -760,9 +765,26 @@ class _RunState:
 
 
 def _summary(cfg: Config, rows: list[dict[str, Any]], status: str, num_params: int) -> dict[str, Any]:
-    evaluated = [r for r in rows if r.get("test_accuracy") is not None]
-    best = max(evaluated, key=lambda r: r["test_accuracy"], default=None)
+    """summary.json; the best round is the most accurate one, or under regression (rows
+    without accuracy) the one of lowest test loss, with ``best_test_loss`` in place of
+    the accuracy keys."""
+    regression = bool(rows) and "test_accuracy" not in rows[0]
+    key = "test_loss" if regression else "test_accuracy"
+    evaluated = [r for r in rows if r.get(key) is not None]
+    if regression:  # a NaN loss (a diverged round) is never the best
+        best = min((r for r in evaluated if math.isfinite(r[key])), key=lambda r: r[key], default=None)
+    else:
+        best = max(evaluated, key=lambda r: r[key], default=None)
     final = evaluated[-1] if evaluated else None
+    scores = {"final_test_loss": final["test_loss"] if final else None}
+    if regression:
+        scores["best_test_loss"] = best["test_loss"] if best else None
+    else:
+        scores = {
+            "final_test_accuracy": final["test_accuracy"] if final else None,
+            **scores,
+            "best_test_accuracy": best["test_accuracy"] if best else None,
+        }
     return {
         "name": cfg.name,
         "mode": cfg.server.mode,
@@ -770,9 +792,7 @@ def _summary(cfg: Config, rows: list[dict[str, Any]], status: str, num_params: i
         "seed": cfg.seed,
         "rounds": cfg.rounds,
         "rounds_completed": rows[-1]["round"] if rows else 0,
-        "final_test_accuracy": final["test_accuracy"] if final else None,
-        "final_test_loss": final["test_loss"] if final else None,
-        "best_test_accuracy": best["test_accuracy"] if best else None,
+        **scores,
         "best_round": best["round"] if best else None,
         "total_seconds": sum(r["seconds"] for r in rows),
         "total_bytes_up": sum(r["bytes_up"] for r in rows),

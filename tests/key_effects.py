@@ -72,6 +72,15 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "data.client_column": "writer", "data.partition": "natural", "data.num_clients": 6,
         "server.clients_per_round": 3,
     },
+    # Regression needs no class labels to split by: iid clients.
+    "csv_iid": {
+        "data.dataset": "csv", "data.root": "{csv}", "data.features": ["f0", "f1", "f2", "f3"],
+        "data.partition": "iid",
+    },
+    "csv_either": {
+        "data.dataset": "csv", "data.root": "{csv}", "data.features": ["f0", "f1", "f2", "f3"],
+        "data.partition": "iid", "model.loss": "tests.regression_models:either",
+    },
     "arrays": {"data.dataset": "arrays", "data.loader": "tests.key_effects:tiny_arrays"},
     "augment_crop": {"data.augment": "crop"},
     "mlp2": {"model.hidden": [8, 8]},
@@ -186,6 +195,8 @@ ROWS = [
     Row("model.lstm_hidden", 5, "trains", "shakespeare"),
     Row("model.lstm_layers", 2, "trains", "shakespeare"),
     Row("model.device", "cpu", "none", why="auto is the host without a GPU"),
+    Row("model.loss", "mse", "trains", "csv_iid", why="the class ids become float targets of one output"),
+    Row("model.task", "regression", "trains", "csv_either"),
     Row("model.factory", "tests.module_models:BatchNormNet", "trains", "module"),
     Row("model.kwargs", {"width": 8}, "trains", "module"),
     Row(
@@ -285,6 +296,10 @@ ROWS = [
     Row("runtime.reduction_groups", 1, "rounding"),
     Row("runtime.checkpoint_every", 1, "none"),
     Row("runtime.address", "{address}", "none", why="the run joins the Ray this process already runs"),
+    Row(
+        "runtime.py_modules", ["tests"], "none",
+        why="it says where the workers find code, not what the code is",
+    ),
     Row("runtime.out_dir", "{tmp}/elsewhere", "none"),
     Row("runtime.tensorboard", True, "none"),
     Row("runtime.mlflow", "file://{tmp}/mlruns", "none"),

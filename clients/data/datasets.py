@@ -44,8 +44,10 @@ class Dataset:
     """A train/test split held in memory.
 
     x_train: (N, *input_shape) float32, or token ids for text (uint8 when the vocabulary
-    fits, else int64; engines widen each batch); y_train: (N,) int64.
-    x_test: (M, *input_shape) of the same dtype; y_test: (M,) int64.
+    fits, else int64; engines widen each batch); y_train: (N,) int64 class ids, or for
+    regression float32 targets (N,) or (N, k).
+    x_test: (M, *input_shape) of the same dtype; y_test: (M,) or (M, k) like y_train.
+    num_classes: the model's output width: classes, or k (1 for (N,) targets).
     train_owner: (N,) int64 natural client id of each training row, or None
     when the dataset has no natural clients; test_owner: (M,) the same for the
     test rows (each natural client's own held-out data), or None. All arrays
@@ -73,27 +75,36 @@ class Dataset:
             if owner is None:
                 continue
             _check_array(self.name, field, owner, np.int64)
-            if owner.shape != labels.shape:
+            if owner.shape != labels.shape[:1]:
                 raise DataError(
-                    f"dataset {self.name!r}: {field} has shape {owner.shape}, expected {labels.shape}"
+                    f"dataset {self.name!r}: {field} has shape {owner.shape}, expected {labels.shape[:1]}"
                 )
 
     @property
     def is_text(self) -> bool:
         return self.x_train.dtype in TOKEN_DTYPES
 
+    @property
+    def is_regression(self) -> bool:
+        """Float targets rather than class ids."""
+        return self.y_train.dtype == np.float32
+
 
 def _check_split(
     name: str, split: str, x: np.ndarray, y: np.ndarray, input_shape: tuple, x_dtype=np.float32
 ) -> None:
-    """Raise DataError unless x: (N, *input_shape) of x_dtype and y: (N,) int64 line up."""
+    """Raise DataError unless x: (N, *input_shape) of x_dtype and y: (N,) int64 class ids
+    (or float32 targets (N,) / (N, k)) line up."""
     _check_array(name, f"x_{split}", x, x_dtype)
-    _check_array(name, f"y_{split}", y, np.int64)
-    if x.shape[1:] != tuple(input_shape) or y.shape != x.shape[:1]:
+    targets = isinstance(y, np.ndarray) and y.dtype == np.float32
+    _check_array(name, f"y_{split}", y, np.float32 if targets else np.int64)
+    if x.shape[1:] != tuple(input_shape) or y.shape[:1] != x.shape[:1] or (not targets and y.ndim != 1):
         raise DataError(
             f"dataset {name!r}: x_{split} has shape {x.shape} and y_{split} {y.shape}; "
             f"expected (N, *{tuple(input_shape)}) and (N,)"
         )
+    if targets and y.ndim > 2:
+        raise DataError(f"dataset {name!r}: y_{split} has shape {y.shape}; targets are (N,) or (N, k)")
 
 
 def _check_array(name: str, field: str, array: np.ndarray, dtype: type) -> None:

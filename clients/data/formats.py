@@ -4,7 +4,8 @@ and Hugging Face (``save_to_disk``) datasets read from ``data.root``.
 Every format comes down to one or two ``Split``s (features, raw labels, raw client ids)
 that ``assemble`` turns into a ``Dataset``:
 - features become float32 (N, *shape); labels that are integers >= 0 are kept, any
-  other labels (strings) are numbered in sorted order over both splits;
+  other labels (strings) are numbered in sorted order over both splits; under regression
+  labels are float32 targets (N,) or (N, k) instead (``task``: numbers, text of numbers);
 - client ids (any values) are numbered in sorted order, training clients first, then
   those only in the test split (as LEAF's users are), so a column of writers gives one
   natural client per distinct value;
@@ -65,19 +66,32 @@ class Split:
 
 
 def assemble(
-    name: str, train: Split, test: Split | None, rng: np.random.Generator, test_fraction: float
+    name: str,
+    train: Split,
+    test: Split | None,
+    rng: np.random.Generator,
+    test_fraction: float,
+    task: str | None = "classification",
 ) -> Dataset:
-    """The Dataset of one or two splits; see the module docstring for the numbering."""
+    """The Dataset of one or two splits; see the module docstring for the numbering.
+    ``task``: classification, regression, or None to let the labels decide (floats, or
+    text of numbers that are not all integers, are regression targets)."""
+    if task is None:
+        task = "regression" if _float_labels(train.labels) else "classification"
+    regression = task == "regression"
     for split, part in (("train", train), ("test", test)):
         if part is not None:
-            _check_lengths(name, split, part)
+            _check_lengths(name, split, part, regression)
     if len(train.labels) == 0:
         raise DataError(f"{name}: the training split is empty")
     if test is not None and test.clients is not None and train.clients is None:
         raise DataError(f"{name}: client ids are given for the test rows only; give the training rows' too")
     if test is None:
-        train, test = _held_out(train, rng, test_fraction)
-    labels, num_classes = _label_ids(name, train.labels, test.labels)
+        train, test = _held_out(train, rng, test_fraction, regression)
+    if regression:
+        labels, num_classes = _targets(name, train.labels, test.labels)
+    else:
+        labels, num_classes = _label_ids(name, train.labels, test.labels)
     owners = None if train.clients is None else _client_ids(train.clients, test.clients)
     x_train, x_test = _features(name, "train", train.x), _features(name, "test", test.x)
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -95,21 +109,29 @@ def assemble(
     )
 
 
-def _check_lengths(name: str, split: str, part: Split) -> None:
+def _check_lengths(name: str, split: str, part: Split, regression: bool = False) -> None:
     x, labels, clients = part.x, part.labels, part.clients
-    if x.ndim < 2 or labels.ndim != 1:
+    if x.ndim < 2 or labels.ndim not in ((1, 2) if regression else (1,)):
+        wanted = "(N,) or (N, k)" if regression else "(N,)"
         raise DataError(
-            f"{name}: x_{split} must be (N, features...) and y_{split} (N,); got {x.shape} and {labels.shape}"
+            f"{name}: x_{split} must be (N, features...) and y_{split} {wanted}; "
+            f"got {x.shape} and {labels.shape}"
         )
-    if len(x) != len(labels) or (clients is not None and clients.shape != labels.shape):
+    if len(x) != len(labels) or (clients is not None and clients.shape != labels.shape[:1]):
         got = f"x_{split} has {len(x)} rows, y_{split} {len(labels)}"
         got += "" if clients is None else f", client_{split} {len(clients)}"
         raise DataError(f"{name}: {got}; every row needs its label (and client id)")
 
 
-def _held_out(train: Split, rng: np.random.Generator, test_fraction: float) -> tuple[Split, Split]:
-    """A seeded share ``test_fraction`` of each label's rows as the test split."""
-    _, classes = np.unique(train.labels, return_inverse=True)
+def _held_out(
+    train: Split, rng: np.random.Generator, test_fraction: float, regression: bool = False
+) -> tuple[Split, Split]:
+    """A seeded share ``test_fraction`` of each label's rows (regression: of all rows) as
+    the test split."""
+    if regression:
+        classes = np.zeros(len(train.labels), np.int64)
+    else:
+        _, classes = np.unique(train.labels, return_inverse=True)
     mask = stratified_test_mask(classes.reshape(-1), test_fraction, rng)
     keep, hold = np.flatnonzero(~mask), np.flatnonzero(mask)
     clients = train.clients
@@ -155,6 +177,45 @@ def _label_ids(name: str, train: np.ndarray, test: np.ndarray) -> tuple[tuple[np
     if not 2 <= num_classes <= MAX_CLASSES:
         raise DataError(f"{name}: {num_classes} classes; between 2 and {MAX_CLASSES:,} are supported")
     return (np.ascontiguousarray(ids[: len(train)]), np.ascontiguousarray(ids[len(train) :])), num_classes
+
+
+def _float_labels(labels: np.ndarray) -> bool:
+    """Whether labels are float values (or text of numbers, not all integers) rather than
+    class ids or names."""
+    if labels.dtype.kind == "f":
+        return True
+    if labels.dtype.kind != "U":
+        return False
+    try:
+        labels.astype(np.float64)
+    except ValueError:
+        return False
+    return True
+
+
+def _targets(name: str, train: np.ndarray, test: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    """((y_train, y_test) float32 regression targets, their width k: 1 for (N,))."""
+    if train.shape[1:] != test.shape[1:]:
+        raise DataError(
+            f"{name}: train targets have shape {train.shape[1:]} but test targets {test.shape[1:]}"
+        )
+    out = []
+    for split, labels in (("train", train), ("test", test)):
+        if labels.dtype.kind not in "biufU":
+            raise DataError(f"{name}: y_{split} is {labels.dtype}; regression targets must be numbers")
+        try:
+            values = np.ascontiguousarray(labels.astype(np.float64).astype(np.float32))
+        except ValueError:
+            raise DataError(
+                f"{name}: y_{split} holds text that is not a number; regression targets must be numbers"
+            ) from None
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"{name}: y_{split} holds NaN or Inf (or values beyond float32's range)")
+        out.append(values)
+    width = int(train.shape[1]) if train.ndim == 2 else 1
+    if width < 1:
+        raise DataError(f"{name}: targets have shape {train.shape}; at least one output is needed")
+    return (out[0], out[1]), width
 
 
 def _client_ids(train: np.ndarray, test: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -78,9 +78,10 @@ def module_spec(
     input_dtype: str = "float32",
 ) -> ModelSpec:
     """The spec of a user's module model: one ``module`` layer per top-level unit."""
-    source = ModuleSource(factory, dict(kwargs), seed, search_path=os.getcwd())
-    net = build_module(source)
-    source = ModuleSource(factory, dict(kwargs), seed, search_path=import_root(factory))
+    net = build_module(ModuleSource(factory, dict(kwargs), seed, search_path=os.getcwd()))
+    # Workers import the factory from their own path, where runtime.py_modules ships it:
+    # the driver's folders need not exist on their node.
+    source = ModuleSource(factory, dict(kwargs), seed)
     layers = module_layers(net)
     if not any(layer.args["params"] for layer in layers):
         raise ModelError(f"{KEY}: {factory}'s model has no parameters; nothing could be trained")
@@ -144,9 +145,13 @@ def bind_flat(net: nn.Module, layout: Layout, flat: torch.Tensor, grad: torch.Te
 
 
 @torch.no_grad()
-def check_fits(net: nn.Module, x: torch.Tensor, num_classes: int, factory: str) -> None:
+def check_fits(
+    net: nn.Module, x: torch.Tensor, num_classes: int, factory: str, targets: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """Refuse a model whose output for a batch ``x`` (B, *input_shape) is not logits
-    (B, num_classes); a copy in evaluation mode runs it, so ``net`` is left as it was."""
+    (B, num_classes), or, for regression ``targets`` (the shape of one row's targets: ()
+    or (k,)), not (B, k) (or (B,) / (B, 1) for () targets); a copy in evaluation mode runs
+    it, so ``net`` is left as it was. Returns that output."""
     probe = copy.deepcopy(net).eval()
     shape = tuple(x.shape)
     try:
@@ -156,8 +161,12 @@ def check_fits(net: nn.Module, x: torch.Tensor, num_classes: int, factory: str) 
             f"{KEY}: {factory}'s model cannot take the data's inputs {shape}: {type(exc).__name__}: {exc}"
         ) from exc
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if not isinstance(out, torch.Tensor) or got != (len(x), num_classes) or not out.is_floating_point():
-        raise ModelError(
-            f"{KEY}: {factory}'s model maps inputs {shape} to {got}; the labels need float logits "
-            f"{(len(x), num_classes)} (the data has {num_classes} classes)"
-        )
+    if targets is None:
+        fits = [(len(x), num_classes)]
+        need = f"the labels need float logits {fits[0]} (the data has {num_classes} classes)"
+    else:
+        fits = [(len(x), *targets)] + ([(len(x), 1)] if targets == () else [])
+        need = f"the regression targets need float outputs {' or '.join(map(str, fits))}"
+    if not isinstance(out, torch.Tensor) or got not in fits or not out.is_floating_point():
+        raise ModelError(f"{KEY}: {factory}'s model maps inputs {shape} to {got}; {need}")
+    return out

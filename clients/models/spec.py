@@ -118,13 +118,32 @@ def _lstm_params(input_size: int, hidden: int, layers: int):
 class ModuleSource:
     """Where a user's module model comes from: ``factory`` ("package.module:callable")
     called with ``kwargs`` under a torch generator seeded from (``seed``, PURPOSE_INIT);
-    ``search_path``: the folder its top-level package was imported from on the driver,
-    put on a worker's sys.path when the worker cannot import it otherwise."""
+    ``search_path``: a folder put on sys.path before importing it (the driver's: the folder
+    fedsim runs in); workers have none and find it where runtime.py_modules ships it."""
 
     factory: str
     kwargs: dict
     seed: int
     search_path: str | None = None
+
+
+@dataclass(frozen=True)
+class LossSource:
+    """What a model is trained on: ``name`` cross_entropy, mse, or a user's callable
+    ("package.module:callable", imported from ``search_path`` when not importable
+    otherwise); ``task`` classification (class-id labels, accuracy measured) or
+    regression (float targets, loss only)."""
+
+    name: str = "cross_entropy"
+    task: str = "classification"
+    search_path: str | None = None
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
+
+
+CROSS_ENTROPY = LossSource()
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,7 @@ class ModelSpec:
     layers: tuple[LayerSpec, ...]
     input_dtype: str = "float32"  # "int64" for token models
     source: ModuleSource | None = None  # set for a user's module model (name "module")
+    loss: LossSource = CROSS_ENTROPY  # what training minimises; num_classes is the output width
 
     def layout(self) -> Layout:
         return Layout([p for layer in self.layers for p in layer.param_shapes()])

@@ -19,6 +19,7 @@ from torch import nn
 
 from clients.models.arrays import DeviceShard, HostArrays, tensor_from_numpy, to_numpy
 from clients.models.gradflow import layer_flow
+from clients.models.losses import fitted, load_loss
 from clients.models.module_model import bind_flat, build_module
 from clients.models.spec import LayerSpec, ModelSpec
 
@@ -149,6 +150,7 @@ class TorchModel(HostArrays):
             self.net = build_module(spec.source).to(_DTYPES[np.dtype(dtype)]).to(flat_p.device)
             bind_flat(self.net, self.layout, flat_p, flat_g, buffers=False)
         self._bind_buffers(dtype)
+        self.loss_fn = load_loss(spec.loss)
         self.track_gradients = False
         self.last_flow: dict[str, tuple[float, float]] = {}
 
@@ -213,17 +215,19 @@ class TorchModel(HostArrays):
         torch.manual_seed(int(rng.integers(2**63 - 1)))
 
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> float:
-        """Mean cross-entropy on the batch; writes d(loss)/d(params) into ``self.grad``.
+        """Mean loss (``spec.loss``: cross-entropy by default) on the batch; writes
+        d(loss)/d(params) into ``self.grad``.
 
-        x: (B, *input_shape) float or int64 tokens; y: (B,) int64 (numpy arrays, or
-        tensors already on the model's device).
+        x: (B, *input_shape) float or int64 tokens; y: (B,) int64 class ids, or float32
+        targets (B,) / (B, k) (numpy arrays, or tensors already on the model's device).
         With ``track_gradients``, ``last_flow[layer] = (|dL/dh|, |dL/dθ|)``.
         """
         self.grad[...] = 0
         self.net.train()
         signals: dict[str, torch.Tensor] = {}
         logits = self._forward(self._tensor(x), signals if self.track_gradients else None)
-        loss = F.cross_entropy(logits, self._tensor(y))
+        targets = self._tensor(y)
+        loss = self.loss_fn(fitted(logits, targets, self.spec.loss), targets)
         loss.backward()
         if self.track_gradients:
             self.last_flow = layer_flow(self.spec, self.layout, to_numpy(self.grad), signals)
@@ -268,14 +272,22 @@ class TorchModel(HostArrays):
             module.capturing = False
 
     @torch.no_grad()
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float, int]:
-        """Summed cross-entropy, correct count and sample count over (x, y) in batches."""
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, int | None, int]:
+        """Summed loss (each sample's mean over its outputs), correct count (None under
+        regression, which has no accuracy) and sample count over (x, y) in batches."""
         self.net.eval()
+        source = self.spec.loss
         loss_sum, correct = 0.0, 0
         for start in range(0, len(x), batch_size):
             xb = self._tensor(np.ascontiguousarray(x[start : start + batch_size]))
             yb = self._tensor(np.ascontiguousarray(y[start : start + batch_size]))
-            logits = self.net(xb)
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == yb).sum())
-        return loss_sum, correct, len(x)
+            logits = fitted(self.net(xb), yb, source)
+            if source.name == "cross_entropy":
+                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            elif source.name == "mse":
+                loss_sum += float(F.mse_loss(logits, yb, reduction="sum")) * len(yb) / max(1, yb.numel())
+            else:
+                loss_sum += float(self.loss_fn(logits, yb)) * len(yb)
+            if not source.is_regression:
+                correct += int((logits.argmax(dim=1) == yb).sum())
+        return loss_sum, None if source.is_regression else correct, len(x)

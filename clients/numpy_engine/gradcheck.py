@@ -7,13 +7,14 @@ checked coordinates of a tensor; a check reports its worst tensor.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from clients.models.spec import LayerSpec, ModelSpec, build_spec, init_params
+from clients.models.spec import LayerSpec, LossSource, ModelSpec, build_spec, init_params
 from clients.models.torch_engine import TorchModel, _module
 from clients.numpy_engine.core import Module, bind_standalone
 from clients.numpy_engine.model import NumpyModel, build_module
@@ -197,7 +198,12 @@ MODEL_CASES: dict[str, Callable[[], tuple[ModelSpec, Callable]]] = {
         build_spec("charlstm", (6,), 12, embedding_dim=4, lstm_hidden=6, lstm_layers=2),
         _tokens,
     ),
+    "mlp-mse": lambda: (  # a regressor: 3 float targets per row, mean squared error
+        dataclasses.replace(build_spec("mlp", (5,), 3, hidden=[8], activation="tanh"), loss=MSE),
+        _images,
+    ),
 }
+MSE = LossSource("mse", "regression")
 
 
 def _images(rng, spec: ModelSpec):
@@ -212,6 +218,8 @@ def _model_inputs(name: str):
     spec, make_x = MODEL_CASES[name]()
     rng = np.random.default_rng(2)
     x = make_x(rng, spec)
+    if spec.loss.is_regression:
+        return spec, x, rng.normal(size=(len(x), spec.num_classes)), rng
     y = rng.integers(0, spec.num_classes, size=len(x))
     return spec, x, y, rng
 

@@ -17,7 +17,7 @@ from clients.numpy_engine.activations import GELU, Dropout, LeakyReLU, ReLU, Sig
 from clients.numpy_engine.conv import AvgPool2d, Conv2d, MaxPool2d
 from clients.numpy_engine.core import Module
 from clients.numpy_engine.dense import Flatten, Linear
-from clients.numpy_engine.losses import softmax_cross_entropy
+from clients.numpy_engine.losses import mse, softmax_cross_entropy
 from clients.numpy_engine.norm import BatchNorm
 from clients.numpy_engine.recurrent import LSTM, Embedding, LastStep
 from clients.numpy_engine.residual import ResidualBlock
@@ -122,23 +122,39 @@ class NumpyModel(HostArrays):
                 break
         return signals
 
+    def _loss(self, outputs: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """(mean loss, d loss / d outputs): cross-entropy against class ids y (B,), or mean
+        squared error against float targets y (B,) / (B, k) (outputs (B, 1) for (B,))."""
+        if self.spec.loss.name == "cross_entropy":
+            return softmax_cross_entropy(outputs, y)
+        if self.spec.loss.name != "mse":
+            raise ValueError(
+                f"the numpy engine has no loss {self.spec.loss.name!r}; it has cross_entropy, mse"
+            )
+        loss, dout = mse(outputs.reshape(y.shape), y.astype(outputs.dtype, copy=False))
+        return loss, dout.reshape(outputs.shape)
+
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> float:
-        """Mean cross-entropy on (x (B, ...), y (B,)); writes the flat gradient into ``self.grad``."""
+        """Mean loss (cross-entropy, or mse) on (x (B, ...), y (B,) or (B, k)); writes the
+        flat gradient into ``self.grad``."""
         self.grad.fill(0.0)
         logits = self.forward(x, train=True)
-        loss, dlogits = softmax_cross_entropy(logits, y)
+        loss, dlogits = self._loss(logits, y)
         signals = self.backward(dlogits)
         if self.track_gradients:
             self.last_flow = layer_flow(self.spec, self.layout, self.grad, signals)
         return float(loss)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float, int]:
-        """Summed cross-entropy, correct count and sample count over (x, y) in batches."""
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, int | None, int]:
+        """Summed loss, correct count (None under regression) and sample count over (x, y)
+        in batches."""
+        regression = self.spec.loss.is_regression
         loss_sum, correct = 0.0, 0
         for start in range(0, len(x), batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             logits = self.forward(xb, train=False)
-            loss, _ = softmax_cross_entropy(logits, yb)
+            loss, _ = self._loss(logits, yb)
             loss_sum += float(loss) * len(yb)
-            correct += int((logits.argmax(axis=1) == yb).sum())
-        return loss_sum, correct, len(x)
+            if not regression:
+                correct += int((logits.argmax(axis=1) == yb).sum())
+        return loss_sum, None if regression else correct, len(x)

@@ -1,0 +1,232 @@
+"""Losses and tasks through a config: regression (model.loss: mse) on CSV data with natural
+clients, a callable loss, mse on the numpy engine, next-character prediction with a module
+model, and bad input as one line (exit code 2)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulator import Simulation
+from simulator.cli import main
+from tests.conftest import ROOT, small_overrides
+
+DEFAULT = ROOT / "configs" / "default.yaml"
+WEIGHTS = np.array([1.5, -2.0, 0.5, 1.0])  # the linear target the CSV rows follow
+
+
+def write_regression_csv(folder: Path, seed: int = 0) -> None:
+    """train.csv (96 rows) and test.csv (32): four features, a float ``target`` (a linear
+    function of them plus noise) and a ``site`` column naming 4 natural clients."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, rows in (("train", 96), ("test", 32)):
+        x = rng.normal(0, 1, (rows, 4))
+        y = x @ WEIGHTS + 0.3 + rng.normal(0, 0.1, rows)
+        with (folder / f"{name}.csv").open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["a", "b", "c", "d", "target", "site"])
+            for i in range(rows):
+                out.writerow([*(f"{v:.4f}" for v in x[i]), f"{y[i]:.4f}", f"s{i % 4}"])
+
+
+def regression_config(tmp_path: Path, **extra) -> Path:
+    """A YAML config of a 3-round mse run on the CSV under tmp_path/csv, clients by site."""
+    write_regression_csv(tmp_path / "csv")
+    config = {
+        "name": "regression",
+        "rounds": 3,
+        "data": {
+            "dataset": "csv", "root": str(tmp_path / "csv"), "label": "target",
+            "client_column": "site", "partition": "natural", "num_clients": 4,
+        },
+        "model": {"name": "mlp", "hidden": [16], "loss": "mse"},
+        "client": {"lr": 0.05, "batch_size": 8},
+        "server": {"clients_per_round": 4},
+        "runtime": {"workers": 1, "cpus_per_worker": 1.0},
+    }  # fmt: skip
+    for dotted, value in extra.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
+    path = tmp_path / "regression.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def rows_of(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"model.name": "mlp"},
+        {
+            "model.name": "module",
+            "model.factory": "tests.regression_models:regressor",
+            "model.kwargs": {"num_features": 4},
+        },
+    ],  # fmt: skip
+    ids=["mlp", "module"],
+)
+def test_a_regression_run_learns_and_reports_loss_without_accuracy(model, ray_cluster, tmp_path):
+    config = regression_config(tmp_path)
+    overrides = {**model, "server.federated_eval.every": 3, "server.federated_eval.fraction": 1.0}
+    Simulation.from_yaml(config, overrides, run_dir=tmp_path / "run").run()
+    rows = rows_of(tmp_path / "run")
+    losses = [row["test_loss"] for row in rows]
+    assert losses[-1] < losses[0] and rows[-1]["train_loss"] < rows[0]["train_loss"], losses
+    assert not [key for row in rows for key in row if "accuracy" in key]  # absent, not null
+    assert rows[-1]["federated_clients"] == 4 and rows[-1]["federated_loss"] > 0
+    clients = [json.loads(line) for line in (tmp_path / "run" / "clients.jsonl").read_text().splitlines()]
+    assert clients and all("loss" in r and "accuracy" not in r for r in clients)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_test_loss"] == min(losses) and "final_test_accuracy" not in summary
+    if model["model.name"] == "module":
+        assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+        html = (tmp_path / "report" / "report.html").read_text()
+        assert "Final test loss" in html and "panel-federated-loss" in html
+        assert "accuracy" not in html.lower()  # no accuracy panel, column or heading
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_callable_cross_entropy_gives_the_bits_of_the_built_in_one(ray_cluster, tmp_path):
+    runs = {}
+    for name, loss in (("builtin", "cross_entropy"), ("callable", "tests.regression_models:cross_entropy")):
+        overrides = small_overrides(
+            rounds=2, **{"model.loss": loss, "data.num_clients": 4, "server.clients_per_round": 2},
+            **{"runtime.workers": 1, "runtime.cpus_per_worker": 1.0},
+        )  # fmt: skip
+        Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / name).run()
+        runs[name] = _sha256(tmp_path / name / "model.safetensors")
+    assert runs["builtin"] == runs["callable"]
+
+
+def test_mse_on_the_numpy_engine_agrees_with_torch(ray_cluster, tmp_path):
+    """Both engines in float32 from the same initial vector: only summation order differs,
+    so after 3 rounds of SGD the parameters agree to ~1e-6 relative; 1e-4 leaves room."""
+    config = regression_config(tmp_path)
+    final = {}
+    for engine in ("torch", "numpy"):
+        history = Simulation.from_yaml(config, {"model.engine": engine}, run_dir=tmp_path / engine).run()
+        final[engine] = history.final_params
+    np.testing.assert_allclose(final["numpy"], final["torch"], rtol=1e-4, atol=1e-5)
+    assert main(["gradcheck", "--model", "mlp-mse"]) == 0  # finite differences and autograd
+
+
+def _validate(capsys, config: Path, overrides: dict, data: bool) -> tuple[int, str]:
+    args = ["validate", str(config), *(["--data"] if data else [])]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(code: int, err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("fedsim: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+MODULE = {"model.name": "module", "model.factory": "tests.regression_models:regressor"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "data", "fragments"),
+    [
+        ({"data.partition": "dirichlet"}, False, ["data.partition", "dirichlet", "regression"]),
+        (
+            {"model.loss": "tests.regression_models.per_sample_mse"},
+            False,
+            ["model.loss", "not an import path"],
+        ),
+        (
+            {"model.loss": "no_such_loss_fedsim:mse"},
+            True,
+            ["model.loss", "no module named 'no_such_loss_fedsim'"],
+        ),
+        (
+            {"model.loss": "tests.regression_models:nothing"},
+            True,
+            ["model.loss", "has no attribute 'nothing'"],
+        ),
+        ({"model.loss": "tests.regression_models:per_sample_mse"}, True, ["model.loss", "scalar"]),
+        ({**MODULE, "model.kwargs": {"num_features": 4, "outputs": 2}}, True, ["model.factory", "(2, 2)"]),
+        ({"model.loss": "mse", "model.task": "classification"}, False, ["model.task", "regression"]),
+        (
+            {"model.loss": "tests.regression_models:cross_entropy", "model.engine": "numpy"},
+            False,
+            ["model.loss", "model.engine"],
+        ),
+    ],  # fmt: skip
+    ids=[
+        "dirichlet",
+        "no_colon",
+        "missing_module",
+        "missing_attribute",
+        "not_scalar",
+        "output_width",
+        "mse_classification",
+        "callable_on_numpy",
+    ],  # fmt: skip
+)
+def test_bad_input_is_one_line_and_exit_2(overrides, data, fragments, tmp_path, capsys):
+    config = regression_config(tmp_path)
+    if data:  # the config alone is fine: what is wrong shows only once its code runs
+        assert _validate(capsys, config, overrides, data=False)[0] == 0
+    assert_one_line(*_validate(capsys, config, overrides, data), *fragments)
+
+
+def test_regression_on_a_built_in_dataset_is_refused(capsys):
+    assert_one_line(*_validate(capsys, DEFAULT, {"model.loss": "mse"}, False), "model.loss", "float targets")
+
+
+def test_validate_without_data_never_imports_a_callable_loss(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "exploding_loss.py").write_text("raise RuntimeError('imported')\ndef loss(o, t):\n    pass\n")
+    config = regression_config(tmp_path)
+    overrides = {"model.loss": "exploding_loss:loss"}
+    code, err = _validate(capsys, config, overrides, data=False)
+    assert code == 0, err
+    assert "exploding_loss" not in sys.modules
+    assert_one_line(*_validate(capsys, config, overrides, data=True), "model.loss", "raised RuntimeError")
+
+
+def _write_leaf(root: Path, users: dict[str, list[tuple[str, str]]], split: str) -> None:
+    folder = root / "shakespeare" / "data" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {
+        "users": list(users),
+        "num_samples": [len(rows) for rows in users.values()],
+        "user_data": {u: {"x": [w for w, _ in rows], "y": [c for _, c in rows]} for u, rows in users.items()},
+    }
+    (folder / "all_data_0.json").write_text(json.dumps(body))
+
+
+def test_a_module_model_predicts_the_next_character_of_shakespeare(ray_cluster, tmp_path):
+    """LEAF-format text (windows of 80 characters, the next one as label) and a module model
+    giving (B, 80) logits: classification, with accuracy."""
+    text = "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer. " * 2
+    windows = [(text[i : i + 80], text[i + 80]) for i in range(40)]
+    _write_leaf(tmp_path, {"HAMLET": windows[:16], "OPHELIA": windows[16:30]}, "train")
+    _write_leaf(tmp_path, {"HAMLET": windows[30:35], "OPHELIA": windows[35:]}, "test")
+    overrides = {
+        "rounds": 1, "data.root": str(tmp_path), "data.num_clients": 2, "server.clients_per_round": 2,
+        "model.name": "module", "model.factory": "tests.regression_models:NextChar",
+        "runtime.workers": 1, "runtime.cpus_per_worker": 1.0,
+    }  # fmt: skip
+    config = ROOT / "configs" / "shakespeare_lstm.yaml"
+    history = Simulation.from_yaml(config, overrides, run_dir=tmp_path / "run").run()
+    row = history.rows[-1]
+    assert row["num_samples"] == 30 and 0 <= row["test_accuracy"] <= 1 and np.isfinite(row["test_loss"])
+    assert history.summary["num_parameters"] == 80 * 8 + 8 * 80 + 80
