@@ -142,10 +142,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from simulator.rundir import check_new_run_dir
 
         check_new_run_dir(args.out)
-    from simulator.cluster import ray_starting
+    from simulator.cluster import ray_starting, user_py_modules
 
     # Ray's processes come up while this process imports torch and the simulator (seconds each).
-    with ray_starting(cfg.runtime.address, args.debug):
+    with ray_starting(cfg.runtime.address, args.debug, user_py_modules(cfg)):
         from simulator.simulation import Simulation
 
         return _run(Simulation(cfg, args.out, **options), args.quiet)
@@ -279,11 +279,12 @@ def _print_prune_table(path: Path) -> None:
 
     prune = read_json(path, limit=64 << 20)
     tuned = prune["finetune_rounds"] > 0
-    print(f"unpruned test accuracy {prune['baseline']['test_accuracy']:.4f}")
-    print(f"{'method':<18} {'sparsity':>8} {'accuracy':>9}" + (f" {'fine-tuned':>10}" if tuned else ""))
+    score = "accuracy" if "test_accuracy" in prune["baseline"] else "loss"  # regression: loss only
+    print(f"unpruned test {score} {prune['baseline'][f'test_{score}']:.4f}")
+    print(f"{'method':<18} {'sparsity':>8} {score:>9}" + (f" {'fine-tuned':>10}" if tuned else ""))
     for r in prune["results"]:
-        extra = f" {r['finetuned_test_accuracy']:>10.4f}" if tuned else ""
-        print(f"{r['method']:<18} {r['sparsity']:>8.2f} {r['test_accuracy']:>9.4f}{extra}")
+        extra = f" {r[f'finetuned_test_{score}']:>10.4f}" if tuned else ""
+        print(f"{r['method']:<18} {r['sparsity']:>8.2f} {r[f'test_{score}']:>9.4f}{extra}")
     print(f"wrote {path}")
 
 
@@ -318,8 +319,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_sweep_run(run) -> None:
-    acc = "-" if run.final_test_accuracy is None else f"{run.final_test_accuracy:.4f}"
     error = f": {run.error}" if run.error else ""
+    if run.final_test_accuracy is None and run.final_test_loss is not None:  # a regression run
+        print(f"{run.status}: {run.directory} (final test loss {run.final_test_loss:.4f}){error}", flush=True)
+        return
+    acc = "-" if run.final_test_accuracy is None else f"{run.final_test_accuracy:.4f}"
     print(f"{run.status}: {run.directory} (final test accuracy {acc}){error}", flush=True)
 
 

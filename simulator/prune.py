@@ -21,7 +21,7 @@ from server.evaluation import evaluate
 from server.pruning import build_mask, density, layer_densities, magnitude_scores, random_scores
 from server.sampling import sample_clients
 from simulator import rundir
-from simulator.cluster import ray_session
+from simulator.cluster import ray_session, user_py_modules
 from simulator.config import load_run_config
 from simulator.progress import RoundProgress, StepProgress
 from simulator.report import write_prune_charts
@@ -65,7 +65,7 @@ def prune_run(
     state = _RunState(cfg, run_dir)
     trained = load_model_params(run_dir, state)
     sim = Simulation(cfg, run_dir, quiet=True)
-    with ray_session(cfg.runtime.address) as session:
+    with ray_session(cfg.runtime.address, py_modules=user_py_modules(cfg)) as session:
         pool = sim._start_workers(state, session, RoundProgress(1, 1, cfg.name, quiet=True))
         completed = False
         progress = StepProgress(len(methods) * len(sparsities) * (1 + finetune_rounds), "prune", quiet)
@@ -139,7 +139,8 @@ def _evaluate_all(
                 **_test_metrics(sim, state, trained * mask),
             }
             step = f"{method} sparsity {sparsity:g}"
-            progress.advance(f"{step}: accuracy {row['test_accuracy']:.4f}")
+            score = "accuracy" if "test_accuracy" in row else "loss"  # regression: loss only
+            progress.advance(f"{step}: {score} {row[f'test_{score}']:.4f}")
             if finetune_rounds:
                 tuned = _finetune(sim, state, pool, trained * mask, mask, finetune_rounds, progress, step)
                 row.update({f"finetuned_{k}": v for k, v in _test_metrics(sim, state, tuned).items()})
@@ -162,6 +163,8 @@ def _test_metrics(sim: Simulation, state: _RunState, params: np.ndarray) -> dict
     if state.server.buffers.size:  # a module model's running statistics, as the run left them
         state.eval_model.load_buffers(state.server.buffers)
     result = evaluate(state.eval_model, params, state.x_test, state.y_test, state.cfg.server.eval_batch_size)
+    if result.accuracy is None:  # a regression model: its loss is all there is
+        return {"test_loss": result.loss}
     return {"test_accuracy": result.accuracy, "test_loss": result.loss}
 
 

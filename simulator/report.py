@@ -486,20 +486,22 @@ def _prune_results(run: RunRecord) -> dict[str, Any] | None:
 
 
 def _prune_accuracy_figure(prune: dict[str, Any], title: str) -> Figure:
-    """Test accuracy against sparsity, one line per method (dashed: after fine-tuning)."""
+    """Test accuracy (a regression run's: test loss) against sparsity, one line per method
+    (dashed: after fine-tuning)."""
+    key, scale = ("test_accuracy", 100) if "test_accuracy" in prune["baseline"] else ("test_loss", 1)
     fig, ax = _new_axes()
     methods = list(dict.fromkeys(r["method"] for r in prune["results"]))
     for i, method in enumerate(methods):
         rows = sorted((r for r in prune["results"] if r["method"] == method), key=lambda r: r["sparsity"])
         xs = [100 * r["sparsity"] for r in rows]
         colour = _colour(i, len(methods))
-        ax.plot(xs, [100 * r["test_accuracy"] for r in rows], marker="o", color=colour, label=method)
-        if rows and "finetuned_test_accuracy" in rows[0]:
-            tuned = [100 * r["finetuned_test_accuracy"] for r in rows]
+        ax.plot(xs, [scale * r[key] for r in rows], marker="o", color=colour, label=method)
+        if rows and f"finetuned_{key}" in rows[0]:
+            tuned = [scale * r[f"finetuned_{key}"] for r in rows]
             ax.plot(xs, tuned, marker="o", linestyle="--", color=colour, label=f"{method}, fine-tuned")
-    ax.axhline(100 * prune["baseline"]["test_accuracy"], color="grey", linestyle=":", label="unpruned")
+    ax.axhline(scale * prune["baseline"][key], color="grey", linestyle=":", label="unpruned")
     ax.set_xlabel("Sparsity (% of weights pruned)", fontsize=10)
-    ax.set_ylabel("Test accuracy (%)", fontsize=10)
+    ax.set_ylabel("Test accuracy (%)" if scale == 100 else "Test loss", fontsize=10)
     ax.set_title(title, fontsize=12)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=9)
@@ -536,6 +538,8 @@ def write_prune_charts(prune: dict[str, Any], out_dir: Path) -> list[Path]:
     """The `fedsim prune` charts as PNG files in ``out_dir``."""
     paths = []
     for filename, draw, title in PRUNE_CHARTS:
+        if "test_accuracy" not in prune["baseline"]:  # a regression run's: loss
+            title = title.replace("Accuracy", "Loss")
         path = Path(out_dir) / filename
         atomic_write_bytes(path, _png(draw(prune, title)))
         paths.append(path)
@@ -552,7 +556,10 @@ def _first_prune(runs: list[RunRecord], labels: list[str]):
 
 def _prune_accuracy_panel(runs: list[RunRecord], labels: list[str]) -> Figure | None:
     prune, label = _first_prune(runs, labels)
-    return None if prune is None else _prune_accuracy_figure(prune, f"{label}: accuracy against sparsity")
+    if prune is None:
+        return None
+    score = "accuracy" if "test_accuracy" in prune["baseline"] else "loss"
+    return _prune_accuracy_figure(prune, f"{label}: {score} against sparsity")
 
 
 def _prune_layers_panel(runs: list[RunRecord], labels: list[str]) -> Figure | None:

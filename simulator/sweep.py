@@ -38,7 +38,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from clients.errors import ConfigError, FedsimError, RunDiverged
-from simulator.cluster import RaySession, pool_size, ray_session
+from simulator.cluster import RaySession, pool_size, ray_session, user_py_modules
 from simulator.config import Config, apply_overrides, from_dict, parse_override, read_yaml
 from simulator.progress import StepProgress
 from simulator.rundir import atomic_write_bytes, atomic_write_text, read_json
@@ -81,6 +81,7 @@ class SweepRun:
     status: str = NOT_RUN
     final_test_accuracy: float | None = None
     best_test_accuracy: float | None = None
+    final_test_loss: float | None = None  # what a regression run (no accuracy) is compared by
     error: str | None = None
 
 
@@ -333,7 +334,7 @@ def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event,
     try:
         summary = sim.run().summary
     except RunDiverged as exc:  # a result of the grid point (say, too large an lr), not a failure
-        index.record(job.run, status=DIVERGED, error=str(exc), **_accuracies(run_dir))
+        index.record(job.run, status=DIVERGED, error=str(exc), **_scores(run_dir))
         return
     except FedsimError as exc:
         index.record(job.run, status=FAILED, error=str(exc))
@@ -347,20 +348,21 @@ def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event,
     index.record(
         job.run,
         status=summary["status"],
-        final_test_accuracy=summary["final_test_accuracy"],
-        best_test_accuracy=summary["best_test_accuracy"],
+        final_test_accuracy=summary.get("final_test_accuracy"),  # a regression run has none
+        best_test_accuracy=summary.get("best_test_accuracy"),
+        final_test_loss=summary.get("final_test_loss"),
     )
 
 
-def _accuracies(run_dir: Path) -> dict[str, Any]:
-    """The final and best test accuracy a stopped run's summary.json recorded."""
+def _scores(run_dir: Path) -> dict[str, Any]:
+    """The final and best test accuracy and the final loss a stopped run's summary.json recorded."""
     try:
         summary = read_json(run_dir / "summary.json")
     except (FedsimError, ValueError, RecursionError):
         return {}
     if not isinstance(summary, dict):
         return {}
-    return {k: summary.get(k) for k in ("final_test_accuracy", "best_test_accuracy")}
+    return {k: summary.get(k) for k in ("final_test_accuracy", "best_test_accuracy", "final_test_loss")}
 
 
 def _execute(jobs: list[Callable[[], None]], at_once: int, stop: threading.Event) -> None:
@@ -408,7 +410,7 @@ def run_sweep(
     base = from_dict(base_raw)
     planned = _plan(base_raw, axes, repeat_seeds, quiet)
     sweep_dir = _sweep_dir(Path(out) if out is not None else None, base)
-    with ray_session(base.runtime.address, debug) as session:
+    with ray_session(base.runtime.address, debug, user_py_modules(base)) as session:
         at_once = runs_at_once([p.config for p in planned], session, max_concurrent)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         header = _index_header(Path(config), overrides or [], axes, planned, at_once)
@@ -461,17 +463,20 @@ def _ignore(_run: SweepRun) -> None:
     pass
 
 
-# --- comparison: per grid point, final test accuracy over seeds -------------
+# --- comparison: per grid point, final test accuracy (regression: loss) over seeds
 
 
 @dataclass
 class _PointStats:
     point: dict[str, Any]  # grid key -> value
     runs: list[SweepRun] = field(default_factory=list)
+    metric: str = "accuracy"  # "loss" when no run measured accuracy (a regression sweep)
 
     @property
     def accuracies(self) -> list[float]:
-        return [r.final_test_accuracy for r in self.runs if r.final_test_accuracy is not None]
+        """The runs' final test accuracies (their losses, for a regression sweep)."""
+        values = [getattr(r, f"final_test_{self.metric}") for r in self.runs]
+        return [v for v in values if v is not None]
 
     @property
     def mean(self) -> float | None:
@@ -487,10 +492,14 @@ class _PointStats:
 
 
 def _point_stats(axes: list[GridAxis], runs: list[SweepRun]) -> list[_PointStats]:
+    regression = any(r.final_test_loss is not None for r in runs) and all(
+        r.final_test_accuracy is None for r in runs
+    )
     points: dict[int, _PointStats] = {}
     for run in runs:
         grid_values = {a.key: run.overrides[a.key] for a in axes}
-        points.setdefault(run.point, _PointStats(grid_values)).runs.append(run)
+        metric = "loss" if regression else "accuracy"
+        points.setdefault(run.point, _PointStats(grid_values, metric=metric)).runs.append(run)
     return [points[i] for i in sorted(points)]
 
 
@@ -498,30 +507,45 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _score_text(value: float | None, metric: str) -> str:
+    return _pct(value) if metric == "accuracy" or value is None else f"{value:.4g}"
+
+
 def _mean_std_text(stats: _PointStats) -> str:
     if stats.mean is None:
         return "-"
-    return _pct(stats.mean) + ("" if stats.std is None else f" ± {_pct(stats.std)}")
+    text = _score_text(stats.mean, stats.metric)
+    return text + ("" if stats.std is None else f" ± {_score_text(stats.std, stats.metric)}")
+
+
+def _score_heading(stats: list[_PointStats], short: bool = False) -> str:
+    if stats and stats[0].metric == "loss":
+        return "final test loss"
+    return "final acc %" if short else "final test accuracy %"
 
 
 def _comparison_png(axes: list[GridAxis], stats: list[_PointStats], header: dict[str, Any]) -> bytes:
     fig = Figure(figsize=(max(6.0, 1.2 * len(stats) + 2), 4.8), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(stats))
-    means = [100 * s.mean if s.mean is not None else np.nan for s in stats]
-    errors = [100 * s.std if s.std is not None else 0.0 for s in stats]
+    loss = bool(stats) and stats[0].metric == "loss"
+    scale = 1 if loss else 100
+    means = [scale * s.mean if s.mean is not None else np.nan for s in stats]
+    errors = [scale * s.std if s.std is not None else 0.0 for s in stats]
     ax.bar(x, means, yerr=errors, capsize=5, color="#4c72b0", alpha=0.8, label="mean over seeds (± std)")
     for i, s in enumerate(stats):
-        runs = [100 * a for a in s.accuracies]
+        runs = [scale * a for a in s.accuracies]
         ax.scatter([i] * len(runs), runs, color="black", s=12, zorder=3, label="one seed" if i == 0 else None)
         if s.mean is None:
             ax.text(i, 2, "no result", ha="center", rotation=90, fontsize=8)
     ax.set_xticks(x, [s.label("\n") for s in stats], fontsize=8, rotation=30 if len(stats) > 8 else 0)
-    ax.set_ylim(0, 100)
+    if not loss:
+        ax.set_ylim(0, 100)
     ax.set_xlabel("grid point (" + ", ".join(a.key for a in axes) + ")")
-    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylabel("final test loss" if loss else "final test accuracy (%)")
     seeds = len(header["seeds"])
-    ax.set_title(f"Final test accuracy per grid point, mean ± std over {seeds} seed{'s' * (seeds > 1)}")
+    what = "loss" if loss else "accuracy"
+    ax.set_title(f"Final test {what} per grid point, mean ± std over {seeds} seed{'s' * (seeds > 1)}")
     ax.legend(loc="lower right", fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -535,7 +559,7 @@ th{background:#f2f2f2}img{max-width:100%}.failed{color:#b00}"""
 
 
 def _comparison_html(axes: list[GridAxis], stats: list[_PointStats], runs: list[SweepRun], png: bytes) -> str:
-    heads = [a.key for a in axes] + ["final test accuracy % (mean ± std)", "seeds (n)", "runs"]
+    heads = [a.key for a in axes] + [f"{_score_heading(stats)} (mean ± std)", "seeds (n)", "runs"]
     rows = [_html_row(axes, s) for s in stats]
     data = base64.b64encode(png).decode("ascii")
     failed = [r for r in runs if r.status == FAILED]
@@ -545,7 +569,7 @@ def _comparison_html(axes: list[GridAxis], stats: list[_PointStats], runs: list[
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>fedsim sweep</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n<h1>fedsim sweep</h1>\n"
-        f'<img src="data:image/png;base64,{data}" alt="final test accuracy per grid point">\n'
+        f'<img src="data:image/png;base64,{data}" alt="{_score_heading(stats)} per grid point">\n'
         "<table>\n<tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
         + "</tr>\n"
@@ -568,7 +592,7 @@ def _html_row(axes: list[GridAxis], stats: _PointStats) -> str:
 
 
 def _text_table(axes: list[GridAxis], stats: list[_PointStats]) -> str:
-    heads = [a.key for a in axes] + ["final acc % (mean ± std)", "n", "failed"]
+    heads = [a.key for a in axes] + [f"{_score_heading(stats, short=True)} (mean ± std)", "n", "failed"]
     body = [
         [_value_text(s.point[a.key]) for a in axes]
         + [_mean_std_text(s), str(len(s.accuracies)), str(sum(r.status == FAILED for r in s.runs))]

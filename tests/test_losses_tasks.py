@@ -15,6 +15,8 @@ import pytest
 
 from simulator import Simulation
 from simulator.cli import main
+from simulator.config import load_config
+from simulator.setup import build_run
 from tests.conftest import ROOT, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -230,3 +232,44 @@ def test_a_module_model_predicts_the_next_character_of_shakespeare(ray_cluster, 
     row = history.rows[-1]
     assert row["num_samples"] == 30 and 0 <= row["test_accuracy"] <= 1 and np.isfinite(row["test_loss"])
     assert history.summary["num_parameters"] == 80 * 8 + 8 * 80 + 80
+
+
+@pytest.mark.slow
+def test_a_regression_sweep_and_prune_compare_loss(ray_cluster, tmp_path, capsys):
+    config = regression_config(tmp_path)
+    out = tmp_path / "sweep"
+    grid = ["--grid", "client.lr=0.02,0.05", "--set", "rounds=1"]
+    assert main(["sweep", str(config), *grid, "--out", str(out)]) == 0
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    assert all(r["final_test_loss"] > 0 and r["final_test_accuracy"] is None for r in runs)
+    html = (out / "comparison.html").read_text()
+    assert "final test loss" in html and "accuracy" not in html
+    capsys.readouterr()
+    run_dir = out / runs[0]["directory"]
+    assert main(["prune", str(run_dir), "--method", "magnitude", "--sparsity", "0.5"]) == 0
+    prune = json.loads((run_dir / "prune.json").read_text())
+    assert "test_accuracy" not in prune["baseline"] and prune["results"][0]["test_loss"] > 0
+    assert "unpruned test loss" in capsys.readouterr().out
+
+
+def test_two_column_npz_targets_train_and_shards_give_each_client_a_band_of_targets(ray_cluster, tmp_path):
+    """y (N, 2) float targets from an .npz: a module model with two outputs trains, and the
+    shards partition (one shard each) sorts rows by target, so the clients' target ranges
+    do not overlap."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (80, 4)).astype(np.float32)
+    y = np.stack([x @ WEIGHTS, x[:, 0] - x[:, 1]], axis=1)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    config = regression_config(tmp_path)
+    overrides = {
+        "data.dataset": "npz", "data.root": str(tmp_path / "data.npz"), "data.label": "label",
+        "data.client_column": None, "data.partition": "shards", "data.shards_per_client": 1,
+        "model.name": "module", "model.factory": "tests.regression_models:regressor",
+        "model.kwargs": {"num_features": 4, "outputs": 2}, "rounds": 1,
+    }  # fmt: skip
+    setup = build_run(load_config(config, overrides))
+    means = [setup.dataset.y_train[rows].mean(axis=1) for rows in setup.splits.train]
+    bands = sorted((m.min(), m.max()) for m in means)
+    assert all(high <= low for (_, high), (low, _) in zip(bands, bands[1:], strict=False))
+    history = Simulation.from_yaml(config, overrides, run_dir=tmp_path / "run").run()
+    assert "test_accuracy" not in history.rows[-1] and np.isfinite(history.rows[-1]["test_loss"])

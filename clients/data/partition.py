@@ -76,10 +76,12 @@ def shards_partition(
 ) -> list[np.ndarray]:
     """Sort by label, cut into num_clients*shards_per_client shards, deal them out at random.
 
-    labels: (N,) non-negative ints. With few shards per client each client
+    labels: (N,) non-negative ints, or (N,) float regression targets (each client then
+    holds a few bands of target values). With few shards per client each client
     sees only a few labels (McMahan et al. use 2 shards of 300 MNIST images).
     """
-    labels = _check_labels(labels)
+    targets = isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind == "f"
+    labels = labels if targets else _check_labels(labels)
     _check_client_count(num_clients, len(labels))
     if shards_per_client < 1:
         raise DataError(f"shards_per_client={shards_per_client} must be >= 1")
