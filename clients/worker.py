@@ -34,7 +34,7 @@ from clients.attacks import Attack, flip_labels
 from clients.data.datasets import SyntheticClients
 from clients.data.transforms import Augmentation, Augmenter
 from clients.devices import worker_device
-from clients.errors import ClientFailure, FedsimError
+from clients.errors import ClientFailure, ConfigError, FedsimError
 from clients.models.arrays import to_numpy
 from clients.models.engines import build_model
 from clients.models.spec import BUFFER_POLICIES, ModelSpec
@@ -57,6 +57,7 @@ from clients.training import (
     client_scores,
     train_client,
 )
+from clients.user_code import import_here
 
 PURPOSE_SCORES = 9
 REDUCTIONS = ("sum", "stack")
@@ -212,6 +213,13 @@ class _GroupAccumulator:
         self.control_sum = delta.copy() if self.control_sum is None else self.control_sum + delta
 
 
+def _this_node() -> str:
+    """The Ray node this worker runs on: its IP address and the start of its node id."""
+    import ray
+
+    return f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
+
+
 class ClientWorker:
     """Hosts virtual clients; trains reduction groups per call, for the run last loaded."""
 
@@ -260,6 +268,18 @@ class ClientWorker:
         self.plan = plan
         self.seed = seed
         return self.ping()
+
+    def import_user_code(self, targets: dict[str, str]) -> None:
+        """Import the user code the run names (``{"model.factory": "mypkg.nets:small"}``) here,
+        before ``load`` builds with it: the worker's environment is not the driver's (a
+        package not shipped, or not installed on this node), so that the driver imports it
+        proves nothing. A failure is one ConfigError naming the code, this node and the error."""
+        for key, target in targets.items():
+            why = import_here(target)
+            if why is not None:
+                raise ConfigError(
+                    f"runtime.py_modules: worker on node {_this_node()} cannot import {key} {target}: {why}"
+                )
 
     def unload(self) -> None:
         """Let go of everything the run loaded (model, data refs, plan), so an idle worker

@@ -24,8 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from ray.job_config import JobConfig
 
-from clients.errors import ClusterError
+from clients.errors import ClusterError, ConfigError
+from clients.user_code import installed, is_path_entry, module_locations, path_entry_location
+from simulator.config import Config, user_code_targets
 from simulator.yaml_input import one_line, show
 
 log = logging.getLogger("fedsim")
@@ -41,19 +44,24 @@ class RaySession:
 
 
 @contextmanager
-def ray_session(address: str | None, debug: bool = False):
+def ray_session(address: str | None, debug: bool = False, py_modules: list[str] = ()):
     """Yield a RaySession: reuse an initialised Ray, connect to ``address``, or start one."""
-    with ray_starting(address, debug) as wait_for_ray:
+    with ray_starting(address, debug, py_modules) as wait_for_ray:
         yield wait_for_ray()
 
 
 @contextmanager
-def ray_starting(address: str | None, debug: bool = False) -> Iterator[Callable[[], RaySession]]:
+def ray_starting(
+    address: str | None, debug: bool = False, py_modules: list[str] = ()
+) -> Iterator[Callable[[], RaySession]]:
     """Start (or join) Ray in the background and yield a function that waits for it and
     returns the RaySession, so the caller can build its data and model meanwhile: Ray's
     start is seconds of waiting on its own processes. Blocks nest: an inner block (a run
     inside ``fedsim run``'s own block, which starts Ray before importing torch) shares the
-    outer block's Ray."""
+    outer block's Ray. ``py_modules`` (folders and .py files of user code, from
+    ``user_py_modules``) travel to every worker with the job, as fedsim's own packages do;
+    a Ray this process initialised itself (``ray.init`` in a notebook) keeps the job's
+    runtime_env its caller gave it."""
     global _outer
     if _outer is not None:
         outer = _outer
@@ -64,6 +72,8 @@ def ray_starting(address: str | None, debug: bool = False) -> Iterator[Callable[
         yield joined
         return
     if ray.is_initialized():
+        if py_modules:
+            log.debug("Ray was initialised by the caller; runtime.py_modules are not shipped: %s", py_modules)
         session = RaySession(False, *_cluster_cpus_gpus())
         yield lambda: session
         return
@@ -78,7 +88,7 @@ def ray_starting(address: str | None, debug: bool = False) -> Iterator[Callable[
         _exit_on_sigterm(),
         _private_to_this_machine() if started else contextlib.nullcontext(),
     ):
-        owner = _outer = _RayOwner(address, debug)
+        owner = _outer = _RayOwner(address, debug, list(py_modules))
         try:
             yield owner.session
         finally:
@@ -93,17 +103,18 @@ class _RayOwner:
     Linux's parent-death signal, which fires when the *thread* that started them ends.
     """
 
-    def __init__(self, address: str | None, debug: bool):
+    def __init__(self, address: str | None, debug: bool, py_modules: list[str]):
         self.started_here = address is None
         self.ready, self.release = threading.Event(), threading.Event()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._own, args=(address, debug), name="fedsim-ray")
+        args = (address, debug, py_modules)
+        self.thread = threading.Thread(target=self._own, args=args, name="fedsim-ray")
         self.thread.daemon = True
         self.thread.start()
 
-    def _own(self, address: str | None, debug: bool) -> None:
+    def _own(self, address: str | None, debug: bool, py_modules: list[str]) -> None:
         try:
-            _init_ray(address, debug)
+            _init_ray(address, debug, py_modules)
         except BaseException as exc:  # handed to the thread that waits for Ray
             self.error = exc
             return
@@ -139,8 +150,15 @@ def _exit_on_sigterm():
         signal.signal(signal.SIGTERM, before)
 
 
-def _init_ray(address: str | None, debug: bool) -> None:
-    """ray.init: a fresh embedded Ray for ``None``, else the cluster at ``address``."""
+def _init_ray(address: str | None, debug: bool, py_modules: list[str]) -> None:
+    """ray.init: a fresh embedded Ray for ``None``, else the cluster at ``address``. On a
+    cluster, fedsim's own packages and the user's ``py_modules`` travel with the job
+    (nodes need only the dependencies). An embedded Ray's workers share this machine's
+    files: the folders holding ``py_modules`` go on their Python path instead, which
+    makes the same code importable there without a runtime environment, whose workers
+    Ray would start afresh (seconds each) rather than take from its warm pool."""
+    shipped = [] if address is None else _package_dirs() + py_modules
+    on_path = [str(Path(location).parent) for location in py_modules] if address is None else []
     try:
         ray.init(
             # "local" always starts a fresh embedded Ray, even when a cluster started
@@ -150,8 +168,9 @@ def _init_ray(address: str | None, debug: bool) -> None:
             log_to_driver=debug,
             logging_level=logging.INFO if debug else logging.ERROR,
             configure_logging=True,
-            # On a cluster, fedsim's own packages travel with the job: nodes need only the dependencies.
-            runtime_env=None if address is None else {"py_modules": _package_dirs()},
+            runtime_env={"py_modules": shipped} if shipped else None,
+            # Ray's own way to give workers the driver's folders (it adds the working directory so).
+            job_config=JobConfig(_py_driver_sys_path=list(dict.fromkeys(on_path))),
         )
     except Exception as exc:  # Ray raises many types for an unreachable cluster
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
@@ -235,6 +254,36 @@ def _reaper():
                 os.close(write_end)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 watcher.wait(timeout=5)
+
+
+def user_py_modules(cfg: Config) -> list[str]:
+    """The folders and .py files of user code a run of ``cfg`` ships to its workers:
+    ``runtime.py_modules``'s entries, or by default the top-level packages of the code the
+    config names (USER_CODE_KEYS) that are neither installed nor fedsim's own. Found
+    without importing anything; an entry that is not there is one ConfigError."""
+    entries = cfg.runtime.py_modules
+    found: list[str] = []
+    if entries is None:
+        for target in user_code_targets(cfg).values():
+            name = target.partition(":")[0]
+            locations = None if name.split(".")[0] in FEDSIM_PACKAGES else module_locations(name)
+            if locations and not installed(locations):  # a missing one fails at its import, named
+                found += locations
+    for entry in entries or []:
+        if is_path_entry(entry):
+            found.append(path_entry_location(entry))
+            continue
+        locations = module_locations(entry)
+        if not locations:
+            raise ConfigError(
+                f"runtime.py_modules: {entry!r} is no module on this Python path or in the folder "
+                "fedsim runs in (a folder or .py file is written with a '/': ./mypkg)"
+            )
+        found += locations
+    return list(dict.fromkeys(found))
+
+
+FEDSIM_PACKAGES = ("simulator", "server", "clients")
 
 
 def _package_dirs() -> list[str]:

@@ -35,7 +35,7 @@ from clients.models.spec import (
     ModelSpec,
     build_spec,
 )
-from clients.user_code import check_target
+from clients.user_code import check_py_module_entry, check_target
 from server.asynchronous import STALENESS_KINDS
 from simulator import yaml_input
 from simulator.yaml_input import show
@@ -420,6 +420,12 @@ class RuntimeConfig:
         None, "MLflow tracking URI (e.g. file:///path/mlruns); logs params, metrics, report; null = off"
     )
     mlflow_experiment: str = _field("fedsim", "MLflow experiment the run is logged under")
+    py_modules: list[str] | None = _field(
+        None,
+        "user code shipped to every Ray worker with the job: module names (mypkg) or paths with a "
+        "'/' (./mypkg, src/mymodels.py; relative to the folder fedsim runs in); null = the top-level "
+        "packages of model.factory, model.loss and data.loader that are not installed; [] = none",
+    )
 
 
 @dataclass(frozen=True)
@@ -440,6 +446,25 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data under its YAML keys."""
         return _as_yaml_dict(self)
+
+
+# Config keys that may name user code ("package.module:callable"), and whether workers
+# import it (data.loader runs on the driver alone). By default (runtime.py_modules: null)
+# the packages of all of them travel to the workers; a new key of the kind goes here only.
+USER_CODE_KEYS = (("model.factory", True), ("model.loss", True), ("data.loader", False))
+
+
+def user_code_targets(cfg: Config, on_workers: bool = False) -> dict[str, str]:
+    """The user code ``cfg`` names, by key ({"model.factory": "mypkg.nets:small"}); with
+    ``on_workers``, only what the workers import. A key that is unset, or names a
+    built-in (model.loss: mse), names no code."""
+    targets = {}
+    for key, imported_on_workers in USER_CODE_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name, None)
+        if isinstance(value, str) and ":" in value and (imported_on_workers or not on_workers):
+            targets[key] = value
+    return targets
 
 
 def yaml_key(f: dataclasses.Field) -> str:
@@ -637,6 +662,8 @@ def validate(cfg: Config) -> Config:
     _validate_devices(cfg.model, r)
     _require(r.reduction_groups >= 1, "runtime.reduction_groups", r.reduction_groups, ">= 1")
     _require(r.checkpoint_every >= 1, "runtime.checkpoint_every", r.checkpoint_every, ">= 1")
+    for entry in r.py_modules or []:  # their form only: found (and imported) when the run starts
+        check_py_module_entry(entry)
     _check_work(cfg)
     return cfg
 

@@ -33,7 +33,7 @@ from server.evaluation import evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
 from simulator import rundir, workers
-from simulator.cluster import RaySession, pool_size, ray_starting
+from simulator.cluster import RaySession, pool_size, ray_starting, user_py_modules
 from simulator.config import (
     Config,
     apply_overrides,
@@ -42,6 +42,7 @@ from simulator.config import (
     inert_reset,
     load_config,
     load_run_config,
+    user_code_targets,
 )
 from simulator.federated_eval import (
     client_rows,
@@ -125,7 +126,8 @@ class Simulation:
         trackers = Trackers(self.cfg, self.run_dir)  # a missing tracking package fails here, first
         if not self.resume:  # a taken or unwritable --out is one error before Ray starts
             rundir.check_new_run_dir(self.run_dir)
-        with ray_starting(self.cfg.runtime.address, self.debug) as wait_for_ray:
+        shipped = user_py_modules(self.cfg)  # an entry that is not there fails before Ray starts
+        with ray_starting(self.cfg.runtime.address, self.debug, shipped) as wait_for_ray:
             # Ray forks its processes meanwhile, and OpenBLAS stops its threads before every
             # fork: a threaded BLAS call running then never returns. One thread has none.
             with threadpool_limits(1, user_api="blas"):
@@ -182,6 +184,7 @@ class Simulation:
         shape = self._worker_shape()
         count = pool_size(rt.workers, session, rt.cpus_per_worker, rt.gpus_per_worker, rt.reduction_groups)
         run_args = state.worker_run_args()
+        user_code = user_code_targets(self.cfg, on_workers=True)
 
         def respawn():
             workers.stop_idle_workers()  # idle workers of other runs must not take its place
@@ -191,14 +194,14 @@ class Simulation:
             if short_of_cpu or free.get("GPU", 0.0) + 1e-9 < rt.gpus_per_worker:
                 raise ClusterError("no free CPUs/GPUs for a replacement worker")
             replacement = shape.start()
-            if _loaded([replacement], run_args)[0]["device"] != state.device:
+            if _loaded([replacement], run_args, user_code)[0]["device"] != state.device:
                 ray.kill(replacement)
                 raise ClusterError(f"a replacement worker would not train on {state.device}")
             return replacement
 
         actors = workers.acquire(shape, count)
         try:
-            state.device = _one_device(_loaded(actors, run_args), state.recorded_device())
+            state.device = _one_device(_loaded(actors, run_args, user_code), state.recorded_device())
         except BaseException:
             workers.release(shape, actors, keep=False)
             raise
@@ -504,10 +507,13 @@ def _one_device(infos: list[dict[str, Any]], recorded: str | None) -> str:
     return devices[0]
 
 
-def _loaded(actors: list, run_args: tuple) -> list[dict[str, Any]]:
-    """Load the run into each worker; their pings. A constructor's or ``load``'s error
-    (say, no CUDA device, or no memory for the model) becomes one line."""
+def _loaded(actors: list, run_args: tuple, user_code: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Load the run into each worker, once each has imported the ``user_code`` it names
+    ({key: "package.module:callable"}); their pings. A constructor's, the import's or
+    ``load``'s error (say, no CUDA device, or no memory for the model) becomes one line."""
     try:
+        if user_code:
+            ray.get([a.import_user_code.remote(user_code) for a in actors])
         return ray.get([a.load.remote(*run_args) for a in actors])
     except RayActorError as exc:
         causes = [line.split("Error: ", 1)[1] for line in str(exc).splitlines() if "Error: " in line]
