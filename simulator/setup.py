@@ -265,6 +265,11 @@ def build_partition(dataset: Dataset, data: DataConfig, seed: int) -> list[np.nd
         return iid_partition(len(labels), data.num_clients, rng)
     if data.generate_on_workers:
         return []  # no shards: each worker generates a client's rows when it trains it
+    if dataset.is_sequence and data.partition in ("dirichlet", "shards"):
+        raise DataError(
+            f"data.partition: {show(data.partition)} splits by each row's class; {dataset.name}'s labels "
+            f"are class ids per position {dataset.y_train.shape[1:]}: use iid or natural"
+        )
     if data.partition == "dirichlet":
         return dirichlet_partition(labels, data.num_clients, data.alpha, rng, data.min_samples_per_client)
     if data.partition == "shards":
@@ -308,6 +313,12 @@ def build_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None = No
     if model.name == MODULE_MODEL:
         spec = _module_model_spec(model, dataset, seed, loss)
     else:
+        if dataset.is_sequence:
+            raise ModelError(
+                f"model.name: {show(model.name)} gives one output per row; {dataset.name}'s labels are "
+                f"class ids per position {dataset.y_train.shape[1:]}: use model.name module with a model "
+                "giving logits (B, T, classes)"
+            )
         shape, classes = dataset.input_shape, dataset.num_classes
         spec = dataclasses.replace(
             from_section(build_spec, model, input_shape=shape, num_classes=classes), loss=loss
@@ -356,8 +367,11 @@ def _module_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None, l
     )  # fmt: skip
     spec = dataclasses.replace(spec, loss=loss)
     targets = tuple(dataset.y_test.shape[1:]) if dataset.is_regression else None
+    positions = dataset.y_test.shape[1] if dataset.is_sequence else None
     net = build_module(spec.source)
-    outputs = check_fits(net, _probe_inputs(dataset), dataset.num_classes, model.factory, targets)
+    outputs = check_fits(
+        net, _probe_inputs(dataset), dataset.num_classes, model.factory, targets, positions
+    )  # fmt: skip
     check_loss(load_loss(loss), outputs, _probe_targets(dataset), loss)
     return spec
 

@@ -42,3 +42,15 @@ class NextChar(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(tokens)[:, -1])
+
+
+class PerPosition(nn.Module):
+    """Next-token logits at every position: tokens (B, T) to (B, T, vocab)."""
+
+    def __init__(self, vocab: int = 6, dim: int = 8):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(tokens)))

@@ -273,3 +273,41 @@ def test_two_column_npz_targets_train_and_shards_give_each_client_a_band_of_targ
     assert all(high <= low for (_, high), (low, _) in zip(bands, bands[1:], strict=False))
     history = Simulation.from_yaml(config, overrides, run_dir=tmp_path / "run").run()
     assert "test_accuracy" not in history.rows[-1] and np.isfinite(history.rows[-1]["test_loss"])
+
+
+def write_sequences(path: Path) -> None:
+    """An .npz of token windows x (120, 10) over a vocabulary of 6 (each next token is the
+    current one plus one, mod 6, after a random start) and their next tokens y (120, 10)."""
+    rng = np.random.default_rng(0)
+    start = rng.integers(0, 6, (120, 1))
+    tokens = (start + np.arange(11)) % 6
+    np.savez(path, x=tokens[:, :-1], y=tokens[:, 1:])
+
+
+def test_per_position_logits_learn_next_tokens_with_accuracy_per_token(ray_cluster, tmp_path):
+    write_sequences(tmp_path / "seq.npz")
+    config = regression_config(tmp_path)  # its runtime; the data and model are replaced
+    overrides = {
+        "data.dataset": "npz", "data.root": str(tmp_path / "seq.npz"), "data.client_column": None,
+        "data.partition": "iid", "data.label": "label", "model.name": "module", "model.loss": "cross_entropy",
+        "model.factory": "tests.regression_models:PerPosition", "client.lr": 0.5, "rounds": 2,
+    }  # fmt: skip
+    history = Simulation.from_yaml(config, overrides, run_dir=tmp_path / "run").run()
+    first, last = history.rows
+    assert last["test_loss"] < first["test_loss"] and 0 <= last["test_accuracy"] <= 1
+    # accuracy is per token: a multiple of 1 / (24 test rows x 10 positions)
+    assert round(last["test_accuracy"] * 240, 6) == round(last["test_accuracy"] * 240)
+
+
+def test_per_position_labels_refuse_class_partitions_and_built_in_models(tmp_path, capsys):
+    write_sequences(tmp_path / "seq.npz")
+    config = regression_config(tmp_path)
+    data = {
+        "data.dataset": "npz", "data.root": str(tmp_path / "seq.npz"), "data.client_column": None,
+        "data.label": "label", "model.loss": "cross_entropy",
+    }  # fmt: skip
+    module = {"model.name": "module", "model.factory": "tests.regression_models:PerPosition"}
+    code, err = _validate(capsys, config, {**data, **module, "data.partition": "shards"}, True)
+    assert_one_line(code, err, "data.partition", "class ids per position")
+    code, err = _validate(capsys, config, {**data, "data.partition": "iid"}, True)
+    assert_one_line(code, err, "model.name", "logits (B, T, classes)")

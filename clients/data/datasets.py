@@ -44,7 +44,8 @@ class Dataset:
     """A train/test split held in memory.
 
     x_train: (N, *input_shape) float32, or token ids for text (uint8 when the vocabulary
-    fits, else int64; engines widen each batch); y_train: (N,) int64 class ids, or for
+    fits, else int64; engines widen each batch); y_train: (N,) int64 class ids, (N, T)
+    int64 class ids per position (sequence labels: next-token targets), or for
     regression float32 targets (N,) or (N, k).
     x_test: (M, *input_shape) of the same dtype; y_test: (M,) or (M, k) like y_train.
     num_classes: the model's output width: classes, or k (1 for (N,) targets).
@@ -85,6 +86,11 @@ class Dataset:
         return self.x_train.dtype in TOKEN_DTYPES
 
     @property
+    def is_sequence(self) -> bool:
+        """Class ids per position (N, T) rather than one per row."""
+        return not self.is_regression and self.y_train.ndim == 2
+
+    @property
     def is_regression(self) -> bool:
         """Float targets rather than class ids."""
         return self.y_train.dtype == np.float32
@@ -93,18 +99,16 @@ class Dataset:
 def _check_split(
     name: str, split: str, x: np.ndarray, y: np.ndarray, input_shape: tuple, x_dtype=np.float32
 ) -> None:
-    """Raise DataError unless x: (N, *input_shape) of x_dtype and y: (N,) int64 class ids
-    (or float32 targets (N,) / (N, k)) line up."""
+    """Raise DataError unless x: (N, *input_shape) of x_dtype and y: (N,) or (N, T) int64
+    class ids (or float32 targets (N,) / (N, k)) line up."""
     _check_array(name, f"x_{split}", x, x_dtype)
     targets = isinstance(y, np.ndarray) and y.dtype == np.float32
     _check_array(name, f"y_{split}", y, np.float32 if targets else np.int64)
-    if x.shape[1:] != tuple(input_shape) or y.shape[:1] != x.shape[:1] or (not targets and y.ndim != 1):
+    if x.shape[1:] != tuple(input_shape) or y.shape[:1] != x.shape[:1] or y.ndim > 2:
         raise DataError(
             f"dataset {name!r}: x_{split} has shape {x.shape} and y_{split} {y.shape}; "
-            f"expected (N, *{tuple(input_shape)}) and (N,)"
+            f"expected (N, *{tuple(input_shape)}) and (N,) (or (N, T) / (N, k))"
         )
-    if targets and y.ndim > 2:
-        raise DataError(f"dataset {name!r}: y_{split} has shape {y.shape}; targets are (N,) or (N, k)")
 
 
 def _check_array(name: str, field: str, array: np.ndarray, dtype: type) -> None:

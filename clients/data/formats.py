@@ -3,7 +3,8 @@ and Hugging Face (``save_to_disk``) datasets read from ``data.root``.
 
 Every format comes down to one or two ``Split``s (features, raw labels, raw client ids)
 that ``assemble`` turns into a ``Dataset``:
-- features become float32 (N, *shape); labels that are integers >= 0 are kept, any
+- features become float32 (N, *shape) (integer inputs with labels per position (N, T)
+  stay int64 token ids, a sequence model's); labels that are integers >= 0 are kept, any
   other labels (strings) are numbered in sorted order over both splits; under regression
   labels are float32 targets (N,) or (N, k) instead (``task``: numbers, text of numbers);
 - client ids (any values) are numbered in sorted order, training clients first, then
@@ -93,7 +94,11 @@ def assemble(
     else:
         labels, num_classes = _label_ids(name, train.labels, test.labels)
     owners = None if train.clients is None else _client_ids(train.clients, test.clients)
-    x_train, x_test = _features(name, "train", train.x), _features(name, "test", test.x)
+    if labels[0].ndim == 2 and train.x.dtype.kind in "iu" and test.x.dtype.kind in "iu":
+        # A sequence model's inputs: token ids stay integers, as the embedding takes them.
+        x_train, x_test = _tokens(name, "train", train.x), _tokens(name, "test", test.x)
+    else:
+        x_train, x_test = _features(name, "train", train.x), _features(name, "test", test.x)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{name}: train rows have shape {x_train.shape[1:]} but test rows {x_test.shape[1:]}")
     return Dataset(
@@ -111,8 +116,8 @@ def assemble(
 
 def _check_lengths(name: str, split: str, part: Split, regression: bool = False) -> None:
     x, labels, clients = part.x, part.labels, part.clients
-    if x.ndim < 2 or labels.ndim not in ((1, 2) if regression else (1,)):
-        wanted = "(N,) or (N, k)" if regression else "(N,)"
+    if x.ndim < 2 or labels.ndim not in (1, 2):
+        wanted = "(N,) or (N, k)" if regression else "(N,), or (N, T) class ids per position"
         raise DataError(
             f"{name}: x_{split} must be (N, features...) and y_{split} {wanted}; "
             f"got {x.shape} and {labels.shape}"
@@ -128,7 +133,7 @@ def _held_out(
 ) -> tuple[Split, Split]:
     """A seeded share ``test_fraction`` of each label's rows (regression: of all rows) as
     the test split."""
-    if regression:
+    if regression or train.labels.ndim == 2:  # targets, or labels per position: no classes
         classes = np.zeros(len(train.labels), np.int64)
     else:
         _, classes = np.unique(train.labels, return_inverse=True)
@@ -159,7 +164,9 @@ def _compacted(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def _label_ids(name: str, train: np.ndarray, test: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], int]:
     """((y_train, y_test) int64, number of classes): integers >= 0 as they are, else the
-    sorted distinct values numbered 0..K-1."""
+    sorted distinct values numbered 0..K-1. Labels per position (N, T) keep their shape."""
+    if train.shape[1:] != test.shape[1:]:
+        raise DataError(f"{name}: train labels have shape {train.shape[1:]} but test labels {test.shape[1:]}")
     both = np.concatenate([train, test])
     if both.dtype.kind == "O":
         raise DataError(f"{name}: labels are Python objects; give integers or strings")
@@ -173,7 +180,7 @@ def _label_ids(name: str, train: np.ndarray, test: np.ndarray) -> tuple[tuple[np
         num_classes = int(ids.max()) + 1 if len(ids) else 0
     else:
         values, ids = np.unique(both.astype(str), return_inverse=True)
-        ids, num_classes = ids.reshape(-1).astype(np.int64), len(values)
+        ids, num_classes = ids.reshape(both.shape).astype(np.int64), len(values)
     if not 2 <= num_classes <= MAX_CLASSES:
         raise DataError(f"{name}: {num_classes} classes; between 2 and {MAX_CLASSES:,} are supported")
     return (np.ascontiguousarray(ids[: len(train)]), np.ascontiguousarray(ids[len(train) :])), num_classes
@@ -235,6 +242,13 @@ def _client_ids(train: np.ndarray, test: np.ndarray | None) -> tuple[np.ndarray,
 
     test_ids = number(test) if test is not None and len(test) else np.zeros(0, np.int64)
     return number(train), test_ids
+
+
+def _tokens(name: str, split: str, x: np.ndarray) -> np.ndarray:
+    """Integer inputs of a sequence model as int64 token ids (>= 0)."""
+    if len(x) and x.min() < 0:
+        raise DataError(f"{name}: x_{split} holds negative token ids; ids are integers >= 0")
+    return np.ascontiguousarray(x, dtype=np.int64)
 
 
 def _features(name: str, split: str, x: np.ndarray) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 A callable is ``loss(outputs, targets) -> scalar tensor``, the batch's mean loss, with
 ``outputs`` the model's output for a batch and ``targets`` its labels: (B,) int64 class
-ids (classification), or float32 targets (B,) / (B, k) (regression). Under regression
-a model's (B, 1) outputs are viewed as (B,) when the targets are (B,), so an output
-layer of width 1 fits a single target. Importing the callable runs the user's code:
+ids (classification; (B, T) class ids per position for sequence models), or float32
+targets (B,) / (B, k) (regression). Under regression a model's (B, 1) outputs are viewed
+as (B,) when the targets are (B,), so an output layer of width 1 fits a single target;
+per-position logits (B, T, C) are handed over as (B, C, T), the layout torch's
+cross-entropy takes. Importing the callable runs the user's code:
 that happens when the run starts, on the driver and on every worker.
 """
 
@@ -37,9 +39,12 @@ def load_loss(source: LossSource) -> LossFn:
 
 
 def fitted(outputs: torch.Tensor, targets: torch.Tensor, source: LossSource) -> torch.Tensor:
-    """The outputs as the loss takes them: (B, 1) viewed as (B,) for (B,) regression targets."""
+    """The outputs as the loss takes them: (B, 1) viewed as (B,) for (B,) regression targets,
+    (B, T, C) logits as (B, C, T) for (B, T) class ids."""
     if source.is_regression and targets.dim() == 1 and outputs.dim() == 2 and outputs.shape[1] == 1:
         return outputs.view(-1)
+    if not source.is_regression and targets.dim() == 2 and outputs.dim() == 3:
+        return outputs.transpose(1, 2)
     return outputs
 
 

@@ -146,12 +146,18 @@ def bind_flat(net: nn.Module, layout: Layout, flat: torch.Tensor, grad: torch.Te
 
 @torch.no_grad()
 def check_fits(
-    net: nn.Module, x: torch.Tensor, num_classes: int, factory: str, targets: tuple[int, ...] | None = None
+    net: nn.Module,
+    x: torch.Tensor,
+    num_classes: int,
+    factory: str,
+    targets: tuple[int, ...] | None = None,
+    positions: int | None = None,
 ) -> torch.Tensor:
     """Refuse a model whose output for a batch ``x`` (B, *input_shape) is not logits
-    (B, num_classes), or, for regression ``targets`` (the shape of one row's targets: ()
-    or (k,)), not (B, k) (or (B,) / (B, 1) for () targets); a copy in evaluation mode runs
-    it, so ``net`` is left as it was. Returns that output."""
+    (B, num_classes) (with labels at ``positions`` T per row: (B, T, num_classes)), or,
+    for regression ``targets`` (the shape of one row's targets: () or (k,)), not (B, k)
+    (or (B,) / (B, 1) for () targets); a copy in evaluation mode runs it, so ``net`` is
+    left as it was. Returns that output."""
     probe = copy.deepcopy(net).eval()
     shape = tuple(x.shape)
     try:
@@ -162,7 +168,7 @@ def check_fits(
         ) from exc
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if targets is None:
-        fits = [(len(x), num_classes)]
+        fits = [(len(x), num_classes) if positions is None else (len(x), positions, num_classes)]
         need = f"the labels need float logits {fits[0]} (the data has {num_classes} classes)"
     else:
         fits = [(len(x), *targets)] + ([(len(x), 1)] if targets == () else [])

@@ -274,7 +274,8 @@ class TorchModel(HostArrays):
     @torch.no_grad()
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, int | None, int]:
         """Summed loss (each sample's mean over its outputs), correct count (None under
-        regression, which has no accuracy) and sample count over (x, y) in batches."""
+        regression, which has no accuracy) and sample count over (x, y) in batches. With
+        class ids per position y (N, T) the samples are the N * T positions (tokens)."""
         self.net.eval()
         source = self.spec.loss
         loss_sum, correct = 0.0, 0
@@ -286,8 +287,10 @@ class TorchModel(HostArrays):
                 loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             elif source.name == "mse":
                 loss_sum += float(F.mse_loss(logits, yb, reduction="sum")) * len(yb) / max(1, yb.numel())
-            else:
-                loss_sum += float(self.loss_fn(logits, yb)) * len(yb)
+            else:  # the batch's mean, over rows (regression) or over class ids
+                weight = len(yb) if source.is_regression else yb.numel()
+                loss_sum += float(self.loss_fn(logits, yb)) * weight
             if not source.is_regression:
                 correct += int((logits.argmax(dim=1) == yb).sum())
-        return loss_sum, None if source.is_regression else correct, len(x)
+        count = len(x) if source.is_regression else int(np.prod(y.shape))
+        return loss_sum, None if source.is_regression else correct, count
