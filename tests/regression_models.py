@@ -18,6 +18,11 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs, targets)
 
 
+def smoothed_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with label smoothing 0.1: another loss on the same labels."""
+    return F.cross_entropy(outputs, targets, label_smoothing=0.1)
+
+
 def either(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean squared error against float targets, cross-entropy against class ids: a loss
     for either task, so that model.task alone decides which the run is."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clients.errors import DataError
 from simulator import Simulation
 from simulator.cli import main
 from simulator.config import load_config
@@ -103,14 +104,19 @@ def _sha256(path: Path) -> str:
 
 def test_a_callable_cross_entropy_gives_the_bits_of_the_built_in_one(ray_cluster, tmp_path):
     runs = {}
-    for name, loss in (("builtin", "cross_entropy"), ("callable", "tests.regression_models:cross_entropy")):
+    losses = {
+        "builtin": "cross_entropy",
+        "callable": "tests.regression_models:cross_entropy",
+        "smoothed": "tests.regression_models:smoothed_cross_entropy",  # the callable is what trains
+    }
+    for name, loss in losses.items():
         overrides = small_overrides(
             rounds=2, **{"model.loss": loss, "data.num_clients": 4, "server.clients_per_round": 2},
             **{"runtime.workers": 1, "runtime.cpus_per_worker": 1.0},
         )  # fmt: skip
         Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / name).run()
         runs[name] = _sha256(tmp_path / name / "model.safetensors")
-    assert runs["builtin"] == runs["callable"]
+    assert runs["builtin"] == runs["callable"] != runs["smoothed"]
 
 
 def test_mse_on_the_numpy_engine_agrees_with_torch(ray_cluster, tmp_path):
@@ -311,3 +317,47 @@ def test_per_position_labels_refuse_class_partitions_and_built_in_models(tmp_pat
     assert_one_line(code, err, "data.partition", "class ids per position")
     code, err = _validate(capsys, config, {**data, "data.partition": "iid"}, True)
     assert_one_line(code, err, "model.name", "logits (B, T, classes)")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hf_disk", "arrays"])
+def test_float_label_columns_become_regression_targets_in_every_format(fmt, tmp_path, monkeypatch):
+    """The float label column (parquet, Hugging Face) or y array (a loader's) is read as
+    float32 targets under mse, the same values whatever the format; under cross_entropy
+    the same floats are refused, as they are no class ids."""
+    rng = np.random.default_rng(0)
+    x, targets = rng.normal(0, 1, (40, 3)), rng.normal(0, 1, 40).round(3)
+    root = tmp_path / fmt
+    if fmt == "parquet":
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "target": targets}), root)
+        overrides = {"data.dataset": "parquet", "data.root": str(root), "data.label": "target"}
+    elif fmt == "hf_disk":
+        datasets = pytest.importorskip("datasets")
+        table = {
+            "a": x[:, 0].tolist(),
+            "b": x[:, 1].tolist(),
+            "c": x[:, 2].tolist(),
+            "target": targets.tolist(),
+        }
+        datasets.Dataset.from_dict(table).save_to_disk(str(root))
+        overrides = {"data.dataset": "hf_disk", "data.root": str(root), "data.label": "target"}
+    else:
+        monkeypatch.syspath_prepend(str(tmp_path))
+        (tmp_path / "float_loader.py").write_text(
+            "import numpy as np\n"
+            "def load():\n"
+            "    rng = np.random.default_rng(0)\n"
+            "    x, y = rng.normal(0, 1, (40, 3)), rng.normal(0, 1, 40).round(3)\n"
+            "    return {'x': x, 'y': y}\n"
+        )
+        overrides = {"data.dataset": "arrays", "data.loader": "float_loader:load"}
+    overrides.update({"data.partition": "iid", "data.num_clients": 2, "server.clients_per_round": 2})
+    dataset = build_run(load_config(DEFAULT, {**overrides, "model.loss": "mse"})).dataset
+    assert dataset.y_train.dtype == np.float32 and dataset.num_classes == 1
+    rows = np.concatenate([dataset.y_train, dataset.y_test])
+    np.testing.assert_array_equal(np.sort(rows), np.sort(targets.astype(np.float32)))
+    refused = "must be class ids"  # the same floats under cross_entropy: not whole numbers
+    with pytest.raises(DataError, match=refused):
+        build_run(load_config(DEFAULT, overrides))
