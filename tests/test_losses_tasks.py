@@ -361,3 +361,31 @@ def test_float_label_columns_become_regression_targets_in_every_format(fmt, tmp_
     refused = "must be class ids"  # the same floats under cross_entropy: not whole numbers
     with pytest.raises(DataError, match=refused):
         build_run(load_config(DEFAULT, overrides))
+
+
+ON_THE_FLAT_VECTOR = {
+    "fedprox": {"client.prox_mu": 0.1},
+    "scaffold": {"client.algorithm": "scaffold"},
+    "dp": {
+        "server.clipping.kind": "fixed",
+        "server.privacy.noise_multiplier": 0.5,
+        "server.weighting": "uniform",
+    },
+    "ditto": {"client.personalization.method": "ditto", "server.federated_eval.every": 1},
+    "fedper": {"client.personalization.method": "fedper", "server.federated_eval.every": 1},
+    "async": {"server.mode": "async", "server.async.concurrency": 4, "server.async.buffer_size": 2},
+    "finetuned_eval": {"server.federated_eval.every": 1, "server.federated_eval.finetune_steps": 2},
+}
+
+
+@pytest.mark.parametrize("case", list(ON_THE_FLAT_VECTOR))
+def test_what_acts_on_the_flat_vector_trains_a_regression_run(case, ray_cluster, tmp_path):
+    config = regression_config(tmp_path)
+    overrides = {**ON_THE_FLAT_VECTOR[case], "rounds": 2}
+    history = Simulation.from_yaml(config, overrides, run_dir=tmp_path / "run").run()
+    row = history.rows[-1]
+    assert len(history.rows) == 2 and row["num_clients"] > 0
+    assert np.isfinite(row["test_loss"]) and not [key for key in row if "accuracy" in key]
+    if "server.federated_eval.every" in overrides:
+        own = {"ditto": "personal_loss", "fedper": "personal_loss", "finetuned_eval": "finetuned_loss"}[case]
+        assert np.isfinite(row["federated_loss"]) and np.isfinite(row[own])
