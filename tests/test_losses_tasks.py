@@ -96,6 +96,8 @@ def test_a_regression_run_learns_and_reports_loss_without_accuracy(model, ray_cl
         html = (tmp_path / "report" / "report.html").read_text()
         assert "Final test loss" in html and "panel-federated-loss" in html
         assert "accuracy" not in html.lower()  # no accuracy panel, column or heading
+        target = ["report", str(tmp_path / "run"), "--target", "0.5", "--out", str(tmp_path / "r2")]
+        assert main(target) == 2  # no accuracy to reach
 
 
 def _sha256(path: Path) -> str:
