@@ -1,6 +1,8 @@
 """Losses and tasks through a config: regression (model.loss: mse) on CSV data with natural
-clients, a callable loss, mse on the numpy engine, next-character prediction with a module
-model, and bad input as one line (exit code 2)."""
+clients and on parquet, Hugging Face, loader and npz data; what acts on the flat vector,
+reports, sweeps and pruning under regression; a callable loss; mse on the numpy engine;
+next-token prediction (Shakespeare, and logits per position); bad input as one line
+(exit code 2)."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def write_regression_csv(folder: Path, seed: int = 0) -> None:
                 out.writerow([*(f"{v:.4f}" for v in x[i]), f"{y[i]:.4f}", f"s{i % 4}"])
 
 
-def regression_config(tmp_path: Path, **extra) -> Path:
+def regression_config(tmp_path: Path) -> Path:
     """A YAML config of a 3-round mse run on the CSV under tmp_path/csv, clients by site."""
     write_regression_csv(tmp_path / "csv")
     config = {
@@ -54,9 +56,6 @@ def regression_config(tmp_path: Path, **extra) -> Path:
         "server": {"clients_per_round": 4},
         "runtime": {"workers": 1, "cpus_per_worker": 1.0},
     }  # fmt: skip
-    for dotted, value in extra.items():
-        section, key = dotted.split(".")
-        config[section][key] = value
     path = tmp_path / "regression.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
