@@ -167,6 +167,19 @@ def test_the_tabular_example_writes_its_data_and_regresses_on_natural_clients(
     assert rows[0]["num_clients"] == 2 and math.isfinite(rows[0]["federated_loss"])
 
 
+def test_the_tabular_examples_shipped_data_is_what_make_data_writes(tmp_path):
+    """The CSV files the example runs on as cloned are make_data.py's seeded output, byte for
+    byte, so anyone can regenerate (or enlarge) them."""
+    shipped = EXAMPLES / "tabular_regression" / "data"
+    make_data = [sys.executable, str(EXAMPLES / "tabular_regression" / "make_data.py")]
+    written = subprocess.run(
+        [*make_data, "--out", str(tmp_path), "--rows", "40"], capture_output=True, text=True, timeout=60
+    )
+    assert written.returncode == 0, written.stderr
+    for name in ("train.csv", "test.csv"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
+
+
 def test_validate_checks_every_example_without_importing_its_code():
     """Plain `fedsim validate` (no --data) of each example exits 0 and imports none of the
     examples' modules, nor torchvision (a subprocess, so that no other test's imports count)."""

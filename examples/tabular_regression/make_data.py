@@ -55,7 +55,8 @@ def write(out: Path, columns: dict[str, np.ndarray], fmt: str) -> list[Path]:
             with path.open("w", newline="", encoding="utf-8") as stream:
                 writer = csv.writer(stream)
                 writer.writerow(names)
-                floats = {name: [repr(float(v)) for v in table[name]] for name in names[1:]}
+                # 9 significant digits give back every float32 exactly, in half repr's bytes.
+                floats = {name: [f"{v:.9g}" for v in table[name]] for name in names[1:]}
                 writer.writerows(zip(table["site"], *(floats[name] for name in names[1:]), strict=True))
         else:
             import pyarrow as pa  # only for parquet: pip install 'fedsim[data]'
