@@ -22,7 +22,14 @@ launch to ready for round 1 and to round 1 written, with fedsim's own breakdown
 (summary.json ``startup_seconds``); against a plain script in a fresh process
 that imports torch, builds the same data and trains round 1's clients in a loop.
 
+Module row (issue 20: a module model within 1.10x of the built-in's time per round):
+each workload run as ``model.name: mlp`` and as ``model.name: module`` with the same
+layers and initial bits (bench/module_mlp.py), back to back, alternating which goes
+first; per round, wall seconds and the CPU seconds of this process and Ray's workers.
+The ratio module / built-in is the median over repeats of the runs' median rounds.
+
     python bench/overhead.py [--workers 2] [--rounds 5] [--repeat 3] [--workloads overhead,compute]
+                             [--module-repeat 4] [--module-workloads overhead,compute]
                              [--startup-repeat 3]
 """
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -227,6 +235,100 @@ def per_round(name: str, workers: int, rounds: int, repeat: int) -> float:
     return ratio
 
 
+MODULE_MLP = "bench.module_mlp:mlp"
+MODULE_TARGET = 1.10  # issue 20: a module model within 1.10x of the built-in's time per round
+
+
+def as_module(cfg: Config) -> Config:
+    """``cfg`` with its built-in mlp replaced by the same layers and initial bits as a
+    user's module (bench/module_mlp.py); nothing else changes."""
+    overrides = {
+        "model.name": "module",
+        "model.factory": MODULE_MLP,
+        "model.kwargs": {
+            "input_shape": [cfg.data.synthetic.num_features],
+            "hidden": list(cfg.model.hidden),
+            "num_classes": cfg.data.synthetic.num_classes,
+            "seed": cfg.seed,
+        },
+    }
+    return from_dict(apply_overrides(cfg.to_dict(), overrides))
+
+
+def tree_cpu_seconds(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) so far of process ``root`` and its descendants (Ray's
+    raylet and workers), by pid, from /proc (Linux; empty elsewhere)."""
+    parents, cpu, tick = {}, {}, os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended
+            continue
+        pid = int(stat.parent.name)
+        parents[pid], cpu[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return {pid: cpu[pid] for pid in tree if pid in cpu}
+
+
+def round_seconds(cfg: Config) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds per round of a fedsim run of ``cfg``. Wall: round 1 as fedsim
+    times it, then from one end-of-round callback to the next (metrics, checkpoints and the
+    broadcast count). CPU: what this process and its descendants (Ray's workers) used in
+    between, which other load on a shared machine changes far less than wall time."""
+    seconds: list[tuple[float, float]] = []
+    last = [0.0, tree_cpu_seconds(os.getpid())]
+
+    def after_round(row: dict) -> None:
+        ended, cpu = time.perf_counter(), tree_cpu_seconds(os.getpid())
+        used = sum(total - last[1].get(pid, 0.0) for pid, total in cpu.items())
+        seconds.append((row["seconds"] if row["round"] == 1 else ended - last[0], used))
+        last[:] = [time.perf_counter(), cpu]
+
+    from simulator import Simulation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Simulation(cfg, Path(tmp) / "run", quiet=True, on_round_end=after_round).run()
+    return seconds
+
+
+def module_vs_builtin(name: str, workers: int, rounds: int, repeat: int) -> float:
+    """The module row: median over repeats of (module run's median s/round) / (built-in
+    run's), the two runs of a repeat back to back, in alternating order; in wall seconds
+    (the target's measure) and in CPU seconds (the steadier one on a shared machine).
+    Round 1 (start-up work, the first broadcast) is left out when there are others."""
+    builtin = workload(name, workers, rounds)
+    module = as_module(builtin)
+    print(
+        f"\nmodule row, {name} workload: model.name module ({MODULE_MLP}, the built-in's layers and "
+        f"initial bits) against model.name mlp, {rounds} rounds x {repeat}, {workers} workers"
+    )
+    print("repeat  built-in s/round (wall, CPU)  module s/round (wall, CPU)  ratios: wall  CPU")
+    walls, cpus = [], []
+    for i in range(repeat):
+        order = [("builtin", builtin), ("module", module)]
+        times = {label: round_seconds(cfg) for label, cfg in (order if i % 2 == 0 else order[::-1])}
+        times = {label: rows[1:] or rows for label, rows in times.items()}
+        base, mine = ([statistics.median(t[k] for t in times[label]) for k in (0, 1)] for label, _ in order)
+        walls.append(mine[0] / base[0])
+        cpus.append(mine[1] / base[1])
+        print(
+            f"{i + 1:>6}  {base[0]:>17.3f} {base[1]:>10.3f}  {mine[0]:>15.3f} {mine[1]:>10.3f}  "
+            f"{walls[-1]:>12.3f}  {cpus[-1]:.3f}"
+        )
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    verdict = {True: "meets", False: "misses"}
+    print(
+        f"{name}: module / built-in s/round, median over {repeat} repeats: wall {wall:.3f} "
+        f"({verdict[wall <= MODULE_TARGET]} <= {MODULE_TARGET:.2f}x), CPU {cpu:.3f} "
+        f"({verdict[cpu <= MODULE_TARGET]})"
+    )
+    return wall
+
+
 PLAIN_STARTUP = """
 import sys, time, json
 sys.path.insert(0, {root!r})
@@ -292,14 +394,23 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="0 skips the fedsim / floor rows")
     parser.add_argument("--workloads", default="overhead,compute")
+    parser.add_argument("--module-workloads", default="overhead,compute")
+    parser.add_argument(
+        "--module-repeat", type=int, default=4, help="module row's repeats (pairs of runs); 0 skips it"
+    )
     parser.add_argument("--startup-repeat", type=int, default=3, help="0 skips the start-up measurement")
     args = parser.parse_args()
-    for name in args.workloads.split(","):
-        if name not in WORKLOADS:
-            parser.error(f"--workloads: {name!r} is not one of {', '.join(WORKLOADS)}")
-        per_round(name, args.workers, args.rounds, args.repeat)
+    rows = [(per_round, args.workloads, "--workloads", args.repeat)]
+    rows.append((module_vs_builtin, args.module_workloads, "--module-workloads", args.module_repeat))
+    for _, names, option, _ in rows:
+        for name in names.split(","):
+            if name not in WORKLOADS:
+                parser.error(f"{option}: {name!r} is not one of {', '.join(WORKLOADS)}")
+    for row, names, _, repeat in rows:
+        for name in names.split(",") if repeat else []:
+            row(name, args.workers, args.rounds, repeat)
     if args.startup_repeat:
         startup(args.workers, args.startup_repeat)
 
