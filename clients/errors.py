@@ -33,6 +33,12 @@ class ClientFailure(FedsimError):
         super().__init__(f"client {client_id} failed in round {round_}: {message}")
         self.client_id = client_id
         self.round = round_
+        self.detail = message
+
+    def __reduce__(self):
+        # Ray pickles a worker's exception to the driver; the default reduction would call
+        # __init__ with the formatted text alone and fail, turning the failure into a traceback.
+        return (type(self), (self.client_id, self.round, self.detail))
 
 
 class RunDiverged(FedsimError):

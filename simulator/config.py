@@ -1003,6 +1003,11 @@ def _validate_task(cfg: Config) -> None:
     refused where something needs class labels."""
     m, d = cfg.model, cfg.data
     if m.loss not in BUILT_IN_LOSSES:
+        if ":" not in m.loss:  # most likely a misspelt built-in (MSE, crossentropy)
+            raise ConfigError(
+                f"model.loss: {show(m.loss)} is not a loss; give {' or '.join(BUILT_IN_LOSSES)}, "
+                "or your own as 'package.module:callable'"
+            )
         check_target(m.loss, "model.loss")
         if m.engine != "torch":
             raise ConfigError(

@@ -59,3 +59,20 @@ class PerPosition(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(torch.tanh(self.embed(tokens)))
+
+
+def detached_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Wrong on purpose: the right value, but no gradient flows back to the outputs."""
+    return F.mse_loss(outputs, targets).detach()
+
+
+def nan_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Wrong on purpose: NaN whatever the batch."""
+    return F.mse_loss(outputs, targets) * float("nan")
+
+
+def mse_for_probes_only(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Wrong on purpose, and only past the run's two-row probe: raises on a training batch."""
+    if len(targets) > 2:
+        raise ValueError("a loss that fails on training batches")
+    return F.mse_loss(outputs, targets)

@@ -157,7 +157,7 @@ MODULE = {"model.name": "module", "model.factory": "tests.regression_models:regr
         (
             {"model.loss": "tests.regression_models.per_sample_mse"},
             False,
-            ["model.loss", "not an import path"],
+            ["model.loss", "is not a loss", "package.module:callable"],
         ),
         (
             {"model.loss": "no_such_loss_fedsim:mse"},
@@ -170,6 +170,8 @@ MODULE = {"model.name": "module", "model.factory": "tests.regression_models:regr
             ["model.loss", "has no attribute 'nothing'"],
         ),
         ({"model.loss": "tests.regression_models:per_sample_mse"}, True, ["model.loss", "scalar"]),
+        ({"model.loss": "tests.regression_models:detached_mse"}, True, ["model.loss", "no gradient"]),
+        ({"model.loss": "tests.regression_models:nan_loss"}, True, ["model.loss", "nan", "finite"]),
         ({**MODULE, "model.kwargs": {"num_features": 4, "outputs": 2}}, True, ["model.factory", "(2, 2)"]),
         ({"model.loss": "mse", "model.task": "classification"}, False, ["model.task", "regression"]),
         (
@@ -184,6 +186,8 @@ MODULE = {"model.name": "module", "model.factory": "tests.regression_models:regr
         "missing_module",
         "missing_attribute",
         "not_scalar",
+        "detached",
+        "nan",
         "output_width",
         "mse_classification",
         "callable_on_numpy",
@@ -194,6 +198,32 @@ def test_bad_input_is_one_line_and_exit_2(overrides, data, fragments, tmp_path, 
     if data:  # the config alone is fine: what is wrong shows only once its code runs
         assert _validate(capsys, config, overrides, data=False)[0] == 0
     assert_one_line(*_validate(capsys, config, overrides, data), *fragments)
+
+
+def test_a_loss_that_fails_past_the_probe_stops_the_run_in_one_line(ray_cluster, tmp_path, capsys):
+    """A client's failure travels back from its worker as one line naming client and round
+    (the exception must survive Ray's pickling), exit 2, no traceback."""
+    config = regression_config(tmp_path)
+    args = ["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]
+    code = main([*args, "--set", "model.loss=tests.regression_models:mse_for_probes_only"])
+    assert_one_line(code, capsys.readouterr().err, "client", "round 1", "fails on training batches")
+
+
+def test_a_callable_loss_reads_whole_number_labels_as_classes(ray_cluster, tmp_path):
+    """Under model.task auto a callable loss trains a regression on float targets, and a
+    classifier (with accuracy) on labels that are whole numbers, float-typed or not."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (60, 3))
+    labels = (x[:, 0] > 0).astype(np.float64)  # 0.0 / 1.0: classes, not targets
+    np.savez(tmp_path / "whole.npz", x_train=x[:40], y_train=labels[:40], x_test=x[40:], y_test=labels[40:])
+    config = regression_config(tmp_path)
+    overrides = {
+        "data.dataset": "npz", "data.root": str(tmp_path / "whole.npz"), "data.partition": "iid",
+        "data.client_column": None, "data.label": "label", "rounds": 1,
+        "model.loss": "tests.regression_models:either",
+    }  # fmt: skip
+    Simulation.from_yaml(config, overrides, run_dir=tmp_path / "run").run()
+    assert "test_accuracy" in rows_of(tmp_path / "run")[0]
 
 
 def test_regression_on_a_built_in_dataset_is_refused(capsys):
@@ -282,6 +312,21 @@ def test_two_column_npz_targets_train_and_shards_give_each_client_a_band_of_targ
     assert "test_accuracy" not in history.rows[-1] and np.isfinite(history.rows[-1]["test_loss"])
 
 
+def test_two_column_targets_of_integer_features_train_the_built_in_mlp(ray_cluster, tmp_path):
+    """Integer features with (N, 2) float targets are a regression on numbers, not token ids
+    of a sequence model: the built-in mlp trains on them and outputs two values."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, (80, 4))
+    np.savez(tmp_path / "counts.npz", x=x, y=np.stack([x @ WEIGHTS, x[:, 0] - x[:, 1]], axis=1))
+    overrides = {
+        "data.dataset": "npz", "data.root": str(tmp_path / "counts.npz"), "data.label": "label",
+        "data.client_column": None, "data.partition": "iid", "rounds": 1,
+    }  # fmt: skip
+    history = Simulation.from_yaml(regression_config(tmp_path), overrides, run_dir=tmp_path / "run").run()
+    assert history.final_params.size == 4 * 16 + 16 + 16 * 2 + 2  # hidden [16], two outputs
+    assert np.isfinite(rows_of(tmp_path / "run")[0]["test_loss"])
+
+
 def write_sequences(path: Path) -> None:
     """An .npz of token windows x (120, 10) over a vocabulary of 6 (each next token is the
     current one plus one, mod 6, after a random start) and their next tokens y (120, 10)."""
@@ -359,7 +404,7 @@ def test_float_label_columns_become_regression_targets_in_every_format(fmt, tmp_
     assert dataset.y_train.dtype == np.float32 and dataset.num_classes == 1
     rows = np.concatenate([dataset.y_train, dataset.y_test])
     np.testing.assert_array_equal(np.sort(rows), np.sort(targets.astype(np.float32)))
-    refused = "must be class ids"  # the same floats under cross_entropy: not whole numbers
+    refused = "not all whole.*model.loss: mse"  # the same floats under cross_entropy: no class ids
     with pytest.raises(DataError, match=refused):
         build_run(load_config(DEFAULT, overrides))
 

@@ -94,7 +94,7 @@ def assemble(
     else:
         labels, num_classes = _label_ids(name, train.labels, test.labels)
     owners = None if train.clients is None else _client_ids(train.clients, test.clients)
-    if labels[0].ndim == 2 and train.x.dtype.kind in "iu" and test.x.dtype.kind in "iu":
+    if not regression and labels[0].ndim == 2 and train.x.dtype.kind in "iu" and test.x.dtype.kind in "iu":
         # A sequence model's inputs: token ids stay integers, as the embedding takes them.
         x_train, x_test = _tokens(name, "train", train.x), _tokens(name, "test", test.x)
     else:
@@ -170,9 +170,13 @@ def _label_ids(name: str, train: np.ndarray, test: np.ndarray) -> tuple[tuple[np
     both = np.concatenate([train, test])
     if both.dtype.kind == "O":
         raise DataError(f"{name}: labels are Python objects; give integers or strings")
+    if _float_labels(both):  # text such as "2.5" would otherwise become a class per value
+        raise DataError(
+            f"{name}: labels are numbers, not all whole, so they are no class ids; for regression "
+            "targets set model.loss: mse (or model.task: regression)"
+        )
     if both.dtype.kind in "biuf":
-        whole = both.dtype.kind != "f" or bool(np.all(np.isfinite(both)) and np.all(both == np.round(both)))
-        if not whole or (len(both) and both.min() < 0):
+        if len(both) and both.min() < 0:
             raise DataError(
                 f"{name}: labels must be class ids (integers >= 0) or names; got {both.dtype} values"
             )
@@ -187,17 +191,16 @@ def _label_ids(name: str, train: np.ndarray, test: np.ndarray) -> tuple[tuple[np
 
 
 def _float_labels(labels: np.ndarray) -> bool:
-    """Whether labels are float values (or text of numbers, not all integers) rather than
-    class ids or names."""
-    if labels.dtype.kind == "f":
-        return True
-    if labels.dtype.kind != "U":
+    """Whether labels are numbers that are not all whole (float values, or text of
+    numbers) rather than class ids or names: 0.0 / 1.0 or "-1" / "1" are classes."""
+    if labels.dtype.kind not in "fU":
         return False
     try:
-        labels.astype(np.float64)
+        values = labels.astype(np.float64)
     except ValueError:
         return False
-    return True
+    finite = values[np.isfinite(values)]
+    return bool(len(finite) < len(values) or np.any(finite != np.round(finite)))
 
 
 def _targets(name: str, train: np.ndarray, test: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], int]:

@@ -49,12 +49,15 @@ def fitted(outputs: torch.Tensor, targets: torch.Tensor, source: LossSource) -> 
 
 
 def check_loss(loss: LossFn, outputs: torch.Tensor, targets: torch.Tensor, source: LossSource) -> None:
-    """Refuse a callable loss that raises on, or does not return a scalar tensor for, a
-    probe batch (its model's ``outputs`` and their ``targets``)."""
+    """Refuse a callable loss that raises on, or does not return a finite scalar tensor
+    differentiable in the outputs for, a probe batch (its model's ``outputs`` and their
+    ``targets``): caught here, such a loss is one line rather than a failure in every client."""
     if source.name in ("cross_entropy", "mse"):
         return
+    outputs = outputs.detach().requires_grad_(True)
     try:
-        value = loss(fitted(outputs, targets, source), targets)
+        with torch.enable_grad():
+            value = loss(fitted(outputs, targets, source), targets)
     except Exception as exc:
         raise ModelError(
             f"{KEY}: {source.name}(outputs {tuple(outputs.shape)}, targets {tuple(targets.shape)}) "
@@ -69,4 +72,13 @@ def check_loss(loss: LossFn, outputs: torch.Tensor, targets: torch.Tensor, sourc
         raise ModelError(
             f"{KEY}: {source.name} returned {got}; it must return the batch's mean loss as a scalar "
             "float tensor (shape ())"
+        )
+    if not torch.isfinite(value.detach()):
+        raise ModelError(
+            f"{KEY}: {source.name} returned {float(value.detach())} on a probe batch; a loss must be finite"
+        )
+    if value.grad_fn is None:
+        raise ModelError(
+            f"{KEY}: {source.name}'s value does not depend on the outputs (no gradient flows back: "
+            "detached, or computed outside torch); training needs d(loss)/d(outputs)"
         )
