@@ -82,10 +82,23 @@ def check_py_module_entry(entry: str, key: str = "runtime.py_modules") -> None:
 def path_entry_location(entry: str, key: str = "runtime.py_modules") -> str:
     """The absolute folder or ``.py`` file a path entry names (relative: from the folder fedsim
     runs in, where model.factory is looked up too)."""
-    path = Path(entry).expanduser().absolute()
+    path = Path(entry).expanduser().resolve()  # "pkg/.." is the folder above, shipped as such
     if not (path.is_dir() or (path.is_file() and path.suffix == ".py")):
         raise ConfigError(f"{key}: {entry!r} is not a folder or a .py file (looked at {path})")
+    home = Path.home().resolve()
+    if path == Path(path.anchor) or path == home or home.is_relative_to(path):
+        raise ConfigError(
+            f"{key}: {entry!r} is {path}, which would ship a whole tree to every worker; "
+            "name the package's own folder (./mypkg) or .py file"
+        )
     return str(path)
+
+
+def put_on_driver_path(folder: str) -> None:
+    """Let this process import what a path entry ships (``./src/mypkg`` makes ``mypkg``
+    importable), as the workers will: its folder goes last on the Python path, shadowing nothing."""
+    if folder not in sys.path:
+        sys.path.append(folder)
 
 
 def module_locations(name: str) -> list[str] | None:

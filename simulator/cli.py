@@ -188,8 +188,10 @@ def _data_summary(cfg) -> str:
     """What a run of ``cfg`` would train on, built as the run builds it (without Ray)."""
     import numpy as np
 
+    from simulator.cluster import user_py_modules
     from simulator.setup import build_run
 
+    user_py_modules(cfg)  # a path entry's code is imported from where the run would ship it
     setup = build_run(cfg)
     model = f"model: {setup.spec.layout().size:,} parameters"
     test = f"{len(setup.dataset.y_test):,} test rows"

@@ -27,7 +27,13 @@ import ray
 from ray.job_config import JobConfig
 
 from clients.errors import ClusterError, ConfigError
-from clients.user_code import installed, is_path_entry, module_locations, path_entry_location
+from clients.user_code import (
+    installed,
+    is_path_entry,
+    module_locations,
+    path_entry_location,
+    put_on_driver_path,
+)
 from simulator.config import Config, user_code_targets
 from simulator.yaml_input import one_line, show
 
@@ -72,8 +78,12 @@ def ray_starting(
         yield joined
         return
     if ray.is_initialized():
-        if py_modules:
-            log.debug("Ray was initialised by the caller; runtime.py_modules are not shipped: %s", py_modules)
+        if py_modules:  # a notebook's ray.init: its runtime_env is the caller's to give
+            log.warning(
+                "Ray was started before this run, so fedsim cannot ship your code to its workers; "
+                "if they cannot import it, pass ray.init(runtime_env={'py_modules': %s})",
+                py_modules,
+            )
         session = RaySession(False, *_cluster_cpus_gpus())
         yield lambda: session
         return
@@ -260,7 +270,9 @@ def user_py_modules(cfg: Config) -> list[str]:
     """The folders and .py files of user code a run of ``cfg`` ships to its workers:
     ``runtime.py_modules``'s entries, or by default the top-level packages of the code the
     config names (USER_CODE_KEYS) that are neither installed nor fedsim's own. Found
-    without importing anything; an entry that is not there is one ConfigError."""
+    without importing anything; an entry that is not there is one ConfigError. A path
+    entry's folder also goes on this process's Python path, so the driver imports what the
+    workers do."""
     entries = cfg.runtime.py_modules
     found: list[str] = []
     if entries is None:
@@ -272,6 +284,7 @@ def user_py_modules(cfg: Config) -> list[str]:
     for entry in entries or []:
         if is_path_entry(entry):
             found.append(path_entry_location(entry))
+            put_on_driver_path(str(Path(found[-1]).parent))
             continue
         locations = module_locations(entry)
         if not locations:

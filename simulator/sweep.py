@@ -410,7 +410,9 @@ def run_sweep(
     base = from_dict(base_raw)
     planned = _plan(base_raw, axes, repeat_seeds, quiet)
     sweep_dir = _sweep_dir(Path(out) if out is not None else None, base)
-    with ray_session(base.runtime.address, debug, user_py_modules(base)) as session:
+    # One job for every point: it ships the code any grid point names (a grid over model.factory too).
+    shipped = list(dict.fromkeys(m for p in planned for m in user_py_modules(p.config)))
+    with ray_session(base.runtime.address, debug, shipped) as session:
         at_once = runs_at_once([p.config for p in planned], session, max_concurrent)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         header = _index_header(Path(config), overrides or [], axes, planned, at_once)

@@ -121,6 +121,8 @@ def test_a_module_that_fails_on_the_workers_stops_the_run_in_one_line(tmp_path):
         ('["my pkg"]', ["runtime.py_modules", "'my pkg' is neither a module name", "nor a path"]),
         ('["./no_such_folder"]', ["runtime.py_modules", "'./no_such_folder' is not a folder or a .py file"]),
         ('["no_such_package_fedsim"]', ["runtime.py_modules", "'no_such_package_fedsim' is no module"]),
+        ('["/"]', ["runtime.py_modules", "would ship a whole tree"]),
+        ('["~/"]', ["runtime.py_modules", "would ship a whole tree"]),
     ],
 )
 def test_a_bad_py_modules_entry_is_one_line_and_exit_2(entries, fragments, tmp_path, capsys, monkeypatch):
@@ -142,6 +144,20 @@ def test_a_bad_py_modules_entry_is_one_line_and_exit_2(entries, fragments, tmp_p
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_path_entry_is_where_the_driver_imports_the_code_from_too(tmp_path, capsys, monkeypatch):
+    """runtime.py_modules: [./code/mypkg] ships mypkg, and the driver finds it there as well,
+    though neither its Python path nor the folder it runs in holds mypkg."""
+    user_package(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the entry's folder is added for this test only
+    overrides = [*TINY, "runtime.py_modules=[./code/mypkg]"]
+    code = main(["validate", str(DEFAULT), "--data", *sets(overrides)])
+    captured = capsys.readouterr()
+    out = captured.out + captured.err  # the YAML on stdout, the "# data:" summary on stderr
+    sys.modules.pop("mypkg.nets", None), sys.modules.pop("mypkg", None)
+    assert code == 0 and "model: 610 parameters" in out, out[-500:]  # 64*8+8 + 8*10+10
 
 
 def test_plain_validate_reads_py_modules_without_importing_anything(tmp_path, capsys, monkeypatch):
