@@ -21,6 +21,7 @@ from simulator.cli import main
 from simulator.config import load_config
 from simulator.setup import build_run
 from tests.conftest import ROOT, small_overrides
+from tests.test_own_data import assert_one_line
 
 DEFAULT = ROOT / "configs" / "default.yaml"
 WEIGHTS = np.array([1.5, -2.0, 0.5, 1.0])  # the linear target the CSV rows follow
@@ -138,13 +139,6 @@ def _validate(capsys, config: Path, overrides: dict, data: bool) -> tuple[int, s
         args += ["--set", f"{key}={json.dumps(value)}"]
     code = main(args)
     return code, capsys.readouterr().err
-
-
-def assert_one_line(code: int, err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("fedsim: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 MODULE = {"model.name": "module", "model.factory": "tests.regression_models:regressor"}
