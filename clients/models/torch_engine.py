@@ -212,7 +212,13 @@ class TorchModel(HostArrays):
 
     def set_rng(self, rng: np.random.Generator) -> None:
         """Seed dropout from the client's generator (torch's RNG is per worker process)."""
-        torch.manual_seed(int(rng.integers(2**63 - 1)))
+        seed = int(rng.integers(2**63 - 1))
+        if self.device is None or self.device.type == "cpu":
+            # The same draws as torch.manual_seed, without its per-call queueing of every
+            # accelerator's seeding: ~0.2 ms a client, 10% of a small module model's round.
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
 
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> float:
         """Mean loss (``spec.loss``: cross-entropy by default) on the batch; writes
