@@ -171,12 +171,14 @@ def test_resume_with_a_config_too_is_refused(tmp_path):
     assert_one_line_error(fedsim("run", DEFAULT, "--resume", tmp_path), "drop CONFIG")
 
 
-def test_a_run_name_is_the_string_typed_not_yaml(tmp_path):
+def test_a_run_name_is_the_string_typed_not_yaml(ray_cluster, tmp_path):
     # --name went in as the YAML override name=VALUE: 2024 became an int, yes a bool.
+    from simulator.cli import main  # in this process, on the session's Ray: argparse is what counts
+
     for name in ("2024", "yes"):
         out = tmp_path / name
-        result = fedsim("run", DEFAULT, "--name", name, "--out", out, "--set", "rounds=1", "--quiet")
-        assert result.returncode == 0, result.stderr
+        args = ["run", str(DEFAULT), "--name", name, "--out", str(out), "--set", "rounds=1", "--quiet"]
+        assert main(args) == 0
         assert f"name: '{name}'" in (out / "config.yaml").read_text()
 
 

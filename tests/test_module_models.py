@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from simulator import Simulation
+from simulator.cli import main
 from simulator.rundir import load_model
 from tests.conftest import ROOT, interrupted_and_resumed, small_overrides
 from tests.test_cli import assert_one_line_error, fedsim
@@ -30,7 +31,9 @@ def sets(overrides: dict) -> list[str]:
     return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
 
 
-def test_a_module_identical_to_the_builtin_mlp_trains_to_the_builtin_bits_through_the_cli(tmp_path):
+def test_a_module_identical_to_the_builtin_mlp_trains_to_the_builtin_bits_through_the_cli(
+    ray_cluster, tmp_path
+):
     """``builtin_mlp`` is the built-in one-hidden-layer mlp written as a user's module, and
     its factory copies the built-in initial vector for the run's seed into it (a module
     model is otherwise initialised by torch, seeded from the run's seed): both runs start
@@ -41,8 +44,8 @@ def test_a_module_identical_to_the_builtin_mlp_trains_to_the_builtin_bits_throug
         "builtin": {"model.name": "mlp", "model.hidden": [16]},
         "module": module("builtin_mlp", input_shape=[1, 8, 8], hidden=16, num_classes=10, seed=0),
     }.items():
-        result = fedsim("run", DEFAULT, "--out", tmp_path / name, "--quiet", *sets({**TINY, **model}))
-        assert result.returncode == 0, result.stderr
+        args = ["run", str(DEFAULT), "--out", str(tmp_path / name), "--quiet", *sets({**TINY, **model})]
+        assert main(args) == 0  # the CLI in this process, on the session's Ray
         runs[name] = load_model(tmp_path / name / "model.safetensors")
     assert sorted(runs["module"]) == sorted(runs["builtin"])
     assert sorted(runs["module"]) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
