@@ -36,9 +36,13 @@ def check_target(target: str, key: str) -> tuple[str, str]:
     return module, attribute
 
 
-def resolve(target: str, key: str) -> Any:
-    """Import ``target``'s module and return its callable; one error when it is not there."""
+def resolve(target: str, key: str, search_path: str | None = None) -> Any:
+    """Import ``target``'s module and return its callable; one error when it is not there.
+    ``search_path`` (the driver's: the folder fedsim runs in) goes last on sys.path first,
+    when given and not there yet."""
     module_name, attribute = check_target(target, key)
+    if search_path and search_path not in sys.path:
+        sys.path.append(search_path)
     try:
         value: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -139,7 +143,7 @@ def _installation_dirs() -> list[str]:
 
 @contextmanager
 def _cwd_on_path() -> Iterator[None]:
-    """The folder fedsim runs in on the search path while looking, as load_factory puts it."""
+    """The folder fedsim runs in on the search path while looking, as the driver imports user code."""
     here = os.getcwd()
     added = here not in sys.path
     if added:

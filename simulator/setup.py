@@ -36,7 +36,7 @@ from clients.data.transforms import Augmentation, normalized
 from clients.errors import ConfigError, DataError, ModelError
 from clients.models.engines import initial_state
 from clients.models.losses import check_loss, load_loss
-from clients.models.module_model import build_module, check_fits, import_root, module_spec
+from clients.models.module_model import build_module, check_fits, module_spec
 from clients.models.spec import MODULE_MODEL, LossSource, ModelSpec, build_spec
 from clients.models.torch_engine import TorchModel
 from clients.personalization import PersonalPlan
@@ -344,7 +344,9 @@ def _loss_source(model: ModelConfig, dataset: Dataset) -> LossSource:
     if model.loss in BUILT_IN_LOSSES:
         return LossSource(model.loss, task)
     load_loss(LossSource(model.loss, task, search_path=os.getcwd()))
-    return LossSource(model.loss, task, search_path=import_root(model.loss))
+    # Workers import it from their own path, where runtime.py_modules ships it (and check
+    # that they can before the run loads), as a module model's factory.
+    return LossSource(model.loss, task)
 
 
 def _probe_inputs(dataset: Dataset) -> torch.Tensor:

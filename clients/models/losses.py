@@ -12,7 +12,6 @@ that happens when the run starts, on the driver and on every worker.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import torch
@@ -27,15 +26,13 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def load_loss(source: LossSource) -> LossFn:
-    """The function ``source`` names; a callable's module imported (``search_path``
-    appended to sys.path first, when given and not there yet)."""
+    """The function ``source`` names; a callable's module imported (from ``search_path``
+    too, when given)."""
     if source.name == "cross_entropy":
         return F.cross_entropy
     if source.name == "mse":
         return F.mse_loss
-    if source.search_path and source.search_path not in sys.path:
-        sys.path.append(source.search_path)
-    return resolve(source.name, KEY)
+    return resolve(source.name, KEY, source.search_path)
 
 
 def fitted(outputs: torch.Tensor, targets: torch.Tensor, source: LossSource) -> torch.Tensor:

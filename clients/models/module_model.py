@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,24 +24,9 @@ from torch import nn
 from clients.errors import ModelError
 from clients.models.layout import Layout
 from clients.models.spec import MODULE_MODEL, PURPOSE_INIT, LayerSpec, ModelSpec, ModuleSource
-from clients.user_code import check_target, resolve
+from clients.user_code import resolve
 
 KEY = "model.factory"
-
-
-def load_factory(factory: str, search_path: str | None = None) -> Callable[..., object]:
-    """The callable ``factory`` names, its module imported (``search_path`` appended to
-    sys.path first, when given and not there yet)."""
-    if search_path and search_path not in sys.path:
-        sys.path.append(search_path)
-    return resolve(factory, KEY)
-
-
-def import_root(factory: str) -> str:
-    """The folder the factory's top-level package was imported from (for workers' sys.path)."""
-    top = sys.modules[check_target(factory, KEY)[0].split(".")[0]]
-    where = Path(getattr(top, "__file__", None) or next(iter(top.__path__), "."))
-    return str(where.parent.parent if where.name == "__init__.py" else where.parent)
 
 
 def init_seed(seed: int) -> int:
@@ -55,7 +37,7 @@ def init_seed(seed: int) -> int:
 def build_module(source: ModuleSource) -> nn.Module:
     """``factory(**kwargs)`` under torch's CPU generator seeded by ``init_seed``; the
     caller's generator state is left as it was."""
-    factory = load_factory(source.factory, source.search_path)
+    factory = resolve(source.factory, KEY, source.search_path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed(source.seed))
         try:

@@ -130,9 +130,9 @@ class ModuleSource:
 @dataclass(frozen=True)
 class LossSource:
     """What a model is trained on: ``name`` cross_entropy, mse, or a user's callable
-    ("package.module:callable", imported from ``search_path`` when not importable
-    otherwise); ``task`` classification (class-id labels, accuracy measured) or
-    regression (float targets, loss only)."""
+    ("package.module:callable"; ``search_path`` as ModuleSource's); ``task``
+    classification (class-id labels, accuracy measured) or regression (float targets,
+    loss only)."""
 
     name: str = "cross_entropy"
     task: str = "classification"
