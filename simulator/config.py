@@ -30,6 +30,7 @@ from clients.models.engines import ENGINES
 from clients.models.spec import (
     ACTIVATION_KINDS,
     BUFFER_POLICIES,
+    BUILT_IN_LOSSES,
     MODEL_NAMES,
     MODULE_MODEL,
     ModelSpec,
@@ -50,7 +51,6 @@ IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "femnist")
 IMAGE_USER_DATASETS = ("arrays", "npz", "image_folder", "hf_disk")  # may hold (N, C, H, W) images
 ACTIVATIONS = ACTIVATION_KINDS
 TASKS = ("auto", "classification", "regression")
-BUILT_IN_LOSSES = ("cross_entropy", "mse")
 log = logging.getLogger("fedsim")
 
 

@@ -705,34 +705,27 @@ _staleness_over_steps = _mean_and_max(
     "Async: staleness per server step", "Staleness (server steps)", "staleness"
 )
 
-_federated_accuracy = functools.partial(
-    _rounds_chart,
-    title="Federated evaluation: accuracy on clients' own data (worst 10% dashed)",
-    axes=(
-        _Axis(
-            "Accuracy on evaluated clients (%)",
-            (
-                _Line("federated_accuracy", "-", " (sample-weighted)"),
-                _Line("federated_accuracy_worst10", "--", " (worst 10%)"),
+
+def _federated_chart(measure: str, label: str):
+    """A chart of federated evaluation's ``measure`` (accuracy or loss): sample-weighted
+    over the evaluated clients, and their worst 10% dashed."""
+    return functools.partial(
+        _rounds_chart,
+        title=f"Federated evaluation: {measure} on clients' own data (worst 10% dashed)",
+        axes=(
+            _Axis(
+                label,
+                (
+                    _Line(f"federated_{measure}", "-", " (sample-weighted)"),
+                    _Line(f"federated_{measure}_worst10", "--", " (worst 10%)"),
+                ),
             ),
         ),
-    ),
-)
+    )
 
 
-_federated_loss_chart = functools.partial(
-    _rounds_chart,
-    title="Federated evaluation: loss on clients' own data (worst 10% dashed)",
-    axes=(
-        _Axis(
-            "Loss on evaluated clients",
-            (
-                _Line("federated_loss", "-", " (sample-weighted)"),
-                _Line("federated_loss_worst10", "--", " (worst 10%)"),
-            ),
-        ),
-    ),
-)
+_federated_accuracy = _federated_chart("accuracy", "Accuracy on evaluated clients (%)")
+_federated_loss_chart = _federated_chart("loss", "Loss on evaluated clients")
 
 
 def _federated_loss(runs: list[RunRecord], labels: list[str]) -> Figure | None:

@@ -37,7 +37,7 @@ from clients.errors import ConfigError, DataError, ModelError
 from clients.models.engines import initial_state
 from clients.models.losses import check_loss, load_loss
 from clients.models.module_model import build_module, check_fits, module_spec
-from clients.models.spec import MODULE_MODEL, LossSource, ModelSpec, build_spec
+from clients.models.spec import BUILT_IN_LOSSES, MODULE_MODEL, LossSource, ModelSpec, build_spec
 from clients.models.torch_engine import TorchModel
 from clients.personalization import PersonalPlan
 from clients.training import LocalTrainingConfig
@@ -54,7 +54,6 @@ from server.sampling import ClientSampler
 from server.system import SystemModel, local_work
 from simulator.async_rounds import AsyncRounds
 from simulator.config import (
-    BUILT_IN_LOSSES,
     Config,
     DataConfig,
     ModelConfig,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from clients.errors import ModelError
-from clients.models.spec import LossSource
+from clients.models.spec import BUILT_IN_LOSSES, LossSource
 from clients.user_code import resolve
 
 KEY = "model.loss"
@@ -49,7 +49,7 @@ def check_loss(loss: LossFn, outputs: torch.Tensor, targets: torch.Tensor, sourc
     """Refuse a callable loss that raises on, or does not return a finite scalar tensor
     differentiable in the outputs for, a probe batch (its model's ``outputs`` and their
     ``targets``): caught here, such a loss is one line rather than a failure in every client."""
-    if source.name in ("cross_entropy", "mse"):
+    if source.name in BUILT_IN_LOSSES:
         return
     outputs = outputs.detach().requires_grad_(True)
     try:

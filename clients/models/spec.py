@@ -144,6 +144,7 @@ class LossSource:
 
 
 CROSS_ENTROPY = LossSource()
+BUILT_IN_LOSSES = ("cross_entropy", "mse")  # model.loss names that are no user code
 
 
 @dataclass(frozen=True)
