@@ -251,7 +251,7 @@ class Simulation:
         # Gradient-based scores come from the round's clients: without any, no step yet.
         if target is not None and (len(sampled) or not server.pruning.uses_gradients):
             server.prune(self._pruning_scores(state, pool, sampled), target)
-        row = _round_row(round_, results, state.model_bytes)
+        row = _round_row(round_, results, state.model_bytes, state.spec.loss.is_regression)
         row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
         return self._finish_row(state, pool, round_, row, results, sampled, start)
 
@@ -273,7 +273,7 @@ class Simulation:
         state.server.keep_client_states(trained)
         results = steps.buffer_results(plan, state.params.size)
         server_metrics = state.server.step(round_, results)
-        row = _round_row(round_, results, state.model_bytes)
+        row = _round_row(round_, results, state.model_bytes, state.spec.loss.is_regression)
         row.update(
             server_metrics, bytes_down=state.server.bytes_down(len(plan.dispatched)), **steps.row(plan)
         )
@@ -311,8 +311,6 @@ class Simulation:
         """Add what every round reports: gradient flow, evaluations, clients, seconds."""
         if state.server.plan.track_gradients:
             row["gradient_flow"] = _gradient_flow(results, state.spec.tracked_layers())
-        if state.spec.loss.is_regression:
-            del row["test_accuracy"]  # a regression run has no accuracy: absent, not missing
         row.update(self._maybe_evaluate(state, round_))
         row.update(self._maybe_federated_eval(state, pool, round_))
         row["clients"] = clients.tolist()
@@ -572,7 +570,10 @@ def _gradient_flow(results: list, layers: list[str]) -> dict[str, dict[str, floa
     }
 
 
-def _round_row(round_: int, results: list, model_bytes: int) -> dict[str, Any]:
+def _round_row(round_: int, results: list, model_bytes: int, regression: bool) -> dict[str, Any]:
+    """The round's row before evaluation fills in its scores; a regression run has no
+    accuracy, so no key for it (absent, not null)."""
+
     def joined(field: str, dtype) -> np.ndarray:
         return np.concatenate([getattr(r, field) for r in results]) if results else np.zeros(0, dtype)
 
@@ -583,7 +584,7 @@ def _round_row(round_: int, results: list, model_bytes: int) -> dict[str, Any]:
     clients = len(sizes)
     return {
         "round": round_,
-        "test_accuracy": None,
+        **({} if regression else {"test_accuracy": None}),
         "test_loss": None,
         "train_loss": train_loss,
         "num_clients": clients,
