@@ -123,7 +123,7 @@ def _run_overrides(args: argparse.Namespace) -> list[str | tuple[str, str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from simulator.config import load_config
+    from simulator.config.loading import load_config
 
     overrides = _run_overrides(args)
     options = {"quiet": args.quiet, "debug": args.debug}
@@ -173,7 +173,7 @@ def _print_summary(summary: dict, run_dir: Path, quiet: bool) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from simulator.config import dump_yaml, load_config
+    from simulator.config.loading import dump_yaml, load_config
 
     cfg = load_config(args.config, args.overrides)
     data = _data_summary(cfg) if args.data else None  # nothing is called valid before the data are

@@ -34,7 +34,7 @@ from clients.user_code import (
     path_entry_location,
     put_on_driver_path,
 )
-from simulator.config import Config, user_code_targets
+from simulator.config.schema import Config, user_code_targets
 from simulator.yaml_input import one_line, show
 
 log = logging.getLogger("fedsim")

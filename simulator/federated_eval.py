@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from simulator.config import Config
+from simulator.config.schema import Config
 from simulator.pool import map_groups
 
 PURPOSE_FEDERATED_EVAL = 15

@@ -22,7 +22,7 @@ from server.pruning import build_mask, density, layer_densities, magnitude_score
 from server.sampling import sample_clients
 from simulator import rundir
 from simulator.cluster import ray_session, user_py_modules
-from simulator.config import load_run_config
+from simulator.config.loading import load_run_config
 from simulator.progress import RoundProgress, StepProgress
 from simulator.report import write_prune_charts
 from simulator.setup import build_server_state

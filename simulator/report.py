@@ -36,7 +36,8 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from clients.errors import FedsimError
-from simulator.config import Config, read_yaml
+from simulator.config.loading import read_yaml
+from simulator.config.schema import Config
 from simulator.rundir import atomic_write_bytes, load_model, read_json, read_metrics, running_pid
 from simulator.yaml_input import one_line
 

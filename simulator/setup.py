@@ -53,17 +53,15 @@ from server.pruning import PruningSchedule
 from server.sampling import ClientSampler
 from server.system import SystemModel, local_work
 from simulator.async_rounds import AsyncRounds
-from simulator.config import (
+from simulator.config.schema import (
     Config,
     DataConfig,
     ModelConfig,
     ServerConfig,
     async_shape,
-    model_task,
-    personal_layer_names,
-    refuse_under_regression,
     sampled_per_round,
 )
+from simulator.config.validation import model_task, personal_layer_names, refuse_under_regression
 from simulator.server_state import ServerState
 from simulator.yaml_input import show
 

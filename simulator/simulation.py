@@ -34,16 +34,15 @@ from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
 from simulator import rundir, workers
 from simulator.cluster import RaySession, pool_size, ray_starting, user_py_modules
-from simulator.config import (
-    Config,
+from simulator.config.loading import (
     apply_overrides,
     dump_yaml,
     from_dict,
     inert_reset,
     load_config,
     load_run_config,
-    user_code_targets,
 )
+from simulator.config.schema import Config, user_code_targets
 from simulator.federated_eval import (
     client_rows,
     clients_to_evaluate,

@@ -39,7 +39,8 @@ from matplotlib.figure import Figure
 
 from clients.errors import ConfigError, FedsimError, RunDiverged
 from simulator.cluster import RaySession, pool_size, ray_session, user_py_modules
-from simulator.config import Config, apply_overrides, from_dict, parse_override, read_yaml
+from simulator.config.loading import apply_overrides, from_dict, parse_override, read_yaml
+from simulator.config.schema import Config
 from simulator.progress import StepProgress
 from simulator.rundir import atomic_write_bytes, atomic_write_text, read_json
 from simulator.workers import reuse_workers, worker_threads

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.errors import ConfigError, FedsimError
-from simulator.config import Config
+from simulator.config.schema import Config
 from simulator.files import check_folder
 from simulator.rundir import atomic_write_text, read_json
 

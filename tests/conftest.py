@@ -66,7 +66,7 @@ def interrupted_and_resumed(config, overrides: dict, run_dir: Path, stop_after: 
 
 def small_config(**extra):
     """The small run as a validated Config object."""
-    from simulator.config import apply_overrides, from_dict
+    from simulator.config.loading import apply_overrides, from_dict
 
     return from_dict(apply_overrides({}, small_overrides(**extra)))
 

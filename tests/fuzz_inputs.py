@@ -65,7 +65,8 @@ class Case:
 
 def _leaf_keys() -> list[str]:
     """Every dotted key of the resolved config (what ``fedsim validate`` prints)."""
-    from simulator.config import Config, dump_yaml
+    from simulator.config.loading import dump_yaml
+    from simulator.config.schema import Config
     from tests.key_effects import validate_keys
 
     return validate_keys(dump_yaml(Config()))

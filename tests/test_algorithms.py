@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 
 from clients.models.engines import build_model
 from simulator import Simulation
-from simulator.config import load_config
+from simulator.config.loading import load_config
 from simulator.setup import build_dataset, build_model_spec, build_partition
 from tests.conftest import ROOT
 

@@ -11,11 +11,12 @@ import sys
 import numpy as np
 import pytest
 
+from clients.errors import ConfigError
 from server.asynchronous import AsyncSchedule, StalenessWeight
 from server.sampling import sample_clients
 from server.system import SystemModel
 from simulator import Simulation
-from simulator.config import ConfigError, load_config
+from simulator.config.loading import load_config
 from simulator.report import write_report
 from simulator.workers import stop_idle_workers
 from tests.conftest import ROOT, client_worker_pids, interrupted_and_resumed

@@ -98,7 +98,7 @@ def test_validate_and_a_plain_run_import_nothing_they_do_not_need():
     """torch, Ray and scikit-learn are seconds of a start: validate needs none of them, and
     a run imports dp_accounting (with scipy) only when it accounts for privacy."""
     probe = (
-        "import sys; from pathlib import Path; from simulator.config import load_config; "
+        "import sys; from pathlib import Path; from simulator.config.loading import load_config; "
         "load_config(Path('configs/default.yaml'), []); heavy = {'torch', 'ray', 'sklearn'}; "
         "print(sorted(heavy & set(sys.modules))); import simulator.simulation; "
         "from simulator.setup import build_run; build_run(load_config(Path('configs/default.yaml'), [])); "

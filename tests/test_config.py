@@ -7,7 +7,8 @@ import re
 import pytest
 
 from clients.errors import ConfigError
-from simulator.config import Config, apply_overrides, dump_yaml, from_dict, load_config, parse_override
+from simulator.config.loading import apply_overrides, dump_yaml, from_dict, load_config, parse_override
+from simulator.config.schema import Config
 from tests.conftest import ROOT
 
 

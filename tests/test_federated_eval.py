@@ -10,7 +10,7 @@ import pytest
 from clients.data.partition import holdout_split
 from clients.models.engines import build_model
 from simulator import Simulation
-from simulator.config import load_config
+from simulator.config.loading import load_config
 from simulator.federated_eval import clients_to_evaluate, round_metrics
 from simulator.setup import build_dataset, build_model_spec, client_splits
 from tests.conftest import ROOT, small_overrides

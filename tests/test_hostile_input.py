@@ -27,7 +27,8 @@ from clients.data import vision
 from clients.errors import ConfigError, DataError, FedsimError, RunDiverged
 from simulator import Simulation
 from simulator.cli import main
-from simulator.config import Config, dump_yaml, load_config
+from simulator.config.loading import dump_yaml, load_config
+from simulator.config.schema import Config
 from simulator.rundir import RunLock
 from simulator.simulation import DivergenceWatch
 from tests.conftest import ROOT, SHARED_DATA, small_overrides

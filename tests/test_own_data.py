@@ -16,7 +16,7 @@ from clients.data.transforms import Augmentation
 from clients.errors import DataError
 from simulator import Simulation
 from simulator.cli import main
-from simulator.config import load_config
+from simulator.config.loading import load_config
 from simulator.setup import build_dataset, build_run
 from tests.conftest import ROOT, small_overrides
 
@@ -311,7 +311,7 @@ PARQUET_MEMORY_PROBE = """
 import sys, tracemalloc
 from pathlib import Path
 import pyarrow as pa
-from simulator.config import load_config
+from simulator.config.loading import load_config
 from simulator.setup import build_dataset
 overrides = {"data.dataset": "parquet", "data.root": sys.argv[1], "data.normalize": "standard"}
 cfg = load_config(Path("configs/default.yaml"), overrides)

@@ -10,12 +10,13 @@ import signal
 import numpy as np
 import pytest
 
+from clients.errors import ConfigError
 from clients.models.engines import build_model
 from clients.models.spec import build_spec, init_params
 from clients.personalization import PersonalPlan, train_personalized
 from clients.training import LocalTrainingConfig, client_rng
 from simulator import Simulation
-from simulator.config import ConfigError, load_config
+from simulator.config.loading import load_config
 from simulator.report import write_report
 from simulator.rundir import intact_checkpoints, read_run_id
 from simulator.workers import stop_idle_workers

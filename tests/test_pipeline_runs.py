@@ -15,7 +15,7 @@ from clients.algorithms import StepTransform
 from clients.models.engines import build_model
 from clients.models.spec import init_params
 from simulator import Simulation
-from simulator.config import apply_overrides, from_dict, load_config
+from simulator.config.loading import apply_overrides, from_dict, load_config
 from simulator.setup import build_dataset, build_model_spec
 from tests.conftest import ROOT, interrupted_and_resumed, small_overrides
 

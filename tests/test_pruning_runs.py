@@ -14,7 +14,7 @@ from clients.training import LocalTrainingConfig, client_rng, train_client
 from server.pruning import build_mask, magnitude_scores, prunable
 from server.sampling import sample_clients
 from simulator import Simulation
-from simulator.config import apply_overrides, from_dict
+from simulator.config.loading import apply_overrides, from_dict
 from simulator.prune import prune_run
 from simulator.report import write_report
 from simulator.setup import build_dataset, build_model_spec, build_partition

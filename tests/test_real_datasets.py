@@ -11,7 +11,7 @@ import pytest
 from clients.errors import DataError
 from simulator import Simulation
 from simulator.cli import main
-from simulator.config import load_config
+from simulator.config.loading import load_config
 from simulator.setup import build_dataset, build_partition
 from tests.conftest import ROOT, SHARED_DATA
 

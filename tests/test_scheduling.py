@@ -11,7 +11,7 @@ import ray
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.config import apply_overrides, from_dict
+from simulator.config.loading import apply_overrides, from_dict
 from simulator.pool import GroupScheduler, WorkerPool, balanced_shares, held_back
 from simulator.setup import build_run
 

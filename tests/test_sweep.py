@@ -23,7 +23,7 @@ GRID = {"client.lr": [0.05, 0.2], "server.clients_per_round": [3, 6]}
 
 def write_config(folder: Path, **extra) -> Path:
     """small_overrides as a YAML file: keys are dotted, so nest them first."""
-    from simulator.config import apply_overrides
+    from simulator.config.loading import apply_overrides
 
     path = folder / "base.yaml"
     path.write_text(yaml.safe_dump(apply_overrides({}, small_overrides(rounds=2, **extra))))

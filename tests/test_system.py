@@ -8,7 +8,7 @@ import numpy as np
 
 from server.system import SystemModel, client_speeds, plan_round
 from simulator import Simulation
-from simulator.config import load_config
+from simulator.config.loading import load_config
 from simulator.report import write_report
 from simulator.setup import build_dataset, build_partition
 from tests.conftest import ROOT, small_overrides

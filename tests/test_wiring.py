@@ -18,16 +18,8 @@ import pytest
 
 from clients.training import LocalTrainingConfig
 from server.system import SystemModel
-from simulator.config import (
-    ClientConfig,
-    Config,
-    SystemConfig,
-    apply_overrides,
-    dump_yaml,
-    from_dict,
-    load_config,
-    yaml_key,
-)
+from simulator.config.loading import apply_overrides, dump_yaml, from_dict, load_config
+from simulator.config.schema import ClientConfig, Config, SystemConfig, yaml_key
 from simulator.setup import build_run, from_section, section_kwargs
 from tests.conftest import ROOT
 from tests.key_effects import CONTEXTS, ROWS, Row, validate_keys, write_data_roots, write_leaf_roots
