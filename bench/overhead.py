@@ -57,9 +57,9 @@ from clients.models.torch_engine import TorchModel  # noqa: E402
 from clients.training import PURPOSE_DATA_ORDER, client_rng, train_client  # noqa: E402
 from clients.worker import add_weighted  # noqa: E402
 from server.sampling import sample_clients  # noqa: E402
+from simulator.config.build import build_dataset, build_model_spec, build_partition, local_training  # noqa: E402
 from simulator.config.loading import apply_overrides, dump_yaml, from_dict  # noqa: E402
 from simulator.config.schema import Config  # noqa: E402
-from simulator.setup import build_dataset, build_model_spec, build_partition, local_training  # noqa: E402
 
 # name: (clients, per round, training samples per client, epochs)
 WORKLOADS = {"overhead": (1000, 100, 50, 1), "compute": (100, 10, 600, 5)}

@@ -9,7 +9,7 @@ __all__ = ["History", "Simulation"]
 def __getattr__(name: str):
     # Lazy, so `fedsim validate` and `fedsim report` do not pay for importing Ray and torch.
     if name in __all__:
-        from simulator import simulation
+        from simulator.driver import simulation
 
         return getattr(simulation, name)
     raise AttributeError(f"module 'simulator' has no attribute {name!r}")

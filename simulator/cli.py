@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from clients.errors import FedsimError, RunDiverged
-from simulator.yaml_input import one_line, show
+from simulator.config.yaml_input import one_line, show
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3  # the run stopped learning anything finite (server.stop_after_nonfinite_rounds)
@@ -132,21 +132,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise FedsimError(
                 "fedsim run --resume RUN_DIR takes its config and directory from RUN_DIR; drop CONFIG/--out"
             )
-        from simulator.simulation import Simulation
+        from simulator.driver.simulation import Simulation
 
         return _run(Simulation.resume_from(args.resume, overrides, **options), args.quiet)
     if args.config is None:
         raise FedsimError("fedsim run: give a CONFIG file (or --resume RUN_DIR)")
     cfg = load_config(args.config, overrides)
     if args.out is not None:  # a taken --out is one error before Ray starts
-        from simulator.rundir import check_new_run_dir
+        from simulator.rundir.store import check_new_run_dir
 
         check_new_run_dir(args.out)
-    from simulator.cluster import ray_starting, user_py_modules
+    from simulator.driver.cluster import ray_starting, user_py_modules
 
     # Ray's processes come up while this process imports torch and the simulator (seconds each).
     with ray_starting(cfg.runtime.address, args.debug, user_py_modules(cfg)):
-        from simulator.simulation import Simulation
+        from simulator.driver.simulation import Simulation
 
         return _run(Simulation(cfg, args.out, **options), args.quiet)
 
@@ -167,7 +167,7 @@ def _run(sim, quiet: bool) -> int:
 def _print_summary(summary: dict, run_dir: Path, quiet: bool) -> None:
     if quiet:
         return
-    from simulator.progress import summary_table
+    from simulator.report.progress import summary_table
 
     summary_table(summary, run_dir)
 
@@ -188,8 +188,8 @@ def _data_summary(cfg) -> str:
     """What a run of ``cfg`` would train on, built as the run builds it (without Ray)."""
     import numpy as np
 
-    from simulator.cluster import user_py_modules
-    from simulator.setup import build_run
+    from simulator.config.build import build_run
+    from simulator.driver.cluster import user_py_modules
 
     user_py_modules(cfg)  # a path entry's code is imported from where the run would ship it
     setup = build_run(cfg)
@@ -206,8 +206,8 @@ def _data_summary(cfg) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from simulator.report import write_report
-    from simulator.rundir import running_pid
+    from simulator.report.page import write_report
+    from simulator.rundir.store import running_pid
 
     for run_dir in args.run_dirs:
         if run_dir.exists() and not run_dir.is_dir():
@@ -252,7 +252,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from simulator.prune import prune_run
+    from simulator.driver.prune import prune_run
 
     if not (args.run_dir / "config.yaml").is_file():
         raise FedsimError(f"{args.run_dir}: not a run directory (no config.yaml)")
@@ -277,7 +277,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _print_prune_table(path: Path) -> None:
-    from simulator.rundir import read_json
+    from simulator.rundir.store import read_json
 
     prune = read_json(path, limit=64 << 20)
     tuned = prune["finetune_rounds"] > 0
@@ -291,7 +291,7 @@ def _print_prune_table(path: Path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from simulator.sweep import SweepInterrupted, run_sweep
+    from simulator.driver.sweep import SweepInterrupted, run_sweep
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise FedsimError(f"--max-concurrent: {args.max_concurrent} is not allowed; must be >= 1")

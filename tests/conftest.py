@@ -20,7 +20,7 @@ def ray_cluster():
     are handed from run to run (``reuse_workers``, bit-identical to fresh ones):
     starting them would be most of the suite's time."""
     ray = pytest.importorskip("ray")
-    from simulator.workers import reuse_workers
+    from simulator.driver.workers import reuse_workers
 
     ray.init(
         address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,

@@ -14,8 +14,8 @@ from safetensors.numpy import load_file
 
 from clients.models.engines import build_model
 from simulator import Simulation
+from simulator.config.build import build_dataset, build_model_spec, build_partition
 from simulator.config.loading import load_config
-from simulator.setup import build_dataset, build_model_spec, build_partition
 from tests.conftest import ROOT
 
 CONFIGS = ROOT / "configs"

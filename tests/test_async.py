@@ -17,8 +17,8 @@ from server.sampling import sample_clients
 from server.system import SystemModel
 from simulator import Simulation
 from simulator.config.loading import load_config
-from simulator.report import write_report
-from simulator.workers import stop_idle_workers
+from simulator.driver.workers import stop_idle_workers
+from simulator.report.page import write_report
 from tests.conftest import ROOT, client_worker_pids, interrupted_and_resumed
 
 ASYNC_CONFIG = ROOT / "configs" / "fedbuff.yaml"

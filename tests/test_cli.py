@@ -100,8 +100,9 @@ def test_validate_and_a_plain_run_import_nothing_they_do_not_need():
     probe = (
         "import sys; from pathlib import Path; from simulator.config.loading import load_config; "
         "load_config(Path('configs/default.yaml'), []); heavy = {'torch', 'ray', 'sklearn'}; "
-        "print(sorted(heavy & set(sys.modules))); import simulator.simulation; "
-        "from simulator.setup import build_run; build_run(load_config(Path('configs/default.yaml'), [])); "
+        "print(sorted(heavy & set(sys.modules))); import simulator.driver.simulation; "
+        "from simulator.config.build import build_run; "
+        "build_run(load_config(Path('configs/default.yaml'), [])); "
         "print(sorted({'sklearn', 'dp_accounting', 'matplotlib'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)

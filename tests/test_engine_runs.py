@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from simulator import Simulation
-from simulator.report import write_report
+from simulator.report.page import write_report
 from tests.conftest import ROOT, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"

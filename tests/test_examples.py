@@ -17,7 +17,7 @@ import pytest
 
 from clients.data.leaf import ALL_LETTERS
 from simulator.cli import main
-from simulator.rundir import load_model, read_metrics
+from simulator.rundir.store import load_model, read_metrics
 from tests.conftest import ROOT
 
 EXAMPLES = ROOT / "examples"

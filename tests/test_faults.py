@@ -12,8 +12,8 @@ import ray
 
 from clients.errors import ClusterError
 from simulator import Simulation
-from simulator.pool import WorkerPool
-from simulator.workers import stop_idle_workers
+from simulator.driver.pool import WorkerPool
+from simulator.driver.workers import stop_idle_workers
 from tests.conftest import ROOT, client_worker_pids, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"

@@ -10,9 +10,9 @@ import pytest
 from clients.data.partition import holdout_split
 from clients.models.engines import build_model
 from simulator import Simulation
+from simulator.config.build import build_dataset, build_model_spec, client_splits
 from simulator.config.loading import load_config
-from simulator.federated_eval import clients_to_evaluate, round_metrics
-from simulator.setup import build_dataset, build_model_spec, client_splits
+from simulator.driver.federated_eval import clients_to_evaluate, round_metrics
 from tests.conftest import ROOT, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -128,7 +128,7 @@ def test_resume_rewrites_a_half_logged_evaluation_round(ray_cluster, tmp_path):
 
 def test_a_damaged_complete_line_is_an_error_not_a_truncation(tmp_path):
     from clients.errors import FedsimError
-    from simulator.rundir import ClientEvalLog
+    from simulator.rundir.store import ClientEvalLog
 
     log = tmp_path / "clients.jsonl"
     log.write_text('{"round": 1, "client": 0}\n{"round": 1, oops\n{"round": 2, "client": 0}\n')

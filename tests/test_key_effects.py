@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from simulator import Simulation
-from simulator.workers import reuse_workers
+from simulator.driver.workers import reuse_workers
 from tests.conftest import ROOT
 from tests.key_effects import ROUNDING_ATOL, ROWS, WORKER_KEYS, Row, write_data_roots, write_leaf_roots
 from tests.test_tracking import RecordingMlflow

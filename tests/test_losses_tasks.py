@@ -18,8 +18,8 @@ import pytest
 from clients.errors import DataError
 from simulator import Simulation
 from simulator.cli import main
+from simulator.config.build import build_run
 from simulator.config.loading import load_config
-from simulator.setup import build_run
 from tests.conftest import ROOT, small_overrides
 from tests.test_own_data import assert_one_line
 

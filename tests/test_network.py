@@ -179,7 +179,7 @@ def test_the_environment_is_put_back_after_the_embedded_ray(tmp_path):
     script = (
         "import os\n"
         "from ray._private import ray_constants\n"
-        "from simulator.cluster import _PRIVATE_ENV, _private_to_this_machine\n"
+        "from simulator.driver.cluster import _PRIVATE_ENV, _private_to_this_machine\n"
         "before = {n: os.environ.get(n) for n in _PRIVATE_ENV}\n"
         "with _private_to_this_machine():\n"
         "    assert os.environ['RAY_AUTH_MODE'] == 'token' and len(os.environ['RAY_AUTH_TOKEN']) == 64\n"

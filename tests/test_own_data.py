@@ -16,8 +16,8 @@ from clients.data.transforms import Augmentation
 from clients.errors import DataError
 from simulator import Simulation
 from simulator.cli import main
+from simulator.config.build import build_dataset, build_run
 from simulator.config.loading import load_config
-from simulator.setup import build_dataset, build_run
 from tests.conftest import ROOT, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -312,7 +312,7 @@ import sys, tracemalloc
 from pathlib import Path
 import pyarrow as pa
 from simulator.config.loading import load_config
-from simulator.setup import build_dataset
+from simulator.config.build import build_dataset
 overrides = {"data.dataset": "parquet", "data.root": sys.argv[1], "data.normalize": "standard"}
 cfg = load_config(Path("configs/default.yaml"), overrides)
 build_dataset(cfg.data, 0)  # imports allocate too: the first read is not measured

@@ -17,9 +17,9 @@ from clients.personalization import PersonalPlan, train_personalized
 from clients.training import LocalTrainingConfig, client_rng
 from simulator import Simulation
 from simulator.config.loading import load_config
-from simulator.report import write_report
-from simulator.rundir import intact_checkpoints, read_run_id
-from simulator.workers import stop_idle_workers
+from simulator.driver.workers import stop_idle_workers
+from simulator.report.page import write_report
+from simulator.rundir.store import intact_checkpoints, read_run_id
 from tests.conftest import ROOT, client_worker_pids, interrupted_and_resumed
 
 CONFIG = ROOT / "configs" / "personalization.yaml"
@@ -254,7 +254,7 @@ def test_report_draws_global_against_personalized_accuracy(ray_cluster, tmp_path
     ],
 )  # fmt: skip
 def test_bad_personalization_settings_are_one_clear_error(overrides, message):
-    from simulator.setup import build_run
+    from simulator.config.build import build_run
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_run(load_config(CONFIG, overrides))
@@ -273,7 +273,7 @@ def test_async_runs_personalize_too(ray_cluster, tmp_path):
 
 
 def test_a_huge_layer_name_is_refused_in_one_bounded_line():
-    from simulator.setup import build_run
+    from simulator.config.build import build_run
 
     overrides = {
         "client.personalization.method": "fedper",

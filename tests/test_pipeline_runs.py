@@ -15,8 +15,8 @@ from clients.algorithms import StepTransform
 from clients.models.engines import build_model
 from clients.models.spec import init_params
 from simulator import Simulation
+from simulator.config.build import build_dataset, build_model_spec
 from simulator.config.loading import apply_overrides, from_dict, load_config
-from simulator.setup import build_dataset, build_model_spec
 from tests.conftest import ROOT, interrupted_and_resumed, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"

@@ -14,10 +14,10 @@ from clients.training import LocalTrainingConfig, client_rng, train_client
 from server.pruning import build_mask, magnitude_scores, prunable
 from server.sampling import sample_clients
 from simulator import Simulation
+from simulator.config.build import build_dataset, build_model_spec, build_partition
 from simulator.config.loading import apply_overrides, from_dict
-from simulator.prune import prune_run
-from simulator.report import write_report
-from simulator.setup import build_dataset, build_model_spec, build_partition
+from simulator.driver.prune import prune_run
+from simulator.report.page import write_report
 from tests.conftest import ROOT, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -77,9 +77,9 @@ def _digits():
 
 
 def test_federated_saliency_is_the_weighted_mean_of_client_scores(ray_cluster, tmp_path):
-    from simulator.cluster import ray_session
-    from simulator.progress import RoundProgress
-    from simulator.simulation import _RunState, federated_scores
+    from simulator.driver.cluster import ray_session
+    from simulator.driver.simulation import _RunState, federated_scores
+    from simulator.report.progress import RoundProgress
 
     cfg = from_dict(apply_overrides({}, small_overrides()))
     state = _RunState(cfg, tmp_path / "unused")

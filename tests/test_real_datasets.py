@@ -11,8 +11,8 @@ import pytest
 from clients.errors import DataError
 from simulator import Simulation
 from simulator.cli import main
+from simulator.config.build import build_dataset, build_partition
 from simulator.config.loading import load_config
-from simulator.setup import build_dataset, build_partition
 from tests.conftest import ROOT, SHARED_DATA
 
 CONFIGS = ROOT / "configs"

@@ -1,4 +1,4 @@
-"""Tests for simulator.report: reports drawn from hand-written run directories."""
+"""Tests for simulator.report.page: reports drawn from hand-written run directories."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from clients.errors import FedsimError
-from simulator.report import (
+from simulator.report.page import (
     OPTIONAL_PANELS,
     PANELS,
     _participation_counts,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from matplotlib import image as mpimg
 
-from simulator.report import write_report
+from simulator.report.page import write_report
 from tests.test_report import GAMMA_PANELS, PNG_SIGNATURE, write_alpha, write_gamma
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,9 +11,9 @@ import ray
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.config.build import build_run
 from simulator.config.loading import apply_overrides, from_dict
-from simulator.pool import GroupScheduler, WorkerPool, balanced_shares, held_back
-from simulator.setup import build_run
+from simulator.driver.pool import GroupScheduler, WorkerPool, balanced_shares, held_back
 
 
 def test_ten_equal_clients_in_eight_groups_split_five_and_five():

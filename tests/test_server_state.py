@@ -7,10 +7,10 @@ import pytest
 
 from clients.errors import ConfigError
 from clients.worker import GroupResult
+from server.state import ServerState
 from server.system import SystemModel, plan_round
+from simulator.config.build import build_dataset, build_model_spec, build_server_state
 from simulator.config.loading import apply_overrides, from_dict
-from simulator.server_state import ServerState
-from simulator.setup import build_dataset, build_model_spec, build_server_state
 from tests.conftest import small_overrides
 
 

@@ -14,7 +14,7 @@ from clients.models.spec import init_params
 from clients.training import PURPOSE_DATA_ORDER, client_rng, train_client
 from clients.worker import ClientPlan, ClientShards, ClientWorker, RoundInput, add_weighted
 from simulator import Simulation
-from simulator.setup import build_dataset, build_model_spec, build_partition, local_training
+from simulator.config.build import build_dataset, build_model_spec, build_partition, local_training
 from tests.conftest import ROOT, small_config, small_overrides
 
 TIMING_KEYS = {"seconds"}

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from simulator import sweep as sweep_module
 from simulator.cli import main
-from simulator.simulation import History
+from simulator.driver import sweep as sweep_module
+from simulator.driver.simulation import History
 from tests.conftest import small_overrides
 
 GRID = {"client.lr": [0.05, 0.2], "server.clients_per_round": [3, 6]}
@@ -164,7 +164,7 @@ class FailingForLargeLr:
 
 
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(ray_cluster, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("simulator.simulation.Simulation", FailingForLargeLr)
+    monkeypatch.setattr("simulator.driver.simulation.Simulation", FailingForLargeLr)
     out = tmp_path / "sweep"
     grid = ["--grid", "client.lr=0.05,0.5,0.1", "--max-concurrent", "1"]
     assert main(["sweep", str(write_config(tmp_path)), *grid, "--out", str(out)]) == 1
@@ -197,7 +197,7 @@ class InterruptedAtLargeLr(FailingForLargeLr):
 def test_ctrl_c_stops_the_sweep_and_leaves_its_index(ray_cluster, tmp_path, monkeypatch, at_once, others):
     """Sequentially, the run before finished; concurrently, the run beside is stopped between rounds;
     the run after is never started."""
-    monkeypatch.setattr("simulator.simulation.Simulation", InterruptedAtLargeLr)
+    monkeypatch.setattr("simulator.driver.simulation.Simulation", InterruptedAtLargeLr)
     out = tmp_path / "sweep"
     grid = ["--grid", "client.lr=0.05,0.5,0.1", "--max-concurrent", at_once, "--quiet"]
     assert main(["sweep", str(write_config(tmp_path)), *grid, "--out", str(out)]) == 130
@@ -208,7 +208,7 @@ def test_ctrl_c_stops_the_sweep_and_leaves_its_index(ray_cluster, tmp_path, monk
 
 
 def test_validating_a_large_sweep_shows_its_progress(ray_cluster, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("simulator.simulation.Simulation", FailingForLargeLr)  # runs finish at once
+    monkeypatch.setattr("simulator.driver.simulation.Simulation", FailingForLargeLr)  # runs finish at once
     out = tmp_path / "sweep"
     grid = ["--grid", "client.lr=0.05,0.1", "--repeat-seeds", "100", "--out", str(out)]
     assert main(["sweep", str(write_config(tmp_path)), *grid]) == 0

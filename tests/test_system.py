@@ -8,9 +8,9 @@ import numpy as np
 
 from server.system import SystemModel, client_speeds, plan_round
 from simulator import Simulation
+from simulator.config.build import build_dataset, build_partition
 from simulator.config.loading import load_config
-from simulator.report import write_report
-from simulator.setup import build_dataset, build_partition
+from simulator.report.page import write_report
 from tests.conftest import ROOT, small_overrides
 
 WORK = np.full(200, 100.0)  # every client processes 100 samples a round

@@ -12,7 +12,7 @@ import pytest
 
 from clients.errors import ConfigError
 from simulator import Simulation
-from simulator.tracking import scalar_metrics
+from simulator.report.tracking import scalar_metrics
 from tests.conftest import ROOT, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"

@@ -1,6 +1,6 @@
 """Config to runtime objects: no field can be lost on the way.
 
-``simulator.setup.build_run`` is the one place that reads the config for what shapes
+``simulator.config.build.build_run`` is the one place that reads the config for what shapes
 training; every runtime object it builds takes its parameters from the config section
 by name (``from_section``). These tests read the config through a recorder while
 ``build_run`` builds a run, in every context of the key table (tests/key_effects.py),
@@ -18,9 +18,9 @@ import pytest
 
 from clients.training import LocalTrainingConfig
 from server.system import SystemModel
+from simulator.config.build import build_run, from_section, section_kwargs
 from simulator.config.loading import apply_overrides, dump_yaml, from_dict, load_config
 from simulator.config.schema import ClientConfig, Config, SystemConfig, yaml_key
-from simulator.setup import build_run, from_section, section_kwargs
 from tests.conftest import ROOT
 from tests.key_effects import CONTEXTS, ROWS, Row, validate_keys, write_data_roots, write_leaf_roots
 

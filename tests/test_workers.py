@@ -17,8 +17,8 @@ from clients.models.spec import build_spec
 from clients.training import LocalTrainingConfig
 from clients.worker import ClientPlan
 from simulator import Simulation
-from simulator.simulation import _loaded
-from simulator.workers import WorkerShape, acquire, release, reuse_workers, stop_idle_workers
+from simulator.driver.simulation import _loaded
+from simulator.driver.workers import WorkerShape, acquire, release, reuse_workers, stop_idle_workers
 from tests.conftest import ROOT, client_worker_pids, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -104,8 +104,8 @@ import logging, sys
 sys.path.insert(0, {root!r})
 import ray
 from simulator import Simulation
-from simulator.simulation import _loaded
-from simulator.workers import reuse_workers
+from simulator.driver.simulation import _loaded
+from simulator.driver.workers import reuse_workers
 from tests.conftest import small_overrides
 
 overrides = small_overrides(rounds=1, **{{"runtime.workers": 1}})

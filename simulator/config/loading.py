@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from clients.errors import ConfigError
-from simulator import yaml_input
+from simulator.config import yaml_input
 from simulator.config.schema import INT64_MAX, AsyncConfig, Config, PersonalizationConfig, log, yaml_key
 from simulator.config.validation import PERSONALIZATION_READERS, validate
-from simulator.yaml_input import show
+from simulator.config.yaml_input import show
 
 # --- building typed objects from plain dicts -------------------------------
 
@@ -173,7 +173,7 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml(path: Path, follow_links: bool = True) -> dict[str, Any]:
     """Read a config file into a dict; every failure is a ConfigError naming the file
-    (see simulator.yaml_input for what is refused and why; a run directory's config.yaml
+    (see simulator.config.yaml_input for what is refused and why; a run directory's config.yaml
     is read with ``follow_links`` off)."""
     raw = yaml_input.load(yaml_input.read_text(Path(path), follow_links=follow_links), str(path))
     if raw is None:

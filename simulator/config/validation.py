@@ -40,7 +40,7 @@ from simulator.config.schema import (
     sampled_per_round,
     yaml_key,
 )
-from simulator.yaml_input import show
+from simulator.config.yaml_input import show
 
 # --- value rules that types cannot express ---------------------------------
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from clients.errors import ConfigError, FedsimError
 from simulator.config.schema import Config
-from simulator.files import check_folder
-from simulator.rundir import atomic_write_text, read_json
+from simulator.rundir.files import check_folder
+from simulator.rundir.store import atomic_write_text, read_json
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
 # The run's small files; checkpoints and clients.jsonl stay in the run directory.
@@ -177,7 +177,7 @@ class Trackers:
         self._mlflow.end_run(status=MLFLOW_STATUS.get(status, "FAILED"))
 
     def _write_report(self) -> None:
-        from simulator.report import write_report
+        from simulator.report.page import write_report
 
         try:
             write_report([self.run_dir], self.run_dir)

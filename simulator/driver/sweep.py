@@ -38,13 +38,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from clients.errors import ConfigError, FedsimError, RunDiverged
-from simulator.cluster import RaySession, pool_size, ray_session, user_py_modules
 from simulator.config.loading import apply_overrides, from_dict, parse_override, read_yaml
 from simulator.config.schema import Config
-from simulator.progress import StepProgress
-from simulator.rundir import atomic_write_bytes, atomic_write_text, read_json
-from simulator.workers import reuse_workers, worker_threads
-from simulator.yaml_input import show
+from simulator.config.yaml_input import show
+from simulator.driver.cluster import RaySession, pool_size, ray_session, user_py_modules
+from simulator.driver.workers import reuse_workers, worker_threads
+from simulator.report.progress import StepProgress
+from simulator.rundir.store import atomic_write_bytes, atomic_write_text, read_json
 
 INDEX_NAME = "sweep.json"
 PNG_NAME = "comparison.png"
@@ -322,7 +322,7 @@ def _driver_threads(cfg: Config) -> int:
 
 def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event, progress: bool, debug: bool):
     """Run one point; record its outcome. A FedsimError fails this run, not the sweep."""
-    from simulator.simulation import Simulation
+    from simulator.driver.simulation import Simulation
 
     def stop_between_rounds(_row: dict[str, Any]) -> None:
         if stop.is_set():
@@ -426,7 +426,7 @@ def run_sweep(
 def _run_all(
     planned: list[_Planned], sweep_dir: Path, index: _Index, at_once: int, progress: bool, debug: bool
 ) -> None:
-    from simulator.simulation import compute_threads
+    from simulator.driver.simulation import compute_threads
 
     stop = threading.Event()
     jobs = [

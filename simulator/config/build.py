@@ -44,6 +44,7 @@ from clients.training import LocalTrainingConfig
 from clients.user_code import resolve
 from clients.worker import ClientPlan, ClientShards
 from server.aggregation import AGGREGATORS
+from server.async_buffer import AsyncRounds
 from server.asynchronous import AsyncSchedule, StalenessWeight
 from server.clipping import AdaptiveClipNorm, FixedClipNorm
 from server.optimizers import SERVER_OPTIMIZERS
@@ -51,8 +52,8 @@ from server.pipeline import Aggregation, UpdatePostprocessor
 from server.privacy import PrivacyAccountant
 from server.pruning import PruningSchedule
 from server.sampling import ClientSampler
+from server.state import ServerState
 from server.system import SystemModel, local_work
-from simulator.async_rounds import AsyncRounds
 from simulator.config.schema import (
     Config,
     DataConfig,
@@ -62,8 +63,7 @@ from simulator.config.schema import (
     sampled_per_round,
 )
 from simulator.config.validation import model_task, personal_layer_names, refuse_under_regression
-from simulator.server_state import ServerState
-from simulator.yaml_input import show
+from simulator.config.yaml_input import show
 
 
 def section_kwargs(

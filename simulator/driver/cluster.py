@@ -35,7 +35,7 @@ from clients.user_code import (
     put_on_driver_path,
 )
 from simulator.config.schema import Config, user_code_targets
-from simulator.yaml_input import one_line, show
+from simulator.config.yaml_input import one_line, show
 
 log = logging.getLogger("fedsim")
 WORKER_PRELOAD = "torch,clients.worker"
@@ -236,7 +236,7 @@ def _reload_ray_auth() -> None:
 
 @contextmanager
 def _reaper():
-    """A watcher process (simulator/reaper.py) that kills the embedded Ray's processes if
+    """A watcher process (simulator/driver/reaper.py) that kills the embedded Ray's processes if
     this process dies without shutting Ray down (kill -9): Ray leaves two agents behind
     then. A normal end tells it to stand down. Linux only (it reads /proc)."""
     if not os.path.isdir("/proc"):

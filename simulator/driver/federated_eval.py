@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from simulator.config.schema import Config
-from simulator.pool import map_groups
+from simulator.driver.pool import map_groups
 
 PURPOSE_FEDERATED_EVAL = 15
 WORST_SHARE = 0.1

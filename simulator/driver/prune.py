@@ -20,14 +20,14 @@ from clients.errors import FedsimError
 from server.evaluation import evaluate
 from server.pruning import build_mask, density, layer_densities, magnitude_scores, random_scores
 from server.sampling import sample_clients
-from simulator import rundir
-from simulator.cluster import ray_session, user_py_modules
+from simulator.config.build import build_server_state
 from simulator.config.loading import load_run_config
-from simulator.progress import RoundProgress, StepProgress
-from simulator.report import write_prune_charts
-from simulator.setup import build_server_state
-from simulator.simulation import PURPOSE_PRUNING, Simulation, _RunState, federated_scores
-from simulator.yaml_input import show
+from simulator.config.yaml_input import show
+from simulator.driver.cluster import ray_session, user_py_modules
+from simulator.driver.simulation import PURPOSE_PRUNING, Simulation, _RunState, federated_scores
+from simulator.report.page import write_prune_charts
+from simulator.report.progress import RoundProgress, StepProgress
+from simulator.rundir import store as rundir
 
 METHODS = ("magnitude", "saliency", "squared_gradient", "random")
 # Each sparsity is a mask built and evaluated per method: a fine sweep of the curve is a

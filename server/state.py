@@ -22,7 +22,7 @@ PURPOSE_SERVER_NOISE = 7
 
 
 class ServerState:
-    """The server's state and step. Built by ``simulator.setup.build_server_state`` from
+    """The server's state and step. Built by ``simulator.config.build.build_server_state`` from
     the config; it reads no config itself, so what shapes a round is what it was given."""
 
     def __init__(

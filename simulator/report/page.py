@@ -38,8 +38,8 @@ from matplotlib.figure import Figure
 from clients.errors import FedsimError
 from simulator.config.loading import read_yaml
 from simulator.config.schema import Config
-from simulator.rundir import atomic_write_bytes, load_model, read_json, read_metrics, running_pid
-from simulator.yaml_input import one_line
+from simulator.config.yaml_input import one_line
+from simulator.rundir.store import atomic_write_bytes, load_model, read_json, read_metrics, running_pid
 
 DPI = 110  # chart resolution, dots per inch
 FIGSIZE = (7.5, 4.6)  # chart size, inches

@@ -32,8 +32,7 @@ from clients.models.engines import build_model
 from server.evaluation import evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
-from simulator import rundir, workers
-from simulator.cluster import RaySession, pool_size, ray_starting, user_py_modules
+from simulator.config.build import build_run
 from simulator.config.loading import (
     apply_overrides,
     dump_yaml,
@@ -43,19 +42,21 @@ from simulator.config.loading import (
     load_run_config,
 )
 from simulator.config.schema import Config, user_code_targets
-from simulator.federated_eval import (
+from simulator.config.yaml_input import show
+from simulator.driver import workers
+from simulator.driver.cluster import RaySession, pool_size, ray_starting, user_py_modules
+from simulator.driver.federated_eval import (
     client_rows,
     clients_to_evaluate,
     evaluate_clients,
     federated_eval_due,
     round_metrics,
 )
-from simulator.pool import WorkerPool, map_groups
-from simulator.progress import RoundProgress
-from simulator.setup import build_run
-from simulator.tracking import Trackers
-from simulator.workers import WorkerShape, worker_threads
-from simulator.yaml_input import show
+from simulator.driver.pool import WorkerPool, map_groups
+from simulator.driver.workers import WorkerShape, worker_threads
+from simulator.report.progress import RoundProgress
+from simulator.report.tracking import Trackers
+from simulator.rundir import store as rundir
 
 log = logging.getLogger("fedsim")
 

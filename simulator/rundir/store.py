@@ -35,8 +35,8 @@ from safetensors.numpy import load, save
 
 from clients.errors import FedsimError
 from clients.models.layout import Layout
-from simulator.files import check_folder, open_regular, read_regular
-from simulator.yaml_input import one_line, show
+from simulator.config.yaml_input import one_line, show
+from simulator.rundir.files import check_folder, open_regular, read_regular
 
 log = logging.getLogger("fedsim")
 

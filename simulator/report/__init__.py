@@ -1,0 +1,1 @@
+"""What a person reads: the HTML report and its charts, terminal progress, experiment tracking."""
