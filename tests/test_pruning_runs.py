@@ -78,7 +78,8 @@ def _digits():
 
 def test_federated_saliency_is_the_weighted_mean_of_client_scores(ray_cluster, tmp_path):
     from simulator.driver.cluster import ray_session
-    from simulator.driver.simulation import _RunState, federated_scores
+    from simulator.driver.run_state import RunState as _RunState
+    from simulator.driver.simulation import federated_scores
     from simulator.report.progress import RoundProgress
 
     cfg = from_dict(apply_overrides({}, small_overrides()))

@@ -24,7 +24,8 @@ from simulator.config.build import build_server_state
 from simulator.config.loading import load_run_config
 from simulator.config.yaml_input import show
 from simulator.driver.cluster import ray_session, user_py_modules
-from simulator.driver.simulation import PURPOSE_PRUNING, Simulation, _RunState, federated_scores
+from simulator.driver.run_state import RunState
+from simulator.driver.simulation import PURPOSE_PRUNING, Simulation, federated_scores
 from simulator.report.page import write_prune_charts
 from simulator.report.progress import RoundProgress, StepProgress
 from simulator.rundir import store as rundir
@@ -38,7 +39,7 @@ MAX_SPARSITIES = 1_000
 MAX_FINETUNE_TRAININGS = 1_000_000
 
 
-def load_model_params(run_dir: Path, state: _RunState) -> np.ndarray:
+def load_model_params(run_dir: Path, state: RunState) -> np.ndarray:
     """The run's model.safetensors as one flat vector in the model's layout."""
     path = run_dir / "model.safetensors"
     if not os.path.lexists(path):
@@ -62,7 +63,7 @@ def prune_run(
     _check_arguments(methods, sparsities)
     cfg = load_run_config(run_dir)
     _check_finetune_work(len(methods), len(sparsities), finetune_rounds, cfg.sampled_per_round())
-    state = _RunState(cfg, run_dir)
+    state = RunState(cfg, run_dir)
     trained = load_model_params(run_dir, state)
     sim = Simulation(cfg, run_dir, quiet=True)
     with ray_session(cfg.runtime.address, py_modules=user_py_modules(cfg)) as session:
@@ -148,7 +149,7 @@ def _evaluate_all(
     return results
 
 
-def _scores(method: str, pool, params: np.ndarray, clients: np.ndarray, state: _RunState) -> np.ndarray:
+def _scores(method: str, pool, params: np.ndarray, clients: np.ndarray, state: RunState) -> np.ndarray:
     cfg = state.cfg
     if method == "magnitude":
         return magnitude_scores(params)
@@ -159,7 +160,7 @@ def _scores(method: str, pool, params: np.ndarray, clients: np.ndarray, state: _
     return federated_scores(pool, params, clients, method, cfg.runtime.reduction_groups, state.client_work)
 
 
-def _test_metrics(sim: Simulation, state: _RunState, params: np.ndarray) -> dict[str, float]:
+def _test_metrics(sim: Simulation, state: RunState, params: np.ndarray) -> dict[str, float]:
     if state.server.buffers.size:  # a module model's running statistics, as the run left them
         state.eval_model.load_buffers(state.server.buffers)
     result = evaluate(state.eval_model, params, state.x_test, state.y_test, state.cfg.server.eval_batch_size)
@@ -169,7 +170,7 @@ def _test_metrics(sim: Simulation, state: _RunState, params: np.ndarray) -> dict
 
 
 def _finetune(
-    sim: Simulation, state: _RunState, pool, params, mask, rounds: int, progress: StepProgress, step: str
+    sim: Simulation, state: RunState, pool, params, mask, rounds: int, progress: StepProgress, step: str
 ) -> np.ndarray:
     """``rounds`` more federated rounds from ``params`` with ``mask`` fixed (the rounds
     after the run's last, so their samples are new)."""
