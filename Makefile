@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
 RUN_DIR ?= runs/$(basename $(notdir $(CONFIG)))-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install install-test run test test-slow bench lint clean
+.PHONY: install install-test install-docs run test test-slow bench lint docs clean
 
 $(PY):
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[docs]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -45,10 +49,17 @@ bench: install
 	$(PY) bench/engines.py
 	$(PY) bench/overhead.py
 
+# The site in docs/ (MkDocs, Material theme) into site/; --strict fails on any warning, and
+# the configuration reference is generated from the schema (docs/hooks.py).
+docs: install-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+install-docs: $(VENV)/.installed-docs
+
 lint: install-test
 	$(PY) -m pip install --quiet ruff
 	$(PY) -m ruff check simulator server clients tests bench
 	$(PY) -m ruff format --check simulator server clients tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

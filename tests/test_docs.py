@@ -1,0 +1,122 @@
+"""The documentation: the generated configuration reference covers every key, the README
+stays short with its two set-up commands first, and no relative link points nowhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from simulator.config.reference import UndocumentedKeyError, reference_markdown, reference_sections
+from simulator.config.schema import Config, _field, yaml_key
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{yaml_key(f)}"
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            keys += _schema_keys(type(default), f"{key}.")
+        else:
+            keys.append(key)
+    return keys
+
+
+def test_reference_documents_every_schema_key():
+    rows = {row.key: row for section in reference_sections() for row in section.rows}
+    keys = _schema_keys()
+    assert sorted(rows) == sorted(keys)
+    markdown = reference_markdown()
+    for key in keys:
+        assert rows[key].help.strip(), key
+        line = next(ln for ln in markdown.splitlines() if ln.startswith(f"| `{key}` |"))
+        assert line.endswith(" | " + " ".join(rows[key].help.split()).replace("|", "\\|") + " |"), key
+    assert "server.async.buffer_size" in rows  # the YAML key, not the field name async_
+
+
+def test_reference_shows_defaults_and_allowed_values():
+    rows = {row.key: row for section in reference_sections() for row in section.rows}
+    assert rows["data.partition"].default == "dirichlet"
+    assert "`shards`" in rows["data.partition"].allowed
+    assert rows["runtime.workers"].default == "null"
+    assert rows["runtime.workers"].type == "int or null"
+    assert rows["model.hidden"].default == "[200, 200]"
+    assert rows["data.num_clients"].allowed == "≤ 10,000,000"
+
+
+def test_a_key_without_help_stops_the_reference():
+    @dataclass(frozen=True)
+    class Inner:
+        documented: int = _field(1, "a documented key")
+        silent: int = _field(2, "  ")
+
+    @dataclass(frozen=True)
+    class Outer:
+        inner: Inner = _field(Inner(), "a section")
+
+    with pytest.raises(UndocumentedKeyError, match=r"inner\.silent"):
+        reference_markdown(Outer)
+
+
+def test_a_section_without_help_stops_the_reference():
+    @dataclass(frozen=True)
+    class Inner:
+        documented: int = _field(1, "a documented key")
+
+    @dataclass(frozen=True)
+    class Outer:
+        inner: Inner = _field(Inner(), "")
+
+    with pytest.raises(UndocumentedKeyError, match="'inner'"):
+        reference_markdown(Outer)
+
+
+def test_readme_is_short_and_starts_with_the_two_setup_commands():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) < 250
+    first_screen = "\n".join(lines[:40])
+    commands = re.findall(r"^make \S+", first_screen, flags=re.MULTILINE)
+    assert commands == ["make run", "make test"]
+
+
+def _markdown_files() -> list[Path]:
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+@pytest.mark.parametrize("page", _markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_at_files_that_exist(page: Path):
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = target.split("#", 1)[0]
+        assert (page.parent / path).exists(), f"{page.relative_to(ROOT)} links to {target}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed")
+def test_mkdocs_build_is_strict_clean(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = (tmp_path / "site" / "configuration" / "reference" / "index.html").read_text()
+    for key in _schema_keys():
+        assert f"<code>{key}</code>" in reference, key
