@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise FedsimError("fedsim run: give a CONFIG file (or --resume RUN_DIR)")
     cfg = load_config(args.config, overrides)
     if args.out is not None:  # a taken --out is one error before Ray starts
-        from simulator.rundir.store import check_new_run_dir
+        from simulator.rundir.directory import check_new_run_dir
 
         check_new_run_dir(args.out)
     from simulator.driver.cluster import ray_starting, user_py_modules
@@ -207,7 +207,7 @@ def _data_summary(cfg) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from simulator.report.page import write_report
-    from simulator.rundir.store import running_pid
+    from simulator.rundir.directory import running_pid
 
     for run_dir in args.run_dirs:
         if run_dir.exists() and not run_dir.is_dir():
@@ -277,7 +277,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _print_prune_table(path: Path) -> None:
-    from simulator.rundir.store import read_json
+    from simulator.rundir.files import read_json
 
     prune = read_json(path, limit=64 << 20)
     tuned = prune["finetune_rounds"] > 0

@@ -17,7 +17,8 @@ import pytest
 
 from clients.data.leaf import ALL_LETTERS
 from simulator.cli import main
-from simulator.rundir.store import load_model, read_metrics
+from simulator.rundir.checkpoints import load_model
+from simulator.rundir.metrics import read_metrics
 from tests.conftest import ROOT
 
 EXAMPLES = ROOT / "examples"

@@ -128,7 +128,7 @@ def test_resume_rewrites_a_half_logged_evaluation_round(ray_cluster, tmp_path):
 
 def test_a_damaged_complete_line_is_an_error_not_a_truncation(tmp_path):
     from clients.errors import FedsimError
-    from simulator.rundir.store import ClientEvalLog
+    from simulator.rundir.metrics import ClientEvalLog
 
     log = tmp_path / "clients.jsonl"
     log.write_text('{"round": 1, "client": 0}\n{"round": 1, oops\n{"round": 2, "client": 0}\n')

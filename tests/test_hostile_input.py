@@ -30,7 +30,7 @@ from simulator.cli import main
 from simulator.config.loading import dump_yaml, load_config
 from simulator.config.schema import Config
 from simulator.driver.simulation import DivergenceWatch
-from simulator.rundir.store import RunLock
+from simulator.rundir.directory import RunLock
 from tests.conftest import ROOT, SHARED_DATA, small_overrides
 from tests.key_effects import validate_keys
 
@@ -789,6 +789,6 @@ def test_a_lock_file_that_is_a_fifo_neither_blocks_nor_crashes(tmp_path):
     os.mkfifo(tmp_path / ".lock")
     with pytest.raises(FedsimError, match="is a FIFO, not a regular file"):
         RunLock(tmp_path).acquire()
-    from simulator.rundir.store import running_pid
+    from simulator.rundir.directory import running_pid
 
     assert running_pid(tmp_path) is None

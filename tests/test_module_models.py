@@ -12,7 +12,7 @@ import pytest
 
 from simulator import Simulation
 from simulator.cli import main
-from simulator.rundir.store import load_model
+from simulator.rundir.checkpoints import load_model
 from tests.conftest import ROOT, interrupted_and_resumed, small_overrides
 from tests.test_cli import assert_one_line_error, fedsim
 

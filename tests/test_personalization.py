@@ -19,7 +19,8 @@ from simulator import Simulation
 from simulator.config.loading import load_config
 from simulator.driver.workers import stop_idle_workers
 from simulator.report.page import write_report
-from simulator.rundir.store import intact_checkpoints, read_run_id
+from simulator.rundir.checkpoints import intact_checkpoints
+from simulator.rundir.directory import read_run_id
 from tests.conftest import ROOT, client_worker_pids, interrupted_and_resumed
 
 CONFIG = ROOT / "configs" / "personalization.yaml"

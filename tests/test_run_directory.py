@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.rundir.store import MAX_ROW_BYTES
+from simulator.rundir.metrics import MAX_ROW_BYTES
 from tests.conftest import ROOT, small_overrides
 from tests.test_hostile_input import assert_refused, cli, flip_byte
 

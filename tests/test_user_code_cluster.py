@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from simulator.cli import main
-from simulator.rundir.store import load_model
+from simulator.rundir.checkpoints import load_model
 from tests.conftest import ROOT
 from tests.test_cli import assert_one_line_error
 

@@ -28,7 +28,8 @@ from simulator.driver.run_state import RunState
 from simulator.driver.simulation import PURPOSE_PRUNING, Simulation, federated_scores
 from simulator.report.page import write_prune_charts
 from simulator.report.progress import RoundProgress, StepProgress
-from simulator.rundir import store as rundir
+from simulator.rundir.checkpoints import load_model
+from simulator.rundir.files import write_json
 
 METHODS = ("magnitude", "saliency", "squared_gradient", "random")
 # Each sparsity is a mask built and evaluated per method: a fine sweep of the curve is a
@@ -44,7 +45,7 @@ def load_model_params(run_dir: Path, state: RunState) -> np.ndarray:
     path = run_dir / "model.safetensors"
     if not os.path.lexists(path):
         raise FedsimError(f"{path}: no final model (did the run finish?)")
-    tensors = rundir.load_model(path)
+    tensors = load_model(path)
     params = state.layout.zeros()
     for slot in state.layout:
         if slot.name not in tensors or tensors[slot.name].shape != slot.shape:
@@ -88,7 +89,7 @@ def prune_run(
     out = Path(out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "prune.json"
-    rundir.write_json(path, report)
+    write_json(path, report)
     write_prune_charts(report, out)
     return path
 

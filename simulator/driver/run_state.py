@@ -18,7 +18,11 @@ from simulator.config.build import build_run
 from simulator.config.loading import dump_yaml, inert_reset
 from simulator.config.schema import Config
 from simulator.config.yaml_input import show
-from simulator.rundir import store as rundir
+from simulator.rundir.checkpoints import Checkpoint, intact_checkpoints, save_checkpoint, save_model
+from simulator.rundir.directory import RunLock, create_run_dir, read_run_id
+from simulator.rundir.files import atomic_write_text, write_json
+from simulator.rundir.metrics import ClientEvalLog, MetricsLog
+from simulator.rundir.summary import read_summary
 
 log = logging.getLogger("fedsim")
 
@@ -53,10 +57,10 @@ class RunState:
         self.completed_round = 0
         self.next_round = 1
         self.simulated_elapsed = 0.0
-        self.metrics: rundir.MetricsLog
-        self.client_evals: rundir.ClientEvalLog
+        self.metrics: MetricsLog
+        self.client_evals: ClientEvalLog
         self.device: str | None = None  # what the workers train on, once they are up
-        self.lock = rundir.RunLock(run_dir)
+        self.lock = RunLock(run_dir)
         self.run_id: str | None = None  # run.json's; None in run directories of fedsim before 0.3
         self.startup: dict[str, float] = {}  # when data, Ray and workers were ready (StartupClock)
 
@@ -73,16 +77,16 @@ class RunState:
         """Create the run directory (or restore from its checkpoint) and open the metrics log."""
         if resume:
             self.lock.acquire()
-            self.run_id = rundir.read_run_id(self.run_dir)
-            self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
+            self.run_id = read_run_id(self.run_dir)
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
             self._restore(self.metrics.last_round())
         else:
-            self.run_id = rundir.create_run_dir(self.run_dir)
+            self.run_id = create_run_dir(self.run_dir)
             self.lock.acquire()
-            rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
-            self.metrics = rundir.MetricsLog(self.run_dir / "metrics.jsonl")
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
             self.checkpoint()  # round 0: resumable even if stopped before its first round
-        self.client_evals = rundir.ClientEvalLog(self.run_dir / "clients.jsonl", self.completed_round)
+        self.client_evals = ClientEvalLog(self.run_dir / "clients.jsonl", self.completed_round)
         done = [r for r in self.metrics.rows if r["round"] <= self.completed_round]
         self.simulated_elapsed = float(done[-1].get("simulated_elapsed", 0.0)) if done else 0.0
 
@@ -93,7 +97,7 @@ class RunState:
         re-running their rounds from an earlier checkpoint, bit for bit. Rows that a
         newer checkpoint disagrees with are moved aside and rebuilt the same way."""
         disagreed = False
-        for ckpt in rundir.intact_checkpoints(self.run_dir, self.run_id):
+        for ckpt in intact_checkpoints(self.run_dir, self.run_id):
             if ckpt.round > logged_round:
                 log.warning(
                     "%s: metrics.jsonl ends at round %d, before checkpoint round %d; resuming from an "
@@ -124,9 +128,9 @@ class RunState:
         if self.async_rounds is not None:
             self.async_rounds.restore(ckpt.round, ckpt.server_state)
         self.completed_round, self.next_round = ckpt.round, ckpt.round + 1
-        rundir.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+        atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
 
-    def _check_checkpoint(self, ckpt: rundir.Checkpoint) -> None:
+    def _check_checkpoint(self, ckpt: Checkpoint) -> None:
         if ckpt.round > self.cfg.rounds:
             raise ConfigError(
                 f"--resume: rounds={self.cfg.rounds} is below the {ckpt.round} rounds already "
@@ -171,10 +175,9 @@ class RunState:
         if self.completed_round == 0 or not path.is_file():
             return None
         try:
-            summary = rundir.read_json(path)
-        except (FedsimError, ValueError, RecursionError):
+            return read_summary(self.run_dir).get("device")
+        except FedsimError:
             return None  # a damaged summary is rewritten at the end; it decides nothing
-        return summary.get("device") if isinstance(summary, dict) else None
 
     def checkpoint(self) -> None:
         arrays = self.server.arrays()
@@ -183,14 +186,14 @@ class RunState:
         identity = {"metrics_sha256": self.metrics.prefix_digest(self.completed_round)}
         if self.run_id is not None:
             identity["run_id"] = self.run_id
-        rundir.save_checkpoint(
+        save_checkpoint(
             self.run_dir, self.completed_round, self.params, arrays, trained_config(self.cfg), identity
         )
 
     def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
         """Checkpoint, write the model and summary.json; return the summary."""
         self.checkpoint()
-        rundir.save_model(
+        save_model(
             self.run_dir / "model.safetensors", self.layout, self.params, self.completed_round, self.cfg.name
         )
         summary = _summary(self.cfg, self.metrics.rows, status, self.layout.size)
@@ -199,7 +202,7 @@ class RunState:
             summary["startup_seconds"] = self.startup
         if error:
             summary["error"] = error
-        rundir.write_json(self.run_dir / "summary.json", summary)
+        write_json(self.run_dir / "summary.json", summary)
         return summary
 
 

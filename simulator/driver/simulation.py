@@ -52,7 +52,7 @@ from simulator.driver.run_state import RunState, check_resume_compatible
 from simulator.driver.workers import WorkerShape, worker_threads
 from simulator.report.progress import RoundProgress
 from simulator.report.tracking import Trackers
-from simulator.rundir import store as rundir
+from simulator.rundir.directory import check_new_run_dir
 
 log = logging.getLogger("fedsim")
 
@@ -116,7 +116,7 @@ class Simulation:
         self.startup = StartupClock()
         trackers = Trackers(self.cfg, self.run_dir)  # a missing tracking package fails here, first
         if not self.resume:  # a taken or unwritable --out is one error before Ray starts
-            rundir.check_new_run_dir(self.run_dir)
+            check_new_run_dir(self.run_dir)
         shipped = user_py_modules(self.cfg)  # an entry that is not there fails before Ray starts
         with ray_starting(self.cfg.runtime.address, self.debug, shipped) as wait_for_ray:
             # Ray forks its processes meanwhile, and OpenBLAS stops its threads before every

@@ -44,7 +44,8 @@ from simulator.config.yaml_input import show
 from simulator.driver.cluster import RaySession, pool_size, ray_session, user_py_modules
 from simulator.driver.workers import reuse_workers, worker_threads
 from simulator.report.progress import StepProgress
-from simulator.rundir.store import atomic_write_bytes, atomic_write_text, read_json
+from simulator.rundir.files import atomic_write_bytes, atomic_write_text
+from simulator.rundir.summary import read_summary
 
 INDEX_NAME = "sweep.json"
 PNG_NAME = "comparison.png"
@@ -358,10 +359,8 @@ def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event,
 def _scores(run_dir: Path) -> dict[str, Any]:
     """The final and best test accuracy and the final loss a stopped run's summary.json recorded."""
     try:
-        summary = read_json(run_dir / "summary.json")
-    except (FedsimError, ValueError, RecursionError):
-        return {}
-    if not isinstance(summary, dict):
+        summary = read_summary(run_dir)
+    except FedsimError:
         return {}
     return {k: summary.get(k) for k in ("final_test_accuracy", "best_test_accuracy", "final_test_loss")}
 

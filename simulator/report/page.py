@@ -39,7 +39,11 @@ from clients.errors import FedsimError
 from simulator.config.loading import read_yaml
 from simulator.config.schema import Config
 from simulator.config.yaml_input import one_line
-from simulator.rundir.store import atomic_write_bytes, load_model, read_json, read_metrics, running_pid
+from simulator.rundir.checkpoints import load_model
+from simulator.rundir.directory import running_pid
+from simulator.rundir.files import atomic_write_bytes, read_json
+from simulator.rundir.metrics import read_metrics
+from simulator.rundir.summary import read_summary
 
 DPI = 110  # chart resolution, dots per inch
 FIGSIZE = (7.5, 4.6)  # chart size, inches
@@ -131,7 +135,7 @@ def load_run(run_dir: Path) -> RunRecord:
         raise FedsimError(f"run directory not found: {run_dir}")
     _check_model(run_dir / "model.safetensors")
     config = _read_config(run_dir / "config.yaml")
-    summary = _read_summary(run_dir / "summary.json")
+    summary = read_summary(run_dir)  # {} when missing or cut short by a crash: rows fill in
     rows = _read_metrics(run_dir / "metrics.jsonl")
     client_evals = _read_client_evals(run_dir / "clients.jsonl")
     name = summary.get("name") or config.get("name") or run_dir.name
@@ -149,17 +153,6 @@ def _check_model(path: Path) -> None:
 
 def _read_config(path: Path) -> dict[str, Any]:
     return read_yaml(path, follow_links=False) if os.path.lexists(path) else {}
-
-
-def _read_summary(path: Path) -> dict[str, Any]:
-    """The summary, or {} if missing or cut short by a crash (rows fill in)."""
-    if not os.path.lexists(path):
-        return {}
-    try:
-        summary = read_json(path)
-    except (ValueError, RecursionError):  # cut short, not UTF-8, or nested absurdly deep
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -20,8 +20,8 @@ from typing import Any
 
 from clients.errors import ConfigError, FedsimError
 from simulator.config.schema import Config
-from simulator.rundir.files import check_folder
-from simulator.rundir.store import atomic_write_text, read_json
+from simulator.rundir.files import atomic_write_text, check_folder
+from simulator.rundir.summary import read_json_object
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
 # The run's small files; checkpoints and clients.jsonl stay in the run directory.
@@ -58,15 +58,6 @@ def flat_config(cfg: Config) -> dict[str, str]:
 
     walk("", cfg.to_dict())
     return flat
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    """A small JSON object fedsim wrote, or {} when it is missing or not one."""
-    try:
-        content = read_json(path) if os.path.lexists(path) else {}
-    except (ValueError, RecursionError):
-        return {}
-    return content if isinstance(content, dict) else {}
 
 
 def _require_module(name: str, option: str):
@@ -128,7 +119,7 @@ class Trackers:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(self.cfg.runtime.mlflow_experiment)
         record_path = self.run_dir / MLFLOW_RUN_FILE
-        record = _json_object(record_path)
+        record = read_json_object(record_path)
         # A resumed run continues its MLflow run.
         if record.get("tracking_uri") == uri and isinstance(record.get("run_id"), str):
             mlflow.start_run(run_id=record["run_id"])
