@@ -120,3 +120,28 @@ def test_mkdocs_build_is_strict_clean(tmp_path: Path):
     reference = (tmp_path / "site" / "configuration" / "reference" / "index.html").read_text()
     for key in _schema_keys():
         assert f"<code>{key}</code>" in reference, key
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed")
+def test_the_hook_fills_the_reference_page_and_refuses_one_without_its_marker():
+    from mkdocs.exceptions import PluginError
+
+    spec = importlib.util.spec_from_file_location("fedsim_docs_hooks", DOCS / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+
+    @dataclass
+    class Page:
+        src_uri: str
+
+        @property
+        def file(self):
+            return self
+
+    page = (DOCS / hooks.REFERENCE_PAGE).read_text(encoding="utf-8")
+    built = hooks.on_page_markdown(page, page=Page(hooks.REFERENCE_PAGE))
+    assert hooks.MARKER not in built and "| `server.async.staleness` |" in built
+    assert hooks.on_page_markdown("no marker", page=Page("index.md")) == "no marker"
+    with pytest.raises(PluginError, match="marker"):
+        hooks.on_page_markdown("no marker", page=Page(hooks.REFERENCE_PAGE))
