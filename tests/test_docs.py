@@ -145,3 +145,14 @@ def test_the_hook_fills_the_reference_page_and_refuses_one_without_its_marker():
     assert hooks.on_page_markdown("no marker", page=Page("index.md")) == "no marker"
     with pytest.raises(PluginError, match="marker"):
         hooks.on_page_markdown("no marker", page=Page(hooks.REFERENCE_PAGE))
+
+
+REPO_PATH = re.compile(r"`((?:simulator|server|clients|tests|bench|configs|examples|deploy|docs)/[^`\s]*)`")
+
+
+@pytest.mark.parametrize("page", _markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_repository_paths_named_in_the_docs_exist(page: Path):
+    """A file the docs name (`simulator/driver/reaper.py`) is where they say: moving code
+    moves its mentions too."""
+    for path in REPO_PATH.findall(page.read_text(encoding="utf-8")):
+        assert list(ROOT.glob(path.rstrip("/"))), f"{page.relative_to(ROOT)} names {path}"
