@@ -3,6 +3,7 @@ stays short with its two set-up commands first, and no relative link points nowh
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import os
@@ -156,3 +157,40 @@ def test_repository_paths_named_in_the_docs_exist(page: Path):
     moves its mentions too."""
     for path in REPO_PATH.findall(page.read_text(encoding="utf-8")):
         assert list(ROOT.glob(path.rstrip("/"))), f"{page.relative_to(ROOT)} names {path}"
+
+
+PYTHON_NAME = re.compile(r"`(simulator(?:\.\w+)+)")
+FROM_IMPORT = re.compile(r"^\s*from ((?:simulator|server|clients)(?:\.\w+)*) import ([\w, ]+)$", re.MULTILINE)
+
+
+def _defines(module: str, name: str) -> bool:
+    """Whether ``module`` (a file in this repository, read without importing it) defines
+    or imports ``name`` at its top level, or is a package holding a module ``name``."""
+    base = ROOT / module.replace(".", "/")
+    if (base / f"{name}.py").exists() or (base / name / "__init__.py").exists():
+        return True
+    source = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    if not source.exists():
+        return False
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return name in names or ("__all__" in names and name in source.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("page", _markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_names_in_the_docs_exist(page: Path):
+    """`simulator.driver.workers.stop_idle_workers()` and `from simulator... import` lines
+    in the docs name what the code defines."""
+    text = page.read_text(encoding="utf-8")
+    named = [tuple(dotted.rsplit(".", 1)) for dotted in PYTHON_NAME.findall(text)]
+    for module, names in FROM_IMPORT.findall(text):
+        named += [(module, name.strip()) for name in names.split(",")]
+    for module, name in named:
+        assert _defines(module, name), f"{page.relative_to(ROOT)} names {module}.{name}"
