@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clients.personalization_methods import PERSONALIZATION_METHODS
 from clients.training import ClientResult, LocalTrainingConfig, train_client
 
-PERSONALIZATION_METHODS = ("none", "fedper", "fedrep", "fedbn", "ditto")
 PURPOSE_PERSONAL = 16
 PURPOSE_FINETUNE = 17
 

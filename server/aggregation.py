@@ -164,3 +164,5 @@ AGGREGATORS: dict[str, Callable[..., np.ndarray]] = {
     "krum": krum,
     "multi_krum": multi_krum,
 }
+# Robust aggregators that rank or trim coordinates and ignore the weights (multi_krum averages with them).
+UNWEIGHTED_AGGREGATORS = ("median", "trimmed_mean", "krum")

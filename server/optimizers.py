@@ -187,7 +187,7 @@ class ServerYogi(_AdaptiveServerOptimizer):
 SERVER_OPTIMIZERS: dict[str, type] = {
     "sgd": ServerSGD,
     "momentum": ServerMomentum,
-    "adagrad": ServerAdagrad,
     "adam": ServerAdam,
     "yogi": ServerYogi,
+    "adagrad": ServerAdagrad,
 }

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from clients.errors import FedsimError, RunDiverged
+from server.pruning import PRUNING_SCORES, SCOPES
 from simulator.config.yaml_input import one_line, show
 
 EXIT_BAD_INPUT = 2
@@ -57,12 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("run_dir", type=Path)
     prune.add_argument(
         "--method",
-        default="magnitude,saliency,squared_gradient,random",
-        help="comma-separated: magnitude, saliency, squared_gradient, random",
+        default=",".join(PRUNING_SCORES),
+        help=f"comma-separated: {', '.join(PRUNING_SCORES)}",
     )
     prune.add_argument("--sparsity", default="0.5,0.8,0.9,0.95,0.99", help="comma-separated fractions pruned")
     prune.add_argument("--finetune-rounds", type=int, default=0, help="federated rounds under each mask")
-    prune.add_argument("--scope", choices=("global", "layer"), default="global")
+    prune.add_argument("--scope", choices=SCOPES, default="global")
     prune.add_argument("--out", type=Path, help="output folder (default: the run directory)")
     prune.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 

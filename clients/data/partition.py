@@ -22,6 +22,7 @@ import numpy as np
 
 from clients.errors import DataError
 
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")  # data.partition: the *_partition functions here
 MAX_DIRICHLET_ATTEMPTS = 100  # redraws before giving up on min_samples
 
 

@@ -15,7 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from clients.attacks import ATTACKS
 from clients.data.formats import USER_DATASETS
+from clients.data.partition import PARTITIONS
 from clients.data.transforms import AUGMENTATIONS, NORMALIZATIONS
 from clients.devices import DEVICES
 from clients.models.engines import ENGINES
@@ -25,13 +27,16 @@ from clients.models.spec import (
     MODEL_NAMES,
     MODULE_MODEL,
 )
+from clients.personalization_methods import PERSONALIZATION_METHODS
+from server.aggregation import AGGREGATORS
 from server.asynchronous import STALENESS_KINDS
+from server.optimizers import SERVER_OPTIMIZERS
+from server.pruning import PRUNING_SCORES, SCOPES
 
 BUILT_IN_DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare")
 DATASETS = (*BUILT_IN_DATASETS, *USER_DATASETS)
 NATURAL_DATASETS = ("synthetic", "femnist", "shakespeare")  # datasets whose clients are given
 TEXT_DATASETS = ("shakespeare",)
-PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = (*MODEL_NAMES, MODULE_MODEL)
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "femnist")
 IMAGE_USER_DATASETS = ("arrays", "npz", "image_folder", "hf_disk")  # may hold (N, C, H, W) images
@@ -178,9 +183,6 @@ class SystemConfig:
     over_selection: float = _field(0.0, "extra share of clients selected; the first k to finish count")
 
 
-PERSONALIZATION_METHODS = ("none", "fedper", "fedrep", "fedbn", "ditto")
-
-
 @dataclass(frozen=True)
 class PersonalizationConfig:
     method: str = _field(
@@ -246,9 +248,7 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    kind: str = _field(
-        "none", "simulated malicious clients", ("none", "sign_flip", "scale", "gaussian", "label_flip")
-    )
+    kind: str = _field("none", "simulated malicious clients", ATTACKS)
     fraction: float = _field(0.2, "share of the population that is malicious (fixed, seeded)")
     scale: float = _field(10.0, "sign_flip / scale: the factor on the honest update")
     noise_std: float = _field(1.0, "gaussian: std of the noise sent instead of an update")
@@ -261,11 +261,10 @@ class CompressionConfig:
     error_feedback: bool = _field(True, "carry what compression dropped into the client's next update")
 
 
-UNWEIGHTED_AGGREGATORS = ("median", "trimmed_mean", "krum")
 INT64_MAX = 2**63 - 1
 RUN_NAME = re.compile(r"[^./\\\s\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]{0,99}")
 RAY_RESOURCE_STEP = 1e-4  # Ray rounds CPU and GPU requests to 4 decimals
-PRUNING_METHODS = ("none", "magnitude", "saliency", "squared_gradient", "random")
+PRUNING_METHODS = ("none", *PRUNING_SCORES)
 
 
 @dataclass(frozen=True)
@@ -290,7 +289,7 @@ class FederatedEvalConfig:
 @dataclass(frozen=True)
 class PruningConfig:
     method: str = _field("none", "what ranks weights for pruning", PRUNING_METHODS)
-    scope: str = _field("global", "rank all weights together or each layer alone", ("global", "layer"))
+    scope: str = _field("global", "rank all weights together or each layer alone", SCOPES)
     schedule: str = _field(
         "gradual", "one_shot at start_round, or gradual (Zhu & Gupta 2017)", ("one_shot", "gradual")
     )
@@ -343,16 +342,14 @@ class ServerConfig:
     optimizer: str = _field(
         "sgd",
         "server optimiser on the pseudo-gradient (Reddi et al. 2021)",
-        ("sgd", "momentum", "adam", "yogi", "adagrad"),
+        tuple(SERVER_OPTIMIZERS),
     )
     momentum: float = _field(0.9, "momentum: server momentum beta (FedAvgM)")
     beta1: float = _field(0.9, "adam/yogi/adagrad: first-moment decay")
     beta2: float = _field(0.99, "adam/yogi: second-moment decay")
     tau: float = _field(1e-3, "adam/yogi/adagrad: adaptivity tau")
     bias_correction: bool = _field(False, "adam/yogi: divide moments by (1 - beta^t)")
-    aggregator: str = _field(
-        "mean", "how updates are combined", ("mean", "median", "trimmed_mean", "krum", "multi_krum")
-    )
+    aggregator: str = _field("mean", "how updates are combined", tuple(AGGREGATORS))
     weighting: str = _field(
         "samples",
         "each update's weight in mean / multi_krum: samples (n_i, FedAvg) or uniform (1, as the "

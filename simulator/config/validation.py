@@ -17,6 +17,7 @@ from clients.models.spec import (
     build_spec,
 )
 from clients.user_code import check_py_module_entry, check_target
+from server.aggregation import UNWEIGHTED_AGGREGATORS
 from simulator.config.schema import (
     BUILT_IN_DATASETS,
     IMAGE_DATASETS,
@@ -25,7 +26,6 @@ from simulator.config.schema import (
     RAY_RESOURCE_STEP,
     RUN_NAME,
     TEXT_DATASETS,
-    UNWEIGHTED_AGGREGATORS,
     AsyncConfig,
     ClientConfig,
     Config,

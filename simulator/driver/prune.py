@@ -18,6 +18,7 @@ import numpy as np
 
 from clients.errors import FedsimError
 from server.evaluation import evaluate
+from server.pruning import PRUNING_SCORES as METHODS
 from server.pruning import build_mask, density, layer_densities, magnitude_scores, random_scores
 from server.sampling import sample_clients
 from simulator.config.build import build_server_state
@@ -31,7 +32,6 @@ from simulator.report.progress import RoundProgress, StepProgress
 from simulator.rundir.checkpoints import load_model
 from simulator.rundir.files import write_json
 
-METHODS = ("magnitude", "saliency", "squared_gradient", "random")
 # Each sparsity is a mask built and evaluated per method: a fine sweep of the curve is a
 # few hundred; tens of thousands is a script gone wrong.
 MAX_SPARSITIES = 1_000
