@@ -268,9 +268,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         args.run_dir,
         methods,
         sparsities,
-        args.finetune_rounds,
-        args.scope,
-        args.out,
+        finetune_rounds=args.finetune_rounds,
+        scope=args.scope,
+        out_dir=args.out,
         quiet=False,
     )
     _print_prune_table(path)

@@ -596,6 +596,7 @@ class RunSetup:
     server: ServerState
     sampler: ClientSampler
     client_work: np.ndarray  # (num_clients,) samples each processes in a round, plus one batch
+    reduction_groups: int  # the sampled clients are summed in this many groups, in this order
     async_rounds: AsyncRounds | None = None  # server.mode: async
 
 
@@ -632,5 +633,6 @@ def build_run(cfg: Config) -> RunSetup:
         server, sampler,
         # A client costs about a batch beyond its samples: the model copy, its update's norm and sum.
         work + training.batch_size,
+        cfg.runtime.reduction_groups,
         build_async(cfg, work, sampler.system),
     )  # fmt: skip

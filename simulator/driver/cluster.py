@@ -34,7 +34,7 @@ from clients.user_code import (
     path_entry_location,
     put_on_driver_path,
 )
-from simulator.config.schema import Config, user_code_targets
+from simulator.config.schema import Config, RuntimeConfig, user_code_targets
 from simulator.config.yaml_input import one_line, show
 
 log = logging.getLogger("fedsim")
@@ -43,10 +43,30 @@ _outer: _RayOwner | None = None  # the outermost ray_starting block's Ray, while
 
 
 @dataclass(frozen=True)
+class Resources:
+    """CPUs and GPUs: what a cluster has (in all, or free), or what a worker or a run takes."""
+
+    cpus: float
+    gpus: float = 0.0
+
+    def fit_in(self, available: Resources) -> int:
+        """How many of these ``available`` holds, GPUs counting only when these take some;
+        a float's rounding (3 x 0.1 CPU) does not lose one."""
+        fit = math.floor(available.cpus / self.cpus + 1e-9)
+        if self.gpus > 0:
+            fit = min(fit, math.floor(available.gpus / self.gpus + 1e-9))
+        return fit
+
+
+@dataclass(frozen=True)
 class RaySession:
     started_here: bool
     cpus: float
     gpus: float = 0.0
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(self.cpus, self.gpus)
 
 
 @contextmanager
@@ -354,22 +374,28 @@ def _cluster_cpus_gpus() -> tuple[float, float]:
     return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
 
 
-def pool_size(
-    requested: int | None,
-    session: RaySession,
-    cpus_per_worker: float,
-    gpus_per_worker: float,
-    max_useful: int,
-) -> int:
-    """Workers to start: the request, or what the CPUs (and GPUs, when workers take
-    them) allow, never more than ``max_useful``."""
-    fit = math.floor(session.cpus / cpus_per_worker + 1e-9)
-    need = f"{cpus_per_worker:g} CPU"
+def free_resources() -> Resources:
+    """What the cluster has free now."""
+    free = ray.available_resources()
+    return Resources(free.get("CPU", 0.0), free.get("GPU", 0.0))
+
+
+def worker_resources(runtime: RuntimeConfig) -> Resources:
+    """What one worker reserves (runtime.cpus_per_worker, runtime.gpus_per_worker)."""
+    return Resources(runtime.cpus_per_worker, runtime.gpus_per_worker)
+
+
+def pool_size(runtime: RuntimeConfig, session: RaySession) -> int:
+    """Workers to start: runtime.workers, or what the CPUs (and GPUs, when workers take
+    them) allow, never more than runtime.reduction_groups (more would idle)."""
+    each = worker_resources(runtime)
+    fit = each.fit_in(session.resources)
+    need = f"{each.cpus:g} CPU"
     have = f"{session.cpus:g} CPUs"
-    if gpus_per_worker > 0:
-        fit = min(fit, math.floor(session.gpus / gpus_per_worker + 1e-9))
-        need += f" + {gpus_per_worker:g} GPU"
+    if each.gpus > 0:
+        need += f" + {each.gpus:g} GPU"
         have += f" and {session.gpus:g} GPUs"
+    requested = runtime.workers
     if requested is not None:
         if requested > fit:
             raise ClusterError(
@@ -379,4 +405,4 @@ def pool_size(
         return requested
     if fit < 1:
         raise ClusterError(f"the cluster has {have}, fewer than one worker needs ({need})")
-    return max(1, min(fit, max_useful))
+    return max(1, min(fit, runtime.reduction_groups))

@@ -15,6 +15,7 @@ worst (highest) 10%.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,46 +27,71 @@ PURPOSE_FEDERATED_EVAL = 15
 WORST_SHARE = 0.1
 
 
-def federated_eval_due(cfg: Config, round_: int) -> bool:
-    every = cfg.server.federated_eval.every
-    return every > 0 and (round_ % every == 0 or round_ == cfg.rounds)
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """What the sampled clients evaluate: the global model and, where clients keep their
+    own, each one's state."""
+
+    params: np.ndarray
+    buffers: np.ndarray | None = None  # the global model's buffers (a module model's, when it has any)
+    states: dict[int, dict[str, np.ndarray]] | None = None  # personal state / own buffers, by client
+
+
+@dataclass(frozen=True)
+class FederatedEvalPlan:
+    """When federated evaluation runs, whom it samples and how the workers evaluate, as
+    server.federated_eval (with the run's seed, clients, rounds and groups) sets it."""
+
+    every: int
+    last_round: int
+    fraction: float
+    num_clients: int
+    seed: int
+    finetune_steps: int
+    batch_size: int
+    groups: int
+
+    @classmethod
+    def of(cls, cfg: Config) -> FederatedEvalPlan:
+        fe = cfg.server.federated_eval
+        return cls(
+            fe.every, cfg.rounds, fe.fraction, cfg.data.num_clients, cfg.seed, fe.finetune_steps,
+            cfg.server.eval_batch_size, cfg.runtime.reduction_groups,
+        )  # fmt: skip
+
+    def due(self, round_: int) -> bool:
+        return self.every > 0 and (round_ % self.every == 0 or round_ == self.last_round)
+
+    def clients(self, round_: int) -> np.ndarray:
+        """Sorted ids of this round's evaluated clients: a seeded draw, independent of training's."""
+        count = max(1, round(self.fraction * self.num_clients))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, round_, PURPOSE_FEDERATED_EVAL]))
+        return np.sort(rng.choice(self.num_clients, size=count, replace=False))
+
+    def evaluate(
+        self, pool, round_: int, clients: np.ndarray, model: EvaluatedModel, held_out: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        """Run the evaluation on the workers: the columns of ``ClientWorker.evaluate_groups``
+        over ``clients``, each (k,) in client order. ``held_out``: every client's held-out
+        sample count, which balances the workers (None: generated clients, all alike)."""
+        states = model.states or {}
+
+        def own_states(ids: np.ndarray) -> tuple:  # a task carries its own clients' state only
+            own = {int(c): states[int(c)] for c in ids if int(c) in states}
+            return (own, self.finetune_steps, round_, model.buffers)
+
+        parts = map_groups(
+            pool, model.params, clients, self.groups, "evaluate_groups", self.batch_size,
+            client_work=held_out, task_args=own_states,
+        )  # fmt: skip
+        if not parts:
+            return {"client": np.zeros(0, np.int64), "num_samples": np.zeros(0, np.int64)}
+        return {key: np.concatenate([columns[key] for _, columns in parts]) for key in parts[0][1]}
 
 
 def clients_to_evaluate(cfg: Config, round_: int) -> np.ndarray:
-    """Sorted ids of this round's evaluated clients: a seeded draw, independent of training's."""
-    count = max(1, round(cfg.server.federated_eval.fraction * cfg.data.num_clients))
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, round_, PURPOSE_FEDERATED_EVAL]))
-    return np.sort(rng.choice(cfg.data.num_clients, size=count, replace=False))
-
-
-def evaluate_clients(
-    pool,
-    params: np.ndarray,
-    clients: np.ndarray,
-    cfg: Config,
-    held_out: np.ndarray | None,
-    states: dict[int, dict[str, np.ndarray]] | None = None,
-    round_: int = 0,
-    buffers: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Run the evaluation on the workers: the columns of ``ClientWorker.evaluate_groups``
-    over ``clients``, each (k,) in client order. ``held_out``: every client's held-out
-    sample count, which balances the workers (None: generated clients, all alike);
-    ``states``: the evaluated clients' personal state (personalized runs); ``buffers``:
-    the global model's buffers (a module model's, when it has any)."""
-    groups, fe, states = cfg.runtime.reduction_groups, cfg.server.federated_eval, states or {}
-
-    def own_states(ids: np.ndarray) -> tuple:  # a task carries its own clients' state only
-        own = {int(c): states[int(c)] for c in ids if int(c) in states}
-        return (own, fe.finetune_steps, round_, buffers)
-
-    parts = map_groups(
-        pool, params, clients, groups, "evaluate_groups", cfg.server.eval_batch_size,
-        client_work=held_out, task_args=own_states,
-    )  # fmt: skip
-    if not parts:
-        return {"client": np.zeros(0, np.int64), "num_samples": np.zeros(0, np.int64)}
-    return {key: np.concatenate([columns[key] for _, columns in parts]) for key in parts[0][1]}
+    """Sorted ids of the clients ``cfg``'s run evaluates in ``round_``."""
+    return FederatedEvalPlan.of(cfg).clients(round_)
 
 
 MODELS = ("", "personal_", "finetuned_")  # the global model, each client's own, the fine-tuned global

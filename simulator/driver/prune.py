@@ -11,6 +11,7 @@ writes prune.json plus charts. Nothing in the run directory is rewritten.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,14 @@ import numpy as np
 from clients.errors import FedsimError
 from server.evaluation import evaluate
 from server.pruning import PRUNING_SCORES as METHODS
-from server.pruning import build_mask, density, layer_densities, magnitude_scores, random_scores
+from server.pruning import build_mask, density, layer_densities
 from server.sampling import sample_clients
-from simulator.config.build import build_server_state
 from simulator.config.loading import load_run_config
 from simulator.config.yaml_input import show
-from simulator.driver.cluster import ray_session, user_py_modules
 from simulator.driver.run_state import RunState
-from simulator.driver.simulation import PURPOSE_PRUNING, Simulation, federated_scores
+from simulator.driver.simulation import LoadedWorkers, Simulation
 from simulator.report.page import write_prune_charts
-from simulator.report.progress import RoundProgress, StepProgress
+from simulator.report.progress import StepProgress
 from simulator.rundir.checkpoints import load_model
 from simulator.rundir.files import write_json
 
@@ -54,39 +53,49 @@ def load_model_params(run_dir: Path, state: RunState) -> np.ndarray:
     return params
 
 
-def prune_run(
-    run_dir: Path, methods: list[str], sparsities: list[float], finetune_rounds: int = 0,
-    scope: str = "global", out_dir: Path | None = None, quiet: bool = True,
-) -> Path:  # fmt: skip
+@dataclass(frozen=True)
+class PruneRequest:
+    """What ``fedsim prune`` is asked: which masks of a finished run to build and evaluate."""
+
+    run_dir: Path
+    methods: list[str]
+    sparsities: list[float]
+    finetune_rounds: int = 0  # federated rounds under each mask, after the run's last
+    scope: str = "global"  # a sparsity over all prunable weights, or per layer
+    out_dir: Path | None = None  # where prune.json goes (default: the run directory)
+    quiet: bool = True  # False shows each step
+
+
+def prune_run(run_dir: Path, methods: list[str], sparsities: list[float], **options: Any) -> Path:
     """Evaluate every (method, sparsity) mask; write prune.json (+ charts); return its path.
-    More than MAX_SPARSITIES sparsities or MAX_FINETUNE_TRAININGS fine-tuning client
-    trainings are refused before anything loads; ``quiet=False`` shows each step."""
+    ``options``: PruneRequest's other fields. More than MAX_SPARSITIES sparsities or
+    MAX_FINETUNE_TRAININGS fine-tuning client trainings are refused before anything loads."""
+    return prune(PruneRequest(run_dir, methods, sparsities, **options))
+
+
+def prune(request: PruneRequest) -> Path:
+    """``prune_run`` for a PruneRequest."""
+    run_dir, methods, sparsities = request.run_dir, request.methods, request.sparsities
     _check_arguments(methods, sparsities)
     cfg = load_run_config(run_dir)
-    _check_finetune_work(len(methods), len(sparsities), finetune_rounds, cfg.sampled_per_round())
+    _check_finetune_work(len(methods), len(sparsities), request.finetune_rounds, cfg.sampled_per_round())
     state = RunState(cfg, run_dir)
     trained = load_model_params(run_dir, state)
-    sim = Simulation(cfg, run_dir, quiet=True)
-    with ray_session(cfg.runtime.address, py_modules=user_py_modules(cfg)) as session:
-        pool = sim._start_workers(state, session, RoundProgress(1, 1, cfg.name, quiet=True))
-        completed = False
-        progress = StepProgress(len(methods) * len(sparsities) * (1 + finetune_rounds), "prune", quiet)
+    with Simulation(cfg, run_dir, quiet=True).loaded_workers(state) as workers:
+        steps = len(methods) * len(sparsities) * (1 + request.finetune_rounds)
+        progress = StepProgress(steps, "prune", request.quiet)
         try:
-            results = _evaluate_all(
-                sim, state, pool, trained, methods, sparsities, finetune_rounds, scope, progress
-            )
-            completed = True
+            results = _evaluate_all(workers, trained, request, progress)
         finally:
             progress.close()
-            sim._stop_workers(pool, session, reusable=completed)
     report = {
         "run": str(run_dir),
-        "scope": scope,
-        "finetune_rounds": finetune_rounds,
-        "baseline": _test_metrics(sim, state, trained),
+        "scope": request.scope,
+        "finetune_rounds": request.finetune_rounds,
+        "baseline": _test_metrics(state, trained),
         "results": results,
     }
-    out = Path(out_dir or run_dir)
+    out = Path(request.out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "prune.json"
     write_json(path, report)
@@ -124,44 +133,34 @@ def _check_finetune_work(methods: int, sparsities: int, rounds: int, per_round: 
 
 
 def _evaluate_all(
-    sim, state, pool, trained, methods, sparsities, finetune_rounds, scope, progress: StepProgress
+    workers: LoadedWorkers, trained: np.ndarray, request: PruneRequest, progress: StepProgress
 ) -> list[dict]:
+    state = workers.state
     cfg = state.cfg
     clients = sample_clients(cfg.seed, cfg.rounds + 1, cfg.data.num_clients, cfg.sampled_per_round())
     results = []
-    for method in methods:
-        scores = _scores(method, pool, trained, clients, state)
-        for sparsity in sparsities:
-            mask = build_mask(scores, state.server.prunable, sparsity, state.layout, scope)
+    for method in request.methods:
+        scores = workers.scores(method, trained, clients)
+        for sparsity in request.sparsities:
+            mask = build_mask(scores, state.server.prunable, sparsity, state.layout, request.scope)
             row: dict[str, Any] = {
                 "method": method,
                 "sparsity": sparsity,
                 "density": density(mask, state.server.prunable),
                 "layer_density": layer_densities(mask, state.layout),
-                **_test_metrics(sim, state, trained * mask),
+                **_test_metrics(state, trained * mask),
             }
             step = f"{method} sparsity {sparsity:g}"
             score = "accuracy" if "test_accuracy" in row else "loss"  # regression: loss only
             progress.advance(f"{step}: {score} {row[f'test_{score}']:.4f}")
-            if finetune_rounds:
-                tuned = _finetune(sim, state, pool, trained * mask, mask, finetune_rounds, progress, step)
-                row.update({f"finetuned_{k}": v for k, v in _test_metrics(sim, state, tuned).items()})
+            if request.finetune_rounds:
+                tuned = _finetune(workers, trained * mask, mask, request.finetune_rounds, progress, step)
+                row.update({f"finetuned_{k}": v for k, v in _test_metrics(state, tuned).items()})
             results.append(row)
     return results
 
 
-def _scores(method: str, pool, params: np.ndarray, clients: np.ndarray, state: RunState) -> np.ndarray:
-    cfg = state.cfg
-    if method == "magnitude":
-        return magnitude_scores(params)
-    if method == "random":
-        return random_scores(
-            params.size, np.random.default_rng(np.random.SeedSequence([cfg.seed, PURPOSE_PRUNING]))
-        )
-    return federated_scores(pool, params, clients, method, cfg.runtime.reduction_groups, state.client_work)
-
-
-def _test_metrics(sim: Simulation, state: RunState, params: np.ndarray) -> dict[str, float]:
+def _test_metrics(state: RunState, params: np.ndarray) -> dict[str, float]:
     if state.server.buffers.size:  # a module model's running statistics, as the run left them
         state.eval_model.load_buffers(state.server.buffers)
     result = evaluate(state.eval_model, params, state.x_test, state.y_test, state.cfg.server.eval_batch_size)
@@ -171,14 +170,18 @@ def _test_metrics(sim: Simulation, state: RunState, params: np.ndarray) -> dict[
 
 
 def _finetune(
-    sim: Simulation, state: RunState, pool, params, mask, rounds: int, progress: StepProgress, step: str
+    workers: LoadedWorkers,
+    params: np.ndarray,
+    mask: np.ndarray,
+    rounds: int,
+    progress: StepProgress,
+    step: str,
 ) -> np.ndarray:
     """``rounds`` more federated rounds from ``params`` with ``mask`` fixed (the rounds
     after the run's last, so their samples are new)."""
-    # Fresh optimiser state; a module model's buffers go on from the run's.
-    state.server = build_server_state(state.cfg, params.copy(), state.spec, state.server.buffers)
-    state.server.mask = mask
+    state = workers.state
+    state.restart_server(params, mask)
     for done, round_ in enumerate(range(state.cfg.rounds + 1, state.cfg.rounds + 1 + rounds), 1):
-        sim._round(state, pool, round_)
+        workers.train_round(round_)
         progress.advance(f"{step}: fine-tune round {done:,}/{rounds:,}")
     return state.server.params

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ import ray
 
 from clients.errors import ConfigError, FedsimError
 from clients.models.engines import build_model
-from simulator.config.build import build_run
+from simulator.config.build import build_run, build_server_state
 from simulator.config.loading import dump_yaml, inert_reset
 from simulator.config.schema import Config
 from simulator.config.yaml_input import show
+from simulator.driver.federated_eval import FederatedEvalPlan
+from simulator.driver.workers import WorkerShape
 from simulator.rundir.checkpoints import Checkpoint, intact_checkpoints, save_checkpoint, save_model
 from simulator.rundir.directory import RunLock, create_run_dir, read_run_id
 from simulator.rundir.files import atomic_write_text, write_json
@@ -33,8 +36,30 @@ FIXED_RUNTIME_ON_RESUME = ("reduction_groups", "cpus_per_worker")
 DATA_LOCATION = ("root", "download", "verify")  # where the data are found, not what they are
 
 
+@dataclass(frozen=True)
+class RoundSchedule:
+    """What the round loop takes from the config beyond what shapes training (build_run
+    reads that into RunSetup): when it evaluates and checkpoints, how the server
+    evaluates, federated evaluation's plan and the workers' shape."""
+
+    eval_every: int
+    eval_batch_size: int
+    checkpoint_every: int
+    workers: WorkerShape  # the server evaluates with a worker's thread count, too
+    federated_eval: FederatedEvalPlan
+
+    @classmethod
+    def of(cls, cfg: Config) -> RoundSchedule:
+        s = cfg.server
+        return cls(
+            s.eval_every, s.eval_batch_size, cfg.runtime.checkpoint_every, WorkerShape.of(cfg),
+            FederatedEvalPlan.of(cfg),
+        )  # fmt: skip
+
+
 class RunState:
-    """Everything the loop mutates or reads each round, plus run-directory I/O."""
+    """A run between rounds: what the loop mutates or reads each round (built by
+    build_run, and the RoundSchedule), plus run-directory I/O."""
 
     def __init__(self, cfg: Config, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
@@ -43,6 +68,8 @@ class RunState:
         self.rounds, self.seed = setup.rounds, setup.seed
         self.engine, self.sampler = setup.engine, setup.sampler
         self.client_work = setup.client_work
+        self.reduction_groups = setup.reduction_groups
+        self.schedule = RoundSchedule.of(cfg)
         self.async_rounds = setup.async_rounds
         self.shards, self.eval_shards = setup.shards, setup.eval_shards
         self.eval_in_test = setup.splits.held_out_in_test
@@ -67,6 +94,13 @@ class RunState:
     @property
     def params(self) -> np.ndarray:
         return self.server.params
+
+    def restart_server(self, params: np.ndarray, mask: np.ndarray) -> None:
+        """Go on from ``params`` with a fresh server (optimiser state, clip norm, ...) that
+        keeps the weights ``mask`` prunes at zero: fine-tuning a pruned model."""
+        # A module model's buffers go on from the run's.
+        self.server = build_server_state(self.cfg, params.copy(), self.spec, self.server.buffers)
+        self.server.mask = mask
 
     @property
     def held_out_sizes(self) -> np.ndarray | None:

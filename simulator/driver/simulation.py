@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,17 +39,18 @@ from simulator.config.loading import (
 )
 from simulator.config.schema import Config, user_code_targets
 from simulator.driver import workers
-from simulator.driver.cluster import RaySession, pool_size, ray_starting, user_py_modules
-from simulator.driver.federated_eval import (
-    client_rows,
-    clients_to_evaluate,
-    evaluate_clients,
-    federated_eval_due,
-    round_metrics,
+from simulator.driver.cluster import (
+    RaySession,
+    free_resources,
+    pool_size,
+    ray_session,
+    ray_starting,
+    user_py_modules,
 )
+from simulator.driver.federated_eval import EvaluatedModel, client_rows, round_metrics
 from simulator.driver.pool import WorkerPool, map_groups
 from simulator.driver.run_state import RunState, check_resume_compatible
-from simulator.driver.workers import WorkerShape, worker_threads
+from simulator.driver.workers import WorkerShape
 from simulator.report.progress import RoundProgress
 from simulator.report.tracking import Trackers
 from simulator.rundir.directory import check_new_run_dir
@@ -164,25 +165,18 @@ class Simulation:
         trackers.finish("completed")
         return History(list(state.metrics.rows), self.run_dir, summary, state.params)
 
-    def _worker_shape(self) -> WorkerShape:
-        rt = self.cfg.runtime
-        return WorkerShape(rt.cpus_per_worker, rt.gpus_per_worker, self.cfg.model.device)
-
     def _start_workers(self, state: RunState, session: RaySession, progress: RoundProgress) -> WorkerPool:
         """The run's workers (warm ones when ``workers.reuse_workers`` is on), each loaded
         with this run's model, data and plan."""
-        rt = self.cfg.runtime
-        shape = self._worker_shape()
-        count = pool_size(rt.workers, session, rt.cpus_per_worker, rt.gpus_per_worker, rt.reduction_groups)
+        shape = state.schedule.workers
+        count = pool_size(self.cfg.runtime, session)
         run_args = state.worker_run_args()
         user_code = user_code_targets(self.cfg, on_workers=True)
 
         def respawn():
             workers.stop_idle_workers()  # idle workers of other runs must not take its place
             # Only where a worker fits now: a pending actor would stall the round.
-            free = ray.available_resources()
-            short_of_cpu = free.get("CPU", 0.0) + 1e-9 < rt.cpus_per_worker
-            if short_of_cpu or free.get("GPU", 0.0) + 1e-9 < rt.gpus_per_worker:
+            if shape.resources.fit_in(free_resources()) < 1:
                 raise ClusterError("no free CPUs/GPUs for a replacement worker")
             replacement = shape.start()
             if _loaded([replacement], run_args, user_code)[0]["device"] != state.device:
@@ -196,17 +190,31 @@ class Simulation:
         except BaseException:
             workers.release(shape, actors, keep=False)
             raise
-        gpus = f" + {rt.gpus_per_worker:g} GPU" if rt.gpus_per_worker else ""
+        gpus = f" + {shape.gpus:g} GPU" if shape.gpus else ""
         progress.message(
-            f"fedsim: {count} workers x ({rt.cpus_per_worker:g} CPU{gpus}) on {state.device} "
+            f"fedsim: {count} workers x ({shape.cpus:g} CPU{gpus}) on {state.device} "
             f"(cluster has {session.cpus:g} CPUs, {session.gpus:g} GPUs); run directory {self.run_dir}"
         )
         return WorkerPool(actors, respawn=respawn)
 
+    @contextmanager
+    def loaded_workers(self, state: RunState) -> Iterator[LoadedWorkers]:
+        """Ray and the workers of ``state``'s run, loaded as for its rounds, for commands
+        that work on a finished run; stopped (or, inside ``reuse_workers``, handed on) when
+        the block ends."""
+        with ray_session(self.cfg.runtime.address, py_modules=user_py_modules(self.cfg)) as session:
+            pool = self._start_workers(state, session, RoundProgress(1, 1, self.cfg.name, quiet=True))
+            completed = False
+            try:
+                yield LoadedWorkers(self, state, pool)
+                completed = True
+            finally:
+                self._stop_workers(pool, session, reusable=completed)
+
     def _stop_workers(self, pool: WorkerPool, session: RaySession, reusable: bool) -> None:
         """Hand the workers on to the next run (inside ``reuse_workers``) or stop them."""
         keep = reusable and not session.started_here  # Ray stops with a session fedsim started
-        workers.release(self._worker_shape(), list(pool.actors), keep=keep)
+        workers.release(WorkerShape.of(self.cfg), list(pool.actors), keep=keep)
         pool.actors.clear()
 
     def _loop(self, state: RunState, pool: WorkerPool, progress: RoundProgress, trackers: Trackers) -> None:
@@ -216,7 +224,7 @@ class Simulation:
             state.metrics.record(row)
             trackers.log_round(row)  # re-run rounds too: a crash may have cut them from the trackers
             state.completed_round = round_
-            if round_ % self.cfg.runtime.checkpoint_every == 0 or round_ == self.cfg.rounds:
+            if round_ % state.schedule.checkpoint_every == 0 or round_ == state.rounds:
                 state.checkpoint()
             progress.update(row)
             divergence.check(row, state.params)
@@ -230,9 +238,8 @@ class Simulation:
         if state.async_rounds is not None:
             return self._async_step(state, pool, round_, progress)
         start = time.perf_counter()
-        cfg = self.cfg
         sampled, system_metrics = self._sample(state, round_)
-        groups = reduction_groups(sampled, cfg.runtime.reduction_groups)
+        groups = reduction_groups(sampled, state.reduction_groups)
         results = self._train(state, pool, round_, groups, None, _clients_trained(progress, round_, groups))
         # The model as broadcast this round, to every selected client (stragglers too).
         server = state.server
@@ -241,7 +248,7 @@ class Simulation:
         target = server.pruning_target(round_)
         # Gradient-based scores come from the round's clients: without any, no step yet.
         if target is not None and (len(sampled) or not server.pruning.uses_gradients):
-            server.prune(self._pruning_scores(state, pool, sampled), target)
+            server.prune(pruning_scores(server.pruning.method, state, pool, state.params, sampled), target)
         row = _round_row(round_, results, state.model_bytes, state.spec.loss.is_regression)
         row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
         return self._finish_row(state, pool, round_, row, results, sampled, start)
@@ -308,18 +315,6 @@ class Simulation:
         row["seconds"] = time.perf_counter() - start
         return row
 
-    def _pruning_scores(self, state: RunState, pool: WorkerPool, clients: np.ndarray) -> np.ndarray:
-        """Scores for the pruning method; gradient-based ones are computed by the
-        round's sampled clients on their own shards and averaged by samples."""
-        method, params = state.server.pruning.method, state.params
-        if method == "magnitude":
-            return magnitude_scores(params)
-        if method == "random":
-            rng = np.random.default_rng(np.random.SeedSequence([state.seed, PURPOSE_PRUNING]))
-            return random_scores(params.size, rng)
-        groups = self.cfg.runtime.reduction_groups
-        return federated_scores(pool, params, clients, method, groups, state.client_work)
-
     def _sample(self, state: RunState, round_: int) -> tuple[np.ndarray, dict[str, Any]]:
         """This round's participants, and what the system model measured."""
         participants, plan = state.sampler.sample(round_)
@@ -342,28 +337,29 @@ class Simulation:
                 log.warning("a client warned (shown once per run): %s", message)
 
     def _maybe_federated_eval(self, state: RunState, pool: WorkerPool, round_: int) -> dict[str, Any]:
-        if not federated_eval_due(self.cfg, round_):
+        plan = state.schedule.federated_eval
+        if not plan.due(round_):
             return {}
-        clients = clients_to_evaluate(self.cfg, round_)
+        clients = plan.clients(round_)
         server = state.server
         # A client's own model: its personal state, or its own buffers (model.buffers: local).
         own_models = server.plan.personal is not None or server.plan.buffers == "local"
-        states = server.client_states if own_models else None
-        columns = evaluate_clients(
-            pool, state.params, clients, self.cfg, state.held_out_sizes, states, round_, server.buffers
-        )
+        model = EvaluatedModel(state.params, server.buffers, server.client_states if own_models else None)
+        columns = plan.evaluate(pool, round_, clients, model, state.held_out_sizes)
         state.client_evals.append(client_rows(round_, columns))
         return round_metrics(columns)
 
     def _maybe_evaluate(self, state: RunState, round_: int) -> dict[str, float | None]:
-        s = self.cfg.server
+        schedule = state.schedule
         regression = state.spec.loss.is_regression
-        if round_ % s.eval_every and round_ != self.cfg.rounds:
+        if round_ % schedule.eval_every and round_ != state.rounds:
             return {"test_loss": None} if regression else {"test_accuracy": None, "test_loss": None}
-        with compute_threads(worker_threads(self.cfg.runtime.cpus_per_worker)):
+        with compute_threads(schedule.workers.threads):
             if state.server.buffers.size:
                 state.eval_model.load_buffers(state.server.buffers)
-            result = evaluate(state.eval_model, state.params, state.x_test, state.y_test, s.eval_batch_size)
+            result = evaluate(
+                state.eval_model, state.params, state.x_test, state.y_test, schedule.eval_batch_size
+            )
         if regression:
             return {"test_loss": result.loss}
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
@@ -532,6 +528,37 @@ def federated_scores(
         total += group_total
         weight += group_weight
     return total / max(weight, 1.0)
+
+
+def pruning_scores(
+    method: str, state: RunState, pool: WorkerPool, params: np.ndarray, clients: np.ndarray
+) -> np.ndarray:
+    """Each weight's score by ``method`` at ``params``; gradient-based ones are computed by
+    ``clients`` on their own shards and averaged by samples."""
+    if method == "magnitude":
+        return magnitude_scores(params)
+    if method == "random":
+        rng = np.random.default_rng(np.random.SeedSequence([state.seed, PURPOSE_PRUNING]))
+        return random_scores(params.size, rng)
+    return federated_scores(pool, params, clients, method, state.reduction_groups, state.client_work)
+
+
+@dataclass(frozen=True)
+class LoadedWorkers:
+    """A run's workers, loaded with its model, data and plan, for commands that score or
+    train outside the round loop (``fedsim prune``); ``Simulation.loaded_workers`` yields it."""
+
+    simulation: Simulation
+    state: RunState
+    pool: WorkerPool
+
+    def scores(self, method: str, params: np.ndarray, clients: np.ndarray) -> np.ndarray:
+        """Each weight's score by a pruning ``method``, as ``pruning_scores``."""
+        return pruning_scores(method, self.state, self.pool, params, clients)
+
+    def train_round(self, round_: int) -> dict[str, Any]:
+        """One round from the state's server, as the run's loop trains it; its row (not logged)."""
+        return self.simulation._round(self.state, self.pool, round_)
 
 
 def _clients_trained(progress: RoundProgress | None, round_: int, groups: list[np.ndarray]):

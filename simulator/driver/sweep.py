@@ -41,8 +41,15 @@ from clients.errors import ConfigError, FedsimError, RunDiverged
 from simulator.config.loading import apply_overrides, from_dict, parse_override, read_yaml
 from simulator.config.schema import Config
 from simulator.config.yaml_input import show
-from simulator.driver.cluster import RaySession, pool_size, ray_session, user_py_modules
-from simulator.driver.workers import reuse_workers, worker_threads
+from simulator.driver.cluster import (
+    RaySession,
+    Resources,
+    pool_size,
+    ray_session,
+    user_py_modules,
+    worker_resources,
+)
+from simulator.driver.workers import WorkerShape, reuse_workers
 from simulator.report.progress import StepProgress
 from simulator.rundir.files import atomic_write_bytes, atomic_write_text
 from simulator.rundir.summary import read_summary
@@ -303,22 +310,16 @@ def runs_at_once(configs: list[Config], session: RaySession, limit: int | None =
     """How many runs fit on the cluster together: each takes the workers fedsim would
     give it alone (``pool_size``: runtime.workers, or what the cluster allows when
     null, which is usually all of it) times its CPUs/GPUs per worker."""
-    cpus, gpus = [], []
-    for cfg in configs:
-        rt = cfg.runtime
-        workers = pool_size(rt.workers, session, rt.cpus_per_worker, rt.gpus_per_worker, rt.reduction_groups)
-        cpus.append(workers * rt.cpus_per_worker)
-        gpus.append(workers * rt.gpus_per_worker)
-    fit = math.floor(session.cpus / max(cpus) + 1e-9)
-    if max(gpus) > 0:
-        fit = min(fit, math.floor(session.gpus / max(gpus) + 1e-9))
+    runs = [(pool_size(c.runtime, session), worker_resources(c.runtime)) for c in configs]
+    largest = Resources(max(n * each.cpus for n, each in runs), max(n * each.gpus for n, each in runs))
+    fit = largest.fit_in(session.resources)
     if len({_driver_threads(c) for c in configs}) > 1:
         fit = 1  # the driver's thread count is process-wide: runs together must agree on it
     return max(1, min(fit, len(configs), limit or len(configs)))
 
 
 def _driver_threads(cfg: Config) -> int:
-    return worker_threads(cfg.runtime.cpus_per_worker)
+    return WorkerShape.of(cfg).threads
 
 
 def _run_one(job: _Planned, run_dir: Path, index: _Index, stop: threading.Event, progress: bool, debug: bool):

@@ -26,6 +26,8 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from clients.worker import ClientWorker
+from simulator.config.schema import Config
+from simulator.driver.cluster import Resources
 
 log = logging.getLogger("fedsim")
 
@@ -47,9 +49,18 @@ class WorkerShape:
     gpus: float  # runtime.gpus_per_worker
     device: str  # model.device: auto, cpu or cuda
 
+    @classmethod
+    def of(cls, cfg: Config) -> WorkerShape:
+        """The shape of ``cfg``'s workers."""
+        return cls(cfg.runtime.cpus_per_worker, cfg.runtime.gpus_per_worker, cfg.model.device)
+
     @property
     def threads(self) -> int:
         return worker_threads(self.cpus)
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(self.cpus, self.gpus)
 
     def start(self) -> Any:
         """A new worker actor of this shape (its constructor runs in the background)."""
