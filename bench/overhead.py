@@ -54,7 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 from clients.models.spec import init_params  # noqa: E402
 from clients.models.torch_engine import TorchModel  # noqa: E402
-from clients.training import PURPOSE_DATA_ORDER, client_rng, train_client  # noqa: E402
+from clients.streams import Stream  # noqa: E402
+from clients.training import client_rng, train_client  # noqa: E402
 from clients.worker import add_weighted  # noqa: E402
 from server.sampling import sample_clients  # noqa: E402
 from simulator.config.build import build_dataset, build_model_spec, build_partition, local_training  # noqa: E402
@@ -121,7 +122,7 @@ class PlainLoop:
         d = self.dataset
         total, weight = np.zeros_like(params), 0
         for cid in clients:
-            rng = client_rng(self.cfg.seed, round_, int(cid), PURPOSE_DATA_ORDER)
+            rng = client_rng(self.cfg.seed, round_, int(cid), Stream.DATA_ORDER)
             result = train_client(
                 self.model, params, d.x_train, d.y_train, self.parts[cid], self.training, rng, cid
             )

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clients.streams import Stream
+
 ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip")
-PURPOSE_ATTACKERS = 5
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Attack:
 def malicious_clients(seed: int, num_clients: int, fraction: float) -> np.ndarray:
     """Sorted ids of the round(fraction x num_clients) malicious clients (fixed for the run)."""
     count = int(round(fraction * num_clients))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_ATTACKERS]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, Stream.ATTACKERS]))
     return np.sort(rng.choice(num_clients, size=count, replace=False)).astype(np.int64)
 
 

@@ -29,9 +29,6 @@ import numpy as np
 from clients.personalization_methods import PERSONALIZATION_METHODS
 from clients.training import ClientResult, LocalTrainingConfig, train_client
 
-PURPOSE_PERSONAL = 16
-PURPOSE_FINETUNE = 17
-
 
 @dataclass(frozen=True)
 class PersonalPlan:

@@ -17,11 +17,6 @@ from clients.data.transforms import Augmenter
 from clients.models import arrays
 from clients.optim import make_optimizer
 
-PURPOSE_DATA_ORDER = 1
-PURPOSE_DROPOUT = 4
-PURPOSE_CLIENT_NOISE = 6
-PURPOSE_AUGMENT = 19  # image augmentation's crops and flips (data.augment)
-
 
 def client_rng(seed: int, round_: int, client_id: int, purpose: int) -> np.random.Generator:
     """The generator for one (seed, round, client, purpose); independent streams."""

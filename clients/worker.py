@@ -39,17 +39,12 @@ from clients.models.arrays import to_numpy
 from clients.models.engines import build_model
 from clients.models.spec import BUFFER_POLICIES, ModelSpec
 from clients.personalization import (
-    PURPOSE_FINETUNE,
-    PURPOSE_PERSONAL,
     PersonalPlan,
     finetuned,
     train_personalized,
 )
+from clients.streams import Stream
 from clients.training import (
-    PURPOSE_AUGMENT,
-    PURPOSE_CLIENT_NOISE,
-    PURPOSE_DATA_ORDER,
-    PURPOSE_DROPOUT,
     ClientResult,
     LocalTrainingConfig,
     client_gradient,
@@ -59,7 +54,6 @@ from clients.training import (
 )
 from clients.user_code import import_here
 
-PURPOSE_SCORES = 9
 REDUCTIONS = ("sum", "stack")
 WEIGHTINGS = ("samples", "uniform")
 SHAPE_ATTRIBUTES = frozenset({"device", "device_name"})  # what a worker keeps between runs
@@ -393,7 +387,7 @@ class ClientWorker:
             new_state["control"], new_state["control_delta"] = new_c, new_c - old_c
         update, attack = result.update, self.plan.attack
         if attack is not None and result.client_id in attack.malicious:
-            rng = client_rng(self.seed, inputs.round, result.client_id, PURPOSE_CLIENT_NOISE)
+            rng = client_rng(self.seed, inputs.round, result.client_id, Stream.ATTACK_NOISE)
             update = attack.sent_update(update, rng)
             norm = update_norm(update)
         return update, norm, new_state
@@ -401,7 +395,7 @@ class ClientWorker:
     def _postprocess(self, update: np.ndarray, norm: float, inputs: RoundInput, cid: int, new_state: dict):
         if self.plan.postprocess is None:
             return _Unprocessed(update, norm, update.size * 4)
-        rng = client_rng(self.seed, inputs.round, cid, PURPOSE_CLIENT_NOISE + 1)
+        rng = client_rng(self.seed, inputs.round, cid, Stream.COMPRESSION)
         residual = inputs.client_states.get(cid, {}).get("residual")
         processed = self.plan.postprocess.process(update, inputs.clip_norm, rng, residual, inputs.mask)
         if processed.residual is not None:
@@ -417,7 +411,7 @@ class ClientWorker:
             total, weight = np.zeros(global_params.shape, np.float64), 0.0
             for cid in (int(c) for c in client_ids):
                 if self.has_dropout:  # scores must not depend on what this worker ran before
-                    self.model.set_rng(client_rng(self.seed, 0, cid, PURPOSE_SCORES))
+                    self.model.set_rng(client_rng(self.seed, 0, cid, Stream.SCORES))
                 x, y, shard = self._client_data(cid)
                 scores = client_scores(
                     self.model, global_params, x, y, shard, self.plan.training.batch_size, kind
@@ -492,9 +486,9 @@ class ClientWorker:
 
     def _finetuned(self, global_params: np.ndarray, client_id: int, steps: int, round_: int) -> np.ndarray:
         x, y, shard = self._client_data(client_id)
-        rng = client_rng(self.seed, round_, client_id, PURPOSE_FINETUNE)
+        rng = client_rng(self.seed, round_, client_id, Stream.FINETUNE)
         if self.has_dropout:
-            self.model.set_rng(client_rng(self.seed, round_, client_id, PURPOSE_FINETUNE + 100))
+            self.model.set_rng(client_rng(self.seed, round_, client_id, Stream.FINETUNE_DROPOUT))
         args = (self.model, global_params, x, y, shard, self.plan.training, rng, client_id)
         return finetuned(args, self.plan.training, steps)
 
@@ -514,9 +508,9 @@ class ClientWorker:
         return self.x, self.y, self.shards.shard(client_id)
 
     def _train_one(self, global_params: np.ndarray, inputs: RoundInput, client_id: int, state: dict):
-        rng = client_rng(self.seed, inputs.round, client_id, PURPOSE_DATA_ORDER)
+        rng = client_rng(self.seed, inputs.round, client_id, Stream.DATA_ORDER)
         if self.has_dropout:
-            self.model.set_rng(client_rng(self.seed, inputs.round, client_id, PURPOSE_DROPOUT))
+            self.model.set_rng(client_rng(self.seed, inputs.round, client_id, Stream.LOCAL_DROPOUT))
         x, labels, shard = self._client_data(client_id)
         if self.plan.attack is not None and self.plan.attack.flips_labels_of(client_id):
             labels = (
@@ -527,13 +521,13 @@ class ClientWorker:
         args = (self.model, global_params, x, labels, shard, self.plan.training, rng, client_id)
         extra = {"mask": inputs.mask}
         if self.plan.augment is not None:
-            augment_rng = client_rng(self.seed, inputs.round, client_id, PURPOSE_AUGMENT)
+            augment_rng = client_rng(self.seed, inputs.round, client_id, Stream.AUGMENT)
             extra["augment"] = Augmenter(self.plan.augment, augment_rng)
         try:
             if self.plan.update_kind == "gradients":
                 return client_gradient(*args, **extra), {}
             if self.plan.personal is not None:
-                personal_rng = client_rng(self.seed, inputs.round, client_id, PURPOSE_PERSONAL)
+                personal_rng = client_rng(self.seed, inputs.round, client_id, Stream.PERSONAL)
                 return train_personalized(
                     self.plan.personal, args, self.plan.training, state, personal_rng, **extra
                 )

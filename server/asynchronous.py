@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.sampling import PURPOSE_SAMPLING
-from server.system import PURPOSE_AVAILABLE, PURPOSE_DROPOUT, SystemModel, client_speeds
+from clients.streams import EVENT_KEY_SUFFIX, Stream
+from server.system import SystemModel, client_speeds
 
 STALENESS_KINDS = ("constant", "polynomial", "hinge")
 # Trips in a row that end without an arrival before the schedule gives up: a deadline
@@ -192,7 +192,7 @@ class AsyncSchedule:
     def _sample(self, event: int, count: int) -> np.ndarray:
         """Sorted ids of up to ``count`` idle (and online) clients, drawn uniformly from
         (seed, event); with no client in flight, exactly ``sample_clients(seed, event, ...)``."""
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, event, PURPOSE_SAMPLING]))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, event, Stream.SAMPLING]))
         busy = np.fromiter(self.in_flight, np.int64, len(self.in_flight))
         if self.system.availability >= 1:
             # A uniform draw of count + busy distinct ids, in random order, holds at least
@@ -201,7 +201,7 @@ class AsyncSchedule:
             idle = drawn[~np.isin(drawn, busy)] if len(busy) else drawn
             return np.sort(idle[:count])
         online = (
-            _event_rng(self.seed, event, -1, PURPOSE_AVAILABLE).random(self.num_clients)
+            _event_rng(self.seed, event, -1, Stream.AVAILABLE).random(self.num_clients)
             < self.system.availability
         )
         online[busy] = False
@@ -210,10 +210,8 @@ class AsyncSchedule:
 
     def _trip(self, client: int, event: int, start: float) -> Trip:
         duration = float(self.work[client] / client_speeds(self.seed, np.array([client]), self.system)[0])
-        outcome = "arrives"
-        if self.system.dropout > 0 and _event_rng(self.seed, event, client, PURPOSE_DROPOUT).random() < (
-            self.system.dropout
-        ):
+        outcome, dropout = "arrives", self.system.dropout
+        if dropout > 0 and _event_rng(self.seed, event, client, Stream.SYSTEM_DROPOUT).random() < dropout:
             outcome = "drops"
         elif self.system.deadline is not None and duration > self.system.deadline:
             outcome, duration = "times_out", float(self.system.deadline)
@@ -224,7 +222,7 @@ class AsyncSchedule:
 
 
 def _event_rng(seed: int, event: int, client: int, purpose: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, event, client + 1, purpose, 1]))
+    return np.random.default_rng(np.random.SeedSequence([seed, event, client + 1, purpose, EVENT_KEY_SUFFIX]))
 
 
 def staleness_histogram(staleness: np.ndarray) -> list[int]:

@@ -12,16 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clients.streams import Stream
 from server.system import RoundPlan, SystemModel, plan_round
-
-PURPOSE_SAMPLING = 2
 
 
 def sample_clients(seed: int, round_: int, num_clients: int, per_round: int) -> np.ndarray:
     """Sorted ids of the ``per_round`` clients sampled in ``round_``: (per_round,) int64."""
     if not 1 <= per_round <= num_clients:
         raise ValueError(f"per_round must be in [1, {num_clients}], got {per_round}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, round_, PURPOSE_SAMPLING]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, round_, Stream.SAMPLING]))
     chosen = rng.choice(num_clients, size=per_round, replace=False)
     return np.sort(chosen).astype(np.int64)
 
@@ -39,7 +38,7 @@ def poisson_sample(seed: int, round_: int, num_clients: int, rate: float) -> np.
     probability ``rate`` (the sampling DP-SGD style accounting assumes; the count varies)."""
     if not 0 < rate <= 1:
         raise ValueError(f"rate must be in (0, 1], got {rate}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, round_, PURPOSE_SAMPLING]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, round_, Stream.SAMPLING]))
     return np.flatnonzero(rng.random(num_clients) < rate).astype(np.int64)
 
 

@@ -13,12 +13,11 @@ from typing import Any
 import numpy as np
 
 from clients.models.layout import Layout
+from clients.streams import Stream
 from clients.worker import ClientPlan, RoundInput
 from server.pipeline import Aggregation
 from server.privacy import PrivacyAccountant
 from server.pruning import PruningSchedule, build_mask, density, layer_densities, prunable, sparse_bytes
-
-PURPOSE_SERVER_NOISE = 7
 
 
 class ServerState:
@@ -69,7 +68,7 @@ class ServerState:
     def step(self, round_: int, results: list) -> dict[str, Any]:
         """Aggregate, add noise, step the optimiser and update all state; returns metrics."""
         clip_norm = self.clip_norm()
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, round_, PURPOSE_SERVER_NOISE]))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, round_, Stream.SERVER_NOISE]))
         try:
             aggregate, metrics = self.aggregation.combine(results, self.params.size, clip_norm, rng)
         except ValueError as exc:  # e.g. dropouts left too few updates for Krum this round

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PURPOSE_SPEED, PURPOSE_AVAILABLE, PURPOSE_DROPOUT, PURPOSE_SELECT = 11, 12, 13, 14
+from clients.streams import Stream
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def local_work(sizes: np.ndarray, update_kind: str, epochs: int, batch_size: int
 def client_speeds(seed: int, client_ids: np.ndarray, model: SystemModel) -> np.ndarray:
     """Each client's fixed speed (samples / simulated second), from (seed, client)."""
     return np.array(
-        [model.speed * math.exp(model.speed_sigma * _rng(seed, 0, int(c), PURPOSE_SPEED).standard_normal())
+        [model.speed * math.exp(model.speed_sigma * _rng(seed, 0, int(c), Stream.SPEED).standard_normal())
          for c in client_ids]
     )  # fmt: skip
 
@@ -76,14 +76,14 @@ def plan_round(
     seed: int, round_: int, num_clients: int, per_round: int, work: np.ndarray, model: SystemModel
 ) -> RoundPlan:
     """``work``: (num_clients,) samples each client processes in a round (epochs x shard size)."""
-    online = np.flatnonzero(_draws(seed, round_, num_clients, PURPOSE_AVAILABLE) < model.availability)
+    online = np.flatnonzero(_draws(seed, round_, num_clients, Stream.AVAILABLE) < model.availability)
     wanted = min(len(online), math.ceil(per_round * (1 + model.over_selection) - 1e-9))  # 100 * 1.1 is 110
-    order = _rng(seed, round_, -1, PURPOSE_SELECT).permutation(len(online))
+    order = _rng(seed, round_, -1, Stream.SELECT).permutation(len(online))
     selected = np.sort(online[order[:wanted]])
     if not len(selected):
         return RoundPlan(selected, selected, 0.0)
     times = work[selected] / client_speeds(seed, selected, model)
-    dropped = _draws(seed, round_, num_clients, PURPOSE_DROPOUT)[selected] < model.dropout
+    dropped = _draws(seed, round_, num_clients, Stream.SYSTEM_DROPOUT)[selected] < model.dropout
     in_time = ~dropped if model.deadline is None else ~dropped & (times <= model.deadline)
     finishers = selected[in_time][np.lexsort((selected[in_time], times[in_time]))][:per_round]
     return RoundPlan(

@@ -11,7 +11,8 @@ from safetensors.numpy import load_file
 from clients.errors import ConfigError
 from clients.models.engines import build_model
 from clients.models.spec import init_params
-from clients.training import PURPOSE_DATA_ORDER, client_rng, train_client
+from clients.streams import Stream
+from clients.training import client_rng, train_client
 from clients.worker import ClientPlan, ClientShards, ClientWorker, RoundInput, add_weighted
 from simulator import Simulation
 from simulator.config.build import build_dataset, build_model_spec, build_partition, local_training
@@ -139,7 +140,7 @@ def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
     # Expected, independently: each client's own local training, weighted by its shard size.
     model, expected = build_model(spec, "torch"), np.zeros(start.shape, dtype=np.float32)
     for cid in (1, 4, 9):
-        rng = client_rng(cfg.seed, 1, cid, PURPOSE_DATA_ORDER)
+        rng = client_rng(cfg.seed, 1, cid, Stream.DATA_ORDER)
         result = train_client(
             model, start, dataset.x_train, dataset.y_train, shards.shard(cid), local_training(cfg), rng, cid
         )

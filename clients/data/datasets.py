@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.errors import DataError
+from clients.streams import Stream
 
 TOKEN_DTYPES = (np.dtype(np.uint8), np.dtype(np.int64))
 DIGITS_MAX_PIXEL = 16.0  # sklearn's digits are 4-bit intensities, 0..16
@@ -335,7 +336,7 @@ class SyntheticClients:
 
     def device(self, device: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(x_train, y_train, x_test, y_test) of one device: x float32 (m, d), y int64."""
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, device, 0x5E]))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, device, Stream.SYNTHETIC_DEVICE]))
         counts = np.array([self.samples_per_device])
         x, y, owner = _sample_devices(rng, self.alpha, self.beta, counts, self.num_features, self.num_classes)
         order, test_mask = _per_device_holdout(rng, owner, counts, self.test_fraction)

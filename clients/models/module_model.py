@@ -1,7 +1,7 @@
 """A user's own model: any ``torch.nn.Module`` from a factory named in the config.
 
 ``model.factory: "package.module:callable"`` is imported and called with
-``model.kwargs`` under torch's generator seeded from (run seed, PURPOSE_INIT), so
+``model.kwargs`` under torch's generator seeded from (run seed, Stream.INIT), so
 the driver and every worker build the same initial bits. Its parameters become
 the flat vector like the built-in models' (``bind_flat``: every parameter a view
 into one flat tensor, tied parameters one entry), its floating-point buffers
@@ -23,15 +23,16 @@ from torch import nn
 
 from clients.errors import ModelError
 from clients.models.layout import Layout
-from clients.models.spec import MODULE_MODEL, PURPOSE_INIT, LayerSpec, ModelSpec, ModuleSource
+from clients.models.spec import MODULE_MODEL, LayerSpec, ModelSpec, ModuleSource
+from clients.streams import Stream
 from clients.user_code import resolve
 
 KEY = "model.factory"
 
 
 def init_seed(seed: int) -> int:
-    """The torch seed a module model is built under: from (seed, PURPOSE_INIT)."""
-    return int(np.random.SeedSequence([seed, PURPOSE_INIT]).generate_state(1, np.uint64)[0] >> 1)
+    """The torch seed a module model is built under: from (seed, Stream.INIT)."""
+    return int(np.random.SeedSequence([seed, Stream.INIT]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def build_module(source: ModuleSource) -> nn.Module:

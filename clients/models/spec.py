@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clients.models.layout import Layout
+from clients.streams import Stream
 
 ACTIVATION_KINDS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
 MODEL_NAMES = ("logreg", "mlp", "cnn", "resnet", "charlstm")  # built from a spec by every engine
 MODULE_MODEL = "module"  # a user's nn.Module from a factory (torch engine only)
-PURPOSE_INIT = 0x1A17  # the random stream of initial weights (built-in and module models)
 # What a client of a module model starts its buffers from (clients/worker.py, ClientPlan.buffers).
 BUFFER_POLICIES = ("average", "local", "reset")
 
@@ -117,7 +117,7 @@ def _lstm_params(input_size: int, hidden: int, layers: int):
 @dataclass(frozen=True)
 class ModuleSource:
     """Where a user's module model comes from: ``factory`` ("package.module:callable")
-    called with ``kwargs`` under a torch generator seeded from (``seed``, PURPOSE_INIT);
+    called with ``kwargs`` under a torch generator seeded from (``seed``, Stream.INIT);
     ``search_path``: a folder put on sys.path before importing it (the driver's: the folder
     fedsim runs in); workers have none and find it where runtime.py_modules ships it."""
 
@@ -328,7 +328,7 @@ def init_params(spec: ModelSpec, seed: int) -> np.ndarray:
         raise ValueError(f"{spec.name}: a module model's initial vector is its module's (module_params)")
     layout = spec.layout()
     flat = layout.zeros()
-    rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_INIT]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, Stream.INIT]))
     for param in spec.param_specs():
         view = layout.view(flat, param.name)
         kind, value = param.init

@@ -40,6 +40,7 @@ from clients.models.module_model import build_module, check_fits, module_spec
 from clients.models.spec import BUILT_IN_LOSSES, MODULE_MODEL, LossSource, ModelSpec, build_spec
 from clients.models.torch_engine import TorchModel
 from clients.personalization import PersonalPlan
+from clients.streams import Stream
 from clients.training import LocalTrainingConfig
 from clients.user_code import resolve
 from clients.worker import ClientPlan, ClientShards
@@ -115,9 +116,6 @@ def _name(target: Callable[..., Any]) -> str:
     return getattr(target, "__qualname__", repr(target))
 
 
-PURPOSE_PARTITION = 3
-PURPOSE_HOLDOUT = 10
-PURPOSE_TEST_SPLIT = 18  # users' data without a test split: the rows held out
 MAX_PARAMETERS = 1 << 28  # 1 GiB a float32 copy; params, grads and optimiser state take several
 
 
@@ -167,7 +165,7 @@ def _user_dataset(data: DataConfig, seed: int, task: str | None) -> Dataset:
     under ``data.root``; natural clients keep the first ``num_clients`` of them."""
     from clients.data import formats
 
-    rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_TEST_SPLIT]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, Stream.TEST_SPLIT]))
     if data.dataset == "arrays":
         where = f"data.loader {data.loader}"
         splits = formats.load_from_code(resolve(data.loader, "data.loader"), data.loader)
@@ -256,7 +254,7 @@ def first_clients(dataset: Dataset, count: int, root: Path | str) -> Dataset:
 
 def build_partition(dataset: Dataset, data: DataConfig, seed: int) -> list[np.ndarray]:
     """Each client's training-sample indices, seeded by (seed, partition purpose)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, PURPOSE_PARTITION]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, Stream.PARTITION]))
     labels = dataset.y_train
     if data.partition == "iid":
         return iid_partition(len(labels), data.num_clients, rng)
@@ -297,7 +295,7 @@ def client_splits(dataset: Dataset, cfg: Config) -> ClientSplits:
     if cfg.data.partition == "natural" and dataset.test_owner is not None:
         held_out = natural_partition(dataset.test_owner, cfg.data.num_clients, allow_empty=True)
         return ClientSplits(parts, held_out, held_out_in_test=True)
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, PURPOSE_HOLDOUT]))
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, Stream.HOLDOUT]))
     return ClientSplits(*holdout_split(parts, fe.holdout, rng))
 
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from clients.streams import Stream
 from simulator.config.schema import Config
 from simulator.driver.pool import map_groups
 
-PURPOSE_FEDERATED_EVAL = 15
 WORST_SHARE = 0.1
 
 
@@ -65,7 +65,7 @@ class FederatedEvalPlan:
     def clients(self, round_: int) -> np.ndarray:
         """Sorted ids of this round's evaluated clients: a seeded draw, independent of training's."""
         count = max(1, round(self.fraction * self.num_clients))
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, round_, PURPOSE_FEDERATED_EVAL]))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, round_, Stream.FEDERATED_EVAL]))
         return np.sort(rng.choice(self.num_clients, size=count, replace=False))
 
     def evaluate(

@@ -28,6 +28,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from threadpoolctl import threadpool_limits
 
 from clients.errors import ClusterError, FedsimError, RunDiverged
+from clients.streams import Stream
 from server.evaluation import evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
@@ -58,7 +59,6 @@ from simulator.rundir.directory import check_new_run_dir
 log = logging.getLogger("fedsim")
 
 RoundCallback = Callable[[dict[str, Any]], None]
-PURPOSE_PRUNING = 8
 HUGE_WEIGHT = 1e15  # no trained model has such weights: the server step must have blown them up
 
 
@@ -538,7 +538,7 @@ def pruning_scores(
     if method == "magnitude":
         return magnitude_scores(params)
     if method == "random":
-        rng = np.random.default_rng(np.random.SeedSequence([state.seed, PURPOSE_PRUNING]))
+        rng = np.random.default_rng(np.random.SeedSequence([state.seed, Stream.PRUNING]))
         return random_scores(params.size, rng)
     return federated_scores(pool, params, clients, method, state.reduction_groups, state.client_work)
 
