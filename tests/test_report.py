@@ -12,14 +12,10 @@ import pytest
 from matplotlib import image as mpimg
 
 from clients.errors import FedsimError
-from simulator.report.page import (
-    OPTIONAL_PANELS,
-    PANELS,
-    _participation_counts,
-    load_run,
-    rounds_to_target,
-    write_report,
-)
+from simulator.report.charts import PANELS
+from simulator.report.page import write_report
+from simulator.report.panels import OPTIONAL_PANELS, _participation_counts
+from simulator.report.runs import load_run, rounds_to_target
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -23,8 +23,7 @@ import numpy as np
 from clients.streams import Stream
 from simulator.config.schema import Config
 from simulator.driver.pool import map_groups
-
-WORST_SHARE = 0.1
+from simulator.report.fairness import worst_share_mean
 
 
 @dataclass(frozen=True)
@@ -141,12 +140,11 @@ def _loss_spread(name: str, counts, loss_sums, evaluated) -> dict[str, Any]:
     if not total:
         return {f"{name}_clients": 0}
     losses = np.sort(loss_sums[has] / counts[has])[::-1]
-    worst = max(1, math.ceil(WORST_SHARE * len(losses)))
     return {
         f"{name}_clients": int(has.sum()),
         f"{name}_loss": float(loss_sums[has].sum() / total),
         f"{name}_loss_std": float(losses.std()),
-        f"{name}_loss_worst10": float(losses[:worst].mean()),
+        f"{name}_loss_worst10": worst_share_mean(losses, highest=True),
     }
 
 
@@ -156,11 +154,10 @@ def _spread(name: str, counts, loss_sums, correct) -> dict[str, Any]:
     if not total:
         return {f"{name}_clients": 0}
     accuracies = np.sort(correct[has] / counts[has])
-    worst = max(1, math.ceil(WORST_SHARE * len(accuracies)))
     return {
         f"{name}_clients": int(has.sum()),
         f"{name}_accuracy": float(correct[has].sum() / total),
         f"{name}_loss": float(loss_sums[has].sum() / total),
         f"{name}_accuracy_std": float(accuracies.std()),
-        f"{name}_accuracy_worst10": float(accuracies[:worst].mean()),
+        f"{name}_accuracy_worst10": worst_share_mean(accuracies),
     }

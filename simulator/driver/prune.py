@@ -26,8 +26,8 @@ from simulator.config.loading import load_run_config
 from simulator.config.yaml_input import show
 from simulator.driver.run_state import RunState
 from simulator.driver.simulation import LoadedWorkers, Simulation
-from simulator.report.page import write_prune_charts
 from simulator.report.progress import StepProgress
+from simulator.report.prune_charts import write_prune_charts
 from simulator.rundir.checkpoints import load_model
 from simulator.rundir.files import write_json
 

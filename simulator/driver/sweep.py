@@ -17,10 +17,7 @@ Public API: :func:`run_sweep`, :func:`parse_grid`, :class:`GridAxis`,
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import html
-import io
 import itertools
 import json
 import math
@@ -28,16 +25,13 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
-
-import numpy as np
-from matplotlib.figure import Figure
 
 from clients.errors import ConfigError, FedsimError, RunDiverged
+
 from simulator.config.loading import apply_overrides, from_dict, parse_override, read_yaml
 from simulator.config.schema import Config
 from simulator.config.yaml_input import show
@@ -50,13 +44,12 @@ from simulator.driver.cluster import (
     worker_resources,
 )
 from simulator.driver.workers import WorkerShape, reuse_workers
+from simulator.report.formatting import yaml_text
 from simulator.report.progress import StepProgress
-from simulator.rundir.files import atomic_write_bytes, atomic_write_text
+from simulator.rundir.files import atomic_write_text
 from simulator.rundir.summary import read_summary
 
 INDEX_NAME = "sweep.json"
-PNG_NAME = "comparison.png"
-HTML_NAME = "comparison.html"
 INDEX_FORMAT = "fedsim-sweep-1"
 # Most filesystems allow 255 bytes per name; leave room for a uniqueness suffix.
 MAX_RUN_NAME = 200
@@ -66,7 +59,6 @@ MAX_SWEEP_RUNS = 10_000
 PLAN_PROGRESS_FROM = 200  # runs: validating fewer takes well under a second
 NOT_RUN, COMPLETED, FAILED, INTERRUPTED = "not run", "completed", "failed", "interrupted"
 DIVERGED = "diverged"  # stopped by server.stop_after_nonfinite_rounds: a result, not a failure
-DPI = 110
 
 RunCallback = Callable[["SweepRun"], None]
 
@@ -108,7 +100,9 @@ class SweepResult:
 
     def table(self) -> str:
         """The comparison as a fixed-width text table, one line per grid point."""
-        return _text_table(self.grid, _point_stats(self.grid, self.runs))
+        from simulator.report.sweep_page import text_table  # it reads this module's records
+
+        return text_table(self.grid, self.runs)
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -148,14 +142,9 @@ def _parse_axis(spec: str) -> GridAxis:
         values = tuple(parse_override(f"{key}={p}")[1] for p in pieces)
     except ConfigError as exc:
         raise ConfigError(f"--grid {spec!r}: {exc}") from None
-    if len(set(map(_value_text, values))) < len(values):
+    if len(set(map(yaml_text, values))) < len(values):
         raise ConfigError(f"--grid {spec!r}: a value is listed twice")
     return GridAxis(key.strip(), values)
-
-
-def _value_text(value: Any) -> str:
-    """A grid value as the user would write it in YAML (true, null, 0.1, [32])."""
-    return json.dumps(value) if isinstance(value, (bool, type(None), list, dict)) else str(value)
 
 
 def _axes_of(grid: Sequence[GridAxis] | Sequence[str] | dict[str, Sequence[Any]]) -> list[GridAxis]:
@@ -221,19 +210,19 @@ def _validated(base_raw: dict[str, Any], point: dict[str, Any]) -> Config:
             try:
                 from_dict(apply_overrides(base_raw, {key: value}))
             except ConfigError as alone:
-                raise ConfigError(f"--grid {key}={_value_text(value)}: {alone}") from None
+                raise ConfigError(f"--grid {key}={yaml_text(value)}: {alone}") from None
         raise ConfigError(f"--grid point {_point_text(point)}: {exc}") from None
 
 
 def _point_text(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_value_text(v)}" for k, v in point.items())
+    return ", ".join(f"{k}={yaml_text(v)}" for k, v in point.items())
 
 
 def _name_runs(runs: list[SweepRun]) -> None:
     """Readable, filesystem-safe, unique directory names: key=value__...__seed=S."""
     used: set[str] = set()
     for run in runs:
-        name = "__".join(f"{k}={_safe(_value_text(v))}" for k, v in run.overrides.items())
+        name = "__".join(f"{k}={_safe(yaml_text(v))}" for k, v in run.overrides.items())
         if len(name) > MAX_RUN_NAME:
             digest = hashlib.sha256(name.encode()).hexdigest()[:10]
             name = f"{name[: MAX_RUN_NAME - 11]}-{digest}"
@@ -449,13 +438,10 @@ def _run_all(
 
 
 def _finish(index: _Index, sweep_dir: Path, status: str) -> None:
+    from simulator.report.sweep_page import write_comparison  # it reads this module's records
+
     index.close(status)
-    axes = _axes_from_header(index.header)
-    stats = _point_stats(axes, index.runs)
-    png = _comparison_png(axes, stats, index.header)
-    atomic_write_bytes(sweep_dir / PNG_NAME, png)
-    page = _comparison_html(axes, stats, index.runs, png)
-    atomic_write_bytes(sweep_dir / HTML_NAME, page.encode("utf-8"))
+    write_comparison(sweep_dir, _axes_from_header(index.header), index.runs, len(index.header["seeds"]))
 
 
 def _axes_from_header(header: dict[str, Any]) -> list[GridAxis]:
@@ -464,143 +450,3 @@ def _axes_from_header(header: dict[str, Any]) -> list[GridAxis]:
 
 def _ignore(_run: SweepRun) -> None:
     pass
-
-
-# --- comparison: per grid point, final test accuracy (regression: loss) over seeds
-
-
-@dataclass
-class _PointStats:
-    point: dict[str, Any]  # grid key -> value
-    runs: list[SweepRun] = field(default_factory=list)
-    metric: str = "accuracy"  # "loss" when no run measured accuracy (a regression sweep)
-
-    @property
-    def accuracies(self) -> list[float]:
-        """The runs' final test accuracies (their losses, for a regression sweep)."""
-        values = [getattr(r, f"final_test_{self.metric}") for r in self.runs]
-        return [v for v in values if v is not None]
-
-    @property
-    def mean(self) -> float | None:
-        return float(np.mean(self.accuracies)) if self.accuracies else None
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation over seeds; None with fewer than two."""
-        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else None
-
-    def label(self, sep: str = ", ") -> str:
-        return sep.join(f"{k}={_value_text(v)}" for k, v in self.point.items())
-
-
-def _point_stats(axes: list[GridAxis], runs: list[SweepRun]) -> list[_PointStats]:
-    regression = any(r.final_test_loss is not None for r in runs) and all(
-        r.final_test_accuracy is None for r in runs
-    )
-    points: dict[int, _PointStats] = {}
-    for run in runs:
-        grid_values = {a.key: run.overrides[a.key] for a in axes}
-        metric = "loss" if regression else "accuracy"
-        points.setdefault(run.point, _PointStats(grid_values, metric=metric)).runs.append(run)
-    return [points[i] for i in sorted(points)]
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
-def _score_text(value: float | None, metric: str) -> str:
-    return _pct(value) if metric == "accuracy" or value is None else f"{value:.4g}"
-
-
-def _mean_std_text(stats: _PointStats) -> str:
-    if stats.mean is None:
-        return "-"
-    text = _score_text(stats.mean, stats.metric)
-    return text + ("" if stats.std is None else f" ± {_score_text(stats.std, stats.metric)}")
-
-
-def _score_heading(stats: list[_PointStats], short: bool = False) -> str:
-    if stats and stats[0].metric == "loss":
-        return "final test loss"
-    return "final acc %" if short else "final test accuracy %"
-
-
-def _comparison_png(axes: list[GridAxis], stats: list[_PointStats], header: dict[str, Any]) -> bytes:
-    fig = Figure(figsize=(max(6.0, 1.2 * len(stats) + 2), 4.8), layout="constrained")
-    ax = fig.add_subplot()
-    x = np.arange(len(stats))
-    loss = bool(stats) and stats[0].metric == "loss"
-    scale = 1 if loss else 100
-    means = [scale * s.mean if s.mean is not None else np.nan for s in stats]
-    errors = [scale * s.std if s.std is not None else 0.0 for s in stats]
-    ax.bar(x, means, yerr=errors, capsize=5, color="#4c72b0", alpha=0.8, label="mean over seeds (± std)")
-    for i, s in enumerate(stats):
-        runs = [scale * a for a in s.accuracies]
-        ax.scatter([i] * len(runs), runs, color="black", s=12, zorder=3, label="one seed" if i == 0 else None)
-        if s.mean is None:
-            ax.text(i, 2, "no result", ha="center", rotation=90, fontsize=8)
-    ax.set_xticks(x, [s.label("\n") for s in stats], fontsize=8, rotation=30 if len(stats) > 8 else 0)
-    if not loss:
-        ax.set_ylim(0, 100)
-    ax.set_xlabel("grid point (" + ", ".join(a.key for a in axes) + ")")
-    ax.set_ylabel("final test loss" if loss else "final test accuracy (%)")
-    seeds = len(header["seeds"])
-    what = "loss" if loss else "accuracy"
-    ax.set_title(f"Final test {what} per grid point, mean ± std over {seeds} seed{'s' * (seeds > 1)}")
-    ax.legend(loc="lower right", fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
-_CSS = """body{font-family:sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;font-size:14px}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f2f2f2}img{max-width:100%}.failed{color:#b00}"""
-
-
-def _comparison_html(axes: list[GridAxis], stats: list[_PointStats], runs: list[SweepRun], png: bytes) -> str:
-    heads = [a.key for a in axes] + [f"{_score_heading(stats)} (mean ± std)", "seeds (n)", "runs"]
-    rows = [_html_row(axes, s) for s in stats]
-    data = base64.b64encode(png).decode("ascii")
-    failed = [r for r in runs if r.status == FAILED]
-    failures = "".join(
-        f'<li class="failed">{html.escape(r.directory)}: {html.escape(r.error or "")}</li>' for r in failed
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>fedsim sweep</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n<h1>fedsim sweep</h1>\n"
-        f'<img src="data:image/png;base64,{data}" alt="{_score_heading(stats)} per grid point">\n'
-        "<table>\n<tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in heads)
-        + "</tr>\n"
-        + "\n".join(rows)
-        + "\n</table>\n"
-        + (f"<h2>Failed runs</h2>\n<ul>{failures}</ul>\n" if failures else "")
-        + "</body>\n</html>\n"
-    )
-
-
-def _html_row(axes: list[GridAxis], stats: _PointStats) -> str:
-    links = " ".join(
-        f'<a href="{quote(r.directory, safe="=+")}/">seed {r.seed}</a>'
-        + ("" if r.status == COMPLETED else f' <span class="failed">({html.escape(r.status)})</span>')
-        for r in stats.runs
-    )
-    cells = [html.escape(_value_text(stats.point[a.key])) for a in axes]
-    cells += [html.escape(_mean_std_text(stats)), str(len(stats.accuracies)), links]
-    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-
-
-def _text_table(axes: list[GridAxis], stats: list[_PointStats]) -> str:
-    heads = [a.key for a in axes] + [f"{_score_heading(stats, short=True)} (mean ± std)", "n", "failed"]
-    body = [
-        [_value_text(s.point[a.key]) for a in axes]
-        + [_mean_std_text(s), str(len(s.accuracies)), str(sum(r.status == FAILED for r in s.runs))]
-        for s in stats
-    ]
-    widths = [max(len(row[i]) for row in [heads, *body]) for i in range(len(heads))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [heads, *body]]
-    return "\n".join(line.rstrip() for line in lines)

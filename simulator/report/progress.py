@@ -10,9 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+from simulator.report.formatting import binary_size, fixed
 
 
 class RoundProgress:
@@ -39,10 +37,10 @@ class RoundProgress:
         self._done_here += 1
         per_round = (time.perf_counter() - self._start) / self._done_here
         eta = per_round * (self.total - row["round"])
-        accuracy = f"acc {_fmt(row['test_accuracy'])}  " if "test_accuracy" in row else ""
+        accuracy = f"acc {fixed(row['test_accuracy'])}  " if "test_accuracy" in row else ""
         stats = (
-            f"{accuracy}test loss {_fmt(row['test_loss'])}  "
-            f"train loss {_fmt(row['train_loss'])}  {row['seconds']:.2f}s/round"
+            f"{accuracy}test loss {fixed(row['test_loss'])}  "
+            f"train loss {fixed(row['train_loss'])}  {row['seconds']:.2f}s/round"
         )
         if row.get("rejected_updates"):  # train loss is over the accepted updates only
             stats += f"  {row['rejected_updates']}/{row['num_clients']} updates rejected"
@@ -98,12 +96,8 @@ class StepProgress:
             self._progress.stop()
 
 
-def _bytes(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return ""
+def _traffic(count: int) -> str:
+    return binary_size(count, decimals=1, largest="GiB")
 
 
 def summary_table(summary: dict, run_dir: Path) -> None:
@@ -121,13 +115,16 @@ def summary_table(summary: dict, run_dir: Path) -> None:
     else:
         best = summary.get("best_test_accuracy")
         rows += [
-            ("final test accuracy", _fmt(summary.get("final_test_accuracy"))),
+            ("final test accuracy", fixed(summary.get("final_test_accuracy"))),
             ("best test accuracy", "-" if best is None else f"{best:.4f} (round {summary['best_round']})"),
         ]
     rows += [
-        ("final test loss", _fmt(summary.get("final_test_loss"))),
+        ("final test loss", fixed(summary.get("final_test_loss"))),
         ("wall-clock", f"{summary['total_seconds']:.1f} s"),
-        ("bytes up / down", f"{_bytes(summary['total_bytes_up'])} / {_bytes(summary['total_bytes_down'])}"),
+        (
+            "bytes up / down",
+            f"{_traffic(summary['total_bytes_up'])} / {_traffic(summary['total_bytes_down'])}",
+        ),
     ]
     if "epsilon" in summary:
         rows.append(("privacy", f"ε = {summary['epsilon']:.3f}"))

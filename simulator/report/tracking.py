@@ -20,6 +20,7 @@ from typing import Any
 
 from clients.errors import ConfigError, FedsimError
 from simulator.config.schema import Config
+from simulator.report.settings import flatten
 from simulator.rundir.files import atomic_write_text, check_folder
 from simulator.rundir.summary import read_json_object
 
@@ -47,17 +48,7 @@ def scalar_metrics(row: dict[str, Any]) -> dict[str, float]:
 
 def flat_config(cfg: Config) -> dict[str, str]:
     """The config as dotted keys -> text, for tracking params."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else key, value)
-        else:
-            flat[prefix] = str(node)
-
-    walk("", cfg.to_dict())
-    return flat
+    return {key: str(value) for key, value in flatten(cfg.to_dict()).items()}
 
 
 def _require_module(name: str, option: str):
@@ -80,12 +71,12 @@ class Trackers:
     def __init__(self, cfg: Config, run_dir: Path):
         rt = cfg.runtime
         self.cfg, self.run_dir = cfg, run_dir
-        self._tensorboard_module = (
+        self._tensorboard_module: Any = (
             _require_module("tensorboardX", "runtime.tensorboard") if rt.tensorboard else None
         )
         self._mlflow_module = _require_module("mlflow", "runtime.mlflow") if rt.mlflow else None
         self._writer = None
-        self._mlflow = None  # the module, once its run has started
+        self._mlflow: Any = None  # the module, once its run has started
 
     def start(self, first_round: int) -> None:
         """Open the writers (after the run directory exists); ``first_round`` is the

@@ -148,7 +148,15 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if CHECKPOINT_PATTERN.match(p.name) and not _is_real_folder(p)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+    return sorted(found, key=_named_round)
+
+
+def _named_round(path: Path) -> int:
+    """The round in a checkpoint's file name (round_NNNNNN.safetensors)."""
+    match = CHECKPOINT_PATTERN.match(path.name)
+    if match is None:
+        raise FedsimError(f"{path}: not a checkpoint's name (round_NNNNNN.safetensors)")
+    return int(match.group(1))
 
 
 def _is_real_folder(path: Path) -> bool:
@@ -169,7 +177,7 @@ def load_checkpoint(path: Path, run_id: str | None = None) -> Checkpoint:
         raise FedsimError(
             f"{path}: corrupt checkpoint: its tensors do not match the checksum written with them"
         )
-    round_ = int(CHECKPOINT_PATTERN.match(path.name).group(1))
+    round_ = _named_round(path)
     if "round" in metadata and metadata["round"] != str(round_):
         raise FedsimError(
             f"{path}: holds round {show(metadata['round'])}, not the round {round_} its name says "
