@@ -8,6 +8,7 @@ dx (...).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,38 +149,40 @@ class LeakyReLU(Module):
         return leaky_relu_backward(dy, self.cache.x, self.negative_slope)
 
 
-class Sigmoid(Module):
+class OutputActivation(Module):
+    """An activation whose derivative follows from its output, which it keeps. (...) -> (...)."""
+
+    def __init__(
+        self,
+        activate: Callable[[np.ndarray], np.ndarray],
+        derivative: Callable[[np.ndarray, np.ndarray], np.ndarray],  # (dy, y) -> dx
+    ) -> None:
+        super().__init__()
+        self.activate, self.derivative = activate, derivative
+        self.cache: OutputCache | None = None
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        y = self.activate(x)
+        self.cache = OutputCache(y=y)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        assert self.cache is not None, "backward before forward"
+        return self.derivative(dy, self.cache.y)
+
+
+class Sigmoid(OutputActivation):
     """``torch.nn.Sigmoid``, stable for large |x|. (...) -> (...)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.cache: OutputCache | None = None
-
-    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        y = sigmoid_forward(x)
-        self.cache = OutputCache(y=y)
-        return y
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        assert self.cache is not None, "backward before forward"
-        return sigmoid_backward(dy, self.cache.y)
+        super().__init__(sigmoid_forward, sigmoid_backward)
 
 
-class Tanh(Module):
+class Tanh(OutputActivation):
     """``torch.nn.Tanh``. (...) -> (...)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.cache: OutputCache | None = None
-
-    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        y = tanh_forward(x)
-        self.cache = OutputCache(y=y)
-        return y
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        assert self.cache is not None, "backward before forward"
-        return tanh_backward(dy, self.cache.y)
+        super().__init__(tanh_forward, tanh_backward)
 
 
 class GELU(Module):

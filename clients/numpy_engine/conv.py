@@ -222,16 +222,22 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]):
             yield i * kw + j, (slice(None), slice(None), _span(i, oh, sh), _span(j, ow, sw))
 
 
+def _fold_windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], combine: np.ufunc):
+    """Each window's elements combined by ``combine`` (``np.maximum``, ``np.add``) one offset at a
+    time, in row-major window order. x: (N, C, H, W) -> (N, C, OH, OW)."""
+    y = None
+    for _, view in _windows(x, kernel, stride):
+        y = x[view].copy() if y is None else combine(y, x[view], out=y)
+    assert y is not None
+    return y
+
+
 def max_pool_forward(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
     """Window maxima, as ``torch.nn.functional.max_pool2d`` (no padding, floor).
 
     x: (N, C, H, W). Returns y: (N, C, OH, OW).
     """
-    y = None
-    for _, view in _windows(x, kernel, stride):
-        y = x[view].copy() if y is None else np.maximum(y, x[view], out=y)
-    assert y is not None
-    return y
+    return _fold_windows(x, kernel, stride, np.maximum)
 
 
 def max_pool_backward(
@@ -259,10 +265,7 @@ def avg_pool_forward(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, 
 
     x: (N, C, H, W). Returns y: (N, C, OH, OW).
     """
-    y = None
-    for _, view in _windows(x, kernel, stride):
-        y = x[view].copy() if y is None else np.add(y, x[view], out=y)
-    assert y is not None
+    y = _fold_windows(x, kernel, stride, np.add)
     y *= 1.0 / (kernel[0] * kernel[1])
     return y
 
@@ -287,14 +290,19 @@ class MaxPoolCache:
     y: np.ndarray  # (N, C, OH, OW): its window maxima
 
 
-class MaxPool2d(Module):
-    """``torch.nn.MaxPool2d(kernel, stride)``: no padding, floor; ``stride`` defaults to ``kernel``."""
+class Pool2d(Module):
+    """What max and average pooling share: their windows' kernel and stride."""
 
     def __init__(self, kernel: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> None:
         super().__init__()
         self.kernel = _pair(kernel)
         self.stride = self.kernel if stride is None else _pair(stride)
-        self.cache: MaxPoolCache | None = None
+
+
+class MaxPool2d(Pool2d):
+    """``torch.nn.MaxPool2d(kernel, stride)``: no padding, floor; ``stride`` defaults to ``kernel``."""
+
+    cache: MaxPoolCache | None = None
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """x: (N, C, H, W) -> (N, C, OH, OW)."""
@@ -313,14 +321,10 @@ class AvgPoolCache:
     x_shape: tuple[int, ...]  # (N, C, H, W)
 
 
-class AvgPool2d(Module):
+class AvgPool2d(Pool2d):
     """``torch.nn.AvgPool2d(kernel, stride)``: no padding, floor; ``stride`` defaults to ``kernel``."""
 
-    def __init__(self, kernel: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> None:
-        super().__init__()
-        self.kernel = _pair(kernel)
-        self.stride = self.kernel if stride is None else _pair(stride)
-        self.cache: AvgPoolCache | None = None
+    cache: AvgPoolCache | None = None
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """x: (N, C, H, W) -> (N, C, OH, OW)."""
