@@ -84,6 +84,11 @@ class IdxSource:
         ]
 
 
+def published_gz(*md5s: str) -> tuple[tuple[str, str], ...]:
+    """(file name, md5) of each IDX file as published, gzipped; ``md5s`` in IDX_FILES order."""
+    return tuple((f"{name}.gz", md5) for name, md5 in zip(IDX_FILES, md5s, strict=True))
+
+
 # torchvision's tables (torchvision/datasets/mnist.py), cross-checked against other public copies.
 MNIST = IdxSource(
     name="mnist",
@@ -91,11 +96,11 @@ MNIST = IdxSource(
     own_folder="mnist",
     npz_name="mnist.npz",
     mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-    gz_md5=(
-        ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-        ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
-        ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
-        ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+    gz_md5=published_gz(
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3",
+        "ec29112dd5afa0611ce80d1b7f02629c",
     ),
     content_md5=(
         "6bbc9ace898e44ae57da46a324031adb",
@@ -114,11 +119,11 @@ FASHION_MNIST = IdxSource(
         # Zalando's own repository serves the same files (same md5s) over https.
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
     ),
-    gz_md5=(
-        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
-        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+    gz_md5=published_gz(
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "25c81989df183df01b3e8a0aad5dffbe",
+        "bef4ecab320f06d8554ea6380940ec79",
+        "bb300cfdad3c16e7a12a480ee83cd310",
     ),
     content_md5=(
         "f4a8712d7a061bf5bd6d2ca38dc4d50a",
@@ -523,6 +528,10 @@ _ALLOWED_GLOBALS = {
     ("builtins", "bytes"): "bytes",
 }
 _DTYPE_SPEC = re.compile(r"[biufc][1-9][0-9]?")  # numeric dtypes only: never object or structured
+# Opcodes whose argument genops has already decoded into the value they push.
+_PUSHED_ARGUMENTS = frozenset(
+    {"BININT", "BININT1", "BININT2", "LONG1", "BINUNICODE", "SHORT_BINUNICODE", "BINBYTES", "SHORT_BINBYTES"}
+)
 
 
 @dataclasses.dataclass(eq=False)
@@ -580,16 +589,7 @@ class _PickleReader:
                 stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
             case "EMPTY_DICT" | "EMPTY_LIST" | "EMPTY_TUPLE":
                 stack.append({"EMPTY_DICT": dict, "EMPTY_LIST": list, "EMPTY_TUPLE": tuple}[name]())
-            case (
-                "BININT"
-                | "BININT1"
-                | "BININT2"
-                | "LONG1"
-                | "BINUNICODE"
-                | "SHORT_BINUNICODE"
-                | "BINBYTES"
-                | "SHORT_BINBYTES"
-            ):
+            case _ if name in _PUSHED_ARGUMENTS:
                 stack.append(argument)
             case "BINSTRING" | "SHORT_BINSTRING":
                 # A Python 2 str; genops decodes it as latin-1. Bytes, as pickle's encoding="bytes" gives.
