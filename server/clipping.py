@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from server.stateless import Stateless
+
 
 def clip_update(update: np.ndarray, max_norm: float) -> tuple[np.ndarray, float]:
     """update (n,) -> (clipped (n,) float64 new array, L2 norm before clipping).
@@ -46,7 +48,7 @@ def clip_updates(updates: np.ndarray, max_norm: float) -> tuple[np.ndarray, np.n
     return updates * factors[:, None], norms, fraction
 
 
-class FixedClipNorm:
+class FixedClipNorm(Stateless):
     """A clipping norm C that never changes (the same interface as AdaptiveClipNorm)."""
 
     def __init__(self, norm: float):
@@ -56,13 +58,6 @@ class FixedClipNorm:
 
     def update(self, norms: np.ndarray, rng: np.random.Generator | None = None) -> float:
         return self.norm
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        if state:
-            raise ValueError(f"FixedClipNorm has no state, got keys {sorted(state)}")
 
 
 class AdaptiveClipNorm:

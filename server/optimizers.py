@@ -33,8 +33,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from server.stateless import Stateless
 
-class ServerSGD:
+
+class ServerSGD(Stateless):
     def __init__(self, lr: float = 1.0):
         if lr <= 0:
             raise ValueError(f"server lr must be > 0, got {lr}")
@@ -44,14 +46,6 @@ class ServerSGD:
         """New float32 parameters; ``params`` (n,) is not modified."""
         updated = params.astype(np.float64) - self.lr * pseudo_grad
         return updated.astype(np.float32)
-
-    def state(self) -> dict[str, np.ndarray]:
-        """Arrays to checkpoint (none for plain SGD)."""
-        return {}
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        if state:
-            raise ValueError(f"ServerSGD has no state, got keys {sorted(state)}")
 
 
 class ServerMomentum:
