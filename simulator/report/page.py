@@ -38,8 +38,10 @@ REPORT_NAME = "report.html"
 # the window scrolls on its own. Charts stand two or more to a row once each can be
 # PANEL_MIN_WIDTH wide (narrower, their labels get hard to read), else one under another.
 PANEL_MIN_WIDTH = "640px"
+STATUS_COLUMN = 9  # the summary table's columns: name, directory, numbers, status, numbers, settings
 _CSS = f"""{BASE_CSS}
-td{{max-width:36em;vertical-align:top}}td.number{{white-space:nowrap}}.file{{color:#888;font-size:12px}}
+td{{max-width:36em;vertical-align:top}}.file{{color:#888;font-size:12px}}
+td:nth-child(n+3):not(:nth-child({STATUS_COLUMN})):not(:last-child){{white-space:nowrap}}
 .table-scroll{{overflow-x:auto}}
 .panels{{display:grid;gap:0 2em;
 grid-template-columns:repeat(auto-fill,minmax(min(100%,{PANEL_MIN_WIDTH}),1fr))}}
@@ -79,12 +81,7 @@ def _table_row(run: RunRecord, label: str, target: float | None) -> str:
         clocked = logs(run, "simulated_elapsed")
         cells.append("—" if not clocked else "not reached" if seconds is None else f"{seconds:.4g} s")
     cells += [_epsilon_text(run), _differences_text(run.config)]
-    prose = {0, 1, 8, len(cells) - 1}  # name, directory, status, settings: the rest are numbers
-    return "<tr>" + "".join(_cell(c, i not in prose) for i, c in enumerate(cells)) + "</tr>"
-
-
-def _cell(text: str, number: bool) -> str:
-    return f'<td class="number">{html.escape(text)}</td>' if number else f"<td>{html.escape(text)}</td>"
+    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
 def _summary_section(runs: list[RunRecord], labels: list[str], target: float | None) -> str:
