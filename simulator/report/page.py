@@ -19,7 +19,7 @@ from clients.errors import FedsimError
 from simulator.report import formatting as fmt
 from simulator.report.charts import PANELS, Panel, png_bytes, render_panel
 from simulator.report.html_page import BASE_CSS, document, png_image
-from simulator.report.panels import OPTIONAL_PANELS, OptionalPanel
+from simulator.report.panels import OPTIONAL_PANELS, ConditionalPanel
 from simulator.report.runs import (
     RunRecord,
     has_accuracy,
@@ -110,7 +110,7 @@ def _summary_section(runs: list[RunRecord], labels: list[str], target: float | N
     )
 
 
-def _chart_section(panel: Panel | OptionalPanel, png: bytes) -> str:
+def _chart_section(panel: Panel | ConditionalPanel, png: bytes) -> str:
     return (
         f'<section id="{panel.panel_id}">\n<h2>{html.escape(panel.title)}</h2>\n'
         f"{png_image(png, panel.title)}\n"

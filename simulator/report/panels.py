@@ -341,7 +341,7 @@ def _personalization(runs: list[RunRecord], labels: list[str]) -> Figure | None:
 
 
 @dataclass(frozen=True)
-class OptionalPanel:
+class ConditionalPanel:
     """A chart drawn only when its metrics exist in at least one run."""
 
     panel_id: str
@@ -351,70 +351,72 @@ class OptionalPanel:
 
 
 OPTIONAL_PANELS = (
-    OptionalPanel(
+    ConditionalPanel(
         "panel-gradient-flow",
         "gradient_flow.png",
         "Gradient flow: per-layer gradient norm over rounds",
         _gradient_flow_over_rounds,
     ),
-    OptionalPanel(
+    ConditionalPanel(
         "panel-gradient-flow-last",
         "gradient_flow_last_round.png",
         "Gradient flow in the last round",
         _gradient_flow_last_round,
     ),
-    OptionalPanel(
+    ConditionalPanel(
         "panel-prune-accuracy",
         "prune_accuracy.png",
         "Pruning: accuracy against sparsity",
         prune_accuracy_panel,
     ),
-    OptionalPanel("panel-prune-layers", "prune_layers.png", "Pruning: per-layer density", prune_layers_panel),
-    OptionalPanel("panel-density", "density.png", "Density over rounds", _density_over_rounds),
-    OptionalPanel(
+    ConditionalPanel(
+        "panel-prune-layers", "prune_layers.png", "Pruning: per-layer density", prune_layers_panel
+    ),
+    ConditionalPanel("panel-density", "density.png", "Density over rounds", _density_over_rounds),
+    ConditionalPanel(
         "panel-accuracy-vs-simulated-time",
         "accuracy_vs_simulated_time.png",
         "Test accuracy against simulated time",
         _accuracy_vs_simulated_time,
     ),
-    OptionalPanel("panel-staleness", "staleness.png", "Async: staleness of applied updates", _staleness),
-    OptionalPanel(
+    ConditionalPanel("panel-staleness", "staleness.png", "Async: staleness of applied updates", _staleness),
+    ConditionalPanel(
         "panel-staleness-over-steps",
         "staleness_over_steps.png",
         "Async: staleness per server step",
         _staleness_over_steps,
     ),
-    OptionalPanel(
+    ConditionalPanel(
         "panel-participation",
         "participation.png",
         "Client participation: rounds each client trained",
         _participation,
     ),
-    OptionalPanel(
+    ConditionalPanel(
         "panel-client-accuracy",
         "client_accuracy.png",
         "Fairness: per-client accuracy at the last federated evaluation",
         _client_accuracy,
     ),
-    OptionalPanel(
+    ConditionalPanel(
         "panel-personalization",
         "personalization.png",
         "Personalization: global against personalized per-client accuracy",
         _personalization,
     ),
-    OptionalPanel(
+    ConditionalPanel(
         "panel-federated-accuracy",
         "federated_accuracy.png",
         "Federated evaluation: accuracy over rounds",
         _federated_accuracy,
     ),
-    OptionalPanel(
+    ConditionalPanel(
         "panel-federated-loss",
         "federated_loss.png",
         "Federated evaluation: loss over rounds (regression)",
         _federated_loss,
     ),
-    OptionalPanel("panel-update-norms", "update_norms.png", "Client update norms", _update_norms),
-    OptionalPanel("panel-clipping", "clipping.png", "Update clipping", _clipping),
-    OptionalPanel("panel-epsilon", "epsilon.png", "Differential privacy: ε over rounds", _epsilon),
+    ConditionalPanel("panel-update-norms", "update_norms.png", "Client update norms", _update_norms),
+    ConditionalPanel("panel-clipping", "clipping.png", "Update clipping", _clipping),
+    ConditionalPanel("panel-epsilon", "epsilon.png", "Differential privacy: ε over rounds", _epsilon),
 )
