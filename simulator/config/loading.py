@@ -7,6 +7,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(
-    raw: dict[str, Any], overrides: list[str | tuple[str, Any]] | dict[str, Any]
+    raw: dict[str, Any], overrides: Sequence[str | tuple[str, Any]] | dict[str, Any]
 ) -> dict[str, Any]:
     """Return a copy of ``raw`` with dotted overrides applied, in order: strings ``a.b=v``
     (v is YAML), ``(dotted key, value)`` pairs taken as they are, or a dict of the pairs."""

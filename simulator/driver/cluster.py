@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +70,7 @@ class RaySession:
 
 
 @contextmanager
-def ray_session(address: str | None, debug: bool = False, py_modules: list[str] = ()):
+def ray_session(address: str | None, debug: bool = False, py_modules: Sequence[str] = ()):
     """Yield a RaySession: reuse an initialised Ray, connect to ``address``, or start one."""
     with ray_starting(address, debug, py_modules) as wait_for_ray:
         yield wait_for_ray()
@@ -78,7 +78,7 @@ def ray_session(address: str | None, debug: bool = False, py_modules: list[str] 
 
 @contextmanager
 def ray_starting(
-    address: str | None, debug: bool = False, py_modules: list[str] = ()
+    address: str | None, debug: bool = False, py_modules: Sequence[str] = ()
 ) -> Iterator[Callable[[], RaySession]]:
     """Start (or join) Ray in the background and yield a function that waits for it and
     returns the RaySession, so the caller can build its data and model meanwhile: Ray's
@@ -247,7 +247,7 @@ def _reload_ray_auth() -> None:
     """Have this process's Ray read the auth mode and token from the environment again
     (both are cached once read), as Ray's own tests do: config first, then token."""
     try:
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
     except ImportError:  # a Ray without token authentication
         return
     Config.initialize("")
@@ -324,7 +324,7 @@ def _package_dirs() -> list[str]:
     import server
     import simulator
 
-    return [str(Path(m.__file__).parent) for m in (simulator, server, clients)]
+    return [str(Path(str(m.__file__)).parent) for m in (simulator, server, clients)]
 
 
 def _resolve_auto(address: str) -> str:

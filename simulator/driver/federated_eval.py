@@ -14,7 +14,6 @@ worst (highest) 10%.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from clients.streams import Stream
 from simulator.config.schema import Config
-from simulator.driver.pool import map_groups
+from simulator.driver.pool import GroupCall, map_groups
 from simulator.report.fairness import worst_share_mean
 
 
@@ -79,10 +78,8 @@ class FederatedEvalPlan:
             own = {int(c): states[int(c)] for c in ids if int(c) in states}
             return (own, self.finetune_steps, round_, model.buffers)
 
-        parts = map_groups(
-            pool, model.params, clients, self.groups, "evaluate_groups", self.batch_size,
-            client_work=held_out, task_args=own_states,
-        )  # fmt: skip
+        call = GroupCall("evaluate_groups", (self.batch_size,), held_out, own_states)
+        parts = map_groups(pool, model.params, clients, self.groups, call)
         if not parts:
             return {"client": np.zeros(0, np.int64), "num_samples": np.zeros(0, np.int64)}
         return {key: np.concatenate([columns[key] for _, columns in parts]) for key in parts[0][1]}

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -230,26 +231,30 @@ class GroupScheduler:
         self.speeds[key] = speed if old is None else (1 - self.SMOOTHING) * old + self.SMOOTHING * speed
 
 
+@dataclass(frozen=True)
+class GroupCall:
+    """A worker method to run on every reduction group: ``method(params, task, *args,
+    *task_args(task's client ids))``, the groups balanced by ``client_work`` (num_clients,),
+    else by client count."""
+
+    method: str
+    args: tuple = ()
+    client_work: np.ndarray | None = None
+    task_args: Callable[[np.ndarray], tuple] | None = None
+
+
 def map_groups(
-    pool: WorkerPool,
-    params: np.ndarray,
-    clients: np.ndarray,
-    groups: int,
-    method: str,
-    *args,
-    client_work: np.ndarray | None = None,
-    task_args: Callable[[np.ndarray], tuple] | None = None,
+    pool: WorkerPool, params: np.ndarray, clients: np.ndarray, groups: int, call: GroupCall
 ) -> list:
-    """Every reduction group's result of the workers' ``method(params, task, *args,
-    *task_args(task's client ids))`` over ``clients`` cut into ``groups`` groups, in group
-    order (whichever worker ran it), balanced by ``client_work`` (num_clients,), else by
-    client count; ``params`` goes into the object store once."""
+    """Every reduction group's result of ``call`` over ``clients`` cut into ``groups``
+    groups, in group order (whichever worker ran it); ``params`` goes into the object
+    store once."""
     params_ref = ray.put(params)
     cut = reduction_groups(clients, groups)
-    work = [float(len(g)) if client_work is None else float(client_work[g].sum()) for g in cut]
+    work = [float(len(g)) if call.client_work is None else float(call.client_work[g].sum()) for g in cut]
 
     def submit(actor, task):
-        extra = () if task_args is None else task_args(np.concatenate([ids for _, ids in task]))
-        return getattr(actor, method).remote(params_ref, task, *args, *extra)
+        extra = () if call.task_args is None else call.task_args(np.concatenate([ids for _, ids in task]))
+        return getattr(actor, call.method).remote(params_ref, task, *call.args, *extra)
 
-    return pool.scheduler.run(pool, submit, cut, work, method)
+    return pool.scheduler.run(pool, submit, cut, work, call.method)

@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from clients.errors import ClusterError, FedsimError, RunDiverged
 from clients.streams import Stream
+from server.async_buffer import AsyncRounds
 from server.evaluation import evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
@@ -49,9 +50,8 @@ from simulator.driver.cluster import (
     user_py_modules,
 )
 from simulator.driver.federated_eval import EvaluatedModel, client_rows, round_metrics
-from simulator.driver.pool import WorkerPool, map_groups
+from simulator.driver.pool import GroupCall, WorkerPool, map_groups
 from simulator.driver.run_state import RunState, check_resume_compatible
-from simulator.driver.workers import WorkerShape
 from simulator.report.progress import RoundProgress
 from simulator.report.tracking import Trackers
 from simulator.rundir.directory import check_new_run_dir
@@ -146,7 +146,7 @@ class Simulation:
                 self._loop(state, pool, progress, trackers)
                 completed = True
             finally:
-                self._stop_workers(pool, session, reusable=completed)
+                self._stop_workers(state, pool, session, reusable=completed)
         except KeyboardInterrupt:
             state.finish("interrupted")
             trackers.finish("interrupted")
@@ -209,12 +209,12 @@ class Simulation:
                 yield LoadedWorkers(self, state, pool)
                 completed = True
             finally:
-                self._stop_workers(pool, session, reusable=completed)
+                self._stop_workers(state, pool, session, reusable=completed)
 
-    def _stop_workers(self, pool: WorkerPool, session: RaySession, reusable: bool) -> None:
+    def _stop_workers(self, state: RunState, pool: WorkerPool, session: RaySession, reusable: bool) -> None:
         """Hand the workers on to the next run (inside ``reuse_workers``) or stop them."""
         keep = reusable and not session.started_here  # Ray stops with a session fedsim started
-        workers.release(WorkerShape.of(self.cfg), list(pool.actors), keep=keep)
+        workers.release(state.schedule.workers, list(pool.actors), keep=keep)
         pool.actors.clear()
 
     def _loop(self, state: RunState, pool: WorkerPool, progress: RoundProgress, trackers: Trackers) -> None:
@@ -236,7 +236,7 @@ class Simulation:
     ) -> dict[str, Any]:
         """One round's metrics row; ``progress`` hears how its training goes."""
         if state.async_rounds is not None:
-            return self._async_step(state, pool, round_, progress)
+            return self._async_step(state, state.async_rounds, pool, round_, progress)
         start = time.perf_counter()
         sampled, system_metrics = self._sample(state, round_)
         groups = reduction_groups(sampled, state.reduction_groups)
@@ -245,19 +245,21 @@ class Simulation:
         server = state.server
         bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
         server_metrics = server.step(round_, results)
-        target = server.pruning_target(round_)
+        target, pruning = server.pruning_target(round_), server.pruning
         # Gradient-based scores come from the round's clients: without any, no step yet.
-        if target is not None and (len(sampled) or not server.pruning.uses_gradients):
-            server.prune(pruning_scores(server.pruning.method, state, pool, state.params, sampled), target)
+        if target is not None and pruning is not None and (len(sampled) or not pruning.uses_gradients):
+            server.prune(pruning_scores(pruning.method, state, pool, state.params, sampled), target)
         row = _round_row(round_, results, state.model_bytes, state.spec.loss.is_regression)
         row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
         return self._finish_row(state, pool, round_, row, results, sampled, start)
 
-    def _async_step(self, state: RunState, pool: WorkerPool, round_: int, progress=None) -> dict[str, Any]:
-        """One asynchronous server step (``round_`` counts steps): train the clients
-        dispatched from the current model, then step on the buffer that arrived."""
+    def _async_step(
+        self, state: RunState, steps: AsyncRounds, pool: WorkerPool, round_: int, progress=None
+    ) -> dict[str, Any]:
+        """One asynchronous server step (``round_`` counts steps) of ``steps``, the run's
+        schedule: train the clients dispatched from the current model, then step on the
+        buffer that arrived."""
         start = time.perf_counter()
-        steps = state.async_rounds
         plan = steps.plan()
 
         def arrivals(got: int, needed: int) -> None:
@@ -523,7 +525,7 @@ def federated_scores(
     """Sample-weighted mean over ``clients`` of their scores at ``params`` (n,) float64,
     added in group order (so it does not depend on the workers)."""
     total, weight = np.zeros(params.size, np.float64), 0.0
-    parts = map_groups(pool, params, clients, groups, "score_groups", kind, client_work=client_work)
+    parts = map_groups(pool, params, clients, groups, GroupCall("score_groups", (kind,), client_work))
     for _, group_total, group_weight in parts:
         total += group_total
         weight += group_weight

@@ -11,12 +11,13 @@ The sweep directory holds one run directory per (point, seed), ``sweep.json``
 (rewritten whenever a run finishes, so Ctrl-C leaves it current) and a
 comparison: ``comparison.png`` and a self-contained ``comparison.html``.
 
-Public API: :func:`run_sweep`, :func:`parse_grid`, :class:`GridAxis`,
-:class:`SweepRun`, :class:`SweepResult`.
+Public API: :func:`run_sweep` (or :func:`sweep` of a :class:`SweepRequest`),
+:func:`parse_grid`, :class:`GridAxis`, :class:`SweepRun`, :class:`SweepResult`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -28,10 +29,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from clients.errors import ConfigError, FedsimError, RunDiverged
-
 from simulator.config.loading import apply_overrides, from_dict, parse_override, read_yaml
 from simulator.config.schema import Config
 from simulator.config.yaml_input import show
@@ -151,8 +151,8 @@ def _axes_of(grid: Sequence[GridAxis] | Sequence[str] | dict[str, Sequence[Any]]
     if isinstance(grid, dict):
         return [GridAxis(k, tuple(v)) for k, v in grid.items()]
     if all(isinstance(a, str) for a in grid):
-        return parse_grid(grid)
-    return list(grid)
+        return parse_grid(cast(Sequence[str], grid))
+    return list(cast(Sequence[GridAxis], grid))
 
 
 # --- planning: every run's config, validated before anything runs ----------
@@ -373,42 +373,58 @@ def _execute(jobs: list[Callable[[], None]], at_once: int, stop: threading.Event
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass(frozen=True)
+class SweepRequest:
+    """A sweep to run: every (grid point, seed) of ``config`` + ``overrides``."""
+
+    config: str | Path
+    grid: Sequence[GridAxis] | Sequence[str] | dict[str, Sequence[Any]]
+    repeat_seeds: int = 1
+    overrides: list[str] | dict[str, Any] | None = None
+    out: str | Path | None = None  # the sweep directory (default: a new one in runtime.out_dir)
+    quiet: bool = True
+    debug: bool = False
+    max_concurrent: int | None = None  # at most this many runs at once
+    on_run_end: RunCallback | None = None  # hears each run's record as it finishes
+
+
 def run_sweep(
-    config: str | Path,
-    grid: Sequence[GridAxis] | Sequence[str] | dict[str, Sequence[Any]],
-    *,
-    repeat_seeds: int = 1,
-    overrides: list[str] | dict[str, Any] | None = None,
-    out: str | Path | None = None,
-    quiet: bool = True,
-    debug: bool = False,
-    max_concurrent: int | None = None,
-    on_run_end: RunCallback | None = None,
+    config: str | Path, grid: Sequence[GridAxis] | Sequence[str] | dict[str, Sequence[Any]], **options: Any
 ) -> SweepResult:
     """Run every (grid point, seed) of ``config`` + ``overrides`` and compare them.
 
-    grid: ``{"client.lr": [0.01, 0.1]}``, ``["client.lr=0.01,0.1"]`` or GridAxis list.
-    Raises FedsimError before running anything for a bad key or value, more than
-    MAX_SWEEP_RUNS runs, an existing non-empty ``out`` or a run the cluster cannot
-    hold; a run that fails later is recorded as failed and the sweep goes on. Ctrl-C
-    raises SweepInterrupted after sweep.json is written. ``quiet=False`` shows the
-    validation's progress for a large sweep, and each run's progress when runs go
-    one at a time.
+    grid: ``{"client.lr": [0.01, 0.1]}``, ``["client.lr=0.01,0.1"]`` or GridAxis list;
+    ``options``: SweepRequest's other fields. Raises FedsimError before running anything
+    for a bad key or value, more than MAX_SWEEP_RUNS runs, an existing non-empty ``out``
+    or a run the cluster cannot hold; a run that fails later is recorded as failed and
+    the sweep goes on. Ctrl-C raises SweepInterrupted after sweep.json is written.
+    ``quiet=False`` shows the validation's progress for a large sweep, and each run's
+    progress when runs go one at a time.
     """
-    axes = _axes_of(grid)
+    return sweep(SweepRequest(config, grid, **options))
+
+
+def sweep(request: SweepRequest) -> SweepResult:
+    """``run_sweep`` for a SweepRequest."""
+    config, overrides, quiet = request.config, request.overrides, request.quiet
+    axes = _axes_of(request.grid)
     base_raw = apply_overrides(read_yaml(Path(config)), overrides or [])
     base = from_dict(base_raw)
-    planned = _plan(base_raw, axes, repeat_seeds, quiet)
-    sweep_dir = _sweep_dir(Path(out) if out is not None else None, base)
+    planned = _plan(base_raw, axes, request.repeat_seeds, quiet)
+    sweep_dir = _sweep_dir(Path(request.out) if request.out is not None else None, base)
     # One job for every point: it ships the code any grid point names (a grid over model.factory too).
     shipped = list(dict.fromkeys(m for p in planned for m in user_py_modules(p.config)))
-    with ray_session(base.runtime.address, debug, shipped) as session:
-        at_once = runs_at_once([p.config for p in planned], session, max_concurrent)
+    with ray_session(base.runtime.address, request.debug, shipped) as session:
+        at_once = runs_at_once([p.config for p in planned], session, request.max_concurrent)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         header = _index_header(Path(config), overrides or [], axes, planned, at_once)
-        index = _Index(sweep_dir / INDEX_NAME, header, [p.run for p in planned], on_run_end or _ignore)
+        index = _Index(
+            sweep_dir / INDEX_NAME, header, [p.run for p in planned], request.on_run_end or _ignore
+        )
         with reuse_workers():  # a run hands its workers to the next: no actor start-up per point
-            _run_all(planned, sweep_dir, index, at_once, progress=not quiet and at_once == 1, debug=debug)
+            _run_all(
+                planned, sweep_dir, index, at_once, progress=not quiet and at_once == 1, debug=request.debug
+            )
     return SweepResult(sweep_dir, [p.run for p in planned], axes)
 
 
@@ -418,8 +434,9 @@ def _run_all(
     from simulator.driver.simulation import compute_threads
 
     stop = threading.Event()
-    jobs = [
-        lambda p=p: _run_one(p, sweep_dir / p.run.directory, index, stop, progress, debug) for p in planned
+    jobs: list[Callable[[], None]] = [
+        functools.partial(_run_one, p, sweep_dir / p.run.directory, index, stop, progress, debug)
+        for p in planned
     ]
     index.write()
     try:

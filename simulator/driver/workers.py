@@ -140,11 +140,11 @@ def acquire(shape: WorkerShape, count: int) -> list[Any]:
     """``count`` worker actors of ``shape``: idle ones that still answer first, then new ones."""
     taken: list[Any] = []
     with _lock:
-        reusing = _idle is not None and ray.is_initialized()
-        if reusing:
-            _idle.for_this_session()
-            taken = _idle.take(shape, count)
-    if reusing:
+        idle = _idle if ray.is_initialized() else None
+        if idle is not None:
+            idle.for_this_session()
+            taken = idle.take(shape, count)
+    if idle is not None:
         taken = _answering(taken, "ping")
         if len(taken) < count:
             with _lock:
