@@ -55,6 +55,8 @@ from server.pruning import PruningSchedule
 from server.sampling import ClientSampler
 from server.state import ServerState
 from server.system import SystemModel, local_work
+from simulator.config.rules.model import model_task, refuse_under_regression
+from simulator.config.rules.personalization import personal_layer_names
 from simulator.config.schema import (
     Config,
     DataConfig,
@@ -63,7 +65,6 @@ from simulator.config.schema import (
     async_shape,
     sampled_per_round,
 )
-from simulator.config.validation import model_task, personal_layer_names, refuse_under_regression
 from simulator.config.yaml_input import show
 
 

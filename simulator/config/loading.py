@@ -13,8 +13,9 @@ from typing import Any
 
 from clients.errors import ConfigError
 from simulator.config import yaml_input
+from simulator.config.rules.personalization import PERSONALIZATION_READERS
 from simulator.config.schema import INT64_MAX, AsyncConfig, Config, PersonalizationConfig, log, yaml_key
-from simulator.config.validation import PERSONALIZATION_READERS, validate
+from simulator.config.validation import validate
 from simulator.config.yaml_input import show
 
 # --- building typed objects from plain dicts -------------------------------

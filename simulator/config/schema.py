@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,8 +261,6 @@ class CompressionConfig:
 
 
 INT64_MAX = 2**63 - 1
-RUN_NAME = re.compile(r"[^./\\\s\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]{0,99}")
-RAY_RESOURCE_STEP = 1e-4  # Ray rounds CPU and GPU requests to 4 decimals
 PRUNING_METHODS = ("none", *PRUNING_SCORES)
 
 

@@ -1,0 +1,69 @@
+"""The client section's rules: the local optimiser, epochs and batches, FedProx, local
+gradient clipping and FedSGD's local steps, SCAFFOLD, and system heterogeneity
+(client.system). Personalization has its own module."""
+
+from __future__ import annotations
+
+from simulator.config.rules import refuse, require
+from simulator.config.schema import Config, SystemConfig
+
+
+def check_training(cfg: Config) -> None:
+    c = cfg.client
+    require(c.lr > 0, "client.lr", c.lr, "> 0")
+    require(0 <= c.momentum < 1, "client.momentum", c.momentum, "in [0, 1)")
+    require(c.weight_decay >= 0, "client.weight_decay", c.weight_decay, ">= 0")
+    require(c.epochs >= 1, "client.epochs", c.epochs, ">= 1")
+    require(c.batch_size >= 1, "client.batch_size", c.batch_size, ">= 1")
+
+
+def check_local_steps(cfg: Config) -> None:
+    """What acts on each local step, then the simulated system's settings."""
+    c = cfg.client
+    require(c.prox_mu >= 0, "client.prox_mu", c.prox_mu, ">= 0")
+    require(
+        c.max_grad_norm is None or c.max_grad_norm > 0, "client.max_grad_norm", c.max_grad_norm, "null or > 0"
+    )
+    require(c.local_steps is None or c.local_steps >= 1, "client.local_steps", c.local_steps, "null or >= 1")
+    _check_system(c.system)
+
+
+def _check_system(y: SystemConfig) -> None:
+    require(y.speed > 0, "client.system.speed", y.speed, "> 0")
+    require(0 <= y.speed_sigma <= 20, "client.system.speed_sigma", y.speed_sigma, "in [0, 20]")
+    require(0 < y.availability <= 1, "client.system.availability", y.availability, "in (0, 1]")
+    require(0 <= y.dropout < 1, "client.system.dropout", y.dropout, "in [0, 1)")
+    require(y.deadline is None or y.deadline > 0, "client.system.deadline", y.deadline, "null or > 0")
+    # Beyond a million times the round's clients, every online client is selected anyway.
+    require(0 <= y.over_selection <= 1e6, "client.system.over_selection", y.over_selection, "in [0, 1e6]")
+
+
+def check_combinations(cfg: Config) -> None:
+    """SCAFFOLD's and FedSGD's needs, and adam's missing momentum."""
+    c, s = cfg.client, cfg.server
+    if c.algorithm == "scaffold":
+        if s.update != "weights":
+            refuse("client.algorithm", "scaffold", "SCAFFOLD needs server.update: weights")
+        if c.optimizer != "sgd" or c.momentum:
+            refuse(
+                "client.algorithm",
+                "scaffold",
+                "option II's control variate assumes plain local SGD (optimizer sgd, momentum 0)",
+            )
+    if s.update == "weights" and c.local_steps is not None:
+        refuse(
+            "client.local_steps",
+            c.local_steps,
+            "it sets FedSGD's batches (server.update: gradients); local training runs client.epochs passes",
+        )
+    if s.update == "gradients":
+        for key, off in (("prox_mu", 0.0), ("max_grad_norm", None)):
+            if getattr(c, key) != off:
+                refuse(
+                    f"client.{key}",
+                    getattr(c, key),
+                    "FedSGD (server.update: gradients) sends the gradient at the global model: "
+                    "there are no local steps for it to act on",
+                )
+    if c.optimizer == "adam" and c.momentum:
+        refuse("client.momentum", c.momentum, "the local adam optimiser has no momentum setting; set it to 0")
