@@ -1,1 +1,2 @@
-"""What a person reads: the HTML report and its charts, terminal progress, experiment tracking."""
+"""What a person reads: the HTML report and its charts, a sweep's comparison page, terminal progress,
+experiment tracking."""
