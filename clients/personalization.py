@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from clients.personalization_methods import PERSONALIZATION_METHODS
-from clients.training import ClientResult, LocalTrainingConfig, train_client
+from clients.training import ClientResult, ClientTask, LocalTrainingConfig, train_client
 
 
 @dataclass(frozen=True)
@@ -67,58 +68,65 @@ class PersonalPlan:
 
 def train_personalized(
     plan: PersonalPlan,
-    args: tuple,
+    task: ClientTask | tuple,
     cfg: LocalTrainingConfig,
     state: dict[str, np.ndarray],
     personal_rng: np.random.Generator,
-    **extra,
 ) -> tuple[ClientResult, dict[str, np.ndarray]]:
     """One client's round under ``plan``: (its result, whose update carries only what is
-    shared, and its new personal state). ``args``: ``train_client``'s positional
-    arguments (model, global_params, x, y, shard, cfg, rng, client_id); ``extra``: its
-    keyword arguments (mask, correction)."""
-    model, global_params, x, y, shard, _, rng, client_id = args
+    shared, and its new personal state). ``task``: its pass from the global model as
+    ``train_client`` takes it (or its leading fields as a tuple); ``cfg``: its optimiser
+    settings, which the personal passes vary; ``personal_rng``: their data order."""
+    task = ClientTask.of(task)
+    global_params = task.start
     if plan.method == "ditto":
-        result = train_client(*args, **extra)
+        result = train_client(task)
         start = plan.personal_model(global_params, state)
         personal_cfg = dataclasses.replace(cfg, epochs=plan.ditto_epochs, prox_mu=plan.ditto_lambda)
-        mine = train_client(
-            model, start, x, y, shard, personal_cfg, personal_rng, client_id,
-            anchor=global_params, keep=np.ones(global_params.size, bool), mask=extra.get("mask"),
-        )  # fmt: skip
-        return result, {"personal": mine.kept}
+        whole = np.ones(global_params.size, bool)
+        own = _own_pass(task, start, personal_cfg, personal_rng, anchor=global_params, keep=whole)
+        return result, {"personal": _kept_after(own)}
+    personal = plan.personal
+    assert personal is not None  # FedPer, FedRep and FedBN name their entries (PersonalPlan)
     start = plan.personal_model(global_params, state)
     if plan.method == "fedrep":
         head_cfg = dataclasses.replace(cfg, epochs=plan.head_epochs)
-        head = train_client(
-            model, start, x, y, shard, head_cfg, personal_rng, client_id,
-            trainable=plan.personal, keep=plan.personal, mask=extra.get("mask"),
-        )  # fmt: skip
+        own = _own_pass(task, start, head_cfg, personal_rng, trainable=personal, keep=personal)
+        kept = _kept_after(own)
         start = np.array(start, copy=True)
-        start[plan.personal] = head.kept
-        result = train_client(
-            model, start, x, y, shard, cfg, rng, client_id, trainable=~plan.personal, **extra
-        )
-        kept = head.kept
+        start[personal] = kept
+        result = train_client(dataclasses.replace(task, start=start, cfg=cfg, trainable=~personal))
     else:  # fedper, fedbn: everything trains together
-        result = train_client(model, start, x, y, shard, cfg, rng, client_id, keep=plan.personal, **extra)
+        result = train_client(dataclasses.replace(task, start=start, cfg=cfg, keep=personal))
+        assert result.kept is not None  # asked for with keep
         kept = result.kept
     update = np.array(result.update, copy=True)
-    update[plan.personal] = 0.0  # the head's change stays on the client
+    update[personal] = 0.0  # the head's change stays on the client
     return dataclasses.replace(result, update=update, kept=None), {"personal": kept}
 
 
-def finetuned(
-    args: tuple, cfg: LocalTrainingConfig, steps: int, mask: np.ndarray | None = None
-) -> np.ndarray:
+def _own_pass(
+    task: ClientTask, start: np.ndarray, cfg: LocalTrainingConfig, rng: np.random.Generator, **options: Any
+) -> ClientTask:
+    """A pass that trains the client's own model: the task's data and pruning mask, none
+    of its other options (the global pass's augmentation and correction stay with it)."""
+    return ClientTask(
+        model=task.model, start=start, x=task.x, y=task.y, shard=task.shard, cfg=cfg, rng=rng,
+        client_id=task.client_id, mask=task.mask, **options,
+    )  # fmt: skip
+
+
+def finetuned(task: ClientTask, steps: int) -> np.ndarray:
     """The model after ``steps`` local SGD steps (the client's optimiser settings, no
-    proximal term) on its own training rows from the start point in ``args``
-    (``train_client``'s positional arguments); (n,) float32."""
-    model, start, x, y, shard, _, rng, client_id = args
-    per_epoch = max(1, -(-len(shard) // cfg.batch_size))
-    tune_cfg = dataclasses.replace(cfg, epochs=-(-steps // per_epoch), prox_mu=0.0)
-    keep = np.ones(start.size, bool)
-    result = train_client(
-        model, start, x, y, shard, tune_cfg, rng, client_id, mask=mask, keep=keep, max_steps=steps
-    )
-    return result.kept
+    proximal term) on its own training rows from the task's start point; (n,) float32."""
+    per_epoch = max(1, -(-len(task.shard) // task.cfg.batch_size))
+    tune_cfg = dataclasses.replace(task.cfg, epochs=-(-steps // per_epoch), prox_mu=0.0)
+    keep = np.ones(task.start.size, bool)
+    return _kept_after(dataclasses.replace(task, cfg=tune_cfg, keep=keep, max_steps=steps))
+
+
+def _kept_after(task: ClientTask) -> np.ndarray:
+    """The entries under ``task.keep`` once ``task`` has trained."""
+    kept = train_client(task).kept
+    assert kept is not None  # train_client returns them whenever keep is set
+    return kept

@@ -9,6 +9,7 @@ which worker computes it or when.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -53,84 +54,123 @@ class ClientResult:
     kept: np.ndarray | None = None  # the trained model's entries under ``keep`` (personal state)
 
 
-def train_client(
-    model,
-    global_params: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    shard: np.ndarray,
-    cfg: LocalTrainingConfig,
-    rng: np.random.Generator,
-    client_id: int,
-    correction: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-    trainable: np.ndarray | None = None,
-    anchor: np.ndarray | None = None,
-    keep: np.ndarray | None = None,
-    max_steps: int | None = None,
-    augment: Augmenter | None = None,
-) -> ClientResult:
-    """Run ``cfg.epochs`` of minibatch local training on the client's shard from ``global_params``.
+@dataclass(frozen=True)
+class ClientTask:
+    """One local pass of one client: on what, from where, and how.
 
     model: an engine model with flat ``params``/``grad``, ``loss_and_grad`` and the
     array methods of ``clients.models.arrays.HostArrays`` (its vectors may live on a
     device: the update comes back as a host array either way).
+    start: (n,) float32, the parameters the pass starts from (the global model).
     x: (N, *input_shape) and y: (N,) int64, the whole (read-only) training set;
     shard: (m,) int64 indices of this client's samples in it.
+    cfg: the optimiser settings, epochs and batch size; rng: the data order's generator.
     correction: SCAFFOLD's c - c_i (n,), or None.
     mask: (n,) bool pruning mask: pruned weights get no gradient and stay exactly zero.
     trainable: (n,) bool, or None for all: the other entries stay exactly as they start
     (FedRep's alternating head and body phases).
     anchor: the proximal term's centre (n,) when it is not the start point (Ditto's
-    personal model is pulled towards the global one); default ``global_params``.
+    personal model is pulled towards the global one); default ``start``.
     keep: (n,) bool: the trained entries to return as ``kept`` (a personal head), or None.
     max_steps: stop after this many local steps (fine-tuning), or None for whole epochs.
     augment: crops and flips each training batch (data.augment), or None.
-    Returns the delta and the sample-weighted mean minibatch loss.
     """
-    model.load_params(global_params)
+
+    model: Any
+    start: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    shard: np.ndarray
+    cfg: LocalTrainingConfig
+    rng: np.random.Generator
+    client_id: int
+    correction: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    trainable: np.ndarray | None = None
+    anchor: np.ndarray | None = None
+    keep: np.ndarray | None = None
+    max_steps: int | None = None
+    augment: Augmenter | None = None
+
+    @classmethod
+    def of(cls, task: ClientTask | Any, *fields: Any, **options: Any) -> ClientTask:
+        """``task`` itself, or the task of loose arguments in field order (``task`` the
+        model, or a tuple of the leading fields), as scripts and tests pass them."""
+        if isinstance(task, ClientTask):
+            return task
+        leading = task if isinstance(task, tuple) else (task,)
+        return cls(*leading, *fields, **options)
+
+
+def train_client(task: ClientTask | Any, *fields: Any, **options: Any) -> ClientResult:
+    """Run ``cfg.epochs`` of minibatch local training on the client's shard from its
+    start point; ``task``: a ``ClientTask``, or its fields (``ClientTask.of``). Returns
+    the delta and the sample-weighted mean minibatch loss."""
+    task = ClientTask.of(task, *fields, **options)
+    model, cfg, shard = task.model, task.cfg, task.shard
+    model.load_params(task.start)
     # On a device, the start point is copied there once, from the loaded parameters.
-    start_params = arrays.copy(model.params) if arrays.is_tensor(model.params) else global_params
-    optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    centre = start_params if anchor is None else model.to_engine(anchor)
-    transform = StepTransform(cfg.prox_mu, centre, cfg.max_grad_norm, model.to_engine(correction))
-    mask = None if mask is None else model.to_engine(mask)
-    freeze = None if trainable is None else Freeze(model, trainable)
-    data = model.shard_data(x, y, shard)
-    if augment is not None:
-        data = augment.wrap(data)
+    start_params = arrays.copy(model.params) if arrays.is_tensor(model.params) else task.start
+    step = _LocalStep(model, task, start_params)
+    data = _client_batches(model, task)
     flow = FlowAverage() if model.track_gradients else None
     smallest = smallest_batch(model)
     loss_sum, seen, steps = 0.0, 0, 0
     for _ in range(cfg.epochs):
-        order = rng.permutation(len(shard))
+        order = task.rng.permutation(len(shard))
         for start in range(0, len(order), cfg.batch_size):
-            if steps == max_steps:
+            if steps == task.max_steps:
                 break
             positions = order[start : start + cfg.batch_size]
             if len(positions) < smallest:
                 continue
             loss = model.loss_and_grad(*data.batch(positions))
-            if transform.active:
-                transform.apply(model.grad, model.params)
-            if mask is not None:
-                model.grad *= mask
-            if freeze is not None:
-                model.grad *= freeze.trainable
-            optimizer.step(model.params, model.grad)
-            if mask is not None:
-                model.params *= mask  # weight decay / momentum must not revive a pruned weight
-            if freeze is not None:
-                freeze.restore(model.params)
+            step.take(model)
             loss_sum += loss * len(positions)
             seen += len(positions)
             steps += 1
             if flow is not None:
                 flow.add(model.last_flow)
     delta = arrays.to_numpy(model.params - start_params)
-    kept = None if keep is None else arrays.to_numpy(model.params)[keep]
+    kept = None if task.keep is None else arrays.to_numpy(model.params)[task.keep]
     mean_loss = loss_sum / seen if seen else float("nan")
-    return ClientResult(client_id, len(shard), mean_loss, delta, flow.mean() if flow else None, steps, kept)
+    return ClientResult(
+        client_id=task.client_id, num_samples=len(shard), train_loss=mean_loss, update=delta,
+        flow=flow.mean() if flow else None, steps=steps, kept=kept,
+    )  # fmt: skip
+
+
+def _client_batches(model: Any, task: ClientTask) -> Any:
+    """The client's rows as the engine batches them, augmented when the task says so."""
+    data = model.shard_data(task.x, task.y, task.shard)
+    return data if task.augment is None else task.augment.wrap(data)
+
+
+class _LocalStep:
+    """One local step after the gradient: the proximal term, per-step clipping and
+    SCAFFOLD's correction; the pruning mask; frozen entries; the optimiser's update."""
+
+    def __init__(self, model: Any, task: ClientTask, start_params: Any):
+        cfg = task.cfg
+        self.optimizer = make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+        centre = start_params if task.anchor is None else model.to_engine(task.anchor)
+        correction = model.to_engine(task.correction)
+        self.transform = StepTransform(cfg.prox_mu, centre, cfg.max_grad_norm, correction)
+        self.mask = None if task.mask is None else model.to_engine(task.mask)
+        self.freeze = None if task.trainable is None else Freeze(model, task.trainable)
+
+    def take(self, model: Any) -> None:
+        if self.transform.active:
+            self.transform.apply(model.grad, model.params)
+        if self.mask is not None:
+            model.grad *= self.mask
+        if self.freeze is not None:
+            model.grad *= self.freeze.trainable
+        self.optimizer.step(model.params, model.grad)
+        if self.mask is not None:
+            model.params *= self.mask  # weight decay / momentum must not revive a pruned weight
+        if self.freeze is not None:
+            self.freeze.restore(model.params)
 
 
 def smallest_batch(model) -> int:
@@ -152,28 +192,18 @@ class Freeze:
         params += self.frozen
 
 
-def client_gradient(
-    model,
-    global_params: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    shard: np.ndarray,
-    cfg: LocalTrainingConfig,
-    rng: np.random.Generator,
-    client_id: int,
-    mask: np.ndarray | None = None,
-    augment: Augmenter | None = None,
-) -> ClientResult:
+def client_gradient(task: ClientTask | Any, *fields: Any, **options: Any) -> ClientResult:
     """FedSGD (McMahan et al. 2017, arXiv:1602.05629, Section 2): the gradient of the
-    client's mean loss at ``global_params``, over its whole shard (in batches of
+    client's mean loss at its start point, over its whole shard (in batches of
     ``cfg.batch_size``, weighted by batch size) or over ``cfg.local_steps`` batches
     of a seeded order; under batch norm a batch of one row is skipped, as in local
-    training, and not counted. Returns it as ``update`` (n,) float32."""
-    model.load_params(global_params)
-    data = model.shard_data(x, y, shard)
-    if augment is not None:
-        data = augment.wrap(data)
-    order = rng.permutation(len(shard))
+    training, and not counted. ``task``: a ``ClientTask`` (its mask and augmentation
+    apply), or its fields. Returns it as ``update`` (n,) float32."""
+    task = ClientTask.of(task, *fields, **options)
+    model, cfg = task.model, task.cfg
+    model.load_params(task.start)
+    data = _client_batches(model, task)
+    order = task.rng.permutation(len(task.shard))
     batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
     if cfg.local_steps is not None:
         batches = batches[: cfg.local_steps]
@@ -186,11 +216,13 @@ def client_gradient(
         loss_sum += loss * len(positions)
         seen += len(positions)
     gradient = arrays.to_numpy(total / max(seen, 1)).astype(np.float32)
-    if mask is not None:
-        gradient *= mask
+    if task.mask is not None:
+        gradient *= task.mask
+    mean_loss = loss_sum / seen if seen else float("nan")
     return ClientResult(
-        client_id, seen, loss_sum / seen if seen else float("nan"), gradient, None, len(batches)
-    )
+        client_id=task.client_id, num_samples=seen, train_loss=mean_loss, update=gradient,
+        steps=len(batches),
+    )  # fmt: skip
 
 
 SCORE_KINDS = ("saliency", "squared_gradient")

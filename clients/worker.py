@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,23 +30,22 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from clients.algorithms import scaffold_new_control
-from clients.attacks import Attack, flip_labels
-from clients.data.datasets import SyntheticClients
-from clients.data.transforms import Augmentation, Augmenter
+from clients.attacks import flip_labels
+from clients.data.transforms import Augmenter
 from clients.devices import worker_device
 from clients.errors import ClientFailure, ConfigError, FedsimError
 from clients.models.arrays import to_numpy
 from clients.models.engines import build_model
-from clients.models.spec import BUFFER_POLICIES, ModelSpec
+from clients.models.spec import ModelSpec
 from clients.personalization import (
-    PersonalPlan,
     finetuned,
     train_personalized,
 )
+from clients.protocol import GroupResult, RoundInput, WorkerRun
 from clients.streams import Stream
 from clients.training import (
     ClientResult,
-    LocalTrainingConfig,
+    ClientTask,
     client_gradient,
     client_rng,
     client_scores,
@@ -54,119 +53,7 @@ from clients.training import (
 )
 from clients.user_code import import_here
 
-REDUCTIONS = ("sum", "stack")
-WEIGHTINGS = ("samples", "uniform")
 SHAPE_ATTRIBUTES = frozenset({"device", "device_name"})  # what a worker keeps between runs
-
-
-@dataclass(frozen=True)
-class ClientPlan:
-    """What every client of this run does, fixed for the run.
-
-    update_kind: "weights" (send local - global) or "gradients" (FedSGD).
-    reduction: "sum" (a group returns the weighted sum of its updates, for the
-    linear mean) or "stack" (per-client updates, for robust aggregators).
-    weighting: "samples" (w_i = n_i, FedAvg) or "uniform" (w_i = 1: the SCAFFOLD
-    and DP-FedAvg papers' unweighted average).
-    attack: the run's malicious clients, or None.
-    postprocess: the server's per-client step, ``process(update, clip_norm, rng,
-    residual) -> ProcessedUpdate``, or None.
-    """
-
-    training: LocalTrainingConfig
-    update_kind: str = "weights"
-    reduction: str = "sum"
-    weighting: str = "samples"
-    scaffold: bool = False
-    attack: Attack | None = None
-    postprocess: Any = None
-    track_gradients: bool = False
-    personal: PersonalPlan | None = None  # FedPer, FedRep, FedBN or Ditto
-    augment: Augmentation | None = None  # crops / flips of training batches (data.augment)
-    # A module model's buffers: each client starts from the global ones, which the server
-    # averages from the clients' by samples ("average"), from its own kept ones ("local"),
-    # or from their initial values ("reset").
-    buffers: str = "average"
-
-    def __post_init__(self) -> None:
-        if self.reduction not in REDUCTIONS or self.weighting not in WEIGHTINGS:
-            raise ValueError(f"reduction must be in {REDUCTIONS} and weighting in {WEIGHTINGS}")
-        if self.buffers not in BUFFER_POLICIES:
-            raise ValueError(f"buffers must be in {BUFFER_POLICIES}, got {self.buffers!r}")
-
-
-@dataclass(frozen=True)
-class RoundInput:
-    """What a task needs beyond the global model: this round's clip norm, SCAFFOLD's
-    server control variate, and the state of the group's clients."""
-
-    round: int
-    clip_norm: float | None = None
-    server_control: np.ndarray | None = None
-    client_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    mask: np.ndarray | None = None  # (n,) bool pruning mask broadcast with the model
-    buffers: np.ndarray | None = None  # (m,) the global model's buffers (module models with any)
-    # Asynchronous runs: a group's clients were dispatched at its own event, which keys
-    # their draws in place of the round (group index -> event).
-    group_rounds: dict[int, int] = field(default_factory=dict)
-
-    def for_group(self, group_index: int) -> RoundInput:
-        """This input as the clients of group ``group_index`` see it."""
-        if group_index not in self.group_rounds:
-            return self
-        return dataclasses.replace(self, round=self.group_rounds[group_index])
-
-
-@dataclass
-class GroupResult:
-    """A reduction group's contribution to one round; per-client arrays follow ``client_ids``.
-
-    weighted_sum: (n,) float32 sum over accepted clients of w_i * u_i (w_i = n_i, or
-    1 with uniform weighting), added in client-id order; None for "stack", whose
-    accepted updates are ``stacked`` (k_accepted, n) with weights ``stacked_weights``.
-    """
-
-    group_index: int
-    client_ids: np.ndarray
-    num_samples: np.ndarray
-    train_losses: np.ndarray
-    accepted: np.ndarray
-    norms: np.ndarray  # update norms before clipping (nan when rejected)
-    bytes_up: np.ndarray
-    weight_total: float
-    weighted_sum: np.ndarray | None = None
-    stacked: np.ndarray | None = None
-    stacked_weights: np.ndarray | None = None
-    flow_sum: np.ndarray | None = None  # (layers, 2) sum of n_i * flow_i over accepted clients
-    control_delta_sum: np.ndarray | None = None  # SCAFFOLD: sum of c_i+ - c_i
-    new_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()  # distinct warnings its clients raised, "Category: message"
-    # model.buffers: average: (m,) float32 sum of n_i * b_i (buffers after training) over
-    # accepted clients, in client-id order, and the sum of their n_i.
-    buffer_sum: np.ndarray | None = None
-    buffer_weight: float = 0.0
-
-
-@dataclass(frozen=True)
-class ClientShards:
-    """Every client's sample indices, packed: client c owns
-    ``indices[offsets[c]:offsets[c + 1]]``."""
-
-    indices: np.ndarray
-    offsets: np.ndarray
-
-    @classmethod
-    def pack(cls, parts: list[np.ndarray]) -> ClientShards:
-        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(p) for p in parts])
-        indices = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-        return cls(indices, offsets)
-
-    def shard(self, client_id: int) -> np.ndarray:
-        return self.indices[self.offsets[client_id] : self.offsets[client_id + 1]]
-
-    def sizes(self) -> np.ndarray:
-        return np.diff(self.offsets)
 
 
 class _GroupAccumulator:
@@ -224,43 +111,32 @@ class ClientWorker:
         self.device = worker_device(device, gpus_per_worker)
         self.device_name = "cpu" if self.device is None else str(self.device)
 
-    def load(
-        self,
-        spec: ModelSpec,
-        engine: str,
-        x_train: np.ndarray,
-        y_train: np.ndarray,
-        shard_indices: np.ndarray,
-        shard_offsets: np.ndarray,
-        plan: ClientPlan,
-        seed: int,
-        population: SyntheticClients | None = None,
-        eval_indices: np.ndarray | None = None,
-        eval_offsets: np.ndarray | None = None,
-        eval_x: np.ndarray | None = None,
-        eval_y: np.ndarray | None = None,
-    ) -> dict[str, Any]:
-        """Take on a run: every piece of per-run state is set here, none survives from a
-        previous run. Returns ``ping()``."""
+    def load(self, run: WorkerRun | ModelSpec, *fields: Any) -> dict[str, Any]:
+        """Take on ``run`` (or, from a script or test, a WorkerRun's fields in order): every
+        piece of per-run state is set here, none survives from a previous run. Returns
+        ``ping()``."""
+        if not isinstance(run, WorkerRun):
+            run = WorkerRun(run, *fields)
         self.unload()
-        self.model = build_model(spec, engine, device=self.device)
+        spec, plan = run.spec, run.plan
+        self.model = build_model(spec, run.engine, device=self.device)
         self.model.track_gradients = plan.track_gradients
         # A module model may draw from torch's generator anywhere (dropout, stochastic depth).
         self.has_dropout = spec.source is not None or any(layer.kind == "dropout" for layer in spec.layers)
         self.has_batch_stats = any(layer.args.get("batch_stats") for layer in spec.layers)
         self.buffer_size = spec.buffer_layout().size  # a module model's float buffers (m,)
         self.has_buffers = self.buffer_size > 0
-        self.x, self.y = x_train, y_train
+        self.x, self.y = run.x_train, run.y_train
         flips = plan.attack is not None and plan.attack.kind == "label_flip"
-        self.y_flipped = flip_labels(y_train, spec.num_classes) if flips else None
-        self.shards = ClientShards(shard_indices, shard_offsets)
+        self.y_flipped = flip_labels(run.y_train, spec.num_classes) if flips else None
+        self.shards = run.shards
         # Clients' own held-out samples, for federated evaluation (None when it is off).
-        self.eval_shards = None if eval_indices is None else ClientShards(eval_indices, eval_offsets)
+        self.eval_shards = run.eval_shards
         # The arrays those shards index: the training set, or a natural test split.
-        self.eval_x, self.eval_y = (x_train, y_train) if eval_x is None else (eval_x, eval_y)
-        self.population = population  # when set, clients' data are generated here on demand
+        self.eval_x, self.eval_y = run.eval_arrays
+        self.population = run.population  # when set, clients' data are generated here on demand
         self.plan = plan
-        self.seed = seed
+        self.seed = run.seed
         return self.ping()
 
     def import_user_code(self, targets: dict[str, str]) -> None:
@@ -295,8 +171,8 @@ class ClientWorker:
         for index, ids in groups:
             with warnings.catch_warnings(record=True) as caught:  # default filters: the driver dedups
                 result = self.train_group(global_params, inputs.for_group(index), index, ids)
-            result.warnings = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
-            results.append(result)
+            raised = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+            results.append(dataclasses.replace(result, warnings=raised))
         return results
 
     def train_group(
@@ -332,9 +208,11 @@ class ClientWorker:
             if cid_state:
                 new_states[cid] = cid_state
         return GroupResult(
-            group_index, np.asarray(client_ids), sizes, losses, accepted, norms, bytes_up, acc.weight_total,
-            acc.total, _stack(acc.stacked), np.asarray(acc.stacked_weights),
-            acc.flow_sum, acc.control_sum, new_states, buffer_sum=acc.buffer_sum,
+            group_index=group_index, client_ids=np.asarray(client_ids), num_samples=sizes,
+            train_losses=losses, accepted=accepted, norms=norms, bytes_up=bytes_up,
+            weight_total=acc.weight_total, weighted_sum=acc.total, stacked=_stack(acc.stacked),
+            stacked_weights=np.asarray(acc.stacked_weights), flow_sum=acc.flow_sum,
+            control_delta_sum=acc.control_sum, new_states=new_states, buffer_sum=acc.buffer_sum,
             buffer_weight=acc.buffer_weight,
         )  # fmt: skip
 
@@ -379,6 +257,7 @@ class ClientWorker:
             return None, math.nan, {}
         new_state: dict[str, np.ndarray] = {}
         if self.plan.scaffold:
+            assert inputs.server_control is not None  # the server keeps one under SCAFFOLD
             old_c = state.get("control", np.zeros_like(global_params))
             local = global_params + result.update
             new_c = scaffold_new_control(
@@ -489,8 +368,11 @@ class ClientWorker:
         rng = client_rng(self.seed, round_, client_id, Stream.FINETUNE)
         if self.has_dropout:
             self.model.set_rng(client_rng(self.seed, round_, client_id, Stream.FINETUNE_DROPOUT))
-        args = (self.model, global_params, x, y, shard, self.plan.training, rng, client_id)
-        return finetuned(args, self.plan.training, steps)
+        task = ClientTask(
+            model=self.model, start=global_params, x=x, y=y, shard=shard, cfg=self.plan.training,
+            rng=rng, client_id=client_id,
+        )  # fmt: skip
+        return finetuned(task, steps)
 
     def _held_out_data(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
         if self.population is not None:
@@ -513,28 +395,29 @@ class ClientWorker:
             self.model.set_rng(client_rng(self.seed, inputs.round, client_id, Stream.LOCAL_DROPOUT))
         x, labels, shard = self._client_data(client_id)
         if self.plan.attack is not None and self.plan.attack.flips_labels_of(client_id):
-            labels = (
-                self.y_flipped
-                if self.population is None
-                else flip_labels(labels, self.model.spec.num_classes)
-            )
-        args = (self.model, global_params, x, labels, shard, self.plan.training, rng, client_id)
-        extra = {"mask": inputs.mask}
+            if self.population is None:
+                assert self.y_flipped is not None  # flipped at load for a label-flipping attack
+                labels = self.y_flipped
+            else:
+                labels = flip_labels(labels, self.model.spec.num_classes)
+        augment = None
         if self.plan.augment is not None:
             augment_rng = client_rng(self.seed, inputs.round, client_id, Stream.AUGMENT)
-            extra["augment"] = Augmenter(self.plan.augment, augment_rng)
+            augment = Augmenter(self.plan.augment, augment_rng)
+        task = ClientTask(
+            model=self.model, start=global_params, x=x, y=labels, shard=shard, cfg=self.plan.training,
+            rng=rng, client_id=client_id, mask=inputs.mask, augment=augment,
+        )  # fmt: skip
         try:
             if self.plan.update_kind == "gradients":
-                return client_gradient(*args, **extra), {}
+                return client_gradient(task), {}
             if self.plan.personal is not None:
                 personal_rng = client_rng(self.seed, inputs.round, client_id, Stream.PERSONAL)
-                return train_personalized(
-                    self.plan.personal, args, self.plan.training, state, personal_rng, **extra
-                )
-            correction = None
+                return train_personalized(self.plan.personal, task, self.plan.training, state, personal_rng)
             if self.plan.scaffold:
                 correction = inputs.server_control - state.get("control", np.zeros_like(global_params))
-            return train_client(*args, correction=correction, **extra), {}
+                task = dataclasses.replace(task, correction=correction)
+            return train_client(task), {}
         except Exception as exc:
             raise ClientFailure(client_id, inputs.round, f"{type(exc).__name__}: {exc}") from exc
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from clients.errors import ConfigError, FedsimError
-from clients.worker import GroupResult, add_weighted
+from clients.protocol import GroupResult
+from clients.worker import add_weighted
 from server.asynchronous import AsyncSchedule, StalenessWeight, StepPlan, Trip, staleness_histogram
 from server.sampling import reduction_groups
 
@@ -56,6 +57,7 @@ def updates_of(result: GroupResult) -> list[ClientUpdate]:
     for i in range(len(result.client_ids)):
         update, weight = None, 0.0
         if result.accepted[i]:
+            assert result.stacked is not None and result.stacked_weights is not None  # "stack" groups
             update, weight = result.stacked[row], float(result.stacked_weights[row])
             row += 1
         out.append(
@@ -165,7 +167,8 @@ def _groups_by_event(trips: list[Trip], groups: int) -> tuple[list[np.ndarray], 
     by_event: dict[int, list[int]] = {}
     for trip in trips:
         by_event.setdefault(trip.event, []).append(trip.client)
-    cut, events = [], {}
+    cut: list[np.ndarray] = []
+    events: dict[int, int] = {}
     for event, clients in sorted(by_event.items()):
         for group in reduction_groups(np.array(sorted(clients), np.int64), groups):
             events[len(cut)] = event
@@ -184,13 +187,13 @@ def _summed(index, part, trips, updates, weights, size: int) -> GroupResult:
                 add_weighted(total, u.update, u.weight * weights[p])
                 weight_total += u.weight
     return GroupResult(
-        index,
-        np.array([trips[p].client for p in part], np.int64),
-        np.array([updates[p].num_samples for p in part], np.int64),
-        np.array([updates[p].train_loss for p in part], np.float64),
-        np.array([updates[p].update is not None for p in part], bool),
-        np.array([updates[p].norm for p in part], np.float64),
-        np.array([updates[p].bytes_up for p in part], np.int64),
-        weight_total,
-        total,
+        group_index=index,
+        client_ids=np.array([trips[p].client for p in part], np.int64),
+        num_samples=np.array([updates[p].num_samples for p in part], np.int64),
+        train_losses=np.array([updates[p].train_loss for p in part], np.float64),
+        accepted=np.array([updates[p].update is not None for p in part], bool),
+        norms=np.array([updates[p].norm for p in part], np.float64),
+        bytes_up=np.array([updates[p].bytes_up for p in part], np.int64),
+        weight_total=weight_total,
+        weighted_sum=total,
     )

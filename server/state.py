@@ -8,16 +8,35 @@ checkpoints as named arrays, so a resumed run continues bit for bit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from clients.models.layout import Layout
+from clients.protocol import ClientPlan, RoundInput
 from clients.streams import Stream
-from clients.worker import ClientPlan, RoundInput
 from server.pipeline import Aggregation
 from server.privacy import PrivacyAccountant
 from server.pruning import PruningSchedule, build_mask, density, layer_densities, prunable, sparse_bytes
+
+
+@dataclass(frozen=True)
+class ServerParts:
+    """What a server is made of besides its parameters, fixed for the run: the seed of its
+    noise, the clients' plan, the aggregation, the optimiser, the clip norm (FixedClipNorm,
+    AdaptiveClipNorm or None), the privacy accountant, the pruning schedule and the
+    population size N (SCAFFOLD's c moves by |S|/N of the mean control change). The
+    optimiser, clip norm and accountant carry state the server updates."""
+
+    seed: int
+    plan: ClientPlan
+    aggregation: Aggregation
+    optimizer: Any
+    clipper: Any = None
+    accountant: PrivacyAccountant | None = None
+    pruning: PruningSchedule | None = None
+    num_clients: int = 1
 
 
 class ServerState:
@@ -25,36 +44,24 @@ class ServerState:
     the config; it reads no config itself, so what shapes a round is what it was given."""
 
     def __init__(
-        self,
-        params: np.ndarray,
-        layout: Layout,
-        *,
-        seed: int,
-        plan: ClientPlan,
-        aggregation: Aggregation,
-        optimizer: Any,
-        clipper: Any = None,
-        accountant: PrivacyAccountant | None = None,
-        pruning: PruningSchedule | None = None,
-        num_clients: int = 1,
-        buffers: np.ndarray | None = None,
+        self, params: np.ndarray, layout: Layout, parts: ServerParts, buffers: np.ndarray | None = None
     ):
         self.params = params
         # (m,) a module model's global buffers (float32; empty when it has none): averaged
         # from the clients' by samples under model.buffers average, else the initial ones.
         self.buffers = np.zeros(0, np.float32) if buffers is None else buffers
         self.layout = layout
-        self.seed = seed
-        self.plan = plan
-        self.aggregation = aggregation
-        self.optimizer = optimizer
-        self.clipper = clipper  # FixedClipNorm, AdaptiveClipNorm or None
-        self.accountant = accountant
-        self.pruning = pruning
-        self.num_clients = num_clients  # SCAFFOLD's c moves by |S|/N of the mean control change
+        self.seed = parts.seed
+        self.plan = parts.plan
+        self.aggregation = parts.aggregation
+        self.optimizer = parts.optimizer
+        self.clipper = parts.clipper
+        self.accountant = parts.accountant
+        self.pruning = parts.pruning
+        self.num_clients = parts.num_clients
         self.prunable = prunable(layout)
         self.mask: np.ndarray | None = None  # bool (n,), set by the first pruning step
-        self.server_control = np.zeros_like(params) if plan.scaffold else None
+        self.server_control = np.zeros_like(params) if self.plan.scaffold else None
         self.client_states: dict[int, dict[str, np.ndarray]] = {}
 
     def clip_norm(self) -> float | None:
@@ -63,7 +70,10 @@ class ServerState:
     def round_input(self, round_: int, client_ids) -> RoundInput:
         states = {int(c): self.client_states[int(c)] for c in client_ids if int(c) in self.client_states}
         buffers = self.buffers if self.buffers.size else None
-        return RoundInput(round_, self.clip_norm(), self.server_control, states, self.mask, buffers=buffers)
+        return RoundInput(
+            round=round_, clip_norm=self.clip_norm(), server_control=self.server_control,
+            client_states=states, mask=self.mask, buffers=buffers,
+        )  # fmt: skip
 
     def step(self, round_: int, results: list) -> dict[str, Any]:
         """Aggregate, add noise, step the optimiser and update all state; returns metrics."""
@@ -143,6 +153,7 @@ class ServerState:
         ranked = scores.astype(np.float64, copy=True)
         if self.mask is not None:
             ranked[~self.mask] = -1.0  # below every score (all are >= 0): pruned stays pruned
+        assert self.pruning is not None  # only a run with a pruning schedule prunes
         self.mask = build_mask(ranked, self.prunable, sparsity, self.layout, self.pruning.scope)
         self.params = self.params * self.mask
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clients.errors import ConfigError
-from clients.worker import GroupResult
+from clients.protocol import GroupResult
 from server.state import ServerState
 from server.system import SystemModel, plan_round
 from simulator.config.build import build_dataset, build_model_spec, build_server_state

@@ -11,9 +11,10 @@ from safetensors.numpy import load_file
 from clients.errors import ConfigError
 from clients.models.engines import build_model
 from clients.models.spec import init_params
+from clients.protocol import ClientPlan, ClientShards, RoundInput
 from clients.streams import Stream
 from clients.training import client_rng, train_client
-from clients.worker import ClientPlan, ClientShards, ClientWorker, RoundInput, add_weighted
+from clients.worker import ClientWorker, add_weighted
 from simulator import Simulation
 from simulator.config.build import build_dataset, build_model_spec, build_partition, local_training
 from tests.conftest import ROOT, small_config, small_overrides

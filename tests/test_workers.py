@@ -14,8 +14,8 @@ import ray
 
 from clients.errors import ClusterError
 from clients.models.spec import build_spec
+from clients.protocol import ClientPlan
 from clients.training import LocalTrainingConfig
-from clients.worker import ClientPlan
 from simulator import Simulation
 from simulator.driver.simulation import _loaded
 from simulator.driver.workers import WorkerShape, acquire, release, reuse_workers, stop_idle_workers

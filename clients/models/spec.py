@@ -12,8 +12,10 @@ vector is PyTorch's registration order, so engines can bind by position.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -187,70 +189,80 @@ def _conv(name: str, c_in: int, c_out: int, kernel: int, padding: int) -> LayerS
     return LayerSpec("conv2d", name, args)
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """A built-in model's choices (the ``model`` section's keys of the same names); each
+    applies to the models named beside it and is ignored by the others."""
+
+    hidden: list[int] | tuple[int, ...] = (200, 200)  # mlp: the hidden layers' widths
+    activation: str = "relu"  # mlp
+    conv_channels: list[int] | tuple[int, ...] = (32, 64)  # cnn: both convs; resnet: the first
+    fc_width: int = 512  # cnn
+    residual: bool = False  # mlp
+    dropout: float = 0.0  # mlp
+    batchnorm: bool = False  # mlp
+    embedding_dim: int = 8  # charlstm
+    lstm_hidden: int = 256  # charlstm
+    lstm_layers: int = 2  # charlstm
+
+    @classmethod
+    def of(cls, section: Any) -> Architecture:
+        """The choices ``section`` (a model config) holds under these names."""
+        return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
+
+
 def build_spec(
     name: str,
     input_shape: tuple[int, ...],
     num_classes: int,
-    hidden: list[int] | tuple[int, ...] = (200, 200),
-    activation: str = "relu",
-    conv_channels: list[int] | tuple[int, ...] = (32, 64),
-    fc_width: int = 512,
-    residual: bool = False,
-    dropout: float = 0.0,
-    batchnorm: bool = False,
-    embedding_dim: int = 8,
-    lstm_hidden: int = 256,
-    lstm_layers: int = 2,
+    arch: Architecture | None = None,
+    **choices: Any,
 ) -> ModelSpec:
-    """The named architecture for inputs of ``input_shape`` and ``num_classes`` outputs."""
+    """The named architecture for inputs of ``input_shape`` and ``num_classes`` outputs, as
+    ``arch`` chooses (default: ``Architecture()``), with ``choices`` (its fields by
+    keyword) over it."""
+    arch = dataclasses.replace(arch or Architecture(), **choices)
     flat_in = int(np.prod(input_shape))
     if name == "logreg":
         layers = [LayerSpec("flatten"), _linear("fc", flat_in, num_classes)]
     elif name == "mlp":
-        layers = _mlp_layers(flat_in, list(hidden), activation, num_classes, residual, dropout, batchnorm)
+        layers = _mlp_layers(flat_in, num_classes, arch)
     elif name == "cnn":
-        layers = _cnn_layers(input_shape, list(conv_channels), fc_width, num_classes)
+        layers = _cnn_layers(input_shape, list(arch.conv_channels), arch.fc_width, num_classes)
     elif name == "resnet":
-        layers = _resnet_layers(input_shape, conv_channels[0], num_classes)
+        layers = _resnet_layers(input_shape, arch.conv_channels[0], num_classes)
     elif name == "charlstm":
-        layers = _charlstm_layers(num_classes, embedding_dim, lstm_hidden, lstm_layers)
+        layers = _charlstm_layers(num_classes, arch.embedding_dim, arch.lstm_hidden, arch.lstm_layers)
         return ModelSpec(name, tuple(input_shape), num_classes, tuple(layers), input_dtype="int64")
     else:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
     return ModelSpec(name, tuple(input_shape), num_classes, tuple(layers))
 
 
-def _mlp_layers(
-    flat_in: int,
-    hidden: list[int],
-    activation: str,
-    num_classes: int,
-    residual: bool,
-    dropout: float,
-    batchnorm: bool = False,
-) -> list[LayerSpec]:
+def _mlp_layers(flat_in: int, num_classes: int, arch: Architecture) -> list[LayerSpec]:
     """Flatten, then per hidden width: linear (+ batch norm ``bn{i}``, which normalises by
     each batch's own statistics) + activation (+ dropout). With ``residual`` every hidden
     layer after the first is a block x + act(W x + b), so the depth is the same as the
     plain MLP's."""
-    if residual and len(set(hidden)) > 1:
+    hidden = list(arch.hidden)
+    if arch.residual and len(set(hidden)) > 1:
         raise ValueError(f"a residual mlp needs equal hidden widths, got {hidden}")
-    if residual and batchnorm:
+    if arch.residual and arch.batchnorm:
         raise ValueError("a residual mlp has no batch-norm variant")
     layers = [LayerSpec("flatten")]
     widths = [flat_in, *hidden]
     for i in range(len(hidden)):
         linear = _linear(f"fc{i + 1}", widths[i], widths[i + 1])
-        if residual and i > 0:
-            body = (LayerSpec("linear", "", dict(linear.args)), LayerSpec(activation))
+        if arch.residual and i > 0:
+            body = (LayerSpec("linear", "", dict(linear.args)), LayerSpec(arch.activation))
             layers.append(LayerSpec("residual", f"fc{i + 1}", {"body": body}))
         else:
             norm = [
                 LayerSpec("batchnorm", f"bn{i + 1}", {"num_features": widths[i + 1], "batch_stats": True})
             ]
-            layers += [linear, *(norm if batchnorm else []), LayerSpec(activation)]
-        if dropout > 0:
-            layers.append(LayerSpec("dropout", args={"p": dropout}))
+            layers += [linear, *(norm if arch.batchnorm else []), LayerSpec(arch.activation)]
+        if arch.dropout > 0:
+            layers.append(LayerSpec("dropout", args={"p": arch.dropout}))
     layers.append(_linear(f"fc{len(hidden) + 1}", widths[-1], num_classes))
     return layers
 

@@ -37,13 +37,13 @@ from clients.errors import ConfigError, DataError, ModelError
 from clients.models.engines import initial_state
 from clients.models.losses import check_loss, load_loss
 from clients.models.module_model import build_module, check_fits, module_spec
-from clients.models.spec import BUILT_IN_LOSSES, MODULE_MODEL, LossSource, ModelSpec, build_spec
+from clients.models.spec import BUILT_IN_LOSSES, MODULE_MODEL, Architecture, LossSource, ModelSpec, build_spec
 from clients.models.torch_engine import TorchModel
 from clients.personalization import PersonalPlan
+from clients.protocol import ClientPlan, ClientShards
 from clients.streams import Stream
 from clients.training import LocalTrainingConfig
 from clients.user_code import resolve
-from clients.worker import ClientPlan, ClientShards
 from server.aggregation import AGGREGATORS
 from server.async_buffer import AsyncRounds
 from server.asynchronous import AsyncSchedule, StalenessWeight
@@ -53,7 +53,7 @@ from server.pipeline import Aggregation, UpdatePostprocessor
 from server.privacy import PrivacyAccountant
 from server.pruning import PruningSchedule
 from server.sampling import ClientSampler
-from server.state import ServerState
+from server.state import ServerParts, ServerState
 from server.system import SystemModel, local_work
 from simulator.config.rules.model import model_task, refuse_under_regression
 from simulator.config.rules.personalization import personal_layer_names
@@ -168,8 +168,10 @@ def _user_dataset(data: DataConfig, seed: int, task: str | None) -> Dataset:
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, Stream.TEST_SPLIT]))
     if data.dataset == "arrays":
-        where = f"data.loader {data.loader}"
-        splits = formats.load_from_code(resolve(data.loader, "data.loader"), data.loader)
+        loader = data.loader
+        assert loader is not None  # validation requires data.loader for arrays
+        where = f"data.loader {loader}"
+        splits = formats.load_from_code(resolve(loader, "data.loader"), loader)
     else:
         root = data_root(data)
         where = str(root)
@@ -184,7 +186,7 @@ def _user_dataset(data: DataConfig, seed: int, task: str | None) -> Dataset:
             else:
                 splits = formats.load_table(root, data.dataset, columns)
         except OSError as exc:
-            where = exc.filename or root
+            where = str(exc.filename or root)
             raise DataError(f"data.root {root}: cannot use {where}: {exc.strerror or exc}") from None
     dataset = formats.assemble(data.dataset, *splits, rng, data.test_fraction, task)
     if data.partition != "natural":
@@ -234,13 +236,15 @@ def _file_dataset(data: DataConfig) -> Dataset:
 
 def first_clients(dataset: Dataset, count: int, root: Path | str) -> Dataset:
     """The rows of natural clients 0..count-1 (train and test)."""
-    available = len(np.unique(dataset.train_owner))  # loaders index training users first
+    owner = dataset.train_owner
+    assert owner is not None  # natural clients come from datasets that name each row's owner
+    available = len(np.unique(owner))  # loaders index training users first
     if count > available:
         raise DataError(
             f"data.num_clients={count}, but {dataset.name} under {root} has {available} clients "
             "with training data; lower data.num_clients"
         )
-    train = dataset.train_owner < count
+    train = owner < count
     test = dataset.test_owner < count if dataset.test_owner is not None else slice(None)
     return dataclasses.replace(
         dataset,
@@ -248,7 +252,7 @@ def first_clients(dataset: Dataset, count: int, root: Path | str) -> Dataset:
         y_train=np.ascontiguousarray(dataset.y_train[train]),
         x_test=np.ascontiguousarray(dataset.x_test[test]),
         y_test=np.ascontiguousarray(dataset.y_test[test]),
-        train_owner=np.ascontiguousarray(dataset.train_owner[train]),
+        train_owner=np.ascontiguousarray(owner[train]),
         test_owner=None if dataset.test_owner is None else np.ascontiguousarray(dataset.test_owner[test]),
     )
 
@@ -272,6 +276,7 @@ def build_partition(dataset: Dataset, data: DataConfig, seed: int) -> list[np.nd
         if dataset.is_regression:  # sorted by target (a row's mean for (N, k) targets): target skew
             labels = labels if labels.ndim == 1 else labels.mean(axis=1)
         return shards_partition(labels, data.num_clients, data.shards_per_client, rng)
+    assert dataset.train_owner is not None  # natural partitions need each row's owner (validated)
     return natural_partition(dataset.train_owner, data.num_clients)
 
 
@@ -316,9 +321,7 @@ def build_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None = No
                 "giving logits (B, T, classes)"
             )
         shape, classes = dataset.input_shape, dataset.num_classes
-        spec = dataclasses.replace(
-            from_section(build_spec, model, input_shape=shape, num_classes=classes), loss=loss
-        )
+        spec = dataclasses.replace(build_spec(model.name, shape, classes, Architecture.of(model)), loss=loss)
         if loss.name not in BUILT_IN_LOSSES:
             probe = _probe_inputs(dataset)
             with torch.no_grad():
@@ -358,6 +361,7 @@ def _probe_targets(dataset: Dataset) -> torch.Tensor:
 def _module_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None, loss: LossSource) -> ModelSpec:
     if seed is None:
         raise ValueError("a module model's spec needs the run's seed")
+    assert model.factory is not None  # validation requires model.factory for a module model
     tokens = dataset.x_test.dtype.kind in "iu"
     spec = module_spec(
         model.factory, model.kwargs, seed, dataset.input_shape, dataset.num_classes,
@@ -366,6 +370,7 @@ def _module_model_spec(model: ModelConfig, dataset: Dataset, seed: int | None, l
     spec = dataclasses.replace(spec, loss=loss)
     targets = tuple(dataset.y_test.shape[1:]) if dataset.is_regression else None
     positions = dataset.y_test.shape[1] if dataset.is_sequence else None
+    assert spec.source is not None  # module_spec names its source
     net = build_module(spec.source)
     outputs = check_fits(
         net, _probe_inputs(dataset), dataset.num_classes, model.factory, targets, positions
@@ -535,9 +540,7 @@ def build_server_state(
     (and a module model's ``buffers`` (m,), when it has any)."""
     s = cfg.server
     aggregation = build_aggregation(cfg)
-    return ServerState(
-        params,
-        spec.layout(),
+    parts = ServerParts(
         seed=cfg.seed,
         plan=build_plan(cfg, aggregation, spec),
         aggregation=aggregation,
@@ -546,8 +549,8 @@ def build_server_state(
         accountant=_accountant(cfg),
         pruning=None if s.pruning.method == "none" else from_section(PruningSchedule, s.pruning),
         num_clients=cfg.data.num_clients,
-        buffers=buffers,
     )
+    return ServerState(params, spec.layout(), parts, buffers)
 
 
 def build_sampler(cfg: Config, work: np.ndarray) -> ClientSampler:
@@ -579,7 +582,7 @@ def build_async(cfg: Config, work: np.ndarray, system: SystemModel) -> AsyncRoun
     return AsyncRounds(schedule, weight, cfg.runtime.reduction_groups)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunSetup:
     """Everything that shapes a run's training, built from its config by ``build_run``."""
 
@@ -627,11 +630,14 @@ def build_run(cfg: Config) -> RunSetup:
     work = from_section(local_work, training, sizes=sizes, update_kind=cfg.server.update)
     sampler = build_sampler(cfg, work)
     eval_shards = None if splits.held_out is None else ClientShards.pack(splits.held_out)
+    system = sampler.system
+    assert system is not None  # build_sampler gives every sampler a system model
     return RunSetup(
-        cfg.rounds, cfg.seed, dataset, splits, shards, eval_shards, population, spec, cfg.model.engine,
-        server, sampler,
+        rounds=cfg.rounds, seed=cfg.seed, dataset=dataset, splits=splits, shards=shards,
+        eval_shards=eval_shards, population=population, spec=spec, engine=cfg.model.engine,
+        server=server, sampler=sampler,
         # A client costs about a batch beyond its samples: the model copy, its update's norm and sum.
-        work + training.batch_size,
-        cfg.runtime.reduction_groups,
-        build_async(cfg, work, sampler.system),
+        client_work=work + training.batch_size,
+        reduction_groups=cfg.runtime.reduction_groups,
+        async_rounds=build_async(cfg, work, system),
     )  # fmt: skip

@@ -15,6 +15,7 @@ import ray
 
 from clients.errors import ConfigError, FedsimError
 from clients.models.engines import build_model
+from clients.protocol import WorkerRun
 from simulator.config.build import build_run, build_server_state
 from simulator.config.loading import dump_yaml, inert_reset
 from simulator.config.schema import Config
@@ -182,26 +183,27 @@ class RunState:
                 f"trained with ({', '.join(changed[:5])}); put it back, or start a new run"
             )
 
-    def worker_run_args(self) -> tuple:
-        """``ClientWorker.load``'s arguments; the dataset and partition go into the object
-        store once per run, and Ray hands each worker the arrays zero-copy."""
+    def worker_run_args(self) -> tuple[ray.ObjectRef]:
+        """``ClientWorker.load``'s arguments: the run, put into the object store once per
+        run, from where Ray hands each worker its arrays (dataset, partition) zero-copy."""
         held_out = self.eval_shards
-        return (
-            self.spec,
-            self.engine,
-            ray.put(self.x_train),
-            ray.put(self.y_train),
-            ray.put(self.shards.indices),
-            ray.put(self.shards.offsets),
-            self.server.plan,
-            self.seed,
-            self.population,
-            None if held_out is None else ray.put(held_out.indices),
-            None if held_out is None else ray.put(held_out.offsets),
+        run = WorkerRun(
+            spec=self.spec,
+            engine=self.engine,
+            x_train=self.x_train,
+            y_train=self.y_train,
+            shard_indices=self.shards.indices,
+            shard_offsets=self.shards.offsets,
+            plan=self.server.plan,
+            seed=self.seed,
+            population=self.population,
+            eval_indices=None if held_out is None else held_out.indices,
+            eval_offsets=None if held_out is None else held_out.offsets,
             # Natural clients' own test rows live in the test arrays: ship those too.
-            ray.put(self.x_test) if self.eval_in_test else None,
-            ray.put(self.y_test) if self.eval_in_test else None,
+            eval_x=self.x_test if self.eval_in_test else None,
+            eval_y=self.y_test if self.eval_in_test else None,
         )
+        return (ray.put(run),)
 
     def recorded_device(self) -> str | None:
         """The device a resumed run trained on before, from its summary.json."""

@@ -4,11 +4,9 @@ batch norm's batches."""
 
 from __future__ import annotations
 
-import inspect
-
 from clients.data.formats import USER_DATASETS
 from clients.errors import ConfigError
-from clients.models.spec import BUILT_IN_LOSSES, MODULE_MODEL, ModelSpec, build_spec
+from clients.models.spec import BUILT_IN_LOSSES, MODULE_MODEL, Architecture, ModelSpec, build_spec
 from clients.user_code import check_target
 from simulator.config.rules import require
 from simulator.config.schema import (
@@ -84,8 +82,7 @@ def layer_spec(m: ModelConfig) -> ModelSpec:
     """The built-in architecture's layers from the config alone, before any data is read:
     the dataset's input shape and class count set widths, never layer names or kinds, so
     stand-ins serve (an 8x8 one-channel image, 2 classes)."""
-    arch = inspect.signature(build_spec).parameters.keys() - {"name", "input_shape", "num_classes"}
-    return build_spec(m.name, (1, 8, 8), 2, **{key: getattr(m, key) for key in arch})
+    return build_spec(m.name, (1, 8, 8), 2, Architecture.of(m))
 
 
 def check_batch_norm_batches(cfg: Config) -> None:
