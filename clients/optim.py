@@ -8,6 +8,7 @@ in-place operators both support, plus ``clients.models.arrays``).
 from __future__ import annotations
 
 from clients.models import arrays
+from clients.models.arrays import FlatVector
 
 
 class SGD:
@@ -19,8 +20,8 @@ class SGD:
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
-        self._buf = None
-        self._scratch = None
+        self._buf: FlatVector | None = None
+        self._scratch: FlatVector | None = None
 
     def reset(self) -> None:
         """Forget the momentum buffer (a new client's local training starts fresh)."""
@@ -58,8 +59,8 @@ class Adam:
         weight_decay: float = 0.0,
     ):
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
-        self._m = None
-        self._v = None
+        self._m: FlatVector | None = None
+        self._v: FlatVector | None = None
         self._t = 0
 
     def reset(self) -> None:
@@ -70,7 +71,7 @@ class Adam:
         """Update ``params`` in place from ``grad`` (both (n,))."""
         b1, b2 = self.betas
         g = grad + self.weight_decay * params if self.weight_decay else grad
-        if self._m is None:
+        if self._m is None or self._v is None:  # both are, until the first step
             self._m, self._v = arrays.zeros_like(params), arrays.zeros_like(params)
         self._t += 1
         self._m *= b1

@@ -44,6 +44,7 @@ class UpdatePostprocessor:
         """``mask``: the round's pruning mask; a masked update travels as its kept entries."""
         norm = float(np.linalg.norm(update))
         if self.clip:
+            assert clip_norm is not None, "a run that clips gives every round its clip norm"
             update, norm = clip_update(update, clip_norm)
         if self.method == "none":
             size = update.size * 4
@@ -87,6 +88,7 @@ class Aggregation:
             sums.add(r.weighted_sum, r.weight_total)
         if self.noise_multiplier == 0:
             return sums.mean(), {}
+        assert clip_norm is not None, "DP noise is scaled by the clip norm: validation requires clipping"
         noised, std = add_gaussian_noise(sums.total, clip_norm, self.noise_multiplier, rng)
         return dp_mean(noised, self.expected_clients), {"noise_std": std}
 

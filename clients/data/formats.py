@@ -324,7 +324,7 @@ def load_npz(path: Path) -> tuple[Split, Split | None]:
     try:
         with zipfile.ZipFile(path) as archive:
             names = {n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy")}
-        keys = SPLIT_KEYS if set(SPLIT_KEYS) <= names else POOLED_KEYS
+        keys: tuple[str, ...] = SPLIT_KEYS if set(SPLIT_KEYS) <= names else POOLED_KEYS
         optional = ("client_train", "client_test") if keys == SPLIT_KEYS else ("client",)
         keys = keys + tuple(k for k in optional if k in names)
     except NPZ_READ_ERRORS as e:

@@ -59,7 +59,7 @@ class _LeafFormat:
     name: str
     num_classes: int
     input_shape: tuple[int, ...]
-    x_dtype: type
+    x_dtype: type[np.number]
     preprocess: str  # the LEAF command that produces the JSON
     parse_user: Callable[[list, list, str], UserRows]  # (x, y, where) -> rows
     # LEAF's Shakespeare test num_samples counts windows before the 79-window

@@ -31,7 +31,9 @@ import tempfile
 import threading
 import zipfile
 import zlib
+from functools import partial
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 
@@ -215,7 +217,7 @@ def _verify_content(source: IdxSource, arrays: tuple[np.ndarray, ...], files: li
     for i, (array, expected) in enumerate(zip(arrays, source.content_md5, strict=True)):
         holder = files[i] if len(files) == len(arrays) else files[0]  # an .npz holds all four
         key = f"{holder.name}#{IDX_FILES[i]}"
-        got = checked.md5(holder, key, lambda a=array: _idx_md5(a))
+        got = checked.md5(holder, key, partial(_idx_md5, array))
         if got != expected:
             raise checksum_mismatch(f"{source.name}'s {IDX_FILES[i]}", holder, got, expected)
     checked.save()
@@ -422,7 +424,7 @@ def _verify_cifar10(folder: Path) -> None:
     checked = CheckedFiles(folder)
     for name, expected in CIFAR10_BATCH_MD5.items():
         path = folder / name
-        got = checked.md5(path, name, lambda path=path: file_md5(path))
+        got = checked.md5(path, name, partial(file_md5, path))
         if got != expected:
             raise checksum_mismatch(f"CIFAR-10's {name}", path, got, expected)
     checked.save()
@@ -543,7 +545,10 @@ class _PendingDtype:
 
     def resolve(self) -> np.dtype:
         dtype = np.dtype(self.spec)
-        return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
+        if self.byteorder not in "<>":
+            return dtype
+        # A pickle's byte order may be any string: numpy refuses (ValueError) one it does not know.
+        return dtype.newbyteorder(cast(Literal["<", ">"], self.byteorder))
 
 
 @dataclasses.dataclass(eq=False)

@@ -13,9 +13,13 @@ steps give the same bits on either (reductions such as norms may not).
 from __future__ import annotations
 
 import warnings
+from typing import Protocol, TypeAlias
 
 import numpy as np
 import torch
+
+# A flat vector (params, grad, optimiser state): numpy on the host, a tensor on a device.
+FlatVector: TypeAlias = "np.ndarray | torch.Tensor"
 
 
 def is_tensor(array) -> bool:
@@ -96,6 +100,10 @@ class DeviceShard:
         return self.x[index], self.y[index]
 
 
+class _HostParams(Protocol):
+    params: np.ndarray
+
+
 class HostArrays:
     """The array side of a host model: vectors are numpy arrays, nothing moves."""
 
@@ -104,7 +112,7 @@ class HostArrays:
     def to_engine(self, array):
         return array
 
-    def load_params(self, values: np.ndarray) -> None:
+    def load_params(self: _HostParams, values: np.ndarray) -> None:
         self.params[:] = values
 
     def shard_data(self, x: np.ndarray, y: np.ndarray, shard: np.ndarray) -> HostShard:

@@ -120,6 +120,7 @@ def bind_flat(net: nn.Module, layout: Layout, flat: torch.Tensor, grad: torch.Te
             flat[slot.offset : slot.stop].copy_(tensor.detach().reshape(-1))
             view = flat[slot.offset : slot.stop].view(slot.shape)
             if not buffers:
+                assert grad is not None, "parameters are bound with their gradient vector"
                 view = nn.Parameter(view, requires_grad=tensor.requires_grad)
                 view.grad = grad[slot.offset : slot.stop].view(slot.shape)
             views[id(tensor)] = view
@@ -150,6 +151,7 @@ def check_fits(
             f"{KEY}: {factory}'s model cannot take the data's inputs {shape}: {type(exc).__name__}: {exc}"
         ) from exc
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    fits: list[tuple[int, ...]]
     if targets is None:
         fits = [(len(x), num_classes) if positions is None else (len(x), positions, num_classes)]
         need = f"the labels need float logits {fits[0]} (the data has {num_classes} classes)"

@@ -10,20 +10,22 @@ there, and ``params``/``grad`` are those tensors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clients.models.arrays import DeviceShard, HostArrays, tensor_from_numpy, to_numpy
+from clients.models.arrays import DeviceShard, FlatVector, HostArrays, tensor_from_numpy, to_numpy
 from clients.models.gradflow import layer_flow
 from clients.models.losses import fitted, load_loss
 from clients.models.module_model import bind_flat, build_module
 from clients.models.spec import LayerSpec, ModelSpec
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
@@ -85,7 +87,7 @@ class _LastStep(nn.Module):
 
 def _module(layer: LayerSpec) -> nn.Module:
     a = layer.args
-    builders = {
+    builders: dict[str, Callable[[], nn.Module]] = {
         "linear": lambda: nn.Linear(a["in_features"], a["out_features"]),
         "conv2d": lambda: nn.Conv2d(
             a["in_channels"], a["out_channels"], a["kernel"], stride=a.get("stride", 1), padding=a["padding"]
@@ -137,15 +139,18 @@ class TorchModel(HostArrays):
         self.device_name = "cpu" if device is None else str(self.device)
         host_params, host_grad = self.layout.zeros(dtype), self.layout.zeros(dtype)
         flat_p, flat_g = torch.from_numpy(host_params), torch.from_numpy(host_grad)
+        self.params: FlatVector
+        self.grad: FlatVector
         if self.device is None:
             self.params, self.grad = host_params, host_grad
         else:
             flat_p, flat_g = flat_p.to(self.device), flat_g.to(self.device)
             self.params, self.grad = flat_p, flat_g
         if spec.source is None:
-            self.net = nn.Sequential(*[_module(layer) for layer in spec.layers]).to(_DTYPES[np.dtype(dtype)])
-            self.net.to(flat_p.device)
-            self._bind_flat_views(flat_p, flat_g)
+            layers = nn.Sequential(*[_module(layer) for layer in spec.layers]).to(_DTYPES[np.dtype(dtype)])
+            layers.to(flat_p.device)
+            self.net: nn.Module = layers
+            self._bind_flat_views(layers, flat_p, flat_g)
         else:
             self.net = build_module(spec.source).to(_DTYPES[np.dtype(dtype)]).to(flat_p.device)
             bind_flat(self.net, self.layout, flat_p, flat_g, buffers=False)
@@ -154,8 +159,8 @@ class TorchModel(HostArrays):
         self.track_gradients = False
         self.last_flow: dict[str, tuple[float, float]] = {}
 
-    def _bind_flat_views(self, flat_p: torch.Tensor, flat_g: torch.Tensor) -> None:
-        for layer_spec, module in zip(self.spec.layers, self.net, strict=True):
+    def _bind_flat_views(self, layers: nn.Sequential, flat_p: torch.Tensor, flat_g: torch.Tensor) -> None:
+        for layer_spec, module in zip(self.spec.layers, layers, strict=True):
             named = list(module.named_parameters())
             specs = layer_spec.param_specs()
             if len(named) != len(specs):
@@ -176,12 +181,12 @@ class TorchModel(HostArrays):
         flat = torch.from_numpy(host) if self.device is None else torch.from_numpy(host).to(self.device)
         if buffer_layout.size:
             bind_flat(self.net, buffer_layout, flat, None, buffers=True)
-        self.buffers = host if self.device is None else flat
+        self.buffers: FlatVector = host if self.device is None else flat
         self.initial_buffers = to_numpy(flat).copy()
 
     def load_buffers(self, values: np.ndarray) -> None:
         """Set the float buffers (m,) from host values."""
-        if self.device is None:
+        if isinstance(self.buffers, np.ndarray):  # no device
             self.buffers[:] = values
         else:
             self.buffers.copy_(tensor_from_numpy(values, torch.device("cpu")))
@@ -194,7 +199,7 @@ class TorchModel(HostArrays):
         return tensor_from_numpy(array, self.device)
 
     def load_params(self, values: np.ndarray) -> None:
-        if self.device is None:
+        if isinstance(self.params, np.ndarray):  # no device
             self.params[:] = values
         else:
             # Straight from host memory into the resident vector: no device temporary.
@@ -230,7 +235,7 @@ class TorchModel(HostArrays):
         """
         self.grad[...] = 0
         self.net.train()
-        signals: dict[str, torch.Tensor] = {}
+        signals: dict[str, float] = {}
         logits = self._forward(self._tensor(x), signals if self.track_gradients else None)
         targets = self._tensor(y)
         loss = self.loss_fn(fitted(logits, targets, self.spec.loss), targets)
@@ -242,7 +247,8 @@ class TorchModel(HostArrays):
     def _forward(self, h: torch.Tensor, signals: dict | None) -> torch.Tensor:
         if self.spec.source is not None:
             return self._module_forward(h, signals)
-        for layer_spec, module in zip(self.spec.layers, self.net, strict=True):
+        layers = cast(nn.Sequential, self.net)  # what a built-in spec builds
+        for layer_spec, module in zip(self.spec.layers, layers, strict=True):
             h = module(h)
             if signals is not None and layer_spec.param_specs():
                 h.register_hook(lambda g, name=layer_spec.name: signals.__setitem__(name, g.norm().item()))

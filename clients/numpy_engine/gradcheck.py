@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from clients.models.arrays import FlatVector
 from clients.models.spec import LayerSpec, LossSource, ModelSpec, build_spec, init_params
 from clients.models.torch_engine import TorchModel, _module
 from clients.numpy_engine.core import Module, bind_standalone
@@ -39,7 +40,7 @@ class CheckResult:
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-12))
+    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(a) + np.linalg.norm(b)), 1e-12))
 
 
 def _image(rng, n=3, c=2, h=7, w=6):
@@ -168,6 +169,7 @@ def check_layer_torch(name: str) -> CheckResult:
     ty.backward(torch.from_numpy(upstream))
     errors = [relative_error(y, ty.detach().numpy())]
     if dx is not None:
+        assert tx.grad is not None  # a layer that returns dx takes float inputs
         errors.append(relative_error(dx, tx.grad.numpy()))
     if t_params:
         errors.append(relative_error(flat_g, torch.cat([p.grad.reshape(-1) for p in t_params]).numpy()))
@@ -188,6 +190,7 @@ def _torch_twin(spec: LayerSpec, flat_p: np.ndarray, train: bool):
 
 # --- whole models -------------------------------------------------------------
 
+MSE = LossSource("mse", "regression")
 MODEL_CASES: dict[str, Callable[[], tuple[ModelSpec, Callable]]] = {
     "logreg": lambda: (build_spec("logreg", (1, 8, 8), 10), _images),
     "mlp": lambda: (build_spec("mlp", (1, 8, 8), 10, hidden=[16, 16], activation="tanh"), _images),
@@ -203,7 +206,6 @@ MODEL_CASES: dict[str, Callable[[], tuple[ModelSpec, Callable]]] = {
         _images,
     ),
 }
-MSE = LossSource("mse", "regression")
 
 
 def _images(rng, spec: ModelSpec):
@@ -224,14 +226,21 @@ def _model_inputs(name: str):
     return spec, x, y, rng
 
 
+def _host(vector: FlatVector) -> np.ndarray:
+    """A model's flat vector as the numpy array it is without a device (as here)."""
+    assert isinstance(vector, np.ndarray)
+    return vector
+
+
 def check_model_fd(name: str, engine: str = "numpy") -> CheckResult:
     """The whole flat gradient of the loss against finite differences (float64)."""
     spec, x, y, rng = _model_inputs(name)
     model = NumpyModel(spec, np.float64) if engine == "numpy" else TorchModel(spec, np.float64)
-    model.params[:] = init_params(spec, 0)
+    params, grad = _host(model.params), _host(model.grad)
+    params[:] = init_params(spec, 0)
     model.loss_and_grad(x, y)
-    analytic = model.grad.copy()
-    error = _fd_error(lambda: model.loss_and_grad(x, y), model.params, analytic, rng)
+    analytic = grad.copy()
+    error = _fd_error(lambda: model.loss_and_grad(x, y), params, analytic, rng)
     return CheckResult(name, "model", "finite differences", error, FD_TOLERANCE)
 
 
@@ -239,10 +248,11 @@ def check_model_torch(name: str) -> CheckResult:
     """The numpy engine's loss and flat gradient against the torch engine's (float64)."""
     spec, x, y, _ = _model_inputs(name)
     ours, theirs = NumpyModel(spec, np.float64), TorchModel(spec, np.float64)
-    ours.params[:] = theirs.params[:] = init_params(spec, 0)
+    ours.params[:] = _host(theirs.params)[:] = init_params(spec, 0)
     loss_ours, loss_theirs = ours.loss_and_grad(x, y), theirs.loss_and_grad(x, y)
     error = max(
-        relative_error(np.array([loss_ours]), np.array([loss_theirs])), relative_error(ours.grad, theirs.grad)
+        relative_error(np.array([loss_ours]), np.array([loss_theirs])),
+        relative_error(ours.grad, _host(theirs.grad)),
     )
     return CheckResult(name, "model", "torch autograd", error, TORCH_TOLERANCE)
 

@@ -117,9 +117,10 @@ class NumpyModel(HostArrays):
         for layer, module in zip(reversed(self.spec.layers), reversed(self.modules), strict=True):
             if self.track_gradients and layer.param_specs():
                 signals[layer.name] = float(np.linalg.norm(grad))
-            grad = module.backward(grad)
-            if grad is None:  # an embedding: no gradient for integer inputs
+            below = module.backward(grad)
+            if below is None:  # an embedding: no gradient for integer inputs
                 break
+            grad = below
         return signals
 
     def _loss(self, outputs: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:

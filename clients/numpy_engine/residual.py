@@ -44,5 +44,7 @@ class ResidualBlock(Module):
         """dy: (...) -> dx = dy (skip) + the body's backward of dy: (...)."""
         g = dy
         for m in reversed(self.body):
-            g = m.backward(g)
+            below = m.backward(g)
+            assert below is not None, "a residual body has no embedding"
+            g = below
         return dy + g
