@@ -12,7 +12,10 @@ import argparse
 import math
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clients.errors import FedsimError, RunDiverged
 from server.pruning import PRUNING_SCORES, SCOPES
@@ -27,89 +30,47 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsim", description="Federated training simulator on Ray.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and Ray's own logs")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="train a config")
-    run.add_argument("config", nargs="?", type=Path, help="YAML config (optional with --resume)")
-    _add_set(run)
-    run.add_argument("--workers", type=int, help="worker actors (overrides runtime.workers)")
-    run.add_argument("--address", help="Ray cluster address: auto, HOST:PORT or ray://HOST:PORT")
-    run.add_argument("--out", type=Path, help="run directory to create (default: runtime.out_dir/NAME-TIME)")
-    run.add_argument("--name", help="run name (overrides name)")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    run.add_argument("--quiet", action="store_true", help="no progress output")
-    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-    validate = sub.add_parser("validate", help="check a config and print it resolved")
-    validate.add_argument("config", type=Path)
-    _add_set(validate)
-    validate.add_argument(
-        "--data",
-        action="store_true",
-        help="also load the dataset, partition it and build the model (no Ray); print their sizes",
-    )
-    validate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-    report = sub.add_parser("report", help="charts and report.html for run directories")
-    report.add_argument("run_dirs", nargs="+", type=Path)
-    report.add_argument("--out", type=Path, help="output folder (default: the first run directory)")
-    report.add_argument("--target", type=float, help="accuracy whose rounds-to-target is reported, e.g. 0.9")
-    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    prune = sub.add_parser("prune", help="which weights matter: prune a run's model and evaluate")
-    prune.add_argument("run_dir", type=Path)
-    prune.add_argument(
-        "--method",
-        default=",".join(PRUNING_SCORES),
-        help=f"comma-separated: {', '.join(PRUNING_SCORES)}",
-    )
-    prune.add_argument("--sparsity", default="0.5,0.8,0.9,0.95,0.99", help="comma-separated fractions pruned")
-    prune.add_argument("--finetune-rounds", type=int, default=0, help="federated rounds under each mask")
-    prune.add_argument("--scope", choices=SCOPES, default="global")
-    prune.add_argument("--out", type=Path, help="output folder (default: the run directory)")
-    prune.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-    sweep = sub.add_parser("sweep", help="run a grid of overrides (x seeds) and compare the runs")
-    sweep.add_argument("config", type=Path)
-    sweep.add_argument(
-        "--grid",
-        action="append",
-        required=True,
-        metavar="KEY=V1,V2,...",
-        help="a dotted key and its values (YAML scalars; no commas inside a value); repeatable: "
-        "the grid is the Cartesian product",
-    )
-    sweep.add_argument(
-        "--repeat-seeds", type=int, default=1, metavar="N", help="seeds seed..seed+N-1 per point"
-    )
-    _add_set(sweep)
-    sweep.add_argument(
-        "--out", type=Path, help="sweep directory to create (default: runtime.out_dir/NAME-sweep-TIME)"
-    )
-    sweep.add_argument(
-        "--max-concurrent", type=int, metavar="N", help="at most N runs at once (default: what fits)"
-    )
-    sweep.add_argument(
-        "--quiet", action="store_true", help="no per-run progress; the final table is still printed"
-    )
-    sweep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-    grad = sub.add_parser("gradcheck", help="check every layer's and model's gradients")
-    grad.add_argument("--model", help="check only this built-in model (default: every layer and model)")
-    grad.add_argument(
-        "--engine", choices=("numpy", "torch"), default="numpy", help="engine whose gradients to check"
-    )
-    grad.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for name, command in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=command.help)
+        for argument in command.arguments:
+            command_parser.add_argument(*argument.flags, **argument.options)
+        # --debug after the command works as before it; added last, so that argparse names
+        # it after the command's own options (in "--d could match --data, --debug").
+        command_parser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
-def _add_set(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value by dotted key, e.g. client.lr=0.05 (repeatable)",
-    )
+@dataclass(frozen=True)
+class Argument:
+    """One ``add_argument`` call: its flags (or positional name) and options."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def _arg(*flags: str, **options: Any) -> Argument:
+    return Argument(flags, options)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its line in ``fedsim --help``, what runs it, and its arguments."""
+
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: tuple[Argument, ...]
+
+
+OVERRIDES = _arg(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config value by dotted key, e.g. client.lr=0.05 (repeatable)",
+)
 
 
 def _run_overrides(args: argparse.Namespace) -> list[str | tuple[str, str]]:
@@ -330,20 +291,65 @@ def _print_sweep_run(run) -> None:
     print(f"{run.status}: {run.directory} (final test accuracy {acc}){error}", flush=True)
 
 
+# In the order ``fedsim --help`` lists them.
 COMMANDS = {
-    "run": cmd_run,
-    "validate": cmd_validate,
-    "report": cmd_report,
-    "gradcheck": cmd_gradcheck,
-    "prune": cmd_prune,
-    "sweep": cmd_sweep,
-}
+    "run": Command("train a config", cmd_run, (
+        _arg("config", nargs="?", type=Path, help="YAML config (optional with --resume)"),
+        OVERRIDES,
+        _arg("--workers", type=int, help="worker actors (overrides runtime.workers)"),
+        _arg("--address", help="Ray cluster address: auto, HOST:PORT or ray://HOST:PORT"),
+        _arg("--out", type=Path, help="run directory to create (default: runtime.out_dir/NAME-TIME)"),
+        _arg("--name", help="run name (overrides name)"),
+        _arg("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint"),
+        _arg("--quiet", action="store_true", help="no progress output"),
+    )),
+    "validate": Command("check a config and print it resolved", cmd_validate, (
+        _arg("config", type=Path),
+        OVERRIDES,
+        _arg(
+            "--data", action="store_true",
+            help="also load the dataset, partition it and build the model (no Ray); print their sizes",
+        ),
+    )),
+    "report": Command("charts and report.html for run directories", cmd_report, (
+        _arg("run_dirs", nargs="+", type=Path),
+        _arg("--out", type=Path, help="output folder (default: the first run directory)"),
+        _arg("--target", type=float, help="accuracy whose rounds-to-target is reported, e.g. 0.9"),
+    )),
+    "prune": Command("which weights matter: prune a run's model and evaluate", cmd_prune, (
+        _arg("run_dir", type=Path),
+        _arg(
+            "--method", default=",".join(PRUNING_SCORES), help=f"comma-separated: {', '.join(PRUNING_SCORES)}"
+        ),
+        _arg("--sparsity", default="0.5,0.8,0.9,0.95,0.99", help="comma-separated fractions pruned"),
+        _arg("--finetune-rounds", type=int, default=0, help="federated rounds under each mask"),
+        _arg("--scope", choices=SCOPES, default="global"),
+        _arg("--out", type=Path, help="output folder (default: the run directory)"),
+    )),
+    "sweep": Command("run a grid of overrides (x seeds) and compare the runs", cmd_sweep, (
+        _arg("config", type=Path),
+        _arg(
+            "--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+            help="a dotted key and its values (YAML scalars; no commas inside a value); repeatable: "
+            "the grid is the Cartesian product",
+        ),
+        _arg("--repeat-seeds", type=int, default=1, metavar="N", help="seeds seed..seed+N-1 per point"),
+        OVERRIDES,
+        _arg("--out", type=Path, help="sweep directory to create (default: runtime.out_dir/NAME-sweep-TIME)"),
+        _arg("--max-concurrent", type=int, metavar="N", help="at most N runs at once (default: what fits)"),
+        _arg("--quiet", action="store_true", help="no per-run progress; the final table is still printed"),
+    )),
+    "gradcheck": Command("check every layer's and model's gradients", cmd_gradcheck, (
+        _arg("--model", help="check only this built-in model (default: every layer and model)"),
+        _arg("--engine", choices=("numpy", "torch"), default="numpy", help="engine whose gradients to check"),
+    )),
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except FedsimError as exc:
         if args.debug:
             traceback.print_exc()

@@ -133,6 +133,10 @@ def _unknown_key_message(path: str, key: str, valid: list[str], prefix: str) -> 
 
 # --- the edge: YAML files and --set overrides -------------------------------
 
+# Overrides in the order they apply: "a.b=v" strings (v is YAML), (dotted key, value)
+# pairs taken as they are, or a dict of such pairs.
+Overrides = Sequence[str | tuple[str, Any]] | dict[str, Any]
+
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b=v`` into (["a", "b"], YAML-parsed v)."""
@@ -146,9 +150,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_overrides(
-    raw: dict[str, Any], overrides: Sequence[str | tuple[str, Any]] | dict[str, Any]
-) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
     """Return a copy of ``raw`` with dotted overrides applied, in order: strings ``a.b=v``
     (v is YAML), ``(dotted key, value)`` pairs taken as they are, or a dict of the pairs."""
     items = (
@@ -189,13 +191,13 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return validate(_build(Config, raw, ""))
 
 
-def load_config(path: Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+def load_config(path: Path, overrides: Overrides | None = None) -> Config:
     """Read ``path``, apply overrides, and return the validated typed config."""
     raw = read_yaml(path)
     return from_dict(apply_overrides(raw, overrides or []))
 
 
-def load_run_config(run_dir: Path, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+def load_run_config(run_dir: Path, overrides: Overrides | None = None) -> Config:
     """A run directory's config.yaml as the run was trained, with ``overrides``.
 
     A run directory written before ``server.weighting`` existed was trained without
@@ -225,11 +227,11 @@ def inert_reset(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     server, client = raw.get("server"), raw.get("client")
     changes: list[str] = []
     sync = isinstance(server, dict) and server.get("mode", "sync") != "async"
-    if sync and isinstance(server.get("async"), dict):
+    if sync and isinstance(server, dict) and isinstance(server.get("async"), dict):
         defaults = {yaml_key(f): f.default for f in dataclasses.fields(AsyncConfig)}
         server = {**server, "async": _defaults_for(server["async"], defaults, "server.async", changes)}
     personal = client.get("personalization") if isinstance(client, dict) else None
-    if isinstance(personal, dict):
+    if isinstance(personal, dict) and isinstance(client, dict):
         method = personal.get("method", "none")
         defaults = {
             name: getattr(PersonalizationConfig(), name)

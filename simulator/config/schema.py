@@ -41,6 +41,7 @@ IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "femnist")
 IMAGE_USER_DATASETS = ("arrays", "npz", "image_folder", "hf_disk")  # may hold (N, C, H, W) images
 ACTIVATIONS = ACTIVATION_KINDS
 TASKS = ("auto", "classification", "regression")
+INT64_MAX = 2**63 - 1
 log = logging.getLogger("fedsim")
 
 
@@ -233,7 +234,11 @@ class ClientConfig:
 class ClippingConfig:
     kind: str = _field("none", "per-client L2 clipping of updates", ("none", "fixed", "adaptive"))
     norm: float = _field(1.0, "fixed: the clip norm C")
-    initial_norm: float = _field(0.1, "adaptive: starting C (Andrew et al. 2021)")
+    initial_norm: float = _field(
+        0.1,
+        "adaptive: C in the first round; after each round C moves geometrically towards the "
+        "target_quantile of that round's update norms (Andrew et al. 2021)",
+    )
     target_quantile: float = _field(0.5, "adaptive: fraction of updates meant to fall under C")
     learning_rate: float = _field(0.2, "adaptive: geometric step size of C")
 
@@ -260,8 +265,21 @@ class CompressionConfig:
     error_feedback: bool = _field(True, "carry what compression dropped into the client's next update")
 
 
-INT64_MAX = 2**63 - 1
 PRUNING_METHODS = ("none", *PRUNING_SCORES)
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    method: str = _field("none", "what ranks weights for pruning", PRUNING_METHODS)
+    scope: str = _field("global", "rank all weights together or each layer alone", SCOPES)
+    schedule: str = _field(
+        "gradual", "one_shot at start_round, or gradual (Zhu & Gupta 2017)", ("one_shot", "gradual")
+    )
+    initial_sparsity: float = _field(0.0, "gradual: sparsity at start_round")
+    sparsity: float = _field(0.9, "final share of weights pruned (biases are never pruned)")
+    start_round: int = _field(10, "first pruning round (one_shot: the only one)")
+    end_round: int = _field(40, "gradual: round that reaches the final sparsity")
+    every: int = _field(5, "gradual: rounds between pruning steps")
 
 
 @dataclass(frozen=True)
@@ -281,20 +299,6 @@ class FederatedEvalConfig:
         "own training rows (fine-tuning personalization); 0 = off",
         at_most=10**6,
     )
-
-
-@dataclass(frozen=True)
-class PruningConfig:
-    method: str = _field("none", "what ranks weights for pruning", PRUNING_METHODS)
-    scope: str = _field("global", "rank all weights together or each layer alone", SCOPES)
-    schedule: str = _field(
-        "gradual", "one_shot at start_round, or gradual (Zhu & Gupta 2017)", ("one_shot", "gradual")
-    )
-    initial_sparsity: float = _field(0.0, "gradual: sparsity at start_round")
-    sparsity: float = _field(0.9, "final share of weights pruned (biases are never pruned)")
-    start_round: int = _field(10, "first pruning round (one_shot: the only one)")
-    end_round: int = _field(40, "gradual: round that reaches the final sparsity")
-    every: int = _field(5, "gradual: rounds between pruning steps")
 
 
 @dataclass(frozen=True)
@@ -411,7 +415,7 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = _field("fedsim", "run name (run directory prefix, legend label)")
-    seed: int = _field(0, "root seed of every random draw", at_most=2**63 - 1)
+    seed: int = _field(0, "root seed of every random draw", at_most=INT64_MAX)
     rounds: int = _field(50, "communication rounds", at_most=10**9)
     data: DataConfig = _field(DataConfig(), "dataset and partition")
     model: ModelConfig = _field(ModelConfig(), "model architecture")

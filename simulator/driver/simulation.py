@@ -34,6 +34,7 @@ from server.evaluation import evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
 from simulator.config.loading import (
+    Overrides,
     apply_overrides,
     from_dict,
     load_config,
@@ -97,13 +98,11 @@ class Simulation:
         self._warned: set[str] = set()
 
     @classmethod
-    def from_yaml(
-        cls, path: str | Path, overrides: dict[str, Any] | list[str] | None = None, **kwargs
-    ) -> Simulation:
+    def from_yaml(cls, path: str | Path, overrides: Overrides | None = None, **kwargs) -> Simulation:
         return cls(load_config(Path(path), overrides), **kwargs)
 
     @classmethod
-    def resume_from(cls, run_dir: str | Path, overrides: dict[str, Any] | list[str] | None = None, **kwargs):
+    def resume_from(cls, run_dir: str | Path, overrides: Overrides | None = None, **kwargs):
         """Continue ``run_dir`` from its last checkpoint; only rounds and runtime.* may change."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
