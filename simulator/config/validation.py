@@ -1,6 +1,6 @@
 """``validate``: a Config's value ranges and cross-field rules, checked in a fixed order.
 
-The rules live with their feature, one module each under simulator/config/rules/ (data,
+The rules live with their feature, one module each under simulator/config/rules/ (run, data,
 model, client, server, privacy, compression, pruning, asynchronous, personalization,
 federated_eval, runtime, work); this module holds only the order they run in. The first
 rule a config breaks is the one error it gets, so the order is part of what a user sees:
