@@ -9,6 +9,7 @@ directory.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import traceback
@@ -32,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         command_parser = sub.add_parser(name, help=command.help)
-        for argument in command.arguments:
-            command_parser.add_argument(*argument.flags, **argument.options)
+        for argument in command.arguments:  # a copy each: --set's default [] is every parse's own
+            command_parser.add_argument(*argument.flags, **copy.deepcopy(argument.options))
         # --debug after the command works as before it; added last, so that argparse names
         # it after the command's own options (in "--d could match --data, --debug").
         command_parser.add_argument(
