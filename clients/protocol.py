@@ -2,10 +2,10 @@
 
 Everything here is a plain dataclass of numpy arrays and small values, so Ray
 pickles it with the arrays out of band: a worker reads them zero-copy from the
-object store, as numpy (never torch tensors). Driver to worker: ``WorkerRun``
-(a run, once per worker), ``RoundInput`` (per task); worker to driver:
-``GroupResult`` (per reduction group). ``ClientPlan`` and ``ClientShards`` are
-parts of a run.
+object store, as numpy (never torch tensors). Driver to worker: ``WorkerRun`` (a
+run, once per worker), ``RoundInput`` (per training task), ``EvalRequest`` (per
+evaluation task); worker to driver: ``GroupResult`` (per reduction group).
+``ClientPlan`` and ``ClientShards`` are parts of a run.
 """
 
 from __future__ import annotations
@@ -138,6 +138,23 @@ class ClientShards:
 
     def sizes(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What federated evaluation asks of a task beyond the global model and its groups.
+
+    batch_size: held-out rows per evaluation batch. states: the task's clients' own state
+    (personal models, kept buffers) by client id. finetune_steps: local steps of the
+    fine-tuned global model (0: none), whose draws ``round`` keys. buffers: (m,) the
+    global model's buffers (module models; None: their initial values).
+    """
+
+    batch_size: int
+    states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    finetune_steps: int = 0
+    round: int = 0
+    buffers: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

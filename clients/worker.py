@@ -41,7 +41,7 @@ from clients.personalization import (
     finetuned,
     train_personalized,
 )
-from clients.protocol import GroupResult, RoundInput, WorkerRun
+from clients.protocol import EvalRequest, GroupResult, RoundInput, WorkerRun
 from clients.streams import Stream
 from clients.training import (
     ClientResult,
@@ -301,30 +301,22 @@ class ClientWorker:
         return out
 
     def evaluate_groups(
-        self,
-        global_params: np.ndarray,
-        groups: list[tuple[int, np.ndarray]],
-        batch_size: int,
-        states: dict[int, dict[str, np.ndarray]] | None = None,
-        finetune_steps: int = 0,
-        round_: int = 0,
-        buffers: np.ndarray | None = None,
+        self, global_params: np.ndarray, groups: list[tuple[int, np.ndarray]], request: EvalRequest
     ) -> list[tuple[int, dict[str, np.ndarray]]]:
         """Federated evaluation: per group, (index, columns), each column (k,) in client
         order: ``client``, ``num_samples`` (held out), ``loss`` (summed) and ``correct`` of
         the global model; with personalization, ``personal_loss`` / ``personal_correct``
         of each client's own model (nan / -1 for a client with no state yet); with
-        ``finetune_steps``, ``finetuned_loss`` / ``finetuned_correct`` of the global model
-        after that many local steps on the client's training rows. ``buffers`` (m,): the
-        global model's buffers (module models; None: their initial values); a client's own
+        ``request.finetune_steps``, ``finetuned_loss`` / ``finetuned_correct`` of the global
+        model after that many local steps on the client's training rows. A client's own
         model evaluates with its own kept buffers when it has any ("local")."""
-        states = states or {}
+        states, buffers, batch_size = request.states, request.buffers, request.batch_size
         out = []
         for index, client_ids in groups:
             columns = _EvalColumns(
                 len(client_ids),
                 self._has_own_models(),
-                finetune_steps > 0,
+                request.finetune_steps > 0,
                 self.model.spec.loss.is_regression,
             )
             for i, cid in enumerate(int(c) for c in client_ids):
@@ -338,9 +330,9 @@ class ClientWorker:
                     mine = personal.personal_model(global_params, states[cid]) if personal else global_params
                     self._start_buffers(buffers, states[cid])
                     columns.set(i, "personal_", self._evaluated(mine, cid, x, y, batch_size))
-                if finetune_steps:
+                if request.finetune_steps:
                     self._start_buffers(buffers, {}, policy="average")
-                    tuned = self._finetuned(global_params, cid, finetune_steps, round_)
+                    tuned = self._finetuned(global_params, cid, request.finetune_steps, request.round)
                     columns.set(i, "finetuned_", self._evaluated(tuned, cid, x, y, batch_size))
             out.append((index, {"client": np.asarray(client_ids), **columns.arrays}))
         return out

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from clients.protocol import EvalRequest
 from clients.streams import Stream
 from simulator.config.schema import Config
 from simulator.driver.pool import GroupCall, map_groups
@@ -74,11 +75,15 @@ class FederatedEvalPlan:
         sample count, which balances the workers (None: generated clients, all alike)."""
         states = model.states or {}
 
-        def own_states(ids: np.ndarray) -> tuple:  # a task carries its own clients' state only
+        def request(ids: np.ndarray) -> tuple[EvalRequest]:  # a task carries its own clients' state only
             own = {int(c): states[int(c)] for c in ids if int(c) in states}
-            return (own, self.finetune_steps, round_, model.buffers)
+            asked = EvalRequest(
+                batch_size=self.batch_size, states=own, finetune_steps=self.finetune_steps,
+                round=round_, buffers=model.buffers,
+            )  # fmt: skip
+            return (asked,)
 
-        call = GroupCall("evaluate_groups", (self.batch_size,), held_out, own_states)
+        call = GroupCall("evaluate_groups", client_work=held_out, task_args=request)
         parts = map_groups(pool, model.params, clients, self.groups, call)
         if not parts:
             return {"client": np.zeros(0, np.int64), "num_samples": np.zeros(0, np.int64)}
