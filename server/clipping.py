@@ -18,6 +18,8 @@ import numpy as np
 
 from server.stateless import Stateless
 
+CLIPPING_KINDS = ("none", "fixed", "adaptive")  # server.clipping.kind: off, FixedClipNorm, AdaptiveClipNorm
+
 
 def clip_update(update: np.ndarray, max_norm: float) -> tuple[np.ndarray, float]:
     """update (n,) -> (clipped (n,) float64 new array, L2 norm before clipping).

@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+COMPRESSION_METHODS = ("none", "topk", "qsgd8")  # what compress() sends
 LEVELS = 256
 
 

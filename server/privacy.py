@@ -34,6 +34,8 @@ import logging
 
 import numpy as np
 
+SAMPLINGS = ("fixed", "poisson")  # how clients join a DP round (above)
+
 
 def add_gaussian_noise(
     total: np.ndarray, clip_norm: float, noise_multiplier: float, rng: np.random.Generator

@@ -36,6 +36,7 @@ import numpy as np
 from clients.models.layout import Layout, ParamSlot
 
 SCOPES = ("global", "layer")
+SCHEDULES = ("one_shot", "gradual")  # PruningSchedule.schedule
 # What ranks weights: server.pruning.method in the round pipeline, fedsim prune --method after a run.
 PRUNING_SCORES = ("magnitude", "saliency", "squared_gradient", "random")
 

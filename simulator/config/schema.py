@@ -29,8 +29,11 @@ from clients.models.spec import (
 from clients.personalization_methods import PERSONALIZATION_METHODS
 from server.aggregation import AGGREGATORS
 from server.asynchronous import STALENESS_KINDS
+from server.clipping import CLIPPING_KINDS
+from server.compression import COMPRESSION_METHODS
 from server.optimizers import SERVER_OPTIMIZERS
-from server.pruning import PRUNING_SCORES, SCOPES
+from server.privacy import SAMPLINGS
+from server.pruning import PRUNING_SCORES, SCHEDULES, SCOPES
 
 BUILT_IN_DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare")
 DATASETS = (*BUILT_IN_DATASETS, *USER_DATASETS)
@@ -232,7 +235,7 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class ClippingConfig:
-    kind: str = _field("none", "per-client L2 clipping of updates", ("none", "fixed", "adaptive"))
+    kind: str = _field("none", "per-client L2 clipping of updates", CLIPPING_KINDS)
     norm: float = _field(1.0, "fixed: the clip norm C")
     initial_norm: float = _field(
         0.1,
@@ -247,7 +250,7 @@ class ClippingConfig:
 class PrivacyConfig:
     noise_multiplier: float = _field(0.0, "DP-FedAvg Gaussian noise std / clip norm (z); 0 = no privacy")
     delta: float = _field(1e-5, "the delta at which epsilon is reported")
-    sampling: str = _field("fixed", "fixed-size (m of N) or poisson client sampling", ("fixed", "poisson"))
+    sampling: str = _field("fixed", "fixed-size (m of N) or poisson client sampling", SAMPLINGS)
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    method: str = _field("none", "update compression", ("none", "topk", "qsgd8"))
+    method: str = _field("none", "update compression", COMPRESSION_METHODS)
     fraction: float = _field(0.01, "topk: share of coordinates sent")
     error_feedback: bool = _field(True, "carry what compression dropped into the client's next update")
 
@@ -272,9 +275,7 @@ PRUNING_METHODS = ("none", *PRUNING_SCORES)
 class PruningConfig:
     method: str = _field("none", "what ranks weights for pruning", PRUNING_METHODS)
     scope: str = _field("global", "rank all weights together or each layer alone", SCOPES)
-    schedule: str = _field(
-        "gradual", "one_shot at start_round, or gradual (Zhu & Gupta 2017)", ("one_shot", "gradual")
-    )
+    schedule: str = _field("gradual", "one_shot at start_round, or gradual (Zhu & Gupta 2017)", SCHEDULES)
     initial_sparsity: float = _field(0.0, "gradual: sparsity at start_round")
     sparsity: float = _field(0.9, "final share of weights pruned (biases are never pruned)")
     start_round: int = _field(10, "first pruning round (one_shot: the only one)")
