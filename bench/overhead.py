@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from clients.models.spec import init_params  # noqa: E402
 from clients.models.torch_engine import TorchModel  # noqa: E402
 from clients.streams import Stream  # noqa: E402
-from clients.training import client_rng, train_client  # noqa: E402
+from clients.training import ClientTask, client_rng, train_client  # noqa: E402
 from clients.worker import add_weighted  # noqa: E402
 from server.sampling import sample_clients  # noqa: E402
 from simulator.config.build import build_dataset, build_model_spec, build_partition, local_training  # noqa: E402
@@ -123,9 +123,10 @@ class PlainLoop:
         total, weight = np.zeros_like(params), 0
         for cid in clients:
             rng = client_rng(self.cfg.seed, round_, int(cid), Stream.DATA_ORDER)
-            result = train_client(
+            task = ClientTask(
                 self.model, params, d.x_train, d.y_train, self.parts[cid], self.training, rng, cid
             )
+            result = train_client(task)
             add_weighted(total, result.update, result.num_samples)
             weight += result.num_samples
         return total, weight

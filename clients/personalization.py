@@ -68,16 +68,15 @@ class PersonalPlan:
 
 def train_personalized(
     plan: PersonalPlan,
-    task: ClientTask | tuple,
+    task: ClientTask,
     cfg: LocalTrainingConfig,
     state: dict[str, np.ndarray],
     personal_rng: np.random.Generator,
 ) -> tuple[ClientResult, dict[str, np.ndarray]]:
     """One client's round under ``plan``: (its result, whose update carries only what is
     shared, and its new personal state). ``task``: its pass from the global model as
-    ``train_client`` takes it (or its leading fields as a tuple); ``cfg``: its optimiser
+    ``train_client`` takes it; ``cfg``: its optimiser
     settings, which the personal passes vary; ``personal_rng``: their data order."""
-    task = ClientTask.of(task)
     global_params = task.start
     if plan.method == "ditto":
         result = train_client(task)

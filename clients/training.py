@@ -92,21 +92,11 @@ class ClientTask:
     max_steps: int | None = None
     augment: Augmenter | None = None
 
-    @classmethod
-    def of(cls, task: ClientTask | Any, *fields: Any, **options: Any) -> ClientTask:
-        """``task`` itself, or the task of loose arguments in field order (``task`` the
-        model, or a tuple of the leading fields), as scripts and tests pass them."""
-        if isinstance(task, ClientTask):
-            return task
-        leading = task if isinstance(task, tuple) else (task,)
-        return cls(*leading, *fields, **options)
 
-
-def train_client(task: ClientTask | Any, *fields: Any, **options: Any) -> ClientResult:
+def train_client(task: ClientTask) -> ClientResult:
     """Run ``cfg.epochs`` of minibatch local training on the client's shard from its
-    start point; ``task``: a ``ClientTask``, or its fields (``ClientTask.of``). Returns
+    start point (``task``). Returns
     the delta and the sample-weighted mean minibatch loss."""
-    task = ClientTask.of(task, *fields, **options)
     model, cfg, shard = task.model, task.cfg, task.shard
     model.load_params(task.start)
     # On a device, the start point is copied there once, from the loaded parameters.
@@ -192,14 +182,13 @@ class Freeze:
         params += self.frozen
 
 
-def client_gradient(task: ClientTask | Any, *fields: Any, **options: Any) -> ClientResult:
+def client_gradient(task: ClientTask) -> ClientResult:
     """FedSGD (McMahan et al. 2017, arXiv:1602.05629, Section 2): the gradient of the
     client's mean loss at its start point, over its whole shard (in batches of
     ``cfg.batch_size``, weighted by batch size) or over ``cfg.local_steps`` batches
     of a seeded order; under batch norm a batch of one row is skipped, as in local
     training, and not counted. ``task``: a ``ClientTask`` (its mask and augmentation
-    apply), or its fields. Returns it as ``update`` (n,) float32."""
-    task = ClientTask.of(task, *fields, **options)
+    apply). Returns it as ``update`` (n,) float32."""
     model, cfg = task.model, task.cfg
     model.load_params(task.start)
     data = _client_batches(model, task)

@@ -36,7 +36,6 @@ from clients.devices import worker_device
 from clients.errors import ClientFailure, ConfigError, FedsimError
 from clients.models.arrays import to_numpy
 from clients.models.engines import build_model
-from clients.models.spec import ModelSpec
 from clients.personalization import (
     finetuned,
     train_personalized,
@@ -111,12 +110,9 @@ class ClientWorker:
         self.device = worker_device(device, gpus_per_worker)
         self.device_name = "cpu" if self.device is None else str(self.device)
 
-    def load(self, run: WorkerRun | ModelSpec, *fields: Any) -> dict[str, Any]:
-        """Take on ``run`` (or, from a script or test, a WorkerRun's fields in order): every
-        piece of per-run state is set here, none survives from a previous run. Returns
-        ``ping()``."""
-        if not isinstance(run, WorkerRun):
-            run = WorkerRun(run, *fields)
+    def load(self, run: WorkerRun) -> dict[str, Any]:
+        """Take on ``run``: every piece of per-run state is set here, none survives from a
+        previous run. Returns ``ping()``."""
         self.unload()
         spec, plan = run.spec, run.plan
         self.model = build_model(spec, run.engine, device=self.device)

@@ -18,7 +18,7 @@ from clients.models import arrays
 from clients.models.engines import build_model
 from clients.models.spec import build_spec, init_params
 from clients.optim import SGD, Adam
-from clients.training import LocalTrainingConfig, client_gradient, client_scores, train_client
+from clients.training import ClientTask, LocalTrainingConfig, client_gradient, client_scores, train_client
 
 DIGITS = load_digits()
 X = (DIGITS.data[:300] / 16).astype(np.float32).reshape(-1, 1, 8, 8)
@@ -51,7 +51,8 @@ def test_resident_training_gives_the_host_bits(case):
     start = init_params(spec, 3)
     cfg = _config(**CASES[case])
     results = [
-        train_client(m, start, X, Y, SHARD, cfg, np.random.default_rng(11), 5) for m in (host, resident)
+        train_client(ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(11), 5))
+        for m in (host, resident)
     ]
     assert isinstance(resident.params, torch.Tensor) and isinstance(host.params, np.ndarray)
     assert isinstance(results[1].update, np.ndarray)
@@ -68,7 +69,9 @@ def test_resident_training_honours_the_mask_and_scaffold_correction():
     correction = np.random.default_rng(1).normal(0, 1e-3, start.size).astype(np.float32)
     cfg = _config(momentum=0.9, weight_decay=1e-3)
     updates = [
-        train_client(m, start, X, Y, SHARD, cfg, np.random.default_rng(2), 0, correction, mask).update
+        train_client(
+            ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(2), 0, correction, mask)
+        ).update
         for m in (host, resident)
     ]
     assert updates[0].tobytes() == updates[1].tobytes()
@@ -82,10 +85,13 @@ def test_resident_local_clipping_agrees_within_float32_rounding():
     start = init_params(spec, 0)
     cfg = _config(max_grad_norm=0.5)
     updates = [
-        train_client(m, start, X, Y, SHARD, cfg, np.random.default_rng(4), 0).update for m in (host, resident)
+        train_client(ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(4), 0)).update
+        for m in (host, resident)
     ]
     np.testing.assert_allclose(updates[1], updates[0], rtol=1e-5, atol=1e-7)
-    unclipped = train_client(host, start, X, Y, SHARD, _config(), np.random.default_rng(4), 0).update
+    unclipped = train_client(
+        ClientTask(host, start, X, Y, SHARD, _config(), np.random.default_rng(4), 0)
+    ).update
     assert np.abs(updates[0] - unclipped).max() > 1e-3  # the clip bound was active
 
 
@@ -94,7 +100,7 @@ def test_resident_fedsgd_gradient_and_pruning_scores_match_the_host():
     start = init_params(spec, 0)
     cfg = _config(batch_size=16)
     grads = [
-        client_gradient(m, start, X, Y, SHARD, cfg, np.random.default_rng(5), 0).update
+        client_gradient(ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(5), 0)).update
         for m in (host, resident)
     ]
     assert grads[0].tobytes() == grads[1].tobytes()
@@ -151,7 +157,8 @@ def test_cuda_training_is_reproducible_and_close_to_the_host():
     host = build_model(spec, "torch")
     gpu = [build_model(spec, "torch", device="cuda") for _ in range(2)]
     updates = [
-        train_client(m, start, X, Y, SHARD, cfg, np.random.default_rng(6), 0).update for m in [host, *gpu]
+        train_client(ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(6), 0)).update
+        for m in [host, *gpu]
     ]
     assert updates[1].tobytes() == updates[2].tobytes()
     np.testing.assert_allclose(updates[1], updates[0], rtol=1e-4, atol=1e-6)

@@ -10,7 +10,7 @@ from clients.models.layout import Layout
 from clients.models.spec import build_spec, init_params
 from clients.models.torch_engine import TorchModel
 from clients.optim import SGD
-from clients.training import LocalTrainingConfig, client_rng, train_client
+from clients.training import ClientTask, LocalTrainingConfig, client_rng, train_client
 
 
 def test_layout_views_write_through():
@@ -98,9 +98,9 @@ def test_local_training_moves_the_model_and_is_seeded():
     y = rng.integers(0, 10, 30)
     cfg = LocalTrainingConfig(lr=0.1, momentum=0.0, weight_decay=0.0, epochs=2, batch_size=4)
     shard = np.arange(5, 25)
-    r1 = train_client(model, start, x, y, shard, cfg, client_rng(0, 1, 7, 1), 7)
-    r2 = train_client(model, start, x, y, shard, cfg, client_rng(0, 1, 7, 1), 7)
-    r3 = train_client(model, start, x, y, shard, cfg, client_rng(0, 2, 7, 1), 7)
+    r1 = train_client(ClientTask(model, start, x, y, shard, cfg, client_rng(0, 1, 7, 1), 7))
+    r2 = train_client(ClientTask(model, start, x, y, shard, cfg, client_rng(0, 1, 7, 1), 7))
+    r3 = train_client(ClientTask(model, start, x, y, shard, cfg, client_rng(0, 2, 7, 1), 7))
     assert r1.num_samples == 20 and np.abs(r1.update).max() > 0
     assert r1.update.tobytes() == r2.update.tobytes()
     assert r1.update.tobytes() != r3.update.tobytes()  # another round, another data order

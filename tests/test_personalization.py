@@ -14,7 +14,7 @@ from clients.errors import ConfigError
 from clients.models.engines import build_model
 from clients.models.spec import build_spec, init_params
 from clients.personalization import PersonalPlan, train_personalized
-from clients.training import LocalTrainingConfig, client_rng
+from clients.training import ClientTask, LocalTrainingConfig, client_rng
 from simulator import Simulation
 from simulator.config.loading import load_config
 from simulator.driver.workers import stop_idle_workers
@@ -78,8 +78,8 @@ def _one_client(method: str, **plan_args):
     head[spec.layout()["fc2.weight"].offset :] = True
     plan = PersonalPlan(method, None if method == "ditto" else head, **plan_args)
     start = init_params(spec, 0)
-    args = (model, start, x, y, np.arange(30), cfg, client_rng(0, 1, 7, 1), 7)
-    return plan, start, head, train_personalized(plan, args, cfg, {}, client_rng(0, 1, 7, 16))
+    task = ClientTask(model, start, x, y, np.arange(30), cfg, client_rng(0, 1, 7, 1), 7)
+    return plan, start, head, train_personalized(plan, task, cfg, {}, client_rng(0, 1, 7, 16))
 
 
 def test_fedrep_trains_the_head_then_the_body_and_sends_only_the_body():

@@ -10,7 +10,7 @@ import pytest
 
 from clients.models.engines import build_model
 from clients.models.spec import init_params
-from clients.training import LocalTrainingConfig, client_rng, train_client
+from clients.training import ClientTask, LocalTrainingConfig, client_rng, train_client
 from server.pruning import build_mask, magnitude_scores, prunable
 from server.sampling import sample_clients
 from simulator import Simulation
@@ -32,15 +32,17 @@ def test_local_training_keeps_pruned_weights_at_exactly_zero():
     start = start * mask
     training = LocalTrainingConfig(0.1, momentum=0.9, weight_decay=0.01, epochs=2, batch_size=5)
     result = train_client(
-        model,
-        start,
-        dataset.x_train,
-        dataset.y_train,
-        np.arange(30),
-        training,
-        client_rng(0, 1, 0, 1),
-        0,
-        mask=mask,
+        ClientTask(
+            model,
+            start,
+            dataset.x_train,
+            dataset.y_train,
+            np.arange(30),
+            training,
+            client_rng(0, 1, 0, 1),
+            0,
+            mask=mask,
+        )
     )
     local = start + result.update
     assert np.all(local[~mask] == 0.0) and np.all(result.update[~mask] == 0.0)

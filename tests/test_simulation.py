@@ -11,9 +11,9 @@ from safetensors.numpy import load_file
 from clients.errors import ConfigError
 from clients.models.engines import build_model
 from clients.models.spec import init_params
-from clients.protocol import ClientPlan, ClientShards, RoundInput
+from clients.protocol import ClientPlan, ClientShards, RoundInput, WorkerRun
 from clients.streams import Stream
-from clients.training import client_rng, train_client
+from clients.training import ClientTask, client_rng, train_client
 from clients.worker import ClientWorker, add_weighted
 from simulator import Simulation
 from simulator.config.build import build_dataset, build_model_spec, build_partition, local_training
@@ -130,7 +130,7 @@ def _small_worker():
     spec = build_model_spec(cfg.model, dataset)
     args = (dataset.x_train, dataset.y_train, shards.indices, shards.offsets)
     worker = ClientWorker(threads=1)
-    worker.load(spec, "torch", *args, ClientPlan(local_training(cfg)), cfg.seed)
+    worker.load(WorkerRun(spec, "torch", *args, ClientPlan(local_training(cfg)), cfg.seed))
     return cfg, dataset, shards, spec, worker
 
 
@@ -143,7 +143,16 @@ def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
     for cid in (1, 4, 9):
         rng = client_rng(cfg.seed, 1, cid, Stream.DATA_ORDER)
         result = train_client(
-            model, start, dataset.x_train, dataset.y_train, shards.shard(cid), local_training(cfg), rng, cid
+            ClientTask(
+                model,
+                start,
+                dataset.x_train,
+                dataset.y_train,
+                shards.shard(cid),
+                local_training(cfg),
+                rng,
+                cid,
+            )
         )
         assert result.num_samples == shards.sizes()[cid]
         add_weighted(expected, result.update, result.num_samples)

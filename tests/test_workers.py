@@ -14,7 +14,7 @@ import ray
 
 from clients.errors import ClusterError
 from clients.models.spec import build_spec
-from clients.protocol import ClientPlan
+from clients.protocol import ClientPlan, WorkerRun
 from clients.training import LocalTrainingConfig
 from simulator import Simulation
 from simulator.driver.simulation import _loaded
@@ -95,7 +95,7 @@ def test_a_worker_that_cannot_load_the_run_is_one_clear_error(ray_cluster):
     empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64)
     plan = ClientPlan(LocalTrainingConfig(0.1, 0.0, 0.0, 1, 10))
     with pytest.raises(ClusterError, match="could not load the run: ValueError.*unknown engine 'jax'"):
-        _loaded(actors, (spec, "jax", *empty, plan, 0))
+        _loaded(actors, WorkerRun(spec, "jax", *empty, plan, 0))
     release(shape, actors, keep=False)
 
 

@@ -183,8 +183,8 @@ class RunState:
                 f"trained with ({', '.join(changed[:5])}); put it back, or start a new run"
             )
 
-    def worker_run_args(self) -> tuple[ray.ObjectRef]:
-        """``ClientWorker.load``'s arguments: the run, put into the object store once per
+    def worker_run(self) -> ray.ObjectRef:
+        """``ClientWorker.load``'s argument: the run, put into the object store once per
         run, from where Ray hands each worker its arrays (dataset, partition) zero-copy."""
         held_out = self.eval_shards
         run = WorkerRun(
@@ -203,7 +203,7 @@ class RunState:
             eval_x=self.x_test if self.eval_in_test else None,
             eval_y=self.y_test if self.eval_in_test else None,
         )
-        return (ray.put(run),)
+        return ray.put(run)
 
     def recorded_device(self) -> str | None:
         """The device a resumed run trained on before, from its summary.json."""

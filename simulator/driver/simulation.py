@@ -28,6 +28,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from threadpoolctl import threadpool_limits
 
 from clients.errors import ClusterError, FedsimError, RunDiverged
+from clients.protocol import WorkerRun
 from clients.streams import Stream
 from server.async_buffer import AsyncRounds
 from server.evaluation import evaluate
@@ -169,7 +170,7 @@ class Simulation:
         with this run's model, data and plan."""
         shape = state.schedule.workers
         count = pool_size(self.cfg.runtime, session)
-        run_args = state.worker_run_args()
+        run = state.worker_run()
         user_code = user_code_targets(self.cfg, on_workers=True)
 
         def respawn():
@@ -178,14 +179,14 @@ class Simulation:
             if shape.resources.fit_in(free_resources()) < 1:
                 raise ClusterError("no free CPUs/GPUs for a replacement worker")
             replacement = shape.start()
-            if _loaded([replacement], run_args, user_code)[0]["device"] != state.device:
+            if _loaded([replacement], run, user_code)[0]["device"] != state.device:
                 ray.kill(replacement)
                 raise ClusterError(f"a replacement worker would not train on {state.device}")
             return replacement
 
         actors = workers.acquire(shape, count)
         try:
-            state.device = _one_device(_loaded(actors, run_args, user_code), state.recorded_device())
+            state.device = _one_device(_loaded(actors, run, user_code), state.recorded_device())
         except BaseException:
             workers.release(shape, actors, keep=False)
             raise
@@ -493,14 +494,16 @@ def _one_device(infos: list[dict[str, Any]], recorded: str | None) -> str:
     return devices[0]
 
 
-def _loaded(actors: list, run_args: tuple, user_code: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Load the run into each worker, once each has imported the ``user_code`` it names
+def _loaded(
+    actors: list, run: WorkerRun | ray.ObjectRef, user_code: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Load ``run`` into each worker, once each has imported the ``user_code`` it names
     ({key: "package.module:callable"}); their pings. A constructor's, the import's or
     ``load``'s error (say, no CUDA device, or no memory for the model) becomes one line."""
     try:
         if user_code:
             ray.get([a.import_user_code.remote(user_code) for a in actors])
-        return ray.get([a.load.remote(*run_args) for a in actors])
+        return ray.get([a.load.remote(run) for a in actors])
     except RayActorError as exc:
         causes = [line.split("Error: ", 1)[1] for line in str(exc).splitlines() if "Error: " in line]
         raise ClusterError(
