@@ -6,6 +6,8 @@ import base64
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -417,3 +419,17 @@ def test_clients_jsonl_row_without_accuracy_raises_naming_file(gamma: Path):
         load_run(gamma)
 
     assert str(gamma / "clients.jsonl") in str(info.value)
+
+
+def test_report_and_the_sweep_comparison_load_neither_torch_nor_ray(alpha: Path, tmp_path: Path):
+    """A report reads files: ``fedsim report`` and the sweep's comparison page need no
+    training stack (the sweep's records live in simulator.rundir.sweep_index)."""
+    probe = (
+        "import sys; from simulator.cli import main; import simulator.report.sweep_page; "
+        f"code = main(['report', {str(alpha)!r}, '--out', {str(tmp_path / 'out')!r}]); "
+        "print(code, sorted({'torch', 'ray'} & set(sys.modules)))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0 []"

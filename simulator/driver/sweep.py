@@ -12,7 +12,9 @@ The sweep directory holds one run directory per (point, seed), ``sweep.json``
 comparison: ``comparison.png`` and a self-contained ``comparison.html``.
 
 Public API: :func:`run_sweep` (or :func:`sweep` of a :class:`SweepRequest`),
-:func:`parse_grid`, :class:`GridAxis`, :class:`SweepRun`, :class:`SweepResult`.
+:func:`parse_grid`, :class:`GridAxis`, :class:`SweepRun`, :class:`SweepResult`
+(``GridAxis`` and ``SweepRun``, what sweep.json holds, live in
+:mod:`simulator.rundir.sweep_index`).
 """
 
 from __future__ import annotations
@@ -46,44 +48,28 @@ from simulator.driver.cluster import (
 from simulator.driver.workers import WorkerShape, reuse_workers
 from simulator.report.formatting import yaml_text
 from simulator.report.progress import StepProgress
+from simulator.report.sweep_page import text_table, write_comparison
 from simulator.rundir.files import atomic_write_text
 from simulator.rundir.summary import read_summary
+from simulator.rundir.sweep_index import (
+    COMPLETED,
+    DIVERGED,
+    FAILED,
+    INDEX_FORMAT,
+    INDEX_NAME,
+    INTERRUPTED,
+    GridAxis,
+    SweepRun,
+)
 
-INDEX_NAME = "sweep.json"
-INDEX_FORMAT = "fedsim-sweep-1"
 # Most filesystems allow 255 bytes per name; leave room for a uniqueness suffix.
 MAX_RUN_NAME = 200
 # Grid points x seeds: a few thousand runs is a big but real study; more is a typo
 # (a run takes seconds at the very least, and sweep.json lists every run).
 MAX_SWEEP_RUNS = 10_000
 PLAN_PROGRESS_FROM = 200  # runs: validating fewer takes well under a second
-NOT_RUN, COMPLETED, FAILED, INTERRUPTED = "not run", "completed", "failed", "interrupted"
-DIVERGED = "diverged"  # stopped by server.stop_after_nonfinite_rounds: a result, not a failure
 
 RunCallback = Callable[["SweepRun"], None]
-
-
-@dataclass(frozen=True)
-class GridAxis:
-    """One ``--grid`` flag: a dotted config key and the values it takes."""
-
-    key: str
-    values: tuple[Any, ...]
-
-
-@dataclass
-class SweepRun:
-    """One (grid point, seed) run, as listed in sweep.json."""
-
-    directory: str  # relative to the sweep directory
-    point: int  # index of its grid point
-    overrides: dict[str, Any]  # the point's grid values and the seed
-    seed: int
-    status: str = NOT_RUN
-    final_test_accuracy: float | None = None
-    best_test_accuracy: float | None = None
-    final_test_loss: float | None = None  # what a regression run (no accuracy) is compared by
-    error: str | None = None
 
 
 @dataclass
@@ -100,8 +86,6 @@ class SweepResult:
 
     def table(self) -> str:
         """The comparison as a fixed-width text table, one line per grid point."""
-        from simulator.report.sweep_page import text_table  # it reads this module's records
-
         return text_table(self.grid, self.runs)
 
 
@@ -455,8 +439,6 @@ def _run_all(
 
 
 def _finish(index: _Index, sweep_dir: Path, status: str) -> None:
-    from simulator.report.sweep_page import write_comparison  # it reads this module's records
-
     index.close(status)
     write_comparison(sweep_dir, _axes_from_header(index.header), index.runs, len(index.header["seeds"]))
 

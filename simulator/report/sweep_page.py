@@ -2,8 +2,8 @@
 loss) over seeds, as ``comparison.png``, a self-contained ``comparison.html`` and the
 text table ``fedsim sweep`` prints.
 
-It reads the runs as sweep.json lists them (``SweepRun``); ``simulator.driver.sweep``
-imports this module where it writes the comparison, after its own records exist.
+It reads the runs as sweep.json lists them (``SweepRun``, from
+``simulator.rundir.sweep_index``), so it loads neither Ray nor torch.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from urllib.parse import quote
 import numpy as np
 from matplotlib.figure import Figure
 
-from simulator.driver.sweep import COMPLETED, FAILED, GridAxis, SweepRun
 from simulator.report.charts import png_bytes
 from simulator.report.formatting import percent, yaml_text
 from simulator.report.html_page import BASE_CSS, document, png_image
 from simulator.rundir.files import atomic_write_bytes
+from simulator.rundir.sweep_index import COMPLETED, FAILED, GridAxis, SweepRun
 
 PNG_NAME = "comparison.png"
 HTML_NAME = "comparison.html"
