@@ -56,7 +56,7 @@ from clients.models.spec import init_params  # noqa: E402
 from clients.models.torch_engine import TorchModel  # noqa: E402
 from clients.streams import Stream  # noqa: E402
 from clients.training import ClientTask, client_rng, train_client  # noqa: E402
-from clients.worker import add_weighted  # noqa: E402
+from clients.updates import add_weighted  # noqa: E402
 from server.sampling import sample_clients  # noqa: E402
 from simulator.config.build import build_dataset, build_model_spec, build_partition, local_training  # noqa: E402
 from simulator.config.loading import apply_overrides, dump_yaml, from_dict  # noqa: E402

@@ -50,6 +50,7 @@ from clients.training import (
     client_scores,
     train_client,
 )
+from clients.updates import add_weighted, update_norm
 from clients.user_code import import_here
 
 SHAPE_ATTRIBUTES = frozenset({"device", "device_name"})  # what a worker keeps between runs
@@ -444,15 +445,3 @@ class _Unprocessed:
 
 def _stack(updates: list[np.ndarray]) -> np.ndarray | None:
     return np.stack(updates) if updates else None
-
-
-def add_weighted(total: np.ndarray, delta: np.ndarray, weight: float) -> None:
-    """total += weight * delta, in float32, in one fused pass (torch's axpy on the same
-    memory; numpy would need two passes and a temporary)."""
-    torch.from_numpy(total).add_(torch.from_numpy(delta), alpha=float(np.float32(weight)))
-
-
-def update_norm(update: np.ndarray) -> float:
-    """L2 norm in one BLAS pass; NaN or Inf anywhere makes it non-finite, and so does a
-    squared norm beyond float32's range (|u| > 1.8e19), which no usable update has."""
-    return math.sqrt(float(np.dot(update, update)))

@@ -23,7 +23,7 @@ import numpy as np
 
 from clients.errors import ConfigError, FedsimError
 from clients.protocol import GroupResult
-from clients.worker import add_weighted
+from clients.updates import add_weighted
 from server.asynchronous import AsyncSchedule, StalenessWeight, StepPlan, Trip, staleness_histogram
 from server.sampling import reduction_groups
 

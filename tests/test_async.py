@@ -250,3 +250,16 @@ def test_the_live_line_moves_while_a_round_trains(ray_cluster, tmp_path, monkeyp
     assert moving in out
     if mode == "async":
         assert "step 1: 2/2 arrivals" in out and "step 2: " in out
+
+
+def test_server_modules_import_no_torch_and_no_ray():
+    """server/ is what the server does to updates, in numpy: importing any of it (the
+    asynchronous buffer included) loads neither torch nor Ray."""
+    probe = (
+        "import importlib, pkgutil, sys, server; "
+        "[importlib.import_module('server.' + m.name) for m in pkgutil.iter_modules(server.__path__)]; "
+        "print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

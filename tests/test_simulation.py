@@ -14,7 +14,8 @@ from clients.models.spec import init_params
 from clients.protocol import ClientPlan, ClientShards, RoundInput, WorkerRun
 from clients.streams import Stream
 from clients.training import ClientTask, client_rng, train_client
-from clients.worker import ClientWorker, add_weighted
+from clients.updates import add_weighted
+from clients.worker import ClientWorker
 from simulator import Simulation
 from simulator.config.build import build_dataset, build_model_spec, build_partition, local_training
 from tests.conftest import ROOT, small_config, small_overrides
