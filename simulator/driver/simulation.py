@@ -50,6 +50,7 @@ from simulator.driver.cluster import (
     ray_session,
     ray_starting,
     user_py_modules,
+    worker_resources,
 )
 from simulator.driver.federated_eval import EvaluatedModel, client_rows, round_metrics
 from simulator.driver.pool import GroupCall, WorkerPool, map_groups
@@ -176,7 +177,7 @@ class Simulation:
         def respawn():
             workers.stop_idle_workers()  # idle workers of other runs must not take its place
             # Only where a worker fits now: a pending actor would stall the round.
-            if shape.resources.fit_in(free_resources()) < 1:
+            if worker_resources(self.cfg.runtime).fit_in(free_resources()) < 1:
                 raise ClusterError("no free CPUs/GPUs for a replacement worker")
             replacement = shape.start()
             if _loaded([replacement], run, user_code)[0]["device"] != state.device:

@@ -27,7 +27,6 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from clients.worker import ClientWorker
 from simulator.config.schema import Config
-from simulator.driver.cluster import Resources
 
 log = logging.getLogger("fedsim")
 
@@ -57,10 +56,6 @@ class WorkerShape:
     @property
     def threads(self) -> int:
         return worker_threads(self.cpus)
-
-    @property
-    def resources(self) -> Resources:
-        return Resources(self.cpus, self.gpus)
 
     def start(self) -> Any:
         """A new worker actor of this shape (its constructor runs in the background)."""
