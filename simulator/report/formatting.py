@@ -8,7 +8,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-MISSING = "—"  # the report's table; the terminal and a sweep's text table use "-"
+# A missing value: the report's HTML table has always shown an em dash, the terminal
+# summary and a sweep's text table a hyphen. They differ on purpose: one dash would change
+# what `fedsim run`, `fedsim sweep` or report.html print.
+MISSING = "—"
+TEXT_MISSING = "-"
 BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
@@ -24,7 +28,7 @@ def plain(value: Any, missing: str = MISSING) -> str:
     return missing if value is None else str(value)
 
 
-def fixed(value: float | None, digits: int = 4, missing: str = "-") -> str:
+def fixed(value: float | None, digits: int = 4, missing: str = TEXT_MISSING) -> str:
     return missing if value is None else f"{value:.{digits}f}"
 
 

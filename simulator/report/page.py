@@ -79,7 +79,7 @@ def _table_row(run: RunRecord, label: str, target: float | None) -> str:
         cells.append("not reached" if reached is None else str(reached))
         seconds = simulated_time_to_target(run.rows, target)
         clocked = logs(run, "simulated_elapsed")
-        cells.append("—" if not clocked else "not reached" if seconds is None else f"{seconds:.4g} s")
+        cells.append(fmt.MISSING if not clocked else "not reached" if seconds is None else f"{seconds:.4g} s")
     cells += [_epsilon_text(run), _differences_text(run.config)]
     return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 

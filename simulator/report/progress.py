@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from simulator.report.formatting import binary_size, fixed
+from simulator.report.formatting import TEXT_MISSING, binary_size, fixed
 
 
 class RoundProgress:
@@ -100,6 +100,11 @@ def _traffic(count: int) -> str:
     return binary_size(count, decimals=1, largest="GiB")
 
 
+def _best_text(best: float | None, summary: dict) -> str:
+    """The best score and the round it was reached in."""
+    return TEXT_MISSING if best is None else f"{best:.4f} (round {summary['best_round']})"
+
+
 def summary_table(summary: dict, run_dir: Path) -> None:
     """The end-of-run table: outcome, accuracy (loss under regression), time, traffic,
     privacy, where it all is."""
@@ -108,15 +113,11 @@ def summary_table(summary: dict, run_dir: Path) -> None:
     table.add_column()
     rows = [("rounds", f"{summary['rounds_completed']} of {summary['rounds']}")]
     if "best_test_loss" in summary:  # regression: no accuracy
-        best = summary["best_test_loss"]
-        rows.append(
-            ("best test loss", "-" if best is None else f"{best:.4f} (round {summary['best_round']})")
-        )
+        rows.append(("best test loss", _best_text(summary["best_test_loss"], summary)))
     else:
-        best = summary.get("best_test_accuracy")
         rows += [
             ("final test accuracy", fixed(summary.get("final_test_accuracy"))),
-            ("best test accuracy", "-" if best is None else f"{best:.4f} (round {summary['best_round']})"),
+            ("best test accuracy", _best_text(summary.get("best_test_accuracy"), summary)),
         ]
     rows += [
         ("final test loss", fixed(summary.get("final_test_loss"))),

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from simulator.report.charts import png_bytes
-from simulator.report.formatting import percent, yaml_text
+from simulator.report.formatting import TEXT_MISSING, percent, yaml_text
 from simulator.report.html_page import BASE_CSS, document, png_image
 from simulator.rundir.files import atomic_write_bytes
 from simulator.rundir.sweep_index import COMPLETED, FAILED, GridAxis, SweepRun
@@ -81,13 +81,13 @@ def point_stats(axes: list[GridAxis], runs: list[SweepRun]) -> list[PointStats]:
 
 def _score_text(value: float | None, metric: str) -> str:
     if value is None:
-        return "-"
+        return TEXT_MISSING
     return percent(value, sign="") if metric == "accuracy" else f"{value:.4g}"
 
 
 def _mean_std_text(stats: PointStats) -> str:
     if stats.mean is None:
-        return "-"
+        return TEXT_MISSING
     text = _score_text(stats.mean, stats.metric)
     return text + ("" if stats.std is None else f" ± {_score_text(stats.std, stats.metric)}")
 
