@@ -7,7 +7,6 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +133,10 @@ def _unknown_key_message(path: str, key: str, valid: list[str], prefix: str) -> 
 # --- the edge: YAML files and --set overrides -------------------------------
 
 # Overrides in the order they apply: "a.b=v" strings (v is YAML), (dotted key, value)
-# pairs taken as they are, or a dict of such pairs.
-Overrides = Sequence[str | tuple[str, Any]] | dict[str, Any]
+# pairs taken as they are, or a dict of such pairs. A list or tuple, not any Sequence: a
+# bare str is a Sequence of one-letter strings and would pass as overrides.
+Override = str | tuple[str, Any]
+Overrides = list[Override] | tuple[Override, ...] | dict[str, Any]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

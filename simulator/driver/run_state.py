@@ -26,7 +26,7 @@ from simulator.rundir.checkpoints import Checkpoint, intact_checkpoints, save_ch
 from simulator.rundir.directory import RunLock, create_run_dir, read_run_id
 from simulator.rundir.files import atomic_write_text, write_json
 from simulator.rundir.metrics import ClientEvalLog, MetricsLog
-from simulator.rundir.summary import read_summary
+from simulator.rundir.summary import SUMMARY_NAME, read_summary
 
 log = logging.getLogger("fedsim")
 
@@ -207,7 +207,7 @@ class RunState:
 
     def recorded_device(self) -> str | None:
         """The device a resumed run trained on before, from its summary.json."""
-        path = self.run_dir / "summary.json"
+        path = self.run_dir / SUMMARY_NAME
         if self.completed_round == 0 or not path.is_file():
             return None
         try:
@@ -238,7 +238,7 @@ class RunState:
             summary["startup_seconds"] = self.startup
         if error:
             summary["error"] = error
-        write_json(self.run_dir / "summary.json", summary)
+        write_json(self.run_dir / SUMMARY_NAME, summary)
         return summary
 
 

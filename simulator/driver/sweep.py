@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from clients.errors import ConfigError, FedsimError, RunDiverged
-from simulator.config.loading import apply_overrides, from_dict, parse_override, read_yaml
+from simulator.config.loading import Overrides, apply_overrides, from_dict, parse_override, read_yaml
 from simulator.config.schema import Config
 from simulator.config.yaml_input import show
 from simulator.driver.cluster import (
@@ -364,7 +364,7 @@ class SweepRequest:
     config: str | Path
     grid: Sequence[GridAxis] | Sequence[str] | dict[str, Sequence[Any]]
     repeat_seeds: int = 1
-    overrides: list[str] | dict[str, Any] | None = None
+    overrides: Overrides | None = None
     out: str | Path | None = None  # the sweep directory (default: a new one in runtime.out_dir)
     quiet: bool = True
     debug: bool = False
