@@ -56,7 +56,7 @@ from server.sampling import ClientSampler
 from server.state import ServerParts, ServerState
 from server.system import SystemModel, local_work
 from simulator.config.rules.model import model_task, refuse_under_regression
-from simulator.config.rules.personalization import personal_layer_names
+from simulator.config.rules.personalization import module_personal_entries, personal_layer_names
 from simulator.config.schema import (
     Config,
     DataConfig,
@@ -418,47 +418,14 @@ def build_personal_plan(cfg: Config, spec: ModelSpec) -> PersonalPlan | None:
 def personal_entries(spec: ModelSpec, method: str, names: list[str]) -> np.ndarray:
     """(n,) bool: the parameters of the layers a client keeps: the batch-norm layers
     (fedbn), or ``names`` (default: the output layer); see ``personal_layer_names``."""
+    if spec.source is not None:
+        return module_personal_entries(spec, method, names)
     layout = spec.layout()
     keep = np.zeros(layout.size, bool)
-    if method == "fedbn" and spec.source is not None:
-        return _module_norm_entries(spec, keep)
-    if spec.source is not None:
-        return _module_prefix_entries(spec, names or spec.tracked_layers()[-1:], keep)
     names = personal_layer_names(spec, method, names)
     for slot in layout:
         if slot.name.split(".", 1)[0] in names:
             keep[slot.offset : slot.stop] = True
-    return keep
-
-
-def _module_prefix_entries(spec: ModelSpec, prefixes: list[str], keep: np.ndarray) -> np.ndarray:
-    """fedper / fedrep on a module model: the parameters whose torch names start with one of
-    ``prefixes`` (a submodule's dotted path, e.g. ``layer4.1`` or ``fc``, or a parameter's
-    name); refused when one matches nothing, or when nothing would be shared."""
-    key = "client.personalization.personal_layers"
-    for prefix in prefixes:
-        slots = [s for s in spec.layout() if s.name == prefix or s.name.startswith(prefix + ".")]
-        if not slots:
-            raise ConfigError(
-                f"{key}: {show(prefix)} names no parameter of the model; its top-level modules with "
-                f"parameters: {', '.join(spec.tracked_layers())}"
-            )
-        for slot in slots:
-            keep[slot.offset : slot.stop] = True
-    if keep.all():
-        raise ConfigError(f"{key}: every parameter would stay on the clients; nothing would be shared")
-    return keep
-
-
-def _module_norm_entries(spec: ModelSpec, keep: np.ndarray) -> np.ndarray:
-    """fedbn on a module model: the parameters of its batch-norm layers, wherever they sit."""
-    norm = {name for layer in spec.layers for name in layer.args["norm_params"]}
-    if not norm:
-        raise ConfigError(
-            "client.personalization.method: 'fedbn' keeps batch-norm layers local; the model has none"
-        )
-    for slot in spec.layout():
-        keep[slot.offset : slot.stop] |= slot.name in norm
     return keep
 
 

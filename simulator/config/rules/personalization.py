@@ -1,7 +1,14 @@
 """Personalization's rules (client.personalization): its ranges, the keys each method
-reads, what a method needs of the run, and the layers fedper / fedrep / fedbn keep."""
+reads, what a method needs of the run, and the layers fedper / fedrep / fedbn keep.
+
+A module model's layers are known only once its code has run, so its checks
+(``module_personal_entries``) run when the run is built: simulator/config/build.py
+calls them with the built model spec; ``fedsim validate`` without --data cannot.
+"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from clients.errors import ConfigError
 from clients.models.spec import MODULE_MODEL, ModelSpec
@@ -76,3 +83,43 @@ def personal_layer_names(spec: ModelSpec, method: str, names: list[str]) -> list
             "(use fewer layers, or method ditto)"
         )
     return names
+
+
+def module_personal_entries(spec: ModelSpec, method: str, names: list[str]) -> np.ndarray:
+    """(n,) bool: the parameters a client keeps on a module model: its batch-norm layers'
+    (fedbn), or those under ``names`` (default: its last top-level module with parameters)."""
+    keep = np.zeros(spec.layout().size, bool)
+    if method == "fedbn":
+        return _module_norm_entries(spec, keep)
+    return _module_prefix_entries(spec, names or spec.tracked_layers()[-1:], keep)
+
+
+def _module_prefix_entries(spec: ModelSpec, prefixes: list[str], keep: np.ndarray) -> np.ndarray:
+    """fedper / fedrep on a module model: the parameters whose torch names start with one of
+    ``prefixes`` (a submodule's dotted path, e.g. ``layer4.1`` or ``fc``, or a parameter's
+    name); refused when one matches nothing, or when nothing would be shared."""
+    key = "client.personalization.personal_layers"
+    for prefix in prefixes:
+        slots = [s for s in spec.layout() if s.name == prefix or s.name.startswith(prefix + ".")]
+        if not slots:
+            raise ConfigError(
+                f"{key}: {show(prefix)} names no parameter of the model; its top-level modules with "
+                f"parameters: {', '.join(spec.tracked_layers())}"
+            )
+        for slot in slots:
+            keep[slot.offset : slot.stop] = True
+    if keep.all():
+        raise ConfigError(f"{key}: every parameter would stay on the clients; nothing would be shared")
+    return keep
+
+
+def _module_norm_entries(spec: ModelSpec, keep: np.ndarray) -> np.ndarray:
+    """fedbn on a module model: the parameters of its batch-norm layers, wherever they sit."""
+    norm = {name for layer in spec.layers for name in layer.args["norm_params"]}
+    if not norm:
+        raise ConfigError(
+            "client.personalization.method: 'fedbn' keeps batch-norm layers local; the model has none"
+        )
+    for slot in spec.layout():
+        keep[slot.offset : slot.stop] |= slot.name in norm
+    return keep
