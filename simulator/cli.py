@@ -215,7 +215,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from simulator.driver.prune import prune_run
+    from simulator.driver.prune import PruneRequest, prune_run
 
     if not (args.run_dir / "config.yaml").is_file():
         raise FedsimError(f"{args.run_dir}: not a run directory (no config.yaml)")
@@ -226,15 +226,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not methods or not sparsities:
         flag, value = ("--method", args.method) if not methods else ("--sparsity", args.sparsity)
         raise FedsimError(f"{flag}: {show(value)} names nothing; give a comma-separated list")
-    path = prune_run(
-        args.run_dir,
-        methods,
-        sparsities,
+    request = PruneRequest(
+        run_dir=args.run_dir,
+        methods=methods,
+        sparsities=sparsities,
         finetune_rounds=args.finetune_rounds,
         scope=args.scope,
         out_dir=args.out,
         quiet=False,
     )
+    path = prune_run(request)
     _print_prune_table(path)
     return 0
 
@@ -254,22 +255,23 @@ def _print_prune_table(path: Path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from simulator.driver.sweep import SweepInterrupted, run_sweep
+    from simulator.driver.sweep import SweepInterrupted, SweepRequest, run_sweep
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise FedsimError(f"--max-concurrent: {args.max_concurrent} is not allowed; must be >= 1")
+    request = SweepRequest(
+        config=args.config,
+        grid=args.grid,
+        repeat_seeds=args.repeat_seeds,
+        overrides=args.overrides,
+        out=args.out,
+        quiet=args.quiet,
+        debug=args.debug,
+        max_concurrent=args.max_concurrent,
+        on_run_end=None if args.quiet else _print_sweep_run,
+    )
     try:
-        result = run_sweep(
-            args.config,
-            args.grid,
-            repeat_seeds=args.repeat_seeds,
-            overrides=args.overrides,
-            out=args.out,
-            quiet=args.quiet,
-            debug=args.debug,
-            max_concurrent=args.max_concurrent,
-            on_run_end=None if args.quiet else _print_sweep_run,
-        )
+        result = run_sweep(request)
     except SweepInterrupted as stopped:
         print(f"\ninterrupted; {stopped.sweep_dir / 'sweep.json'} lists the finished runs", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -16,7 +16,7 @@ from server.sampling import sample_clients
 from simulator import Simulation
 from simulator.config.build import build_dataset, build_model_spec, build_partition
 from simulator.config.loading import apply_overrides, from_dict
-from simulator.driver.prune import prune_run
+from simulator.driver.prune import PruneRequest, prune_run
 from simulator.report.page import write_report
 from tests.conftest import ROOT, small_overrides
 
@@ -118,7 +118,9 @@ def test_prune_keeps_more_accuracy_than_random_and_reports(ray_cluster, tmp_path
     run = Simulation.from_yaml(
         DEFAULT, {"rounds": 40, "runtime.workers": 2}, run_dir=tmp_path / "trained"
     ).run()
-    path = prune_run(run.run_dir, ["magnitude", "saliency", "random"], [0.5, 0.9])
+    path = prune_run(
+        PruneRequest(run_dir=run.run_dir, methods=["magnitude", "saliency", "random"], sparsities=[0.5, 0.9])
+    )
     prune = json.loads(path.read_text())
     accuracy = {(r["method"], r["sparsity"]): r["test_accuracy"] for r in prune["results"]}
     for method in ("magnitude", "saliency"):

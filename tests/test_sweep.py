@@ -46,7 +46,9 @@ def metric_rows(sweep_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def concurrent_sweep(ray_cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
-    result = sweep_module.run_sweep(write_config(folder), GRID, out=folder / "concurrent")
+    result = sweep_module.run_sweep(
+        sweep_module.SweepRequest(config=write_config(folder), grid=GRID, out=folder / "concurrent")
+    )
     return folder, result
 
 
@@ -90,7 +92,9 @@ def test_the_comparison_png_and_html(concurrent_sweep):
 def test_concurrent_runs_are_bit_identical_to_sequential_ones(concurrent_sweep):
     folder, concurrent = concurrent_sweep
     sequential = sweep_module.run_sweep(
-        write_config(folder), GRID, out=folder / "sequential", max_concurrent=1
+        sweep_module.SweepRequest(
+            config=write_config(folder), grid=GRID, out=folder / "sequential", max_concurrent=1
+        )
     )
     assert json.loads((sequential.sweep_dir / "sweep.json").read_text())["runs_at_once"] == 1
     assert len(model_bytes(concurrent.sweep_dir)) == 4

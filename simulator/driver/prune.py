@@ -53,7 +53,7 @@ def load_model_params(run_dir: Path, state: RunState) -> np.ndarray:
     return params
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PruneRequest:
     """What ``fedsim prune`` is asked: which masks of a finished run to build and evaluate."""
 
@@ -66,15 +66,10 @@ class PruneRequest:
     quiet: bool = True  # False shows each step
 
 
-def prune_run(run_dir: Path, methods: list[str], sparsities: list[float], **options: Any) -> Path:
+def prune_run(request: PruneRequest) -> Path:
     """Evaluate every (method, sparsity) mask; write prune.json (+ charts); return its path.
-    ``options``: PruneRequest's other fields. More than MAX_SPARSITIES sparsities or
-    MAX_FINETUNE_TRAININGS fine-tuning client trainings are refused before anything loads."""
-    return prune(PruneRequest(run_dir, methods, sparsities, **options))
-
-
-def prune(request: PruneRequest) -> Path:
-    """``prune_run`` for a PruneRequest."""
+    More than MAX_SPARSITIES sparsities or MAX_FINETUNE_TRAININGS fine-tuning client
+    trainings are refused before anything loads."""
     run_dir, methods, sparsities = request.run_dir, request.methods, request.sparsities
     _check_arguments(methods, sparsities)
     cfg = load_run_config(run_dir)

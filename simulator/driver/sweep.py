@@ -11,7 +11,7 @@ The sweep directory holds one run directory per (point, seed), ``sweep.json``
 (rewritten whenever a run finishes, so Ctrl-C leaves it current) and a
 comparison: ``comparison.png`` and a self-contained ``comparison.html``.
 
-Public API: :func:`run_sweep` (or :func:`sweep` of a :class:`SweepRequest`),
+Public API: :func:`run_sweep` of a :class:`SweepRequest`,
 :func:`parse_grid`, :class:`GridAxis`, :class:`SweepRun`, :class:`SweepResult`
 (``GridAxis`` and ``SweepRun``, what sweep.json holds, live in
 :mod:`simulator.rundir.sweep_index`).
@@ -357,7 +357,7 @@ def _execute(jobs: list[Callable[[], None]], at_once: int, stop: threading.Event
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SweepRequest:
     """A sweep to run: every (grid point, seed) of ``config`` + ``overrides``."""
 
@@ -372,24 +372,16 @@ class SweepRequest:
     on_run_end: RunCallback | None = None  # hears each run's record as it finishes
 
 
-def run_sweep(
-    config: str | Path, grid: Sequence[GridAxis] | Sequence[str] | dict[str, Sequence[Any]], **options: Any
-) -> SweepResult:
-    """Run every (grid point, seed) of ``config`` + ``overrides`` and compare them.
+def run_sweep(request: SweepRequest) -> SweepResult:
+    """Run every (grid point, seed) of ``request.config`` + ``overrides`` and compare them.
 
-    grid: ``{"client.lr": [0.01, 0.1]}``, ``["client.lr=0.01,0.1"]`` or GridAxis list;
-    ``options``: SweepRequest's other fields. Raises FedsimError before running anything
-    for a bad key or value, more than MAX_SWEEP_RUNS runs, an existing non-empty ``out``
-    or a run the cluster cannot hold; a run that fails later is recorded as failed and
-    the sweep goes on. Ctrl-C raises SweepInterrupted after sweep.json is written.
-    ``quiet=False`` shows the validation's progress for a large sweep, and each run's
-    progress when runs go one at a time.
+    grid: ``{"client.lr": [0.01, 0.1]}``, ``["client.lr=0.01,0.1"]`` or GridAxis list.
+    Raises FedsimError before running anything for a bad key or value, more than
+    MAX_SWEEP_RUNS runs, an existing non-empty ``out`` or a run the cluster cannot hold;
+    a run that fails later is recorded as failed and the sweep goes on. Ctrl-C raises
+    SweepInterrupted after sweep.json is written. ``quiet=False`` shows the validation's
+    progress for a large sweep, and each run's progress when runs go one at a time.
     """
-    return sweep(SweepRequest(config, grid, **options))
-
-
-def sweep(request: SweepRequest) -> SweepResult:
-    """``run_sweep`` for a SweepRequest."""
     config, overrides, quiet = request.config, request.overrides, request.quiet
     axes = _axes_of(request.grid)
     base_raw = apply_overrides(read_yaml(Path(config)), overrides or [])
