@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clients.models.engines import build_model  # noqa: E402
-from clients.models.spec import build_spec, init_params  # noqa: E402
+from clients.models.spec import Architecture, build_spec, init_params  # noqa: E402
 from clients.optim import SGD  # noqa: E402
 
 CASES = [("mlp", 10), ("mlp", 64), ("cnn", 10), ("cnn", 64)]
@@ -32,7 +32,7 @@ CASES = [("mlp", 10), ("mlp", 64), ("cnn", 10), ("cnn", 64)]
 
 def step_seconds(engine: str, name: str, batch: int, steps: int) -> float:
     """Median seconds of one training step (after a warm-up)."""
-    spec = build_spec(name, (1, 28, 28), 10, hidden=[200, 200])
+    spec = build_spec(name, (1, 28, 28), 10, Architecture(hidden=[200, 200]))
     model = build_model(spec, engine)
     model.params[:] = init_params(spec, 0)
     rng = np.random.default_rng(0)

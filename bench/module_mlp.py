@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients.models.spec import build_spec, init_params
+from clients.models.spec import Architecture, build_spec, init_params
 
 
 def mlp(input_shape: list[int], hidden: list[int], num_classes: int, seed: int) -> nn.Module:
@@ -26,6 +26,6 @@ def mlp(input_shape: list[int], hidden: list[int], num_classes: int, seed: int) 
         layers += [(f"fc{i + 1}", nn.Linear(widths[i], widths[i + 1])), (f"act{i + 1}", nn.ReLU())]
     layers.append((f"fc{len(hidden) + 1}", nn.Linear(widths[-1], num_classes)))
     net = nn.Sequential(OrderedDict(layers))
-    spec = build_spec("mlp", tuple(input_shape), num_classes, hidden=list(hidden))
+    spec = build_spec("mlp", tuple(input_shape), num_classes, Architecture(hidden=list(hidden)))
     torch.nn.utils.vector_to_parameters(torch.from_numpy(init_params(spec, seed)), net.parameters())
     return net

@@ -124,8 +124,9 @@ class PlainLoop:
         for cid in clients:
             rng = client_rng(self.cfg.seed, round_, int(cid), Stream.DATA_ORDER)
             task = ClientTask(
-                self.model, params, d.x_train, d.y_train, self.parts[cid], self.training, rng, cid
-            )
+                model=self.model, start=params, x=d.x_train, y=d.y_train, shard=self.parts[cid],
+                cfg=self.training, rng=rng, client_id=cid,
+            )  # fmt: skip
             result = train_client(task)
             add_weighted(total, result.update, result.num_samples)
             weight += result.num_samples

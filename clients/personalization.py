@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -69,19 +68,18 @@ class PersonalPlan:
 def train_personalized(
     plan: PersonalPlan,
     task: ClientTask,
-    cfg: LocalTrainingConfig,
     state: dict[str, np.ndarray],
     personal_rng: np.random.Generator,
 ) -> tuple[ClientResult, dict[str, np.ndarray]]:
     """One client's round under ``plan``: (its result, whose update carries only what is
     shared, and its new personal state). ``task``: its pass from the global model as
-    ``train_client`` takes it; ``cfg``: its optimiser
-    settings, which the personal passes vary; ``personal_rng``: their data order."""
+    ``train_client`` takes it (``task.cfg``: its optimiser settings, which the personal
+    passes vary); ``personal_rng``: their data order."""
     global_params = task.start
     if plan.method == "ditto":
         result = train_client(task)
         start = plan.personal_model(global_params, state)
-        personal_cfg = dataclasses.replace(cfg, epochs=plan.ditto_epochs, prox_mu=plan.ditto_lambda)
+        personal_cfg = dataclasses.replace(task.cfg, epochs=plan.ditto_epochs, prox_mu=plan.ditto_lambda)
         whole = np.ones(global_params.size, bool)
         own = _own_pass(task, start, personal_cfg, personal_rng, anchor=global_params, keep=whole)
         return result, {"personal": _kept_after(own)}
@@ -89,14 +87,14 @@ def train_personalized(
     assert personal is not None  # FedPer, FedRep and FedBN name their entries (PersonalPlan)
     start = plan.personal_model(global_params, state)
     if plan.method == "fedrep":
-        head_cfg = dataclasses.replace(cfg, epochs=plan.head_epochs)
+        head_cfg = dataclasses.replace(task.cfg, epochs=plan.head_epochs)
         own = _own_pass(task, start, head_cfg, personal_rng, trainable=personal, keep=personal)
         kept = _kept_after(own)
         start = np.array(start, copy=True)
         start[personal] = kept
-        result = train_client(dataclasses.replace(task, start=start, cfg=cfg, trainable=~personal))
+        result = train_client(dataclasses.replace(task, start=start, trainable=~personal))
     else:  # fedper, fedbn: everything trains together
-        result = train_client(dataclasses.replace(task, start=start, cfg=cfg, keep=personal))
+        result = train_client(dataclasses.replace(task, start=start, keep=personal))
         assert result.kept is not None  # asked for with keep
         kept = result.kept
     update = np.array(result.update, copy=True)
@@ -105,13 +103,21 @@ def train_personalized(
 
 
 def _own_pass(
-    task: ClientTask, start: np.ndarray, cfg: LocalTrainingConfig, rng: np.random.Generator, **options: Any
+    task: ClientTask,
+    start: np.ndarray,
+    cfg: LocalTrainingConfig,
+    rng: np.random.Generator,
+    *,
+    keep: np.ndarray,
+    anchor: np.ndarray | None = None,
+    trainable: np.ndarray | None = None,
 ) -> ClientTask:
     """A pass that trains the client's own model: the task's data and pruning mask, none
-    of its other options (the global pass's augmentation and correction stay with it)."""
+    of its other options (the global pass's augmentation and correction stay with it).
+    ``keep``, ``anchor``, ``trainable``: as ``ClientTask``'s."""
     return ClientTask(
         model=task.model, start=start, x=task.x, y=task.y, shard=task.shard, cfg=cfg, rng=rng,
-        client_id=task.client_id, mask=task.mask, **options,
+        client_id=task.client_id, mask=task.mask, anchor=anchor, keep=keep, trainable=trainable,
     )  # fmt: skip
 
 

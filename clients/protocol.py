@@ -30,7 +30,7 @@ REDUCTIONS = ("sum", "stack")
 WEIGHTINGS = ("samples", "uniform")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClientPlan:
     """What every client of this run does, fixed for the run.
 
@@ -66,7 +66,7 @@ class ClientPlan:
             raise ValueError(f"buffers must be in {BUFFER_POLICIES}, got {self.buffers!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RoundInput:
     """What a task needs beyond the global model: this round's clip norm, SCAFFOLD's
     server control variate, and the state of the group's clients."""
@@ -88,7 +88,7 @@ class RoundInput:
         return dataclasses.replace(self, round=self.group_rounds[group_index])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GroupResult:
     """A reduction group's contribution to one round; per-client arrays follow ``client_ids``.
 
@@ -140,7 +140,7 @@ class ClientShards:
         return np.diff(self.offsets)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalRequest:
     """What federated evaluation asks of a task beyond the global model and its groups.
 
@@ -157,7 +157,7 @@ class EvalRequest:
     buffers: np.ndarray | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerRun:
     """One run as a worker takes it on (``ClientWorker.load``). The driver puts it into
     Ray's object store once; every worker reads its arrays from there zero-copy.

@@ -54,7 +54,7 @@ class ClientResult:
     kept: np.ndarray | None = None  # the trained model's entries under ``keep`` (personal state)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClientTask:
     """One local pass of one client: on what, from where, and how.
 
@@ -217,18 +217,33 @@ def client_gradient(task: ClientTask) -> ClientResult:
 SCORE_KINDS = ("saliency", "squared_gradient")
 
 
-def client_scores(model, global_params, x, y, shard, batch_size: int, kind: str) -> np.ndarray:
-    """One client's pruning scores (n,) float64 on its whole shard at ``global_params``:
+@dataclass(frozen=True, kw_only=True)
+class ScoreTask:
+    """One client's pruning-score pass: ``kind`` (one of SCORE_KINDS) of ``model`` at
+    ``params`` (n,) float32, on its rows ``shard`` of ``x`` / ``y``, ``batch_size`` a batch."""
+
+    kind: str
+    model: Any
+    params: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    shard: np.ndarray
+    batch_size: int
+
+
+def client_scores(task: ScoreTask) -> np.ndarray:
+    """One client's pruning scores (n,) float64 on its whole shard at ``task.params``:
     ``saliency`` |w ⊙ g| with g its mean loss gradient (SNIP, Lee et al. 2019), or
     ``squared_gradient`` the batch-size-weighted mean of squared batch gradients
     (PruneFL, Jiang et al. 2022). Batches in shard order: no randomness."""
+    model, shard, kind = task.model, task.shard, task.kind
     if kind not in SCORE_KINDS:
         raise ValueError(f"unknown score kind {kind!r}; known: {', '.join(SCORE_KINDS)}")
-    model.load_params(global_params)
-    data = model.shard_data(x, y, shard)
-    total, seen = np.zeros(global_params.shape, dtype=np.float64), 0
-    for start in range(0, len(shard), batch_size):
-        positions = np.arange(start, min(start + batch_size, len(shard)))
+    model.load_params(task.params)
+    data = model.shard_data(task.x, task.y, shard)
+    total, seen = np.zeros(task.params.shape, dtype=np.float64), 0
+    for start in range(0, len(shard), task.batch_size):
+        positions = np.arange(start, min(start + task.batch_size, len(shard)))
         if len(positions) < smallest_batch(model):
             continue
         model.loss_and_grad(*data.batch(positions))
@@ -236,7 +251,7 @@ def client_scores(model, global_params, x, y, shard, batch_size: int, kind: str)
         total += len(positions) * (grad if kind == "saliency" else grad * grad)
         seen += len(positions)
     mean = total / max(seen, 1)
-    return np.abs(global_params * mean) if kind == "saliency" else mean
+    return np.abs(task.params * mean) if kind == "saliency" else mean
 
 
 class FlowAverage:

@@ -45,6 +45,7 @@ from clients.streams import Stream
 from clients.training import (
     ClientResult,
     ClientTask,
+    ScoreTask,
     client_gradient,
     client_rng,
     client_scores,
@@ -290,8 +291,11 @@ class ClientWorker:
                     self.model.set_rng(client_rng(self.seed, 0, cid, Stream.SCORES))
                 x, y, shard = self._client_data(cid)
                 scores = client_scores(
-                    self.model, global_params, x, y, shard, self.plan.training.batch_size, kind
-                )
+                    ScoreTask(
+                        kind=kind, model=self.model, params=global_params, x=x, y=y, shard=shard,
+                        batch_size=self.plan.training.batch_size,
+                    )
+                )  # fmt: skip
                 total += len(shard) * scores
                 weight += len(shard)
             out.append((index, total, weight))
@@ -402,7 +406,7 @@ class ClientWorker:
                 return client_gradient(task), {}
             if self.plan.personal is not None:
                 personal_rng = client_rng(self.seed, inputs.round, client_id, Stream.PERSONAL)
-                return train_personalized(self.plan.personal, task, self.plan.training, state, personal_rng)
+                return train_personalized(self.plan.personal, task, state, personal_rng)
             if self.plan.scaffold:
                 correction = inputs.server_control - state.get("control", np.zeros_like(global_params))
                 task = dataclasses.replace(task, correction=correction)

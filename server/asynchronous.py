@@ -104,6 +104,7 @@ class AsyncSchedule:
 
     def __init__(
         self,
+        *,  # seven settings: named at every construction, never by position
         seed: int,
         num_clients: int,
         concurrency: int,

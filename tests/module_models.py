@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients.models.spec import build_spec, init_params
+from clients.models.spec import Architecture, build_spec, init_params
 
 
 def builtin_mlp(input_shape: list[int], hidden: int, num_classes: int, seed: int) -> nn.Module:
@@ -25,7 +25,7 @@ def builtin_mlp(input_shape: list[int], hidden: int, num_classes: int, seed: int
             fc2=nn.Linear(hidden, num_classes),
         )
     )
-    spec = build_spec("mlp", tuple(input_shape), num_classes, hidden=[hidden])
+    spec = build_spec("mlp", tuple(input_shape), num_classes, Architecture(hidden=[hidden]))
     start = torch.from_numpy(init_params(spec, seed))
     torch.nn.utils.vector_to_parameters(start, net.parameters())
     return net

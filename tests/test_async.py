@@ -71,7 +71,9 @@ def test_staleness_weights_follow_fedasync():
 
 
 def test_equal_clients_step_together_and_sample_as_sync_rounds_do():
-    schedule = AsyncSchedule(3, 40, 8, 8, np.full(40, 120.0), SystemModel())
+    schedule = AsyncSchedule(
+        seed=3, num_clients=40, concurrency=8, buffer_size=8, work=np.full(40, 120.0), system=SystemModel()
+    )
     for step in range(1, 6):
         plan = schedule.next_step()
         assert sorted(t.client for t in plan.arrivals) == sample_clients(3, step, 40, 8).tolist()
@@ -84,7 +86,15 @@ def _run_schedule(steps=60, max_staleness=None, **system):
     rng = np.random.default_rng(0)
     work = rng.integers(20, 300, 30).astype(float)
     model = SystemModel(speed_sigma=1.0, **system)
-    schedule = AsyncSchedule(1, 30, 7, 3, work, model, max_staleness=max_staleness)
+    schedule = AsyncSchedule(
+        seed=1,
+        num_clients=30,
+        concurrency=7,
+        buffer_size=3,
+        work=work,
+        system=model,
+        max_staleness=max_staleness,
+    )
     return [schedule.next_step() for _ in range(steps)], schedule
 
 
@@ -115,7 +125,14 @@ def test_too_stale_updates_are_discarded_and_deadlines_cut_trips():
 
 def test_a_deadline_no_client_meets_is_one_clear_error(monkeypatch):
     monkeypatch.setattr("server.asynchronous.MAX_FRUITLESS_TRIPS", 2000)  # the real limit takes seconds
-    schedule = AsyncSchedule(0, 4, 2, 1, np.full(4, 100.0), SystemModel(deadline=0.01))
+    schedule = AsyncSchedule(
+        seed=0,
+        num_clients=4,
+        concurrency=2,
+        buffer_size=1,
+        work=np.full(4, 100.0),
+        system=SystemModel(deadline=0.01),
+    )
     with pytest.raises(ValueError, match="ended without a usable update"):
         schedule.next_step()
 

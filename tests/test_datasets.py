@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clients.data.datasets import Dataset, load_digits, make_synthetic
+from clients.data.datasets import Dataset, SyntheticSettings, load_digits, make_synthetic
 from clients.data.partition import label_skew, natural_partition
 from clients.errors import DataError
 
@@ -61,7 +61,7 @@ def test_digits_rejects_bad_test_fraction(fraction):
 
 def test_synthetic_shapes_and_labels():
     # Execute
-    data = make_synthetic(alpha=0.5, beta=0.5, num_devices=30, seed=0)
+    data = make_synthetic(SyntheticSettings(alpha=0.5, beta=0.5, num_devices=30, seed=0))
 
     # Assert
     assert data.input_shape == (60,)
@@ -76,7 +76,7 @@ def test_synthetic_shapes_and_labels():
 
 def test_synthetic_lognormal_counts_are_at_least_50_per_device():
     # Execute
-    data = make_synthetic(alpha=1.0, beta=1.0, num_devices=30, seed=0)
+    data = make_synthetic(SyntheticSettings(alpha=1.0, beta=1.0, num_devices=30, seed=0))
 
     # Assert: every device has int(lognormal) + 50 >= 50 samples in train + test.
     train_counts = np.bincount(data.train_owner, minlength=30)
@@ -87,14 +87,16 @@ def test_synthetic_lognormal_counts_are_at_least_50_per_device():
 def test_synthetic_follows_samples_per_device_exactly():
     # Execute
     data = make_synthetic(
-        alpha=1.0,
-        beta=1.0,
-        num_devices=7,
-        seed=3,
-        num_features=5,
-        num_classes=3,
-        samples_per_device=21,
-        test_fraction=0.2,
+        SyntheticSettings(
+            alpha=1.0,
+            beta=1.0,
+            num_devices=7,
+            seed=3,
+            num_features=5,
+            num_classes=3,
+            samples_per_device=21,
+            test_fraction=0.2,
+        )
     )
 
     # Assert: 21 per device, round(0.2 * 21) = 4 held out from each.
@@ -106,7 +108,9 @@ def test_synthetic_follows_samples_per_device_exactly():
 
 def test_synthetic_holds_out_at_least_one_per_device():
     # Execute: round(0.1 * 2) = 0, clamped to 1.
-    data = make_synthetic(1.0, 1.0, num_devices=4, seed=0, samples_per_device=2, test_fraction=0.1)
+    data = make_synthetic(
+        SyntheticSettings(alpha=1.0, beta=1.0, num_devices=4, seed=0, samples_per_device=2, test_fraction=0.1)
+    )
 
     # Assert
     np.testing.assert_array_equal(np.bincount(data.train_owner, minlength=4), np.ones(4))
@@ -115,9 +119,9 @@ def test_synthetic_holds_out_at_least_one_per_device():
 
 def test_synthetic_is_bit_reproducible_and_seeded():
     # Execute
-    first = make_synthetic(alpha=1.0, beta=1.0, num_devices=10, seed=5)
-    again = make_synthetic(alpha=1.0, beta=1.0, num_devices=10, seed=5)
-    other = make_synthetic(alpha=1.0, beta=1.0, num_devices=10, seed=6)
+    first = make_synthetic(SyntheticSettings(alpha=1.0, beta=1.0, num_devices=10, seed=5))
+    again = make_synthetic(SyntheticSettings(alpha=1.0, beta=1.0, num_devices=10, seed=5))
+    other = make_synthetic(SyntheticSettings(alpha=1.0, beta=1.0, num_devices=10, seed=6))
 
     # Assert
     _assert_arrays_equal(first, again)
@@ -125,7 +129,9 @@ def test_synthetic_is_bit_reproducible_and_seeded():
 
 
 def _device_label_skew(alpha: float, beta: float) -> float:
-    data = make_synthetic(alpha, beta, num_devices=100, seed=0, samples_per_device=100)
+    data = make_synthetic(
+        SyntheticSettings(alpha=alpha, beta=beta, num_devices=100, seed=0, samples_per_device=100)
+    )
     parts = natural_partition(data.train_owner, 100)
     return label_skew(data.y_train, parts, data.num_classes)
 
@@ -147,8 +153,12 @@ def test_synthetic_labels_do_not_depend_on_alpha():
     float-rounding ties.
     """
     # Execute
-    without_alpha = make_synthetic(0.0, 1.0, num_devices=20, seed=0, samples_per_device=50)
-    with_alpha = make_synthetic(1.0, 1.0, num_devices=20, seed=0, samples_per_device=50)
+    without_alpha = make_synthetic(
+        SyntheticSettings(alpha=0.0, beta=1.0, num_devices=20, seed=0, samples_per_device=50)
+    )
+    with_alpha = make_synthetic(
+        SyntheticSettings(alpha=1.0, beta=1.0, num_devices=20, seed=0, samples_per_device=50)
+    )
 
     # Assert
     np.testing.assert_array_equal(without_alpha.x_train, with_alpha.x_train)
@@ -173,7 +183,7 @@ def test_synthetic_rejects_bad_arguments(kwargs, message):
 
     # Execute / Assert
     with pytest.raises(DataError, match=message):
-        make_synthetic(**arguments)
+        make_synthetic(SyntheticSettings(**arguments))
 
 
 def test_dataset_rejects_mismatched_arrays():

@@ -16,9 +16,16 @@ from sklearn.datasets import load_digits
 
 from clients.models import arrays
 from clients.models.engines import build_model
-from clients.models.spec import build_spec, init_params
+from clients.models.spec import Architecture, build_spec, init_params
 from clients.optim import SGD, Adam
-from clients.training import ClientTask, LocalTrainingConfig, client_gradient, client_scores, train_client
+from clients.training import (
+    ClientTask,
+    LocalTrainingConfig,
+    ScoreTask,
+    client_gradient,
+    client_scores,
+    train_client,
+)
 
 DIGITS = load_digits()
 X = (DIGITS.data[:300] / 16).astype(np.float32).reshape(-1, 1, 8, 8)
@@ -27,7 +34,7 @@ SHARD = np.arange(7, 160, 3)
 
 
 def _pair(name: str, **spec_args):
-    spec = build_spec(name, (1, 8, 8), 10, **spec_args)
+    spec = build_spec(name, (1, 8, 8), 10, Architecture(**spec_args))
     return spec, build_model(spec, "torch"), build_model(spec, "torch", device="cpu")
 
 
@@ -51,7 +58,18 @@ def test_resident_training_gives_the_host_bits(case):
     start = init_params(spec, 3)
     cfg = _config(**CASES[case])
     results = [
-        train_client(ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(11), 5))
+        train_client(
+            ClientTask(
+                model=m,
+                start=start,
+                x=X,
+                y=Y,
+                shard=SHARD,
+                cfg=cfg,
+                rng=np.random.default_rng(11),
+                client_id=5,
+            )
+        )
         for m in (host, resident)
     ]
     assert isinstance(resident.params, torch.Tensor) and isinstance(host.params, np.ndarray)
@@ -70,7 +88,18 @@ def test_resident_training_honours_the_mask_and_scaffold_correction():
     cfg = _config(momentum=0.9, weight_decay=1e-3)
     updates = [
         train_client(
-            ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(2), 0, correction, mask)
+            ClientTask(
+                model=m,
+                start=start,
+                x=X,
+                y=Y,
+                shard=SHARD,
+                cfg=cfg,
+                rng=np.random.default_rng(2),
+                client_id=0,
+                correction=correction,
+                mask=mask,
+            )
         ).update
         for m in (host, resident)
     ]
@@ -85,12 +114,32 @@ def test_resident_local_clipping_agrees_within_float32_rounding():
     start = init_params(spec, 0)
     cfg = _config(max_grad_norm=0.5)
     updates = [
-        train_client(ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(4), 0)).update
+        train_client(
+            ClientTask(
+                model=m,
+                start=start,
+                x=X,
+                y=Y,
+                shard=SHARD,
+                cfg=cfg,
+                rng=np.random.default_rng(4),
+                client_id=0,
+            )
+        ).update
         for m in (host, resident)
     ]
     np.testing.assert_allclose(updates[1], updates[0], rtol=1e-5, atol=1e-7)
     unclipped = train_client(
-        ClientTask(host, start, X, Y, SHARD, _config(), np.random.default_rng(4), 0)
+        ClientTask(
+            model=host,
+            start=start,
+            x=X,
+            y=Y,
+            shard=SHARD,
+            cfg=_config(),
+            rng=np.random.default_rng(4),
+            client_id=0,
+        )
     ).update
     assert np.abs(updates[0] - unclipped).max() > 1e-3  # the clip bound was active
 
@@ -100,11 +149,27 @@ def test_resident_fedsgd_gradient_and_pruning_scores_match_the_host():
     start = init_params(spec, 0)
     cfg = _config(batch_size=16)
     grads = [
-        client_gradient(ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(5), 0)).update
+        client_gradient(
+            ClientTask(
+                model=m,
+                start=start,
+                x=X,
+                y=Y,
+                shard=SHARD,
+                cfg=cfg,
+                rng=np.random.default_rng(5),
+                client_id=0,
+            )
+        ).update
         for m in (host, resident)
     ]
     assert grads[0].tobytes() == grads[1].tobytes()
-    scores = [client_scores(m, start, X, Y, SHARD, 16, "squared_gradient") for m in (host, resident)]
+    scores = [
+        client_scores(
+            ScoreTask(kind="squared_gradient", model=m, params=start, x=X, y=Y, shard=SHARD, batch_size=16)
+        )
+        for m in (host, resident)
+    ]
     assert scores[0].tobytes() == scores[1].tobytes()
 
 
@@ -136,7 +201,7 @@ def test_optimisers_step_numpy_and_torch_vectors_to_the_same_bits(optimizer):
 
 
 def test_the_numpy_engine_refuses_a_device():
-    spec = build_spec("mlp", (1, 8, 8), 10, hidden=[8])
+    spec = build_spec("mlp", (1, 8, 8), 10, Architecture(hidden=[8]))
     with pytest.raises(ValueError, match="host only"):
         build_model(spec, "numpy", device="cpu")
 
@@ -151,13 +216,24 @@ def test_cuda_training_is_reproducible_and_close_to_the_host():
     from clients.devices import make_cuda_deterministic
 
     make_cuda_deterministic()
-    spec = build_spec("cnn", (1, 8, 8), 10, conv_channels=[4, 8], fc_width=16)
+    spec = build_spec("cnn", (1, 8, 8), 10, Architecture(conv_channels=[4, 8], fc_width=16))
     start = init_params(spec, 0)
     cfg = _config(momentum=0.9)
     host = build_model(spec, "torch")
     gpu = [build_model(spec, "torch", device="cuda") for _ in range(2)]
     updates = [
-        train_client(ClientTask(m, start, X, Y, SHARD, cfg, np.random.default_rng(6), 0)).update
+        train_client(
+            ClientTask(
+                model=m,
+                start=start,
+                x=X,
+                y=Y,
+                shard=SHARD,
+                cfg=cfg,
+                rng=np.random.default_rng(6),
+                client_id=0,
+            )
+        ).update
         for m in [host, *gpu]
     ]
     assert updates[1].tobytes() == updates[2].tobytes()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clients.models.engines import build_model
-from clients.models.spec import build_spec, init_params
+from clients.models.spec import Architecture, build_spec, init_params
 from clients.numpy_engine import gradcheck
 from clients.numpy_engine.gradcheck import MODEL_CASES, check_model_fd, check_model_torch
 
@@ -86,7 +86,9 @@ def _flow_ratio(activation: str, residual: bool, engine: str) -> float:
     digits = load_digits()
     x = (digits.data[:64] / 16).astype(np.float32).reshape(-1, 1, 8, 8)
     y = digits.target[:64].astype(np.int64)
-    spec = build_spec("mlp", (1, 8, 8), 10, hidden=[32] * 10, activation=activation, residual=residual)
+    spec = build_spec(
+        "mlp", (1, 8, 8), 10, Architecture(hidden=[32] * 10, activation=activation, residual=residual)
+    )
     model = build_model(spec, engine)
     model.params[:] = init_params(spec, 0)
     model.track_gradients = True
@@ -106,7 +108,7 @@ def test_deep_sigmoid_gradients_vanish_and_relu_residual_ones_do_not(engine):
 
 
 def test_both_engines_record_the_same_flow():
-    spec = build_spec("mlp", (1, 8, 8), 10, hidden=[16, 16], activation="tanh")
+    spec = build_spec("mlp", (1, 8, 8), 10, Architecture(hidden=[16, 16], activation="tanh"))
     rng = np.random.default_rng(0)
     x = rng.random((8, 1, 8, 8), dtype=np.float32)
     y = rng.integers(0, 10, 8)

@@ -12,7 +12,7 @@ from clients.models.engines import build_model
 from simulator import Simulation
 from simulator.config.build import build_dataset, build_model_spec, client_splits
 from simulator.config.loading import load_config
-from simulator.driver.federated_eval import clients_to_evaluate, round_metrics
+from simulator.driver.federated_eval import FederatedEvalPlan, round_metrics
 from tests.conftest import ROOT, small_overrides
 
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -38,10 +38,10 @@ def test_holdout_split_keeps_every_index_once_and_one_for_training():
 
 def test_evaluated_clients_are_a_seeded_fraction():
     cfg = load_config(DEFAULT, {**small_overrides(), **FEDERATED})
-    first = clients_to_evaluate(cfg, 2)
+    first = FederatedEvalPlan.of(cfg).clients(2)
     assert len(first) == 6 and np.array_equal(first, np.unique(first))
-    assert np.array_equal(first, clients_to_evaluate(cfg, 2))
-    assert not np.array_equal(first, clients_to_evaluate(cfg, 4))
+    assert np.array_equal(first, FederatedEvalPlan.of(cfg).clients(2))
+    assert not np.array_equal(first, FederatedEvalPlan.of(cfg).clients(4))
 
 
 def test_round_metrics_weight_by_samples_and_take_the_worst_tenth():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clients.models.layout import Layout
-from clients.models.spec import build_spec, init_params
+from clients.models.spec import Architecture, build_spec, init_params
 from clients.models.torch_engine import TorchModel
 from clients.optim import SGD
 from clients.training import ClientTask, LocalTrainingConfig, client_rng, train_client
@@ -25,7 +25,7 @@ def test_layout_views_write_through():
 
 @pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])
 def test_torch_parameters_are_views_of_the_flat_vector(name):
-    spec = build_spec(name, (1, 8, 8), 10, hidden=[16], conv_channels=[4, 8], fc_width=16)
+    spec = build_spec(name, (1, 8, 8), 10, Architecture(hidden=[16], conv_channels=[4, 8], fc_width=16))
     model = TorchModel(spec)
     model.params[:] = init_params(spec, seed=1)
     for param, slot in zip(model.net.parameters(), spec.layout(), strict=True):
@@ -36,7 +36,7 @@ def test_torch_parameters_are_views_of_the_flat_vector(name):
 
 
 def test_flat_gradient_equals_autograd_on_a_plain_copy():
-    spec = build_spec("mlp", (1, 8, 8), 10, hidden=[16])
+    spec = build_spec("mlp", (1, 8, 8), 10, Architecture(hidden=[16]))
     model = TorchModel(spec)
     model.params[:] = init_params(spec, seed=2)
     rng = np.random.default_rng(0)
@@ -57,7 +57,7 @@ def test_flat_gradient_equals_autograd_on_a_plain_copy():
 
 
 def test_init_is_seeded_and_bounded():
-    spec = build_spec("mlp", (64,), 10, hidden=[100])
+    spec = build_spec("mlp", (64,), 10, Architecture(hidden=[100]))
     a, b = init_params(spec, 0), init_params(spec, 0)
     assert a.tobytes() == b.tobytes()
     assert a.tobytes() != init_params(spec, 1).tobytes()
@@ -98,9 +98,21 @@ def test_local_training_moves_the_model_and_is_seeded():
     y = rng.integers(0, 10, 30)
     cfg = LocalTrainingConfig(lr=0.1, momentum=0.0, weight_decay=0.0, epochs=2, batch_size=4)
     shard = np.arange(5, 25)
-    r1 = train_client(ClientTask(model, start, x, y, shard, cfg, client_rng(0, 1, 7, 1), 7))
-    r2 = train_client(ClientTask(model, start, x, y, shard, cfg, client_rng(0, 1, 7, 1), 7))
-    r3 = train_client(ClientTask(model, start, x, y, shard, cfg, client_rng(0, 2, 7, 1), 7))
+    r1 = train_client(
+        ClientTask(
+            model=model, start=start, x=x, y=y, shard=shard, cfg=cfg, rng=client_rng(0, 1, 7, 1), client_id=7
+        )
+    )
+    r2 = train_client(
+        ClientTask(
+            model=model, start=start, x=x, y=y, shard=shard, cfg=cfg, rng=client_rng(0, 1, 7, 1), client_id=7
+        )
+    )
+    r3 = train_client(
+        ClientTask(
+            model=model, start=start, x=x, y=y, shard=shard, cfg=cfg, rng=client_rng(0, 2, 7, 1), client_id=7
+        )
+    )
     assert r1.num_samples == 20 and np.abs(r1.update).max() > 0
     assert r1.update.tobytes() == r2.update.tobytes()
     assert r1.update.tobytes() != r3.update.tobytes()  # another round, another data order

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clients.data.datasets import load_digits, make_synthetic
+from clients.data.datasets import SyntheticSettings, load_digits, make_synthetic
 from clients.data.partition import (
     dirichlet_partition,
     iid_partition,
@@ -123,7 +123,9 @@ def test_shards_give_each_client_at_most_k_labels():
 
 def test_natural_partition_matches_train_owner():
     # Prepare
-    data = make_synthetic(alpha=1.0, beta=1.0, num_devices=5, seed=0, samples_per_device=20)
+    data = make_synthetic(
+        SyntheticSettings(alpha=1.0, beta=1.0, num_devices=5, seed=0, samples_per_device=20)
+    )
 
     # Execute
     parts = natural_partition(data.train_owner, 5)

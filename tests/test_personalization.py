@@ -12,7 +12,7 @@ import pytest
 
 from clients.errors import ConfigError
 from clients.models.engines import build_model
-from clients.models.spec import build_spec, init_params
+from clients.models.spec import Architecture, build_spec, init_params
 from clients.personalization import PersonalPlan, train_personalized
 from clients.training import ClientTask, LocalTrainingConfig, client_rng
 from simulator import Simulation
@@ -69,7 +69,7 @@ def last_evaluation(history) -> list[dict]:
 
 
 def _one_client(method: str, **plan_args):
-    spec = build_spec("mlp", (8,), 3, hidden=[6])
+    spec = build_spec("mlp", (8,), 3, Architecture(hidden=[6]))
     model = build_model(spec, "numpy")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(30, 8)).astype(np.float32), rng.integers(0, 3, 30)
@@ -78,8 +78,17 @@ def _one_client(method: str, **plan_args):
     head[spec.layout()["fc2.weight"].offset :] = True
     plan = PersonalPlan(method, None if method == "ditto" else head, **plan_args)
     start = init_params(spec, 0)
-    task = ClientTask(model, start, x, y, np.arange(30), cfg, client_rng(0, 1, 7, 1), 7)
-    return plan, start, head, train_personalized(plan, task, cfg, {}, client_rng(0, 1, 7, 16))
+    task = ClientTask(
+        model=model,
+        start=start,
+        x=x,
+        y=y,
+        shard=np.arange(30),
+        cfg=cfg,
+        rng=client_rng(0, 1, 7, 1),
+        client_id=7,
+    )
+    return plan, start, head, train_personalized(plan, task, {}, client_rng(0, 1, 7, 16))
 
 
 def test_fedrep_trains_the_head_then_the_body_and_sends_only_the_body():
@@ -106,7 +115,7 @@ def test_ditto_keeps_a_whole_personal_model_pulled_towards_the_global_one():
 
 @pytest.mark.parametrize("rows", [7, 1])
 def test_batch_norm_evaluates_alike_in_both_engines_and_calibrates_on_training_rows(rows):
-    spec = build_spec("mlp", (12,), 4, hidden=[6, 5], batchnorm=True)
+    spec = build_spec("mlp", (12,), 4, Architecture(hidden=[6, 5], batchnorm=True))
     params = init_params(spec, 3)
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(rows, 12)).astype(np.float32), rng.integers(0, 4, rows)
@@ -136,7 +145,7 @@ def test_batch_norm_evaluates_alike_in_both_engines_and_calibrates_on_training_r
 def test_fedper_keeps_heads_on_clients_and_personal_models_beat_the_global_one(ray_cluster, tmp_path):
     history = run(tmp_path, "fedper", **{"client.personalization.method": "fedper"})
     layout_head = slice(history.final_params.size - HEAD, None)
-    initial = init_params(build_spec("mlp", (64,), 10, hidden=[32]), 0)
+    initial = init_params(build_spec("mlp", (64,), 10, Architecture(hidden=[32])), 0)
     # The server never averages a head: its own stays as initialised, bit for bit.
     assert history.final_params[layout_head].tobytes() == initial[layout_head].tobytes()
     states = client_states(history)
@@ -162,7 +171,7 @@ def test_ditto_global_model_is_fedavg_bit_for_bit(ray_cluster, tmp_path):
 
 def test_fedbn_keeps_batch_norm_layers_local(ray_cluster, tmp_path):
     history = run(tmp_path, "fedbn", **{"client.personalization.method": "fedbn", "model.batchnorm": True})
-    spec = build_spec("mlp", (64,), 10, hidden=[32], batchnorm=True)
+    spec = build_spec("mlp", (64,), 10, Architecture(hidden=[32], batchnorm=True))
     bn = spec.layout()["bn1.weight"].offset, spec.layout()["bn1.bias"].stop
     assert history.final_params[bn[0] : bn[1]].tobytes() == init_params(spec, 0)[bn[0] : bn[1]].tobytes()
     assert history.final_params[: bn[0]].tobytes() != init_params(spec, 0)[: bn[0]].tobytes()

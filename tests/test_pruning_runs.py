@@ -33,14 +33,14 @@ def test_local_training_keeps_pruned_weights_at_exactly_zero():
     training = LocalTrainingConfig(0.1, momentum=0.9, weight_decay=0.01, epochs=2, batch_size=5)
     result = train_client(
         ClientTask(
-            model,
-            start,
-            dataset.x_train,
-            dataset.y_train,
-            np.arange(30),
-            training,
-            client_rng(0, 1, 0, 1),
-            0,
+            model=model,
+            start=start,
+            x=dataset.x_train,
+            y=dataset.y_train,
+            shard=np.arange(30),
+            cfg=training,
+            rng=client_rng(0, 1, 0, 1),
+            client_id=0,
             mask=mask,
         )
     )

@@ -148,9 +148,9 @@ def test_mnist_2nn_iid_reaches_95_percent_in_10_rounds(ray_cluster, tmp_path):
 @pytest.mark.parametrize("engine", ["torch", "numpy"])
 def test_compact_uint8_token_ids_train_like_int64_ones(engine):
     from clients.models.engines import build_model
-    from clients.models.spec import build_spec, init_params
+    from clients.models.spec import Architecture, build_spec, init_params
 
-    spec = build_spec("charlstm", (12,), 80, embedding_dim=4, lstm_hidden=8, lstm_layers=1)
+    spec = build_spec("charlstm", (12,), 80, Architecture(embedding_dim=4, lstm_hidden=8, lstm_layers=1))
     tokens = np.random.default_rng(0).integers(0, 80, (5, 12))
     labels = np.arange(5, dtype=np.int64)
     losses, grads = [], []

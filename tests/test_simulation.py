@@ -129,30 +129,40 @@ def _small_worker():
     dataset = build_dataset(cfg.data, cfg.seed)
     shards = ClientShards.pack(build_partition(dataset, cfg.data, cfg.seed))
     spec = build_model_spec(cfg.model, dataset)
-    args = (dataset.x_train, dataset.y_train, shards.indices, shards.offsets)
     worker = ClientWorker(threads=1)
-    worker.load(WorkerRun(spec, "torch", *args, ClientPlan(local_training(cfg)), cfg.seed))
+    worker.load(
+        WorkerRun(
+            spec=spec,
+            engine="torch",
+            x_train=dataset.x_train,
+            y_train=dataset.y_train,
+            shard_indices=shards.indices,
+            shard_offsets=shards.offsets,
+            plan=ClientPlan(training=local_training(cfg)),
+            seed=cfg.seed,
+        )
+    )
     return cfg, dataset, shards, spec, worker
 
 
 def test_worker_group_sum_is_the_weighted_sum_of_client_deltas():
     cfg, dataset, shards, spec, worker = _small_worker()
     start = init_params(spec, cfg.seed)
-    group = worker.train_group(start, RoundInput(1), 0, np.array([1, 4, 9]))
+    group = worker.train_group(start, RoundInput(round=1), 0, np.array([1, 4, 9]))
     # Expected, independently: each client's own local training, weighted by its shard size.
     model, expected = build_model(spec, "torch"), np.zeros(start.shape, dtype=np.float32)
     for cid in (1, 4, 9):
         rng = client_rng(cfg.seed, 1, cid, Stream.DATA_ORDER)
         result = train_client(
             ClientTask(
-                model,
-                start,
-                dataset.x_train,
-                dataset.y_train,
-                shards.shard(cid),
-                local_training(cfg),
-                rng,
-                cid,
+                model=model,
+                start=start,
+                x=dataset.x_train,
+                y=dataset.y_train,
+                shard=shards.shard(cid),
+                cfg=local_training(cfg),
+                rng=rng,
+                client_id=cid,
             )
         )
         assert result.num_samples == shards.sizes()[cid]
@@ -212,7 +222,7 @@ def test_a_warning_raised_by_every_client_reaches_the_driver_once(monkeypatch, c
     monkeypatch.setattr(worker_module, "train_client", warning_train_client)
     cfg, dataset, shards, spec, worker = _small_worker()
     groups = [(0, np.array([1, 4, 9])), (1, np.array([2, 3]))]
-    results = worker.train_groups(init_params(spec, cfg.seed), RoundInput(1), groups)
+    results = worker.train_groups(init_params(spec, cfg.seed), RoundInput(round=1), groups)
     assert [r.warnings for r in results] == [("UserWarning: lr looks large",)] * 2
     sim = Simulation(cfg)
     with caplog.at_level("WARNING", logger="fedsim"):

@@ -92,10 +92,19 @@ def test_a_worker_that_cannot_load_the_run_is_one_clear_error(ray_cluster):
     shape = WorkerShape(cpus=0.5, gpus=0.0, device="auto")
     actors = acquire(shape, 1)
     spec = build_spec("logreg", (4,), 2)
-    empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64)
-    plan = ClientPlan(LocalTrainingConfig(0.1, 0.0, 0.0, 1, 10))
+    plan = ClientPlan(training=LocalTrainingConfig(0.1, 0.0, 0.0, 1, 10))
+    run = WorkerRun(
+        spec=spec,
+        engine="jax",
+        x_train=np.zeros((0, 4), np.float32),
+        y_train=np.zeros(0, np.int64),
+        shard_indices=np.zeros(0, np.int64),
+        shard_offsets=np.zeros(1, np.int64),
+        plan=plan,
+        seed=0,
+    )
     with pytest.raises(ClusterError, match="could not load the run: ValueError.*unknown engine 'jax'"):
-        _loaded(actors, WorkerRun(spec, "jax", *empty, plan, 0))
+        _loaded(actors, run)
     release(shape, actors, keep=False)
 
 

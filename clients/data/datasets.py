@@ -180,16 +180,24 @@ def _held_out_count(count: np.ndarray | int, test_fraction: float) -> np.ndarray
     return np.clip(rounded, 1, np.asarray(count) - 1)
 
 
-def make_synthetic(
-    alpha: float,
-    beta: float,
-    num_devices: int,
-    seed: int,
-    num_features: int = 60,
-    num_classes: int = 10,
-    samples_per_device: int | None = None,
-    test_fraction: float = 0.2,
-) -> Dataset:
+@dataclass(frozen=True, kw_only=True)
+class SyntheticSettings:
+    """What ``make_synthetic`` generates: Synthetic(``alpha``, ``beta``) over ``num_devices``
+    devices from ``seed``, inputs of ``num_features``, ``num_classes`` labels,
+    ``samples_per_device`` each (None: the paper's lognormal counts), ``test_fraction`` of
+    each device's samples held out."""
+
+    alpha: float
+    beta: float
+    num_devices: int
+    seed: int
+    num_features: int = 60
+    num_classes: int = 10
+    samples_per_device: int | None = None
+    test_fraction: float = 0.2
+
+
+def make_synthetic(settings: SyntheticSettings) -> Dataset:
     """FedProx's Synthetic(α, β): one logistic-regression task per device (see module docstring).
 
     Each device's samples are shuffled; the last round(test_fraction * n) of
@@ -197,45 +205,39 @@ def make_synthetic(
     rest are its training rows (train_owner = device id).
     x: (N, num_features) float32, y: (N,) int64.
     """
-    _check_synthetic_args(alpha, beta, num_devices, num_features, num_classes, samples_per_device)
-    _check_fraction(test_fraction)
-    rng = np.random.default_rng(np.random.SeedSequence(seed))
-    counts = _device_sample_counts(rng, num_devices, samples_per_device)
-    x, y, owner = _sample_devices(rng, alpha, beta, counts, num_features, num_classes)
-    order, test_mask = _per_device_holdout(rng, owner, counts, test_fraction)
+    s = settings
+    _check_synthetic_args(s)
+    _check_fraction(s.test_fraction)
+    rng = np.random.default_rng(np.random.SeedSequence(s.seed))
+    counts = _device_sample_counts(rng, s.num_devices, s.samples_per_device)
+    x, y, owner = _sample_devices(rng, s.alpha, s.beta, counts, s.num_features, s.num_classes)
+    order, test_mask = _per_device_holdout(rng, owner, counts, s.test_fraction)
     train_rows, test_rows = order[~test_mask], order[test_mask]
     return Dataset(
-        name=f"synthetic_{alpha:g}_{beta:g}",
+        name=f"synthetic_{s.alpha:g}_{s.beta:g}",
         x_train=x[train_rows],
         y_train=y[train_rows],
         x_test=x[test_rows],
         y_test=y[test_rows],
-        num_classes=num_classes,
-        input_shape=(num_features,),
+        num_classes=s.num_classes,
+        input_shape=(s.num_features,),
         train_owner=owner[train_rows],
     )
 
 
-def _check_synthetic_args(
-    alpha: float,
-    beta: float,
-    num_devices: int,
-    num_features: int,
-    num_classes: int,
-    samples_per_device: int | None,
-) -> None:
+def _check_synthetic_args(s: SyntheticSettings) -> None:
     """Raise DataError naming the first make_synthetic argument out of range."""
-    if not alpha >= 0 or not beta >= 0:
-        raise DataError(f"alpha={alpha} and beta={beta} must both be >= 0 (they are standard deviations)")
-    if num_devices < 1:
-        raise DataError(f"num_devices={num_devices} must be >= 1")
-    if num_features < 1:
-        raise DataError(f"num_features={num_features} must be >= 1")
-    if num_classes < 2:
-        raise DataError(f"num_classes={num_classes} must be >= 2")
-    if samples_per_device is not None and samples_per_device < 2:
+    if not s.alpha >= 0 or not s.beta >= 0:
+        raise DataError(f"alpha={s.alpha} and beta={s.beta} must both be >= 0 (they are standard deviations)")
+    if s.num_devices < 1:
+        raise DataError(f"num_devices={s.num_devices} must be >= 1")
+    if s.num_features < 1:
+        raise DataError(f"num_features={s.num_features} must be >= 1")
+    if s.num_classes < 2:
+        raise DataError(f"num_classes={s.num_classes} must be >= 2")
+    if s.samples_per_device is not None and s.samples_per_device < 2:
         raise DataError(
-            f"samples_per_device={samples_per_device} must be None or >= 2 "
+            f"samples_per_device={s.samples_per_device} must be None or >= 2 "
             "(one sample to train on, one to test)"
         )
 

@@ -12,7 +12,6 @@ vector is PyTorch's registration order, so engines can bind by position.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -212,16 +211,10 @@ class Architecture:
 
 
 def build_spec(
-    name: str,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    arch: Architecture | None = None,
-    **choices: Any,
+    name: str, input_shape: tuple[int, ...], num_classes: int, arch: Architecture = Architecture()
 ) -> ModelSpec:
     """The named architecture for inputs of ``input_shape`` and ``num_classes`` outputs, as
-    ``arch`` chooses (default: ``Architecture()``), with ``choices`` (its fields by
-    keyword) over it."""
-    arch = dataclasses.replace(arch or Architecture(), **choices)
+    ``arch`` chooses."""
     flat_in = int(np.prod(input_shape))
     if name == "logreg":
         layers = [LayerSpec("flatten"), _linear("fc", flat_in, num_classes)]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from clients.models.arrays import FlatVector
-from clients.models.spec import LayerSpec, LossSource, ModelSpec, build_spec, init_params
+from clients.models.spec import Architecture, LayerSpec, LossSource, ModelSpec, build_spec, init_params
 from clients.models.torch_engine import TorchModel, _module
 from clients.numpy_engine.core import Module, bind_standalone
 from clients.numpy_engine.model import NumpyModel, build_module
@@ -193,16 +193,27 @@ def _torch_twin(spec: LayerSpec, flat_p: np.ndarray, train: bool):
 MSE = LossSource("mse", "regression")
 MODEL_CASES: dict[str, Callable[[], tuple[ModelSpec, Callable]]] = {
     "logreg": lambda: (build_spec("logreg", (1, 8, 8), 10), _images),
-    "mlp": lambda: (build_spec("mlp", (1, 8, 8), 10, hidden=[16, 16], activation="tanh"), _images),
-    "mlp-residual": lambda: (build_spec("mlp", (1, 8, 8), 10, hidden=[12, 12, 12], residual=True), _images),
-    "cnn": lambda: (build_spec("cnn", (1, 8, 8), 10, conv_channels=[3, 4], fc_width=16), _images),
-    "resnet": lambda: (build_spec("resnet", (1, 8, 8), 10, conv_channels=[4]), _images),
+    "mlp": lambda: (
+        build_spec("mlp", (1, 8, 8), 10, Architecture(hidden=[16, 16], activation="tanh")),
+        _images,
+    ),
+    "mlp-residual": lambda: (
+        build_spec("mlp", (1, 8, 8), 10, Architecture(hidden=[12, 12, 12], residual=True)),
+        _images,
+    ),
+    "cnn": lambda: (
+        build_spec("cnn", (1, 8, 8), 10, Architecture(conv_channels=[3, 4], fc_width=16)),
+        _images,
+    ),
+    "resnet": lambda: (build_spec("resnet", (1, 8, 8), 10, Architecture(conv_channels=[4])), _images),
     "charlstm": lambda: (
-        build_spec("charlstm", (6,), 12, embedding_dim=4, lstm_hidden=6, lstm_layers=2),
+        build_spec("charlstm", (6,), 12, Architecture(embedding_dim=4, lstm_hidden=6, lstm_layers=2)),
         _tokens,
     ),
     "mlp-mse": lambda: (  # a regressor: 3 float targets per row, mean squared error
-        dataclasses.replace(build_spec("mlp", (5,), 3, hidden=[8], activation="tanh"), loss=MSE),
+        dataclasses.replace(
+            build_spec("mlp", (5,), 3, Architecture(hidden=[8], activation="tanh")), loss=MSE
+        ),
         _images,
     ),
 }

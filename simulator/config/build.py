@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from clients.attacks import Attack, malicious_clients
-from clients.data.datasets import Dataset, SyntheticClients, load_digits, make_synthetic
+from clients.data.datasets import Dataset, SyntheticClients, SyntheticSettings, load_digits, make_synthetic
 from clients.data.formats import USER_DATASETS
 from clients.data.partition import (
     dirichlet_partition,
@@ -155,10 +155,11 @@ def _read_dataset(data: DataConfig, seed: int, task: str | None) -> Dataset:
         return _user_dataset(data, seed, task)
     if data.dataset != "synthetic":
         return _file_dataset(data)
-    return from_section(
-        make_synthetic, data.synthetic, num_devices=data.num_clients, seed=seed,
+    settings = from_section(
+        SyntheticSettings, data.synthetic, num_devices=data.num_clients, seed=seed,
         test_fraction=data.test_fraction,
     )  # fmt: skip
+    return make_synthetic(settings)
 
 
 def _user_dataset(data: DataConfig, seed: int, task: str | None) -> Dataset:
@@ -543,7 +544,8 @@ def build_async(cfg: Config, work: np.ndarray, system: SystemModel) -> AsyncRoun
     concurrency, buffer_size = async_shape(s, n)
     a = s.async_
     schedule = AsyncSchedule(
-        cfg.seed, n, concurrency, buffer_size, work, system, a.max_staleness,
+        seed=cfg.seed, num_clients=n, concurrency=concurrency, buffer_size=buffer_size, work=work,
+        system=system, max_staleness=a.max_staleness,
     )  # fmt: skip
     weight = StalenessWeight(a.staleness, a.staleness_a, a.staleness_b)
     return AsyncRounds(schedule, weight, cfg.runtime.reduction_groups)

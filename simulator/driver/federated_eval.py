@@ -90,11 +90,6 @@ class FederatedEvalPlan:
         return {key: np.concatenate([columns[key] for _, columns in parts]) for key in parts[0][1]}
 
 
-def clients_to_evaluate(cfg: Config, round_: int) -> np.ndarray:
-    """Sorted ids of the clients ``cfg``'s run evaluates in ``round_``."""
-    return FederatedEvalPlan.of(cfg).clients(round_)
-
-
 MODELS = ("", "personal_", "finetuned_")  # the global model, each client's own, the fine-tuned global
 
 
