@@ -85,7 +85,8 @@ class _LastStep(nn.Module):
         return x[:, -1]
 
 
-def _module(layer: LayerSpec) -> nn.Module:
+def layer_module(layer: LayerSpec) -> nn.Module:
+    """The torch module of one layer spec (gradcheck builds its twin of a layer with it)."""
     a = layer.args
     builders: dict[str, Callable[[], nn.Module]] = {
         "linear": lambda: nn.Linear(a["in_features"], a["out_features"]),
@@ -99,7 +100,7 @@ def _module(layer: LayerSpec) -> nn.Module:
         "batchnorm": lambda: _BatchNorm(
             a["num_features"], track_running_stats=not a.get("batch_stats", False)
         ),
-        "residual": lambda: _Residual([_module(child) for child in layer.body]),
+        "residual": lambda: _Residual([layer_module(child) for child in layer.body]),
         "embedding": lambda: nn.Embedding(a["num_embeddings"], a["embedding_dim"]),
         "lstm": lambda: _LSTM(a["input_size"], a["hidden_size"], a["num_layers"], batch_first=True),
         "last_step": _LastStep,
@@ -147,7 +148,9 @@ class TorchModel(HostArrays):
             flat_p, flat_g = flat_p.to(self.device), flat_g.to(self.device)
             self.params, self.grad = flat_p, flat_g
         if spec.source is None:
-            layers = nn.Sequential(*[_module(layer) for layer in spec.layers]).to(_DTYPES[np.dtype(dtype)])
+            layers = nn.Sequential(*[layer_module(layer) for layer in spec.layers]).to(
+                _DTYPES[np.dtype(dtype)]
+            )
             layers.to(flat_p.device)
             self.net: nn.Module = layers
             self._bind_flat_views(layers, flat_p, flat_g)

@@ -16,7 +16,7 @@ import torch
 
 from clients.models.arrays import FlatVector
 from clients.models.spec import Architecture, LayerSpec, LossSource, ModelSpec, build_spec, init_params
-from clients.models.torch_engine import TorchModel, _module
+from clients.models.torch_engine import TorchModel, layer_module
 from clients.numpy_engine.core import Module, bind_standalone
 from clients.numpy_engine.model import NumpyModel, build_module
 
@@ -177,7 +177,7 @@ def check_layer_torch(name: str) -> CheckResult:
 
 
 def _torch_twin(spec: LayerSpec, flat_p: np.ndarray, train: bool):
-    module = _module(spec).double()
+    module = layer_module(spec).double()
     module.train(train)
     params = list(module.parameters())
     offset = 0
