@@ -38,7 +38,20 @@ REPORT_NAME = "report.html"
 # the window scrolls on its own. Charts stand two or more to a row once each can be
 # PANEL_MIN_WIDTH wide (narrower, their labels get hard to read), else one under another.
 PANEL_MIN_WIDTH = "640px"
-STATUS_COLUMN = 9  # the summary table's columns: name, directory, numbers, status, numbers, settings
+# The summary table's leading columns ({score}: accuracy, loss, or both); the target's
+# columns, privacy and settings follow. Status is the one of them that may wrap.
+SUMMARY_HEADS = (
+    "Run",
+    "Run directory",
+    "Final test {score}",
+    "Best test {score}",
+    "Rounds completed",
+    "Wall-clock",
+    "Bytes up",
+    "Bytes down",
+    "Status",
+)
+STATUS_COLUMN = SUMMARY_HEADS.index("Status") + 1  # CSS's nth-child counts from 1
 _CSS = f"""{BASE_CSS}
 td{{max-width:36em;vertical-align:top}}.file{{color:#888;font-size:12px}}
 td:nth-child(n+3):not(:nth-child({STATUS_COLUMN})):not(:last-child){{white-space:nowrap}}
@@ -87,17 +100,7 @@ def _table_row(run: RunRecord, label: str, target: float | None) -> str:
 def _summary_section(runs: list[RunRecord], labels: list[str], target: float | None) -> str:
     kinds = {has_accuracy(run) for run in runs}
     score = "accuracy or loss" if len(kinds) > 1 else "accuracy" if True in kinds else "loss"
-    heads = [
-        "Run",
-        "Run directory",
-        f"Final test {score}",
-        f"Best test {score}",
-        "Rounds completed",
-        "Wall-clock",
-        "Bytes up",
-        "Bytes down",
-        "Status",
-    ]
+    heads = [h.format(score=score) for h in SUMMARY_HEADS]
     if target is not None:
         shown = fmt.percent(target)
         heads += [f"Rounds (async: steps) to {shown}", f"Simulated time to {shown}"]
