@@ -5,11 +5,13 @@ where ``key`` is the run seed, the coordinates the draw depends on (see :class:`
 last a purpose from :class:`Stream`. A draw therefore does not depend on which worker
 makes it or when, and two draws are independent exactly when their keys differ.
 
-Keys of different lengths never meet: SeedSequence treats a short key as if padded with
-zeros, and no purpose is 0. So a purpose must be unique among the streams whose keys are
-as long as its own; ``tests/test_streams.py`` checks that, and that no module keeps a
-purpose of its own. The one number used twice, 7, is SERVER_NOISE (a three-word key) and
-COMPRESSION (a four-word one): two independent streams.
+Keys of different lengths never meet. SeedSequence treats a key of fewer than four words
+as if padded with zeros to four ([s, p] draws as [s, p, 0, 0]), and no purpose is 0, so a
+key that ends in its purpose is never a shorter one padded; from four words on nothing is
+padded and every further word, 0 included, changes the draw. So a purpose must be unique
+among the streams whose keys are as long as its own; ``tests/test_streams.py`` checks
+that, and that no module keeps a purpose of its own. The one number used twice, 7, is
+SERVER_NOISE (a three-word key) and COMPRESSION (a four-word one): two independent streams.
 
 The values are part of every result: changing one changes the numbers of every run that
 draws from that stream, and a run directory written before would resume differently.

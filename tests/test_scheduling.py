@@ -1,4 +1,4 @@
-"""Reduction groups dealt to workers by work and measured speed (simulator/pool.py)."""
+"""Reduction groups dealt to workers by work and measured speed (simulator/driver/pool.py)."""
 
 from __future__ import annotations
 

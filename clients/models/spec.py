@@ -24,7 +24,7 @@ from clients.streams import Stream
 ACTIVATION_KINDS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu")
 MODEL_NAMES = ("logreg", "mlp", "cnn", "resnet", "charlstm")  # built from a spec by every engine
 MODULE_MODEL = "module"  # a user's nn.Module from a factory (torch engine only)
-# What a client of a module model starts its buffers from (clients/worker.py, ClientPlan.buffers).
+# What a client of a module model starts its buffers from (clients/protocol.py, ClientPlan.buffers).
 BUFFER_POLICIES = ("average", "local", "reset")
 
 
