@@ -44,6 +44,14 @@ def _config(**extra) -> LocalTrainingConfig:
     return LocalTrainingConfig(**base)
 
 
+def _task(model, start, cfg: LocalTrainingConfig, seed: int, client_id: int = 0, **extra) -> ClientTask:
+    """One client's pass over this file's data (X, Y, SHARD), its data order drawn from ``seed``."""
+    return ClientTask(
+        model=model, start=start, x=X, y=Y, shard=SHARD, cfg=cfg,
+        rng=np.random.default_rng(seed), client_id=client_id, **extra,
+    )  # fmt: skip
+
+
 CASES = {
     "sgd": {},
     "momentum_wd": {"momentum": 0.9, "weight_decay": 1e-3},
@@ -57,21 +65,7 @@ def test_resident_training_gives_the_host_bits(case):
     spec, host, resident = _pair("mlp", hidden=[32, 16])
     start = init_params(spec, 3)
     cfg = _config(**CASES[case])
-    results = [
-        train_client(
-            ClientTask(
-                model=m,
-                start=start,
-                x=X,
-                y=Y,
-                shard=SHARD,
-                cfg=cfg,
-                rng=np.random.default_rng(11),
-                client_id=5,
-            )
-        )
-        for m in (host, resident)
-    ]
+    results = [train_client(_task(m, start, cfg, 11, client_id=5)) for m in (host, resident)]
     assert isinstance(resident.params, torch.Tensor) and isinstance(host.params, np.ndarray)
     assert isinstance(results[1].update, np.ndarray)
     assert results[0].update.tobytes() == results[1].update.tobytes()
@@ -87,20 +81,7 @@ def test_resident_training_honours_the_mask_and_scaffold_correction():
     correction = np.random.default_rng(1).normal(0, 1e-3, start.size).astype(np.float32)
     cfg = _config(momentum=0.9, weight_decay=1e-3)
     updates = [
-        train_client(
-            ClientTask(
-                model=m,
-                start=start,
-                x=X,
-                y=Y,
-                shard=SHARD,
-                cfg=cfg,
-                rng=np.random.default_rng(2),
-                client_id=0,
-                correction=correction,
-                mask=mask,
-            )
-        ).update
+        train_client(_task(m, start, cfg, 2, correction=correction, mask=mask)).update
         for m in (host, resident)
     ]
     assert updates[0].tobytes() == updates[1].tobytes()
@@ -113,34 +94,9 @@ def test_resident_local_clipping_agrees_within_float32_rounding():
     spec, host, resident = _pair("mlp", hidden=[32])
     start = init_params(spec, 0)
     cfg = _config(max_grad_norm=0.5)
-    updates = [
-        train_client(
-            ClientTask(
-                model=m,
-                start=start,
-                x=X,
-                y=Y,
-                shard=SHARD,
-                cfg=cfg,
-                rng=np.random.default_rng(4),
-                client_id=0,
-            )
-        ).update
-        for m in (host, resident)
-    ]
+    updates = [train_client(_task(m, start, cfg, 4)).update for m in (host, resident)]
     np.testing.assert_allclose(updates[1], updates[0], rtol=1e-5, atol=1e-7)
-    unclipped = train_client(
-        ClientTask(
-            model=host,
-            start=start,
-            x=X,
-            y=Y,
-            shard=SHARD,
-            cfg=_config(),
-            rng=np.random.default_rng(4),
-            client_id=0,
-        )
-    ).update
+    unclipped = train_client(_task(host, start, _config(), 4)).update
     assert np.abs(updates[0] - unclipped).max() > 1e-3  # the clip bound was active
 
 
@@ -148,21 +104,7 @@ def test_resident_fedsgd_gradient_and_pruning_scores_match_the_host():
     spec, host, resident = _pair("cnn", conv_channels=[4, 8], fc_width=16)
     start = init_params(spec, 0)
     cfg = _config(batch_size=16)
-    grads = [
-        client_gradient(
-            ClientTask(
-                model=m,
-                start=start,
-                x=X,
-                y=Y,
-                shard=SHARD,
-                cfg=cfg,
-                rng=np.random.default_rng(5),
-                client_id=0,
-            )
-        ).update
-        for m in (host, resident)
-    ]
+    grads = [client_gradient(_task(m, start, cfg, 5)).update for m in (host, resident)]
     assert grads[0].tobytes() == grads[1].tobytes()
     scores = [
         client_scores(
@@ -221,20 +163,6 @@ def test_cuda_training_is_reproducible_and_close_to_the_host():
     cfg = _config(momentum=0.9)
     host = build_model(spec, "torch")
     gpu = [build_model(spec, "torch", device="cuda") for _ in range(2)]
-    updates = [
-        train_client(
-            ClientTask(
-                model=m,
-                start=start,
-                x=X,
-                y=Y,
-                shard=SHARD,
-                cfg=cfg,
-                rng=np.random.default_rng(6),
-                client_id=0,
-            )
-        ).update
-        for m in [host, *gpu]
-    ]
+    updates = [train_client(_task(m, start, cfg, 6)).update for m in [host, *gpu]]
     assert updates[1].tobytes() == updates[2].tobytes()
     np.testing.assert_allclose(updates[1], updates[0], rtol=1e-4, atol=1e-6)
