@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simulator.config.schema import Config, yaml_key
+from simulator.config.yaml_input import flow_text
 
 
 class UndocumentedKeyError(ValueError):
@@ -55,7 +56,7 @@ def _walk(cls: type, prefix: str, help_: str, out: list[ReferenceSection]) -> No
         if dataclasses.is_dataclass(default):
             nested.append((type(default), f"{key}.", text))
         else:
-            rows.append(ReferenceRow(key, _type(f), _yaml(default), _allowed(f), text))
+            rows.append(ReferenceRow(key, _type(f), flow_text(default), _allowed(f), text))
     # A section's own keys come before its subsections, so each table sits under its heading.
     out.append(ReferenceSection(prefix.rstrip("."), help_, tuple(rows)))
     for sub_cls, sub_prefix, sub_help in nested:
@@ -79,19 +80,6 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return f.default
-
-
-def _yaml(value: Any) -> str:
-    """A default as it is written in YAML."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_yaml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_yaml(v)}" for k, v in value.items()) + "}"
-    return str(value)
 
 
 def _allowed(f: dataclasses.Field) -> str:

@@ -23,6 +23,7 @@ Every failure is one ConfigError naming the source and, where known, the line.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import reprlib
@@ -111,6 +112,12 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 def dump(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def flow_text(value: Any) -> str:
+    """A config value on one line as a user writes it in YAML: true, null, 0.1, [32], {}
+    (a one-line form for messages, names and tables; ``dump`` writes whole configs)."""
+    return json.dumps(value) if isinstance(value, (bool, type(None), list, dict)) else str(value)
 
 
 def read_text(path: Path, what: str = "config file", follow_links: bool = True) -> str:

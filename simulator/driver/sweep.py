@@ -36,7 +36,7 @@ from typing import Any, cast
 from clients.errors import ConfigError, FedsimError, RunDiverged
 from simulator.config.loading import Overrides, apply_overrides, from_dict, parse_override, read_yaml
 from simulator.config.schema import Config
-from simulator.config.yaml_input import show
+from simulator.config.yaml_input import flow_text, show
 from simulator.driver.cluster import (
     RaySession,
     Resources,
@@ -46,7 +46,6 @@ from simulator.driver.cluster import (
     worker_resources,
 )
 from simulator.driver.workers import WorkerShape, reuse_workers
-from simulator.report.formatting import yaml_text
 from simulator.report.progress import StepProgress
 from simulator.report.sweep_page import text_table, write_comparison
 from simulator.rundir.files import atomic_write_text
@@ -126,7 +125,7 @@ def _parse_axis(spec: str) -> GridAxis:
         values = tuple(parse_override(f"{key}={p}")[1] for p in pieces)
     except ConfigError as exc:
         raise ConfigError(f"--grid {spec!r}: {exc}") from None
-    if len(set(map(yaml_text, values))) < len(values):
+    if len(set(map(flow_text, values))) < len(values):
         raise ConfigError(f"--grid {spec!r}: a value is listed twice")
     return GridAxis(key.strip(), values)
 
@@ -194,19 +193,19 @@ def _validated(base_raw: dict[str, Any], point: dict[str, Any]) -> Config:
             try:
                 from_dict(apply_overrides(base_raw, {key: value}))
             except ConfigError as alone:
-                raise ConfigError(f"--grid {key}={yaml_text(value)}: {alone}") from None
+                raise ConfigError(f"--grid {key}={flow_text(value)}: {alone}") from None
         raise ConfigError(f"--grid point {_point_text(point)}: {exc}") from None
 
 
 def _point_text(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={yaml_text(v)}" for k, v in point.items())
+    return ", ".join(f"{k}={flow_text(v)}" for k, v in point.items())
 
 
 def _name_runs(runs: list[SweepRun]) -> None:
     """Readable, filesystem-safe, unique directory names: key=value__...__seed=S."""
     used: set[str] = set()
     for run in runs:
-        name = "__".join(f"{k}={_safe(yaml_text(v))}" for k, v in run.overrides.items())
+        name = "__".join(f"{k}={_safe(flow_text(v))}" for k, v in run.overrides.items())
         if len(name) > MAX_RUN_NAME:
             digest = hashlib.sha256(name.encode()).hexdigest()[:10]
             name = f"{name[: MAX_RUN_NAME - 11]}-{digest}"

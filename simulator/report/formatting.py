@@ -4,7 +4,6 @@ and how it shows a missing value."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -51,8 +50,3 @@ def seconds(value: float) -> str:
 
 def loss(value: float) -> str:
     return f"{value:.4g} (loss)"
-
-
-def yaml_text(value: Any) -> str:
-    """A config value as the user would write it in YAML (true, null, 0.1, [32])."""
-    return json.dumps(value) if isinstance(value, (bool, type(None), list, dict)) else str(value)

@@ -17,8 +17,9 @@ from urllib.parse import quote
 import numpy as np
 from matplotlib.figure import Figure
 
+from simulator.config.yaml_input import flow_text
 from simulator.report.charts import png_bytes
-from simulator.report.formatting import TEXT_MISSING, percent, yaml_text
+from simulator.report.formatting import TEXT_MISSING, percent
 from simulator.report.html_page import BASE_CSS, document, png_image
 from simulator.rundir.files import atomic_write_bytes
 from simulator.rundir.sweep_index import COMPLETED, FAILED, GridAxis, SweepRun
@@ -64,7 +65,7 @@ class PointStats:
         return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else None
 
     def label(self, sep: str = ", ") -> str:
-        return sep.join(f"{k}={yaml_text(v)}" for k, v in self.point.items())
+        return sep.join(f"{k}={flow_text(v)}" for k, v in self.point.items())
 
 
 def point_stats(axes: list[GridAxis], runs: list[SweepRun]) -> list[PointStats]:
@@ -152,7 +153,7 @@ def _html_row(axes: list[GridAxis], stats: PointStats) -> str:
         + ("" if r.status == COMPLETED else f' <span class="failed">({html.escape(r.status)})</span>')
         for r in stats.runs
     )
-    cells = [html.escape(yaml_text(stats.point[a.key])) for a in axes]
+    cells = [html.escape(flow_text(stats.point[a.key])) for a in axes]
     cells += [html.escape(_mean_std_text(stats)), str(len(stats.accuracies)), links]
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
@@ -160,7 +161,7 @@ def _html_row(axes: list[GridAxis], stats: PointStats) -> str:
 def _text_table(axes: list[GridAxis], stats: list[PointStats]) -> str:
     heads = [a.key for a in axes] + [f"{_score_heading(stats, short=True)} (mean ± std)", "n", "failed"]
     body = [
-        [yaml_text(s.point[a.key]) for a in axes]
+        [flow_text(s.point[a.key]) for a in axes]
         + [_mean_std_text(s), str(len(s.accuracies)), str(sum(r.status == FAILED for r in s.runs))]
         for s in stats
     ]
