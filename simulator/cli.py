@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -351,6 +352,10 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not args.debug:
+        # Stopping at the first failed work item leaves its siblings' copies of the same
+        # error unread; Ray would print each as a traceback under the one-line error.
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     try:
         return COMMANDS[args.command].run(args)
     except FedsimError as exc:

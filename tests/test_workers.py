@@ -88,24 +88,41 @@ def test_outside_reuse_a_run_stops_its_workers(ray_cluster):
     release(shape, again, keep=True)
 
 
-def test_a_worker_that_cannot_load_the_run_is_one_clear_error(ray_cluster):
-    shape = WorkerShape(cpus=0.5, gpus=0.0, device="auto")
-    actors = acquire(shape, 1)
-    spec = build_spec("logreg", (4,), 2)
-    plan = ClientPlan(training=LocalTrainingConfig(0.1, 0.0, 0.0, 1, 10))
-    run = WorkerRun(
-        spec=spec,
-        engine="jax",
+def _run_on_engine(engine: str) -> WorkerRun:
+    """A tiny logistic-regression run for the named engine."""
+    return WorkerRun(
+        spec=build_spec("logreg", (4,), 2),
+        engine=engine,
         x_train=np.zeros((0, 4), np.float32),
         y_train=np.zeros(0, np.int64),
         shard_indices=np.zeros(0, np.int64),
         shard_offsets=np.zeros(1, np.int64),
-        plan=plan,
+        plan=ClientPlan(training=LocalTrainingConfig(0.1, 0.0, 0.0, 1, 10)),
         seed=0,
     )
+
+
+def test_a_worker_that_cannot_load_the_run_is_one_clear_error(ray_cluster):
+    shape = WorkerShape(cpus=0.5, gpus=0.0, device="auto")
+    actors = acquire(shape, 1)
+    run = _run_on_engine("jax")
     with pytest.raises(ClusterError, match="could not load the run: ValueError.*unknown engine 'jax'"):
         _loaded(actors, run)
     release(shape, actors, keep=False)
+
+
+def test_when_every_worker_fails_to_load_each_error_is_collected(ray_cluster, monkeypatch):
+    """Raising at the first worker's error left the second's unread, and Ray printed it
+    as an 'Unhandled error' traceback under fedsim's one-line error (CI, two nodes)."""
+    shape = WorkerShape(cpus=0.5, gpus=0.0, device="auto")
+    actors = acquire(shape, 2)
+    fetched, real_get = [], ray.get
+    monkeypatch.setattr(ray, "get", lambda ref, **kw: (fetched.append(ref), real_get(ref, **kw))[1])
+    with pytest.raises(ClusterError, match="unknown engine 'jax'"):
+        _loaded(actors, _run_on_engine("jax"))
+    monkeypatch.undo()
+    release(shape, actors, keep=False)
+    assert len(fetched) == 2 and len(set(fetched)) == 2
 
 
 RESTART_SCRIPT = """

@@ -503,8 +503,8 @@ def _loaded(
     ``load``'s error (say, no CUDA device, or no memory for the model) becomes one line."""
     try:
         if user_code:
-            ray.get([a.import_user_code.remote(user_code) for a in actors])
-        return ray.get([a.load.remote(run) for a in actors])
+            _every_answer([a.import_user_code.remote(user_code) for a in actors])
+        return _every_answer([a.load.remote(run) for a in actors])
     except RayActorError as exc:
         causes = [line.split("Error: ", 1)[1] for line in str(exc).splitlines() if "Error: " in line]
         raise ClusterError(
@@ -515,6 +515,21 @@ def _loaded(
         if isinstance(cause, FedsimError):
             raise cause from None
         raise ClusterError(f"the workers could not load the run: {cause!r}") from None
+
+
+def _every_answer(refs: list[ray.ObjectRef]) -> list[Any]:
+    """Each ref's value, in order; the first error is raised only after every ref has
+    answered, since an error Ray never handed over is logged on stderr when its ref is
+    dropped (a second line under fedsim's one-line error when two workers fail alike)."""
+    answers, first_error = [], None
+    for ref in refs:
+        try:
+            answers.append(ray.get(ref))
+        except (RayActorError, RayTaskError) as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return answers
 
 
 def federated_scores(
