@@ -84,4 +84,3 @@ class Stream(int, enum.Enum):
     SPEED = Key.SYSTEM, 11  # each client's fixed speed (round 0)
     AVAILABLE = Key.SYSTEM, 12  # which clients are online
     SYSTEM_DROPOUT = Key.SYSTEM, 13  # which selected clients fail to report
-    SELECT = Key.SYSTEM, 14  # the order in which online clients are selected

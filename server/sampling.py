@@ -13,16 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from clients.streams import Stream
-from server.system import RoundPlan, SystemModel, plan_round
+from server.system import RoundPlan, SystemModel, plan_round, uniform_sample
 
 
 def sample_clients(seed: int, round_: int, num_clients: int, per_round: int) -> np.ndarray:
     """Sorted ids of the ``per_round`` clients sampled in ``round_``: (per_round,) int64."""
     if not 1 <= per_round <= num_clients:
         raise ValueError(f"per_round must be in [1, {num_clients}], got {per_round}")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, round_, Stream.SAMPLING]))
-    chosen = rng.choice(num_clients, size=per_round, replace=False)
-    return np.sort(chosen).astype(np.int64)
+    return uniform_sample(seed, round_, np.arange(num_clients, dtype=np.int64), per_round)
 
 
 def reduction_groups(sorted_ids: np.ndarray, num_groups: int) -> list[np.ndarray]:

@@ -6,7 +6,9 @@ device-heterogeneity model of FedProx (Li et al. 2020, arXiv:1812.06127,
 Section 5.2) and the over-selection + deadline rounds of Bonawitz et al. 2019
 (arXiv:1902.01046, Section 2.2). Every round a client is online with
 probability ``availability``; the server selects ceil(k (1 + over_selection))
-online clients; each drops out with probability ``dropout``; a client's
+online clients uniformly, from the very draw FedAvg's sampling makes (so with
+everyone online and no over-selection they are FedAvg's sample, and speeds alone
+change nothing); each drops out with probability ``dropout``; a client's
 simulated time is its local work (samples processed) over its speed; those
 past the ``deadline`` do not count, and of the rest the k fastest do.
 
@@ -78,8 +80,7 @@ def plan_round(
     """``work``: (num_clients,) samples each client processes in a round (epochs x shard size)."""
     online = np.flatnonzero(_draws(seed, round_, num_clients, Stream.AVAILABLE) < model.availability)
     wanted = min(len(online), math.ceil(per_round * (1 + model.over_selection) - 1e-9))  # 100 * 1.1 is 110
-    order = _rng(seed, round_, -1, Stream.SELECT).permutation(len(online))
-    selected = np.sort(online[order[:wanted]])
+    selected = uniform_sample(seed, round_, online, wanted)
     if not len(selected):
         return RoundPlan(selected, selected, 0.0)
     times = work[selected] / client_speeds(seed, selected, model)
@@ -89,6 +90,14 @@ def plan_round(
     return RoundPlan(
         selected, np.sort(finishers), _round_seconds(times, in_time, finishers, selected, per_round, model)
     )
+
+
+def uniform_sample(seed: int, round_: int, candidates: np.ndarray, count: int) -> np.ndarray:
+    """Sorted ``count`` of ``candidates`` (sorted ids), uniformly without replacement from
+    the round's sampling stream: the one draw whether or not the system model is on, so
+    with every client online and no over-selection it is exactly FedAvg's sample."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, round_, Stream.SAMPLING]))
+    return np.sort(candidates[rng.choice(len(candidates), size=count, replace=False)]).astype(np.int64)
 
 
 def _round_seconds(times, in_time, finishers, selected, per_round, model: SystemModel) -> float:

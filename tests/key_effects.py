@@ -217,6 +217,10 @@ ROWS = [
     Row("client.local_steps", 2, "trains", "fedsgd"),
     Row("client.system.speed", 500.0, "trains", "system"),
     Row("client.system.speed_sigma", 2.0, "trains", "system"),
+    Row(
+        "client.system.speed_sigma", 2.0, "none",
+        why="without a deadline or over-selection speeds decide nothing: FedAvg's sample trains",
+    ),
     Row("client.system.availability", 0.5, "trains"),
     Row("client.system.dropout", 0.3, "trains"),
     Row("client.system.deadline", 0.3, "trains", "system"),

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from server.sampling import sample_clients
 from server.system import SystemModel, client_speeds, plan_round
 from simulator import Simulation
 from simulator.config.build import build_dataset, build_partition
@@ -76,3 +77,25 @@ def test_a_run_trains_exactly_the_planned_participants(ray_cluster, tmp_path):
         assert row["simulated_elapsed"] == elapsed
     html = write_report([history.run_dir], tmp_path / "report").read_text()
     assert 'id="panel-accuracy-vs-simulated-time"' in html
+
+
+def test_the_system_model_selects_fedavgs_sample_when_everyone_is_online():
+    """Speeds alone decide nothing: the selection is sample_clients', bit for bit."""
+    model = SystemModel(speed_sigma=2.0)
+    for round_ in range(1, 30):
+        plan = plan_round(4, round_, 200, 20, WORK, model)
+        assert plan.selected.tobytes() == sample_clients(4, round_, 200, 20).tobytes()
+        assert plan.participants.tobytes() == plan.selected.tobytes()
+
+
+def test_speed_sigma_alone_leaves_the_run_bit_identical(ray_cluster, tmp_path):
+    """Without a deadline or over-selection speeds decide nothing (issue 22, point 4)."""
+    runs = [
+        Simulation.from_yaml(
+            ROOT / "configs" / "default.yaml", small_overrides(rounds=2, **extra), run_dir=tmp_path / str(i)
+        ).run()
+        for i, extra in enumerate(({}, {"client.system.speed_sigma": 2.0}))
+    ]
+    assert [r["clients"] for r in runs[0].rows] == [r["clients"] for r in runs[1].rows]
+    assert runs[0].final_params.tobytes() == runs[1].final_params.tobytes()
+    assert runs[1].rows[0]["num_selected"] == 6  # the system model did plan the rounds
