@@ -188,7 +188,10 @@ def client_gradient(task: ClientTask) -> ClientResult:
     ``cfg.batch_size``, weighted by batch size) or over ``cfg.local_steps`` batches
     of a seeded order; under batch norm a batch of one row is skipped, as in local
     training, and not counted. ``task``: a ``ClientTask`` (its mask and augmentation
-    apply). Returns it as ``update`` (n,) float32."""
+    apply). Returns it as ``update`` (n,) float32, with ``num_samples`` the shard's
+    size n_k whatever the batches seen: the server's sum over k of (n_k / n) g_k
+    weighs each client by its data, as the paper's rule does (0 when no batch was
+    left: an empty update)."""
     model, cfg = task.model, task.cfg
     model.load_params(task.start)
     data = _client_batches(model, task)
@@ -209,8 +212,8 @@ def client_gradient(task: ClientTask) -> ClientResult:
         gradient *= task.mask
     mean_loss = loss_sum / seen if seen else float("nan")
     return ClientResult(
-        client_id=task.client_id, num_samples=seen, train_loss=mean_loss, update=gradient,
-        steps=len(batches),
+        client_id=task.client_id, num_samples=len(task.shard) if seen else 0, train_loss=mean_loss,
+        update=gradient, steps=len(batches),
     )  # fmt: skip
 
 

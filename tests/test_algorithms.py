@@ -13,6 +13,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from clients.models.engines import build_model
+from clients.streams import Stream
+from clients.training import client_rng
 from simulator import Simulation
 from simulator.config.build import build_dataset, build_model_spec, build_partition
 from simulator.config.loading import load_config
@@ -124,31 +126,64 @@ def test_topk_and_qsgd8_send_what_they_promise(ray_tmp):
     assert qsgd.rows[0]["bytes_up"] == step.size + 8
 
 
-def test_uniform_weighting_is_the_plain_mean_of_client_gradients(ray_tmp):
-    """FedSGD from every client of a Dirichlet split (unequal shards), server lr 1: the step is
-    the mean of the clients' own mean gradients with uniform weighting (SCAFFOLD's and DP-FedAvg's
-    rule), and the union gradient with sample weighting (FedAvg's)."""
-    overrides = {
-        "rounds": 1, "data.num_clients": 6, "server.clients_per_round": 6, "model.name": "logreg",
-        "server.update": "gradients", "server.lr": 1.0, "client.batch_size": 2000,
-    }  # fmt: skip
-    steps = {
-        w: first_step(run(ray_tmp, w, {**overrides, "server.weighting": w})) for w in ("uniform", "samples")
-    }
+# FedSGD from every client of a Dirichlet split (unequal shards), server lr 1: the step is
+# minus the aggregated gradient.
+FEDSGD_ALL = {
+    "rounds": 1, "data.num_clients": 6, "server.clients_per_round": 6, "model.name": "logreg",
+    "server.update": "gradients", "server.lr": 1.0,
+}  # fmt: skip
+
+
+def client_gradients(run_dir: Path, overrides: dict, rows_seen) -> tuple[list[np.ndarray], list[int]]:
+    """Each client's float64 mean-loss gradient at ``run_dir``'s initial model over the
+    positions ``rows_seen(client_id, shard_size)`` of its shard, and its shard size n_k,
+    computed here on the dataset and model the config builds."""
     cfg = load_config(DEFAULT, overrides)
     dataset = build_dataset(cfg.data, cfg.seed)
     model = build_model(build_model_spec(cfg.model, dataset), "torch")
-    model.params[:] = global_model(ray_tmp / "uniform", 0)
+    model.params[:] = global_model(run_dir, 0)
     gradients, sizes = [], []
-    for shard in build_partition(dataset, cfg.data, cfg.seed):
-        model.loss_and_grad(dataset.x_train[shard], dataset.y_train[shard])
+    for client_id, shard in enumerate(build_partition(dataset, cfg.data, cfg.seed)):
+        rows = shard[rows_seen(client_id, len(shard))]
+        model.loss_and_grad(dataset.x_train[rows], dataset.y_train[rows])
         gradients.append(model.grad.astype(np.float64))
         sizes.append(len(shard))
     assert len(set(sizes)) > 1
+    return gradients, sizes
+
+
+def test_uniform_weighting_is_the_plain_mean_of_client_gradients(ray_tmp):
+    """The step is the mean of the clients' own mean gradients with uniform weighting
+    (SCAFFOLD's and DP-FedAvg's rule), and the union gradient with sample weighting (FedAvg's)."""
+    overrides = {**FEDSGD_ALL, "client.batch_size": 2000}
+    steps = {
+        w: first_step(run(ray_tmp, w, {**overrides, "server.weighting": w})) for w in ("uniform", "samples")
+    }
+    gradients, sizes = client_gradients(ray_tmp / "uniform", overrides, lambda _, n: np.arange(n))
     # float32 gradients summed in another order: agreement to ~1e-7 of the step's size.
     np.testing.assert_allclose(-steps["uniform"], np.mean(gradients, axis=0), atol=1e-6)
     np.testing.assert_allclose(-steps["samples"], np.average(gradients, axis=0, weights=sizes), atol=1e-6)
     assert np.abs(steps["uniform"] - steps["samples"]).max() > 1e-3
+
+
+def test_fedsgd_with_local_steps_weights_each_client_by_its_shard_size(ray_tmp):
+    """McMahan et al. 2017's FedSGD, sum over k of (n_k / n) g_k, with client.local_steps: each
+    g_k is the mean gradient over the 2 batches of 16 rows the client saw (the first 32 of its
+    seeded order), and it weighs n_k, its shard size, not the 32 rows seen (which would be the
+    plain mean here: every shard holds more than 32 rows)."""
+    batch, steps = 16, 2
+    overrides = {**FEDSGD_ALL, "client.batch_size": batch, "client.local_steps": steps}
+    step = first_step(run(ray_tmp, "local_steps", overrides))
+
+    def first_batches(client_id: int, shard_size: int) -> np.ndarray:
+        order = client_rng(0, 1, client_id, Stream.DATA_ORDER).permutation(shard_size)
+        return order[: batch * steps]
+
+    gradients, sizes = client_gradients(ray_tmp / "local_steps", overrides, first_batches)
+    assert min(sizes) > batch * steps
+    # float32 gradients (of 2 batches, not 1 of 32) summed in another order: ~1e-7 of the step.
+    np.testing.assert_allclose(-step, np.average(gradients, axis=0, weights=sizes), atol=1e-6)
+    assert np.abs(step + np.mean(gradients, axis=0)).max() > 1e-3  # the weights matter here
 
 
 def test_fedsgd_work_on_the_simulated_clock_ignores_epochs(ray_tmp):

@@ -223,7 +223,10 @@ class ClientConfig:
     prox_mu: float = _field(0.0, "FedProx proximal weight mu (0 = FedAvg)")
     max_grad_norm: float | None = _field(None, "clip each local step's gradient to this L2 norm; null = off")
     local_steps: int | None = _field(
-        None, "FedSGD: batches in each client's gradient; null = its whole shard", at_most=10**9
+        None,
+        "FedSGD: batches in each client's gradient (their mean); the client still weighs its shard "
+        "size n_k in the server's mean; null = its whole shard",
+        at_most=10**9,
     )
     system: SystemConfig = _field(
         SystemConfig(), "system heterogeneity: speeds, availability, dropout, deadline"
