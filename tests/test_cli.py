@@ -65,6 +65,12 @@ def test_unknown_key_suggests():
     )
 
 
+def test_a_second_moment_decay_for_adagrad_is_refused():
+    """FedAdagrad (Reddi et al. 2021) sums squared steps without decay: beta2 could not act."""
+    result = fedsim("validate", DEFAULT, "--set", "server.optimizer=adagrad", "--set", "server.beta2=0.5")
+    assert_one_line_error(result, "server.beta2: 0.5 is not allowed here", "adam and yogi")
+
+
 def test_debug_shows_the_traceback():
     result = fedsim("--debug", "validate", DEFAULT, "--set", "client.lr=-1")
     assert result.returncode == 2 and "Traceback" in result.stderr

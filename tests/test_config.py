@@ -66,6 +66,10 @@ def test_bad_values_name_key_value_and_rule(override, fragment):
             ["server.optimizer=adagrad", "server.bias_correction=true"],
             "applies to server.optimizer adam and yogi",
         ),
+        (
+            ["server.optimizer=adagrad", "server.beta2=0.5"],
+            "server.beta2: 0.5 is not allowed here; the second-moment decay applies to server.optimizer adam",
+        ),
         (["server.aggregator=median", "server.weighting=uniform"], "'median' ignores weights"),
         (["client.local_steps=5"], "client.local_steps: 5 is not allowed here; it sets FedSGD's batches"),
         (["server.update=gradients", "client.prox_mu=0.1"], "there are no local steps for it to act on"),

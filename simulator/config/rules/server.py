@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from server.aggregation import UNWEIGHTED_AGGREGATORS
 from simulator.config.rules import refuse, require
-from simulator.config.schema import Config, sampled_per_round
+from simulator.config.schema import Config, ServerConfig, sampled_per_round
 
 
 def check_round(cfg: Config) -> None:
@@ -67,6 +67,9 @@ def check_combinations(cfg: Config) -> None:
     s = cfg.server
     if s.optimizer == "adagrad" and s.bias_correction:
         refuse("server.bias_correction", True, "bias correction applies to server.optimizer adam and yogi")
+    if s.optimizer == "adagrad" and s.beta2 != ServerConfig.beta2:
+        # FedAdagrad's v_t = v_{t-1} + Delta_t^2 (Reddi et al. 2021) has no decay to set.
+        refuse("server.beta2", s.beta2, "the second-moment decay applies to server.optimizer adam and yogi")
     if s.weighting == "uniform" and s.aggregator in UNWEIGHTED_AGGREGATORS:
         refuse(
             "server.weighting",
