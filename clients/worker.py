@@ -36,6 +36,7 @@ from clients.devices import worker_device
 from clients.errors import ClientFailure, ConfigError, FedsimError
 from clients.models.arrays import to_numpy
 from clients.models.engines import build_model
+from clients.models.norm_statistics import calibrated
 from clients.personalization import (
     finetuned,
     train_personalized,
@@ -344,17 +345,15 @@ class ClientWorker:
 
     def _evaluated(self, params: np.ndarray, client_id: int, x: np.ndarray, y: np.ndarray, batch_size: int):
         """``params`` on a client's held-out (x, y). Batch-statistics norm layers normalise
-        by the client's training rows (what FedBN's local running statistics estimate),
-        not by each small held-out batch."""
+        by the statistics of all the client's training rows (what FedBN's local running
+        statistics estimate), gathered ``batch_size`` rows at a time, not by each small
+        held-out batch."""
         self.model.load_params(params)
         if not self.has_batch_stats:
             return self.model.evaluate(x, y, batch_size)
         train_x, _, shard = self._client_data(client_id)
-        self.model.calibrate(train_x[shard])
-        try:
+        with calibrated(self.model, train_x[shard], batch_size):
             return self.model.evaluate(x, y, batch_size)
-        finally:
-            self.model.calibrate(None)
 
     def _finetuned(self, global_params: np.ndarray, client_id: int, steps: int, round_: int) -> np.ndarray:
         x, y, shard = self._client_data(client_id)

@@ -135,3 +135,37 @@ def test_a_damaged_complete_line_is_an_error_not_a_truncation(tmp_path):
     with pytest.raises(FedsimError, match=r"clients.jsonl:2: not valid JSON"):
         ClientEvalLog(log, completed_round=2)
     assert log.read_text().count("\n") == 3
+
+
+def test_batch_norm_results_do_not_depend_on_the_evaluation_batch_size(ray_cluster, tmp_path):
+    """The mlp's batch norm evaluates with the statistics of the whole evaluated set (the
+    test set; a client's training rows), gathered in batches of eval_batch_size in float64:
+    the batch size only changes summation orders. Statistics agree to ~1e-16 relative, below
+    float32's resolution; each batch's loss is a float32 sum (relative error ~6e-8), so
+    summed losses agree to 1e-6 relative and accuracies exactly. Training is untouched."""
+    overrides = {
+        **small_overrides(rounds=2), **FEDERATED, "model.batchnorm": True, "model.hidden": [16, 8],
+        "server.federated_eval.finetune_steps": 2,
+    }  # fmt: skip
+    runs = {
+        (engine, size): Simulation.from_yaml(
+            DEFAULT,
+            {**overrides, "model.engine": engine, "server.eval_batch_size": size},
+            run_dir=tmp_path / f"{engine}{size}",
+        ).run()
+        for engine in ("numpy", "torch")
+        for size in (1024, 100, 7)
+    }
+    for (engine, size), history in runs.items():
+        first = runs[engine, 1024]
+        assert history.final_params.tobytes() == first.final_params.tobytes()
+        row, first_row = history.rows[-1], first.rows[-1]
+        for kind in ("test", "federated", "finetuned"):
+            assert row[f"{kind}_accuracy"] == first_row[f"{kind}_accuracy"], (engine, size, kind)
+            assert row[f"{kind}_loss"] == pytest.approx(first_row[f"{kind}_loss"], rel=1e-6)
+    # The engines train alike to float32 rounding (tests/key_effects.py's ROUNDING_ATOL), so
+    # they score alike to within that: losses to 1e-4 relative, accuracy to one row of the
+    # 359-row digits test set.
+    numpy_row, torch_row = runs["numpy", 1024].rows[-1], runs["torch", 1024].rows[-1]
+    assert torch_row["test_loss"] == pytest.approx(numpy_row["test_loss"], rel=1e-4)
+    assert torch_row["test_accuracy"] == pytest.approx(numpy_row["test_accuracy"], abs=1.01 / 359)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from clients.models.norm_statistics import NO_VALUES, ChannelMoments
 from clients.numpy_engine.core import bind_standalone
 from clients.numpy_engine.gradcheck import numeric_gradient
 from clients.numpy_engine.norm import BatchNorm, update_running_stats
@@ -142,6 +143,22 @@ def test_batchnorm_eval_leaves_running_stats_and_rejects_single_values():
     np.testing.assert_array_equal(bn.running_var, [1.0, 1.0])
     with pytest.raises(ValueError, match="more than 1 value"):
         bn.forward(np.ones((1, 2)), train=True)
+
+
+def test_channel_moments_of_batches_combine_to_those_of_the_whole_set():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((23, 4, 3, 3)) * 2.0 + 1e3).astype(
+        np.float32
+    )  # a large mean: M2 must not cancel
+    gathered = NO_VALUES
+    for start, stop in ((0, 1), (1, 8), (8, 23)):
+        gathered = gathered.plus(ChannelMoments.of(x[start:stop]))
+    mean, var = gathered.mean_var()
+    assert gathered.count == 23 * 9
+    # Chan et al.'s update in float64 against numpy's two-pass float64 statistics: 1e-12.
+    wide = x.astype(np.float64)
+    np.testing.assert_allclose(mean, wide.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(var, wide.var(axis=(0, 2, 3)), rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- Embedding

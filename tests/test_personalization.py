@@ -113,6 +113,15 @@ def test_ditto_keeps_a_whole_personal_model_pulled_towards_the_global_one():
     assert np.linalg.norm(pulled["personal"] - start) < 0.5 * free_drift
 
 
+def _batch_norms(model) -> list:
+    modules = model.net.modules() if model.engine == "torch" else model.modules
+    return [m for m in modules if hasattr(m, "fixed")]
+
+
+def _host(statistic) -> np.ndarray:
+    return statistic.detach().numpy() if hasattr(statistic, "detach") else statistic
+
+
 @pytest.mark.parametrize("rows", [7, 1])
 def test_batch_norm_evaluates_alike_in_both_engines_and_calibrates_on_training_rows(rows):
     spec = build_spec("mlp", (12,), 4, Architecture(hidden=[6, 5], batchnorm=True))
@@ -125,9 +134,18 @@ def test_batch_norm_evaluates_alike_in_both_engines_and_calibrates_on_training_r
         model = build_model(spec, engine)
         model.load_params(params)
         own = model.evaluate(x, y, 4)
-        model.calibrate(train)
+        model.calibrate(train, 40)  # one batch: each layer's statistics over all 40 rows
         calibrated = model.evaluate(x, y, 4)
-        model.calibrate(None)
+        whole = [tuple(map(_host, m.fixed)) for m in _batch_norms(model)]
+        model.calibrate(train, 3)  # the same statistics gathered 3 rows at a time, layer by layer
+        # float64 moments in another order, cast to float32: equal to float32 rounding.
+        for (mean, var), (whole_mean, whole_var) in zip(
+            (tuple(map(_host, m.fixed)) for m in _batch_norms(model)), whole, strict=True
+        ):
+            np.testing.assert_allclose(mean, whole_mean, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(var, whole_var, rtol=1e-6)
+        assert model.evaluate(x, y, 4)[1:] == calibrated[1:]
+        model.calibrate(None, 3)
         assert model.evaluate(x, y, 4) == own  # back to each batch's own statistics
         results[engine] = (own, calibrated)
     # float32 sums in two libraries: summed losses agree to 1e-4 relative; counts exactly

@@ -23,6 +23,7 @@ from clients.models.arrays import DeviceShard, FlatVector, HostArrays, tensor_fr
 from clients.models.gradflow import layer_flow
 from clients.models.losses import fitted, load_loss
 from clients.models.module_model import bind_flat, build_module
+from clients.models.norm_statistics import ChannelMoments, fix_statistics
 from clients.models.spec import LayerSpec, ModelSpec
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -55,17 +56,27 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         if x.dim() not in (2, 4):
             raise ValueError(f"batchnorm expects (N, C) or (N, C, H, W) inputs, got {tuple(x.shape)}")
 
-    fixed: tuple[torch.Tensor, torch.Tensor] | None = None  # set by TorchModel.calibrate
-    capturing = False
+    # A whole set's (mean, biased var), set by TorchModel.calibrate, and the moments gathered
+    # meanwhile (clients/models/norm_statistics.py).
+    fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+    gathered: ChannelMoments | None = None
+
+    def fix(self, statistics: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Evaluate with (mean, biased var) (C,) of a whole set, or (None) each batch's own."""
+        if statistics is None:
+            self.fixed = None
+            return
+        mean, var = (
+            torch.as_tensor(s, dtype=self.weight.dtype, device=self.weight.device) for s in statistics
+        )
+        self.fixed = (mean, var)
 
     def forward(self, x):
         if not self.training and not self.track_running_stats:
             self._check_input_dim(x)
-            if self.capturing:  # the batch's mean and biased variance, as the numpy engine takes them
-                axes = [0, *range(2, x.dim())]
-                mean = x.mean(dim=axes)
-                centred = x - mean.view(1, -1, *([1] * (x.dim() - 2)))
-                self.fixed = (mean, (centred * centred).mean(dim=axes))
+            if self.gathered is not None:
+                # on the host, in float64 as the numpy engine gathers them: one batch's activations cross
+                self.gathered = self.gathered.plus(ChannelMoments.of(to_numpy(x)))
             if self.fixed is not None:
                 return F.batch_norm(x, *self.fixed, self.weight, self.bias, False, 0.0, self.eps)
             if x.numel() == x.shape[1]:
@@ -274,17 +285,24 @@ class TorchModel(HostArrays):
                 handle.remove()
 
     @torch.no_grad()
-    def calibrate(self, x: np.ndarray | None) -> None:
-        """Make batch-statistics norm layers evaluate with the statistics of ``x`` (a
-        client's training rows, one batch); ``None`` goes back to each batch's own."""
-        norms = [m for m in self.net.modules() if isinstance(m, _BatchNorm) and not m.track_running_stats]
-        for module in norms:
-            module.fixed, module.capturing = None, x is not None
-        if x is not None and norms and len(x):
-            self.net.eval()
-            self.net(self._tensor(np.ascontiguousarray(x)))
-        for module in norms:
-            module.capturing = False
+    def calibrate(self, x: np.ndarray | None, batch_size: int) -> None:
+        """Make batch-statistics norm layers evaluate with the statistics of all of ``x``
+        (the evaluated set), read ``batch_size`` rows at a time; ``None`` goes back to each
+        batch's own (clients/models/norm_statistics.py). A module model has none."""
+        if self.spec.source is not None:
+            return
+        self.net.eval()
+        layers = cast(nn.Sequential, self.net)
+        norms = [
+            (module, partial(self._forward_through, layers[: i + 1]))
+            for i, top in enumerate(layers)
+            for module in top.modules()
+            if isinstance(module, _BatchNorm) and not module.track_running_stats
+        ]
+        fix_statistics(norms, np.zeros(0) if x is None else x, batch_size)
+
+    def _forward_through(self, layers: nn.Module, x: np.ndarray) -> torch.Tensor:
+        return layers(self._tensor(np.ascontiguousarray(x)))
 
     @torch.no_grad()
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, int | None, int]:

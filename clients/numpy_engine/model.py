@@ -8,10 +8,14 @@ reverse, each module adding its parameter gradients into the flat gradient.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
+
 import numpy as np
 
 from clients.models.arrays import HostArrays
 from clients.models.gradflow import layer_flow
+from clients.models.norm_statistics import fix_statistics
 from clients.models.spec import LayerSpec, ModelSpec
 from clients.numpy_engine.activations import GELU, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
 from clients.numpy_engine.conv import AvgPool2d, Conv2d, MaxPool2d
@@ -49,6 +53,13 @@ def build_module(layer: LayerSpec) -> Module:
     return builders[layer.kind]()
 
 
+def _walk(module: Module) -> Iterator[Module]:
+    """``module`` and the modules of its body, depth first, in forward order."""
+    yield module
+    for child in getattr(module, "body", []):
+        yield from _walk(child)
+
+
 class NumpyModel(HostArrays):
     """The chain-rule engine's model with flat ``params`` and ``grad`` (n,) arrays.
 
@@ -83,29 +94,32 @@ class NumpyModel(HostArrays):
             if isinstance(module, Dropout):
                 module.rng = rng
 
-    def _all_modules(self):
-        stack = list(self.modules)
-        while stack:
-            module = stack.pop()
-            yield module
-            stack.extend(getattr(module, "body", []))
+    def _all_modules(self) -> Iterator[Module]:
+        """Every module, nested ones after their block, in forward order."""
+        for top in self.modules:
+            yield from _walk(top)
 
-    def calibrate(self, x: np.ndarray | None) -> None:
-        """Make batch-statistics norm layers evaluate with the statistics of ``x`` (a
-        client's training rows, one batch), each layer's taken from its input when ``x``
-        flows through; ``None`` goes back to each batch's own."""
-        norms = [m for m in self._all_modules() if isinstance(m, BatchNorm) and m.batch_stats]
-        for module in norms:
-            module.fixed, module.capturing = None, x is not None
-        if x is not None and norms and len(x):
-            self.forward(x, train=False)
-        for module in norms:
-            module.capturing = False
+    def calibrate(self, x: np.ndarray | None, batch_size: int) -> None:
+        """Make batch-statistics norm layers evaluate with the statistics of all of ``x``
+        (the evaluated set), read ``batch_size`` rows at a time; ``None`` goes back to each
+        batch's own (clients/models/norm_statistics.py)."""
+        norms = [
+            (module, partial(self._forward_through, i))
+            for i, top in enumerate(self.modules)
+            for module in _walk(top)
+            if isinstance(module, BatchNorm) and module.batch_stats
+        ]
+        fix_statistics(norms, np.zeros(0) if x is None else x, batch_size)
 
-    def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
-        """Logits (B, num_classes) for inputs (B, *input_shape)."""
+    def _forward_through(self, last: int, x: np.ndarray) -> np.ndarray:
+        """An evaluation forward pass of ``x`` through the top-level modules up to ``last``."""
+        return self.forward(x, False, self.modules[: last + 1])
+
+    def forward(self, x: np.ndarray, train: bool, modules: list[Module] | None = None) -> np.ndarray:
+        """Logits (B, num_classes) for inputs (B, *input_shape); with ``modules``, the output
+        of those first modules instead."""
         h = x if self.spec.input_dtype == "int64" else x.astype(self.params.dtype, copy=False)
-        for module in self.modules:
+        for module in self.modules if modules is None else modules:
             h = module.forward(h, train)
         return h
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clients.models.norm_statistics import ChannelMoments
 from clients.numpy_engine.core import Module, ParamShapes
 
 
@@ -136,9 +137,10 @@ class BatchNorm(Module):
     ) -> None:
         super().__init__()
         self.batch_stats = batch_stats  # normalise by the batch's statistics in eval mode too
-        # Statistics a batch_stats layer evaluates with instead, once calibrated (see NumpyModel.calibrate).
+        # A batch_stats layer's (mean, biased var) of a whole set, which it evaluates with
+        # once calibrated, and the moments it gathers meanwhile (clients/models/norm_statistics.py).
         self.fixed: tuple[np.ndarray, np.ndarray] | None = None
-        self.capturing = False
+        self.gathered: ChannelMoments | None = None
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -159,18 +161,26 @@ class BatchNorm(Module):
         """The running statistics by PyTorch's buffer names, each (C,)."""
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
+    def fix(self, statistics: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Evaluate with (mean, biased var) (C,) of a whole set, or (None) each batch's own."""
+        if statistics is None:
+            self.fixed = None
+            return
+        dtype = self.params["weight"].dtype
+        self.fixed = (statistics[0].astype(dtype), statistics[1].astype(dtype))
+
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """x: (N, C) or (N, C, H, W) -> y, same shape."""
         if x.ndim < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm({self.num_features}) got input of shape {x.shape}")
         w, b = self.params["weight"], self.params["bias"]
+        if not train and self.batch_stats and self.gathered is not None:
+            self.gathered = self.gathered.plus(ChannelMoments.of(x))
         if not train and self.batch_stats and self.fixed is not None:
             y, self.cache = batch_norm_eval_forward(x, w, b, *self.fixed, self.eps)
             return y
         if not train and self.batch_stats:  # one value per channel is its own mean: y = bias
-            y, self.cache, mean, var = batch_norm_train_forward(x, w, b, self.eps)
-            if self.capturing:
-                self.fixed = (mean, var)
+            y, self.cache, _, _ = batch_norm_train_forward(x, w, b, self.eps)
             return y
         if not train:
             y, self.cache = batch_norm_eval_forward(x, w, b, self.running_mean, self.running_var, self.eps)
