@@ -173,7 +173,8 @@ def yaml_cases(out: Path) -> list[Case]:
     add("million_head_epochs", "client: {personalization: {method: fedrep, head_epochs: 1000000}}\n")
     add("million_finetune_steps", "server: {federated_eval: {every: 1, finetune_steps: 1000000}}\n")
     add("batchnorm_batch_of_one", "model: {batchnorm: true}\nclient: {batch_size: 1}\n")
-    add("batchnorm_eval_batch_of_one", "model: {batchnorm: true}\nserver: {eval_batch_size: 1}\n")
+    # Batch norm evaluates with the whole evaluated set's statistics: any eval batch serves.
+    add("batchnorm_eval_batch_of_one", "model: {batchnorm: true}\nserver: {eval_batch_size: 1}\n", False)
     fedbn = "model: {batchnorm: true, hidden: []}\nclient: {personalization: {method: fedbn}}\n"
     add("fedbn_without_hidden_layers", fedbn)
     add("data_root_of_no_user", "data: {dataset: mnist, root: ~nosuchuser/x, download: false}\n")

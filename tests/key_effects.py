@@ -8,7 +8,7 @@ value other than the context's, and the effect that value must have:
 - ``rounding``: the same training in another float32 order; the models differ, but only
   within ROUNDING_ATOL;
 - ``reports``: the model is bit-identical and the metric ``observe`` differs;
-- ``none``: the model and the training losses are bit-identical.
+- ``none``: the model, the training losses and the reported test accuracy are bit-identical.
 
 A key of ``fedsim validate``'s output without a row fails both tests.
 """
@@ -84,6 +84,7 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "arrays": {"data.dataset": "arrays", "data.loader": "tests.key_effects:tiny_arrays"},
     "augment_crop": {"data.augment": "crop"},
     "mlp2": {"model.hidden": [8, 8]},
+    "batchnorm": {"model.batchnorm": True, "model.hidden": [8, 8]},
     # Users' own models (tests/module_models.py): a small MLP, and one with batch norm.
     "module": {"model.name": "module", "model.factory": "tests.module_models:small_net"},
     "module_bn": {"model.name": "module", "model.factory": "tests.module_models:BatchNormNet"},
@@ -273,6 +274,10 @@ ROWS = [
     ),
     Row("server.eval_every", 2, "reports", observe="test_accuracy"),
     Row("server.eval_batch_size", 7, "none"),
+    Row(
+        "server.eval_batch_size", 7, "none", "batchnorm",
+        why="batch norm evaluates with the whole test set's statistics, gathered in batches",
+    ),
     Row("server.federated_eval.every", 1, "trains", why="clients hold out part of their shard"),
     Row("server.federated_eval.fraction", 0.5, "reports", "fedeval", observe="federated_clients"),
     Row("server.federated_eval.holdout", 0.4, "trains", "fedeval"),

@@ -66,7 +66,10 @@ def check(row: Row, before, after) -> str | None:
         seen = [[r.get(row.observe) for r in rows] for rows in (rows_a, rows_b)]
         return None if seen[0] != seen[1] else f"metric {row.observe!r} did not change"
     losses = [[r["train_loss"] for r in rows] for rows in (rows_a, rows_b)]
-    return None if losses[0] == losses[1] else "the training losses changed"
+    if losses[0] != losses[1]:
+        return "the training losses changed"
+    accuracies = [[r.get("test_accuracy") for r in rows] for rows in (rows_a, rows_b)]
+    return None if accuracies[0] == accuracies[1] else "the reported test accuracy changed"
 
 
 @pytest.mark.slow

@@ -137,14 +137,15 @@ def test_batch_norm_evaluates_alike_in_both_engines_and_calibrates_on_training_r
         model.calibrate(train, 40)  # one batch: each layer's statistics over all 40 rows
         calibrated = model.evaluate(x, y, 4)
         whole = [tuple(map(_host, m.fixed)) for m in _batch_norms(model)]
-        model.calibrate(train, 3)  # the same statistics gathered 3 rows at a time, layer by layer
-        # float64 moments in another order, cast to float32: equal to float32 rounding.
-        for (mean, var), (whole_mean, whole_var) in zip(
-            (tuple(map(_host, m.fixed)) for m in _batch_norms(model)), whole, strict=True
-        ):
-            np.testing.assert_allclose(mean, whole_mean, rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(var, whole_var, rtol=1e-6)
-        assert model.evaluate(x, y, 4)[1:] == calibrated[1:]
+        for size in (3, 1):  # the same statistics gathered `size` rows at a time, layer by layer
+            model.calibrate(train, size)
+            # float64 moments in another order, cast to float32: equal to float32 rounding.
+            for (mean, var), (whole_mean, whole_var) in zip(
+                (tuple(map(_host, m.fixed)) for m in _batch_norms(model)), whole, strict=True
+            ):
+                np.testing.assert_allclose(mean, whole_mean, rtol=1e-6, atol=1e-7)
+                np.testing.assert_allclose(var, whole_var, rtol=1e-6)
+            assert model.evaluate(x, y, 1)[1:] == calibrated[1:]
         model.calibrate(None, 3)
         assert model.evaluate(x, y, 4) == own  # back to each batch's own statistics
         results[engine] = (own, calibrated)

@@ -158,7 +158,8 @@ class ModelConfig:
     batchnorm: bool = _field(
         False,
         "mlp: batch norm after each hidden linear layer, normalising by each batch's own statistics "
-        "in training and evaluation (no running statistics outside the flat vector)",
+        "in training and, in evaluation, by those of the whole evaluated set (no running statistics "
+        "outside the flat vector)",
     )
     dropout: float = _field(0.0, "mlp: dropout probability after each hidden layer")
     conv_channels: list[int] = _field(
@@ -381,7 +382,13 @@ class ServerConfig:
         "stop_after_nonfinite_rounds too; 1 = only rounds in which every update was",
     )
     eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
-    eval_batch_size: int = _field(1024, "test-set evaluation batch size", at_most=10**7)
+    eval_batch_size: int = _field(
+        1024,
+        "evaluation batch size (test set, federated evaluation); results do not depend on it "
+        "(losses to float32 rounding): batch norm (model.batchnorm) evaluates with the statistics "
+        "of the whole evaluated set, gathered in such batches",
+        at_most=10**7,
+    )
     federated_eval: FederatedEvalConfig = _field(
         FederatedEvalConfig(), "per-client evaluation on clients' own held-out data (clients.jsonl)"
     )

@@ -86,15 +86,14 @@ def layer_spec(m: ModelConfig) -> ModelSpec:
 
 
 def check_batch_norm_batches(cfg: Config) -> None:
-    m, c, s = cfg.model, cfg.client, cfg.server
-    if not (m.batchnorm and m.hidden):
-        return
-    for key, size in (("client.batch_size", c.batch_size), ("server.eval_batch_size", s.eval_batch_size)):
-        if size < 2:
-            raise ConfigError(
-                f"{key}: {size} is not allowed with model.batchnorm: true; batch norm normalises a "
-                "batch by its own statistics and needs batches of at least 2 rows"
-            )
+    """Batch norm trains on each batch's own statistics: a batch of one row has none. (Its
+    evaluation takes the whole evaluated set's, so any server.eval_batch_size serves.)"""
+    m, c = cfg.model, cfg.client
+    if m.batchnorm and m.hidden and c.batch_size < 2:
+        raise ConfigError(
+            f"client.batch_size: {c.batch_size} is not allowed with model.batchnorm: true; batch norm "
+            "trains on a batch's own statistics and needs batches of at least 2 rows"
+        )
 
 
 def _check_fits_data(m: ModelConfig, d: DataConfig) -> None:
