@@ -9,12 +9,23 @@ groups in group order), every update weighted by its samples (or 1) times its
 staleness weight, and divided by the buffer's total weight. So with no
 staleness the step is synchronous FedAvg bit for bit.
 
-Updates waiting for their step (at most ``concurrency``) go into checkpoints,
-so a resumed run replays the schedule and continues bit for bit.
+FedAsync (``mixing`` set; Xie et al. 2019, Algorithm 1) takes one arrival per
+step and mixes the client's model x_new = x_tau + delta into the current x:
+x <- (1 - a_t) x + a_t x_new, a_t = mixing * s(staleness). That is the server's
+SGD step with lr = mixing on s * (x_new - x) = s * (delta + (x_tau - x)): the
+same buffer sum with each delta moved onto the current model, so the model
+x_tau each client in flight started from is kept until it arrives. Without
+staleness the drift x_tau - x is zero and FedAsync is FedBuff with
+buffer_size 1 and server.lr = mixing, bit for bit.
+
+Updates waiting for their step (at most ``concurrency``), and under FedAsync
+the models they started from, go into checkpoints, so a resumed run replays
+the schedule and continues bit for bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +37,8 @@ from clients.protocol import GroupResult
 from clients.updates import add_weighted
 from server.asynchronous import AsyncSchedule, StalenessWeight, StepPlan, Trip, staleness_histogram
 from server.sampling import reduction_groups
+
+MODEL_PREFIX = "async.model."  # checkpoint arrays: FedAsync's starting models, by version
 
 
 @dataclass(frozen=True)
@@ -70,31 +83,38 @@ def updates_of(result: GroupResult) -> list[ClientUpdate]:
 
 
 class AsyncRounds:
-    """The schedule, the updates in flight, and one server step at a time."""
+    """The schedule, the updates in flight, and one server step at a time; ``mixing``:
+    FedAsync's mixing weight a (None: FedBuff's buffered mean)."""
 
-    def __init__(self, schedule: AsyncSchedule, weight: StalenessWeight, groups: int):
-        self.schedule, self.weight, self.groups = schedule, weight, groups
+    def __init__(
+        self, schedule: AsyncSchedule, weight: StalenessWeight, groups: int, mixing: float | None = None
+    ):
+        self.schedule, self.weight, self.groups, self.mixing = schedule, weight, groups, mixing
         self.waiting: dict[tuple[int, int], ClientUpdate] = {}  # (event, client) -> update
+        self.models: dict[int, np.ndarray] = {}  # FedAsync: version -> model clients in flight started from
 
     def restore(self, completed: int, arrays: dict[str, np.ndarray]) -> None:
         """Replay the schedule through step ``completed``; take the updates still in flight
         from a checkpoint's arrays."""
         for _ in range(completed):
             self.schedule.next_step()
-        for key, meta in arrays.items():
-            if key.startswith("async.") and key.endswith(".meta"):
+        for key, array in arrays.items():
+            if key.startswith(MODEL_PREFIX):
+                self.models[int(key.removeprefix(MODEL_PREFIX))] = array
+            elif key.startswith("async.") and key.endswith(".meta"):
                 _, event, client, _ = key.split(".")
                 update = arrays.get(f"async.{event}.{client}.update")
-                self.waiting[(int(event), int(client))] = ClientUpdate.from_arrays(meta, update)
-        trained = {
-            t.key
-            for t in self.schedule.in_flight.values()
-            if t.outcome == "arrives" and t.version < completed
-        }
-        if missing := trained - set(self.waiting):
+                self.waiting[(int(event), int(client))] = ClientUpdate.from_arrays(array, update)
+        trained = [
+            t for t in self.schedule.in_flight.values() if t.outcome == "arrives" and t.version < completed
+        ]
+        missing = len({t.key for t in trained} - set(self.waiting))
+        if self.mixing is not None:  # FedAsync mixes each from the model it started from
+            missing += len({t.version for t in trained} - set(self.models))
+        if missing:
             raise FedsimError(
-                f"the checkpoint of step {completed} lacks {len(missing)} updates still in flight; "
-                "it was not written by an async run of this config"
+                f"the checkpoint of step {completed} lacks {missing} updates or starting models still "
+                "in flight; it was not written by an async run of this config"
             )
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -103,6 +123,7 @@ class AsyncRounds:
             out[f"async.{event}.{client}.meta"] = update.meta()
             if update.update is not None:
                 out[f"async.{event}.{client}.update"] = update.update
+        out.update({f"{MODEL_PREFIX}{version}": model for version, model in self.models.items()})
         return out
 
     def plan(self) -> StepPlan:
@@ -139,18 +160,41 @@ class AsyncRounds:
                 self.waiting[(events[index], int(client))] = update
         return results
 
-    def buffer_results(self, plan: StepPlan, size: int) -> list[GroupResult]:
-        """The buffer as group results the server step takes: each reduction group's
-        staleness-weighted float32 sum, its clients in (client, event) order."""
+    def buffer_results(self, plan: StepPlan, params: np.ndarray) -> list[GroupResult]:
+        """The buffer as group results the server step takes from ``params``, the current
+        model: each reduction group's staleness-weighted float32 sum, its clients in
+        (client, event) order."""
         trips = sorted(plan.arrivals, key=lambda t: (t.client, t.event))
         updates = [self.waiting.pop(t.key) for t in trips]
+        if self.mixing is not None:
+            updates = [
+                self._onto_current(t, u, params, plan.step - 1) for t, u in zip(trips, updates, strict=True)
+            ]
+            self._keep_starting_models(params, plan.step - 1)
         weights = self.weight(plan.staleness(trips))
         positions = reduction_groups(np.arange(len(trips)), self.groups)
-        return [_summed(index, part, trips, updates, weights, size) for index, part in enumerate(positions)]
+        return [
+            _summed(index, part, trips, updates, weights, params.size) for index, part in enumerate(positions)
+        ]
+
+    def _onto_current(
+        self, trip: Trip, update: ClientUpdate, params: np.ndarray, current: int
+    ) -> ClientUpdate:
+        """FedAsync: the update x_new - x = delta + (x_tau - x), from the current model
+        ``params`` (version ``current``) to the client's x_new = x_tau + delta."""
+        if update.update is None or trip.version == current:  # no drift: delta as it came
+            return update
+        drift = self.models[trip.version] - params
+        return dataclasses.replace(update, update=update.update + drift)
+
+    def _keep_starting_models(self, params: np.ndarray, current: int) -> None:
+        """Keep the models that the trips still in flight started from, no other."""
+        needed = sorted({t.version for t in self.schedule.in_flight.values() if t.outcome == "arrives"})
+        self.models = {v: params.copy() if v == current else self.models[v] for v in needed}
 
     def row(self, plan: StepPlan) -> dict[str, Any]:
         staleness = plan.staleness()
-        return {
+        row = {
             "staleness_histogram": staleness_histogram(staleness),
             "staleness_mean": float(staleness.mean()) if len(staleness) else None,
             "staleness_max": int(staleness.max()) if len(staleness) else None,
@@ -160,6 +204,9 @@ class AsyncRounds:
             "stale_discarded": len(plan.discarded),
             "simulated_elapsed": plan.time,
         }
+        if self.mixing is not None:  # FedAsync's a_t = a * s(staleness) of the step's one arrival
+            row["mixing_weight"] = float(self.mixing * self.weight(staleness)[0])
+        return row
 
 
 def _groups_by_event(trips: list[Trip], groups: int) -> tuple[list[np.ndarray], dict[int, int]]:

@@ -1,6 +1,7 @@
 """Asynchronous aggregation on the simulated clock: FedBuff (Nguyen et al. 2022,
 arXiv:2106.06639, Algorithm 1) with FedAsync's staleness functions (Xie et al.
-2019, arXiv:1903.03934, Section 5.2).
+2019, arXiv:1903.03934, Section 5.2), or FedAsync itself (its Algorithm 1: one
+arrival at a time, mixed into the model; ``server.async_buffer``).
 
 ``concurrency`` clients train at once. Each starts from the model version the
 server holds when it is dispatched; when it finishes, its update joins the
@@ -33,6 +34,7 @@ from clients.streams import EVENT_KEY_SUFFIX, Stream
 from server.system import SystemModel, client_speeds
 
 STALENESS_KINDS = ("constant", "polynomial", "hinge")
+ASYNC_RULES = ("fedbuff", "fedasync")  # the server step: buffered mean delta, or model mixing
 # Trips in a row that end without an arrival before the schedule gives up: a deadline
 # no client can meet, or availability so low that nobody comes online.
 MAX_FRUITLESS_TRIPS = 100_000

@@ -122,6 +122,11 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "server.async.buffer_size": 1, "server.async.staleness": "hinge", "server.async.staleness_b": 0,
         "rounds": 4,
     },
+    # FedAsync: the same clients, each arrival mixed into the model as it comes.
+    "fedasync": {
+        "server.mode": "async", "client.system.speed_sigma": 1.0, "server.async.concurrency": 4,
+        "server.async.rule": "fedasync", "rounds": 3,
+    },
     "fedper": {"client.personalization.method": "fedper"},
     "fedrep": {"client.personalization.method": "fedrep"},
     "ditto": {"client.personalization.method": "ditto", "server.federated_eval.every": 1},
@@ -298,6 +303,9 @@ ROWS = [
     Row("server.async.staleness_a", 2.0, "trains", "async"),
     Row("server.async.staleness_b", 2, "trains", "async_hinge"),
     Row("server.async.max_staleness", 0, "trains", "async"),
+    Row("server.async.rule", "fedasync", "trains", "async_hinge", why="mixes x <- (1 - a_t) x + a_t x_new"),
+    Row("server.async.mixing", 0.9, "trains", "fedasync"),
+    Row("server.async.staleness", "constant", "trains", "fedasync", why="a_t = mixing x s(staleness)"),
     # runtime
     Row("runtime.workers", 2, "none"),
     Row("runtime.cpus_per_worker", 0.5, "none", why="one torch thread either way"),

@@ -188,6 +188,91 @@ def test_staleness_weighting_reaches_the_server_step(ray_cluster, tmp_path):
     assert const.final_params.tobytes() != poly.final_params.tobytes()
 
 
+# FedAsync (Xie et al. 2019): HETEROGENEOUS's clients, one arrival mixed in per step.
+FEDASYNC = {
+    **HETEROGENEOUS,
+    "name": "fedasync",
+    "server.async.rule": "fedasync",
+    "server.async.buffer_size": None,  # = 1 under fedasync
+    "server.async.mixing": 0.5,
+    "rounds": 6,
+    "runtime.checkpoint_every": 1,
+}
+
+
+def _fedbuff_twin(overrides: dict) -> dict:
+    """FedBuff with one arrival a step and server.lr = the mixing weight: FedAsync's twin
+    when no update is stale."""
+    mixing = overrides["server.async.mixing"]
+    return {**overrides, "server.async.rule": "fedbuff", "server.async.mixing": 0.6, "server.lr": mixing,
+            "server.async.buffer_size": 1}  # fmt: skip
+
+
+def test_fedasync_without_staleness_is_fedbuff_with_lr_mixing_bit_for_bit(ray_cluster, tmp_path):
+    """With one client at a time, every client starts from the current model (tau = t - 1,
+    staleness 0): x <- (1 - a) x + a x_new = x + a delta, FedBuff's step at lr a. The drift
+    x_tau - x is exactly zero then, so the bits agree."""
+    fresh = {**FEDASYNC, "server.async.concurrency": 1, "rounds": 3, "server.async.staleness": "constant"}
+    mixed = Simulation.from_yaml(ASYNC_CONFIG, fresh, run_dir=tmp_path / "a").run()
+    buffered = Simulation.from_yaml(ASYNC_CONFIG, _fedbuff_twin(fresh), run_dir=tmp_path / "b").run()
+    assert [r["staleness_histogram"] for r in mixed.rows] == [[1]] * 3
+    assert [r["mixing_weight"] for r in mixed.rows] == [0.5] * 3
+    assert mixed.final_params.tobytes() == buffered.final_params.tobytes()
+    assert "mixing_weight" not in buffered.rows[0]
+
+
+def _checkpoint_tensors(run_dir, round_):
+    from safetensors.numpy import load_file
+
+    return load_file(run_dir / "checkpoints" / f"round_{round_:06d}.safetensors")
+
+
+def test_fedasync_mixes_stale_models_as_published_and_resumes_bit_for_bit(ray_cluster, tmp_path):
+    """Each stale step, recomputed in float64 from what the checkpoints before and after it
+    hold (x_{t-1}, the arriving client's delta and the model x_tau it started from), is
+    x_t = (1 - a_t) x_{t-1} + a_t (x_tau + delta), a_t = a (1 + s)^-0.5; FedBuff's step
+    x_{t-1} + a_t delta is not. The run resumes bit for bit from mid-run."""
+    saved = {}
+
+    def keep_checkpoint(row):
+        saved[row["round"]] = (row, _checkpoint_tensors(tmp_path / "straight", row["round"]))
+
+    straight = Simulation.from_yaml(
+        ASYNC_CONFIG, FEDASYNC, run_dir=tmp_path / "straight", on_round_end=keep_checkpoint
+    ).run()
+    checked = 0
+    for step in range(2, FEDASYNC["rounds"] + 1):
+        row, after = saved[step]
+        staleness = len(row["staleness_histogram"]) - 1
+        if staleness == 0:
+            continue
+        before = saved[step - 1][1]
+        (client,) = row["clients"]
+        (delta_key,) = [
+            k for k in before if k.startswith("server.async.") and k.endswith(f".{client}.update")
+        ]
+        start = before[f"server.async.model.{step - 1 - staleness}"].astype(np.float64)
+        delta = before[delta_key].astype(np.float64)
+        x_old, x_new = before["global_params"].astype(np.float64), after["global_params"].astype(np.float64)
+        a_t = 0.5 * (1 + staleness) ** -0.5
+        assert row["mixing_weight"] == pytest.approx(a_t, rel=1e-12)
+        expected = (1 - a_t) * x_old + a_t * (start + delta)
+        # Five float32 roundings (drift, delta + drift, weight x update, the step, the cast)
+        # of values |x| <= ~1 each err by <= 6e-8 |x|: 1e-6 bounds them all.
+        np.testing.assert_allclose(x_new, expected, rtol=0, atol=1e-6)
+        fedbuff_step = x_old + a_t * delta  # differs from it by a_t |x_tau - x_{t-1}|
+        assert np.abs(x_new - fedbuff_step).max() > 1e-4
+        checked += 1
+    assert checked >= 2, "the config must produce stale arrivals"
+
+    # Three steps, then three more from the step-3 checkpoint (clients in flight, their
+    # updates and starting models in it): no interrupt, so the same warm workers serve.
+    Simulation.from_yaml(ASYNC_CONFIG, {**FEDASYNC, "rounds": 3}, run_dir=tmp_path / "r").run()
+    resumed = Simulation.resume_from(tmp_path / "r", {"rounds": FEDASYNC["rounds"]}).run()
+    assert resumed.final_params.tobytes() == straight.final_params.tobytes()
+    assert strip_timing(resumed.rows) == strip_timing(straight.rows)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -203,6 +288,26 @@ def test_staleness_weighting_reaches_the_server_step(ray_cluster, tmp_path):
         ({"server.async.staleness": "linear"}, "server.async.staleness: 'linear' is not allowed"),
         ({"server.async.staleness_a": -1.0}, "server.async.staleness_a: -1.0 is not allowed"),
         ({"server.asynch.buffer_size": 2}, "did you mean 'server.async'"),
+        ({"server.async.mixing": 0.0}, "server.async.mixing: 0.0 is not allowed; must be in (0, 1]"),
+        (
+            {"server.async.mixing": 0.9},
+            "server.async.mixing: 0.9 is not allowed with server.async.rule: fedbuff",
+        ),
+        *(
+            (
+                {"server.async.rule": "fedasync", **bad},
+                f"{message} is not allowed with server.async.rule: fedasync",
+            )
+            for bad, message in [
+                ({"server.async.buffer_size": 2}, "server.async.buffer_size: 2"),
+                ({"server.async.buffer_size": None, "server.optimizer": "adam"}, "server.optimizer: 'adam'"),
+                ({"server.async.buffer_size": None, "server.lr": 0.5}, "server.lr: 0.5"),
+                (
+                    {"server.async.buffer_size": 1, "server.weighting": "uniform"},
+                    "server.weighting: 'uniform'",
+                ),
+            ]
+        ),
     ],
 )
 def test_bad_async_settings_are_refused_with_the_key(overrides, message):
@@ -218,6 +323,19 @@ def test_cli_refuses_a_bad_async_key_with_exit_2(tmp_path):
     assert proc.returncode == 2
     assert "server.async.buffer_size: 0 is not allowed" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_a_fedasync_buffer_with_one_line_and_exit_2():
+    """configs/fedbuff.yaml buffers 5 arrivals: FedAsync mixes them one at a time."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulator", "validate", ASYNC_CONFIG, "--set", "server.async.rule=fedasync"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "fedsim: error: server.async.buffer_size: 5 is not allowed with server.async.rule: fedasync; "
+        "FedAsync mixes each arrival into the model at once (buffer_size 1 or null)"
+    ]
 
 
 def test_report_plots_staleness_and_sync_against_async_on_simulated_time(ray_cluster, tmp_path):

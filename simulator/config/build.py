@@ -512,13 +512,19 @@ def build_server_state(
         seed=cfg.seed,
         plan=build_plan(cfg, aggregation, spec),
         aggregation=aggregation,
-        optimizer=from_section(SERVER_OPTIMIZERS[s.optimizer], s),
+        optimizer=from_section(SERVER_OPTIMIZERS[s.optimizer], s, **_mixing_step(s)),
         clipper=_clipper(s),
         accountant=_accountant(cfg),
         pruning=None if s.pruning.method == "none" else from_section(PruningSchedule, s.pruning),
         num_clients=cfg.data.num_clients,
     )
     return ServerState(params, spec.layout(), parts, buffers)
+
+
+def _mixing_step(s: ServerConfig) -> dict[str, float]:
+    """FedAsync's step x <- x + a_t (x_new - x) is the SGD step with lr = mixing on the
+    staleness-weighted x_new - x that ``AsyncRounds`` hands the server (server.lr stays 1.0)."""
+    return {"lr": s.async_.mixing} if s.mode == "async" and s.async_.rule == "fedasync" else {}
 
 
 def build_sampler(cfg: Config, work: np.ndarray) -> ClientSampler:
@@ -548,7 +554,8 @@ def build_async(cfg: Config, work: np.ndarray, system: SystemModel) -> AsyncRoun
         system=system, max_staleness=a.max_staleness,
     )  # fmt: skip
     weight = StalenessWeight(a.staleness, a.staleness_a, a.staleness_b)
-    return AsyncRounds(schedule, weight, cfg.runtime.reduction_groups)
+    mixing = a.mixing if a.rule == "fedasync" else None
+    return AsyncRounds(schedule, weight, cfg.runtime.reduction_groups, mixing)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from clients.models.spec import (
 )
 from clients.personalization_methods import PERSONALIZATION_METHODS
 from server.aggregation import AGGREGATORS
-from server.asynchronous import STALENESS_KINDS
+from server.asynchronous import ASYNC_RULES, STALENESS_KINDS
 from server.clipping import CLIPPING_KINDS
 from server.compression import COMPRESSION_METHODS
 from server.optimizers import SERVER_OPTIMIZERS
@@ -315,7 +315,7 @@ class AsyncConfig:
     )
     buffer_size: int | None = _field(
         None,
-        "async: arrivals buffered before each server step (K); 1 = FedAsync; null = concurrency",
+        "async: arrivals buffered before each server step (K); null = concurrency (fedbuff), 1 (fedasync)",
         at_most=10**7,
     )
     staleness: str = _field(
@@ -328,6 +328,17 @@ class AsyncConfig:
     staleness_b: int = _field(4, "async: hinge: staleness b up to which updates keep weight 1", at_most=10**9)
     max_staleness: int | None = _field(
         None, "async: updates more than this many steps stale are discarded; null = none", at_most=10**9
+    )
+    rule: str = _field(
+        "fedbuff",
+        "async: the server step: fedbuff (Nguyen et al. 2022) steps with the buffer's staleness-weighted "
+        "mean delta (server.lr, server.optimizer); fedasync (Xie et al. 2019) mixes each arrival into the "
+        "model, x <- (1 - a_t) x + a_t x_new with a_t = mixing * s(staleness) (buffer_size 1)",
+        ASYNC_RULES,
+    )
+    mixing: float = _field(
+        0.6,
+        "async, rule fedasync: the mixing weight a in (0, 1] (0.6 and 0.9 in Xie et al. 2019's experiments)",
     )
 
 
@@ -478,6 +489,8 @@ def _as_yaml_dict(obj: Any) -> dict[str, Any]:
 def async_shape(s: ServerConfig, num_clients: int) -> tuple[int, int]:
     """(concurrency, buffer size) of an async server, nulls resolved."""
     concurrency = s.async_.concurrency or sampled_per_round(s, num_clients)
+    if s.async_.rule == "fedasync":  # one arrival, one mixing step
+        return concurrency, 1
     return concurrency, s.async_.buffer_size or concurrency
 
 

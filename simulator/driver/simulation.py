@@ -28,10 +28,11 @@ from ray.exceptions import RayActorError, RayTaskError
 from threadpoolctl import threadpool_limits
 
 from clients.errors import ClusterError, FedsimError, RunDiverged
+from clients.models.engines import initial_state
 from clients.protocol import WorkerRun
 from clients.streams import Stream
 from server.async_buffer import AsyncRounds
-from server.evaluation import evaluate
+from server.evaluation import EvalResult, evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
 from simulator.config.loading import (
@@ -219,7 +220,8 @@ class Simulation:
         pool.actors.clear()
 
     def _loop(self, state: RunState, pool: WorkerPool, progress: RoundProgress, trackers: Trackers) -> None:
-        divergence = DivergenceWatch(self.cfg)
+        divergence = DivergenceWatch(self.cfg, lambda: _initial_test_loss(state))
+        divergence.replay([r for r in state.metrics.rows if r["round"] <= state.completed_round])
         for round_ in range(state.next_round, state.rounds + 1):
             row = self._round(state, pool, round_, progress)
             state.metrics.record(row)
@@ -272,7 +274,7 @@ class Simulation:
             None if progress is None else arrivals,
         )
         state.server.keep_client_states(trained)
-        results = steps.buffer_results(plan, state.params.size)
+        results = steps.buffer_results(plan, state.params)
         server_metrics = state.server.step(round_, results)
         row = _round_row(round_, results, state.model_bytes, state.spec.loss.is_regression)
         row.update(
@@ -357,15 +359,50 @@ class Simulation:
         regression = state.spec.loss.is_regression
         if round_ % schedule.eval_every and round_ != state.rounds:
             return {"test_loss": None} if regression else {"test_accuracy": None, "test_loss": None}
-        with compute_threads(schedule.workers.threads):
-            if state.server.buffers.size:
-                state.eval_model.load_buffers(state.server.buffers)
-            result = evaluate(
-                state.eval_model, state.params, state.x_test, state.y_test, schedule.eval_batch_size
-            )
+        result = _test_scores(state, state.params, state.server.buffers)
         if regression:
             return {"test_loss": result.loss}
         return {"test_accuracy": result.accuracy, "test_loss": result.loss}
+
+
+def _test_scores(state: RunState, params: np.ndarray, buffers: np.ndarray) -> EvalResult:
+    """The model ``params`` (with its float ``buffers`` (m,)) on the server's test set."""
+    with compute_threads(state.schedule.workers.threads):
+        if buffers.size:
+            state.eval_model.load_buffers(buffers)
+        return evaluate(state.eval_model, params, state.x_test, state.y_test, state.schedule.eval_batch_size)
+
+
+def _initial_test_loss(state: RunState) -> float:
+    """The test loss of the run's initial model, drawn from the seed again (a resumed run's
+    parameters are its checkpoint's)."""
+    params, buffers = initial_state(state.spec, state.seed)
+    return _test_scores(state, params, buffers).loss
+
+
+class LossGrowth:
+    """Counts evaluations in a row whose test loss is finite and above ``factor`` times
+    ``initial``, the initial model's: a run that explodes while staying finite (a NaN or
+    Inf loss is DivergenceWatch's own cause). Rounds without an evaluation leave the
+    count as it is."""
+
+    def __init__(self, factor: float, evals: int, initial: float):
+        self.factor, self.evals, self.initial = factor, evals, initial
+        self.streak = 0
+        self.loss = math.nan  # the last evaluated loss
+
+    def count(self, loss: float | None) -> bool:
+        """Count an evaluation's ``loss`` (None: not evaluated); whether the run diverged."""
+        if loss is not None:
+            grown = math.isfinite(loss) and loss > self.factor * self.initial
+            self.streak, self.loss = (self.streak + 1 if grown else 0), loss
+        return self.streak >= self.evals
+
+    def describe(self) -> str:
+        return (
+            f"the test loss {self.loss:.4g} stayed above server.stop_after_loss_growth={self.factor:g} x "
+            f"the initial model's {self.initial:.4g} for {self.streak} evaluations in a row"
+        )
 
 
 class DivergenceWatch:
@@ -374,13 +411,34 @@ class DivergenceWatch:
     A round counts when every update, or more than ``server.stop_after_rejected_share`` of
     them, was NaN/Inf, when the server step overflowed, or when the test loss was not
     finite; a non-finite test loss stands until the next evaluation says otherwise, so
-    rounds between evaluations (server.eval_every > 1) count too."""
+    rounds between evaluations (server.eval_every > 1) count too. Given ``initial_loss``,
+    which measures the initial model's test loss, it also stops a run whose finite test
+    loss grew past ``server.stop_after_loss_growth`` times it (LossGrowth); it is measured
+    at the first evaluation, so that a loss that fails fails in the clients' first round as
+    without the rule. A loss that is not > 0 gives no scale to grow from: the rule is off."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, initial_loss: Callable[[], float] | None = None):
         self.cfg = cfg
         self.limit = cfg.server.stop_after_nonfinite_rounds
         self.streak = 0
         self.loss_cause: str | None = None  # the last evaluation's, while its loss was not finite
+        self.initial_loss = initial_loss if cfg.server.stop_after_loss_growth else None
+        self.growth: LossGrowth | None = None
+
+    def replay(self, rows: list[dict[str, Any]]) -> None:
+        """Count the loss growth of the rows a resumed run already has, as the run counted it."""
+        for row in rows:
+            self.grown(row.get("test_loss"))
+
+    def grown(self, loss: float | None) -> bool:
+        """Count an evaluation's test ``loss`` (None: not evaluated) towards LossGrowth;
+        whether it stops the run."""
+        s = self.cfg.server
+        if loss is not None and self.initial_loss is not None:  # measured once
+            initial, self.initial_loss = self.initial_loss(), None
+            if s.stop_after_loss_growth and math.isfinite(initial) and initial > 0:
+                self.growth = LossGrowth(s.stop_after_loss_growth, s.stop_after_loss_growth_evals, initial)
+        return self.growth is not None and self.growth.count(loss)
 
     def check(self, row: dict[str, Any], params: np.ndarray) -> None:
         cause = self.cause(row, params)
@@ -390,6 +448,17 @@ class DivergenceWatch:
                 f"diverged at round {row['round']}: {cause} ({self.streak} rounds in a row); "
                 "the run directory keeps the last finite model"
             )
+        if self.grown(row.get("test_loss")):
+            assert self.growth is not None  # grown only with a LossGrowth
+            raise RunDiverged(
+                f"diverged at round {row['round']}: {self.growth.describe()} (likely {self.likely_cause()}); "
+                "the run directory keeps its last model"
+            )
+
+    def likely_cause(self) -> str:
+        """The settings that most likely blew the model up: a client's step or the server's."""
+        s = self.cfg.server
+        return f"{self.local_step_cause()} or server.lr={s.lr:g} too large for {s.optimizer}"
 
     def cause(self, row: dict[str, Any], params: np.ndarray) -> str | None:
         """Why this round learned nothing finite, naming the setting most likely at fault."""
@@ -400,7 +469,7 @@ class DivergenceWatch:
         if loss is not None:
             finite = math.isfinite(loss)
             self.loss_cause = (
-                None if finite else f"the model's test loss is {loss} (likely {local_step} or {server_step})"
+                None if finite else f"the model's test loss is {loss} (likely {self.likely_cause()})"
             )
         if row.get("rejected_aggregate"):
             return f"the server step overflowed (likely {server_step})"

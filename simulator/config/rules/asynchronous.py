@@ -1,5 +1,5 @@
-"""Asynchronous aggregation's rules (server.mode: async, FedBuff): server.async's ranges,
-its keys only in async runs, and what an async server step cannot do."""
+"""Asynchronous aggregation's rules (server.mode: async, FedBuff or FedAsync): server.async's
+ranges, its keys only in async runs, and what an async server step cannot do."""
 
 from __future__ import annotations
 
@@ -23,6 +23,23 @@ ASYNC_REFUSALS = (
         "async keeps server.async.concurrency clients busy; over-selection is for sync rounds",
     ),
 )  # fmt: skip
+# What FedAsync's mixing step has no place for: it mixes one arrival into the model with
+# weight server.async.mixing x s(staleness), no buffer, no server optimiser or lr.
+FEDASYNC_REFUSALS = (
+    (
+        "server.async.buffer_size", lambda c, s: s.async_.buffer_size not in (None, 1),
+        "FedAsync mixes each arrival into the model at once (buffer_size 1 or null)",
+    ),
+    (
+        "server.optimizer", lambda c, s: s.optimizer != "sgd",
+        "FedAsync's step is the mixing x <- (1 - a_t) x + a_t x_new itself (optimizer: sgd)",
+    ),
+    ("server.lr", lambda c, s: s.lr != 1.0, "FedAsync's step size is server.async.mixing (lr: 1.0)"),
+    (
+        "server.weighting", lambda c, s: s.weighting != "samples",
+        "FedAsync mixes one client's model at a time; there is no mean to weight (weighting: samples)",
+    ),
+)  # fmt: skip
 
 
 def check_values(cfg: Config) -> None:
@@ -42,6 +59,7 @@ def check_values(cfg: Config) -> None:
         a.max_staleness is None or a.max_staleness >= 0, "server.async.max_staleness", a.max_staleness,
         "null or >= 0",
     )  # fmt: skip
+    require(0 < a.mixing <= 1, "server.async.mixing", a.mixing, "in (0, 1]")
 
 
 def check_combinations(cfg: Config) -> None:
@@ -57,15 +75,26 @@ def check_combinations(cfg: Config) -> None:
                     "section: --set server.async={})"
                 )
         return
-    for key, refused, why in ASYNC_REFUSALS:
+    _refuse_any(c, s, ASYNC_REFUSALS, "server.mode: async")
+    if s.async_.rule == "fedasync":
+        _refuse_any(c, s, FEDASYNC_REFUSALS, "server.async.rule: fedasync")
+    elif s.async_.mixing != AsyncConfig.mixing:
+        raise ConfigError(
+            f"server.async.mixing: {show(s.async_.mixing)} is not allowed with server.async.rule: fedbuff; "
+            "the mixing weight is FedAsync's (set server.async.rule: fedasync, or leave mixing out)"
+        )
+
+
+def _refuse_any(c: ClientConfig, s: ServerConfig, refusals: tuple, setting: str) -> None:
+    for key, refused, why in refusals:
         if refused(c, s):
             value = _config_path_value(c, s, key)
-            raise ConfigError(f"{key}: {show(value)} is not allowed with server.mode: async; {why}")
+            raise ConfigError(f"{key}: {show(value)} is not allowed with {setting}; {why}")
 
 
 def _config_path_value(c: ClientConfig, s: ServerConfig, key: str) -> Any:
     section, *rest = key.split(".")
     node: Any = c if section == "client" else s
     for part in rest:
-        node = getattr(node, part)
+        node = getattr(node, "async_" if part == "async" else part)  # a Python keyword as a field
     return node
