@@ -24,7 +24,7 @@ from server.pruning import PRUNING_SCORES, SCOPES
 from simulator.config.yaml_input import one_line, show
 
 EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3  # the run stopped learning anything finite (server.stop_after_nonfinite_rounds)
+EXIT_DIVERGED = 3  # nothing finite learned, or the loss exploded (server.stop_after_* rules)
 EXIT_INTERRUPTED = 130
 
 

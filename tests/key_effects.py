@@ -277,6 +277,14 @@ ROWS = [
         "server.stop_after_rejected_share", 1.0, "none",
         why="it only stops runs whose updates are mostly NaN/Inf (tests/test_hostile_input.py)",
     ),
+    Row(
+        "server.stop_after_loss_growth", 1.5, "none",
+        why="it only stops runs whose test loss explodes (tests/test_hostile_input.py)",
+    ),
+    Row(
+        "server.stop_after_loss_growth_evals", 1, "none",
+        why="it only stops runs whose test loss explodes (tests/test_hostile_input.py)",
+    ),
     Row("server.eval_every", 2, "reports", observe="test_accuracy"),
     Row("server.eval_batch_size", 7, "none"),
     Row(

@@ -50,6 +50,10 @@ def test_unknown_top_level_section(tmp_path):
         ("runtime.gpus_per_worker=-1", "runtime.gpus_per_worker: -1.0 is not allowed; must be 0, or in"),
         ("runtime.gpus_per_worker=1.5", "a fraction up to 1, or a whole number of GPUs"),
         ("model.device=cuda", "model.device: cuda needs runtime.gpus_per_worker > 0"),
+        ("server.stop_after_loss_growth=1", "stop_after_loss_growth: 1.0 is not allowed; must be null"),
+        ("server.stop_after_loss_growth=-5", "a factor > 1 of the initial model's test loss"),
+        ("server.stop_after_loss_growth=.inf", "loss_growth: inf is not allowed; expected a finite"),
+        ("server.stop_after_loss_growth_evals=0", "loss_growth_evals: 0 is not allowed; must be >= 1"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(override, fragment):

@@ -10,6 +10,7 @@ import functools
 import gzip
 import io
 import json
+import math
 import os
 import signal
 import struct
@@ -570,6 +571,46 @@ def test_zero_means_a_run_that_learns_nothing_still_runs_to_the_end(ray_cluster,
     overrides = small_overrides(rounds=4, **{"client.lr": 1e38, "server.stop_after_nonfinite_rounds": 0})
     history = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "on").run()
     assert history.summary["status"] == "completed" and len(history.rows) == 4
+
+
+def test_a_finite_loss_that_explodes_stops_as_diverged_naming_the_growth(ray_cluster, tmp_path):
+    """client.lr=1e4 takes the digits test loss from ~2.3 to thousands while it stays finite: the
+    run stops as diverged once the loss stayed above 100 x the initial model's for
+    server.stop_after_loss_growth_evals evaluations; the CLI's exit code is 3, and a resume
+    counts the evaluations the run already had."""
+    grows = {"client.lr": 1e4, "server.stop_after_loss_growth_evals": 2}
+    with pytest.raises(
+        RunDiverged,
+        match=r"diverged at round 2: the test loss \S+ stayed above server.stop_after_loss_growth=100 x "
+        r"the initial model's 2.\d+ for 2 evaluations in a row \(likely client.lr=10000 too large",
+    ):
+        Simulation.from_yaml(DEFAULT, small_overrides(rounds=3, **grows), run_dir=tmp_path / "grows").run()
+    summary = json.loads((tmp_path / "grows" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["rounds_completed"] == 2
+    assert math.isfinite(summary["final_test_loss"]) and summary["final_test_loss"] > 230
+    code, _, err = cli("run", "--resume", tmp_path / "grows")  # rounds 1-2 counted: round 3 stops it
+    assert code == 3 and "diverged at round 3: the test loss" in err and "Traceback" not in err
+    off = small_overrides(rounds=2, **grows, **{"server.stop_after_loss_growth": None})
+    history = Simulation.from_yaml(DEFAULT, off, run_dir=tmp_path / "off").run()
+    assert history.summary["status"] == "completed" and history.summary["final_test_loss"] > 230
+
+
+def test_the_loss_growth_counts_evaluations_in_a_row_from_a_positive_initial_loss():
+    cfg = load_config(DEFAULT, ["server.stop_after_loss_growth=10", "server.stop_after_loss_growth_evals=2"])
+    params = np.zeros(4, np.float32)
+
+    def row(round_: int, loss: float | None) -> dict:
+        return {"round": round_, "num_clients": 4, "rejected_updates": 0, "test_loss": loss}
+
+    watch = DivergenceWatch(cfg, initial_loss=lambda: 2.0)
+    for round_, loss in enumerate([25.0, 19.0, 25.0, None], 1):  # 19 < 10 x 2 ends the count
+        watch.check(row(round_, loss), params)  # not evaluated: the count stands
+    with pytest.raises(RunDiverged, match=r"diverged at round 5: the test loss 21 stayed above .* 2 for 2"):
+        watch.check(row(5, 21.0), params)
+    for initial in (0.0, -1.0, math.nan):  # no scale to grow from (a loss that may be <= 0): off
+        watch = DivergenceWatch(cfg, initial_loss=lambda value=initial: value)
+        for round_ in range(1, 5):
+            watch.check(row(round_, 1e30), params)
 
 
 # ---------------------------------------------------------------- other commands

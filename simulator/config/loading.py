@@ -37,6 +37,8 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Return ``value`` as type ``tp`` or raise ConfigError naming ``path``."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        if float in typing.get_args(tp) and isinstance(value, float) and not math.isfinite(value):
+            raise _not_finite(path, value)  # a float, but not one any setting takes
         for option in typing.get_args(tp):
             try:
                 return _coerce(value, option, path)
@@ -71,7 +73,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise ConfigError(f"{path}: {show(value)} is not allowed; expected a finite number")
+                raise _not_finite(path, value)
             return float(value)
         raise _bad_type(path, value, tp)
     if tp is str:
@@ -81,6 +83,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return value
         raise _bad_type(path, value, tp)
     raise AssertionError(f"unsupported config type {tp!r} at {path}")
+
+
+def _not_finite(path: str, value: float) -> ConfigError:
+    return ConfigError(f"{path}: {show(value)} is not allowed; expected a finite number")
 
 
 def _bad_type(path: str, value: Any, tp: Any) -> ConfigError:

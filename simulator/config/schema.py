@@ -392,6 +392,15 @@ class ServerConfig:
         "a round in which more than this share of the updates was NaN/Inf (rejected) counts towards "
         "stop_after_nonfinite_rounds too; 1 = only rounds in which every update was",
     )
+    stop_after_loss_growth: float | None = _field(
+        100.0,
+        "stop with status 'diverged' (exit 3) once the test loss, finite but exploding, is above this "
+        "many times the initial model's for stop_after_loss_growth_evals evaluations in a row; "
+        "a factor > 1; null = never (also off when the initial loss is not > 0)",
+    )
+    stop_after_loss_growth_evals: int = _field(
+        3, "evaluations in a row above stop_after_loss_growth that stop the run", at_most=10**9
+    )
     eval_every: int = _field(1, "evaluate on the test set every this many rounds (and the last)")
     eval_batch_size: int = _field(
         1024,

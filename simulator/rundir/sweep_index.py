@@ -13,7 +13,7 @@ from typing import Any
 INDEX_NAME = "sweep.json"
 INDEX_FORMAT = "fedsim-sweep-1"
 NOT_RUN, COMPLETED, FAILED, INTERRUPTED = "not run", "completed", "failed", "interrupted"
-DIVERGED = "diverged"  # stopped by server.stop_after_nonfinite_rounds: a result, not a failure
+DIVERGED = "diverged"  # stopped by a server.stop_after_* rule: a result, not a failure
 
 
 @dataclass(frozen=True)

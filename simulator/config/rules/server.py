@@ -38,6 +38,15 @@ def check_round(cfg: Config) -> None:
         s.stop_after_rejected_share,
         "in [0, 1] (1 = only when every update is rejected)",
     )
+    growth = s.stop_after_loss_growth
+    require(
+        growth is None or growth > 1, "server.stop_after_loss_growth", growth,
+        "null (never stop) or a factor > 1 of the initial model's test loss",
+    )  # fmt: skip
+    require(
+        s.stop_after_loss_growth_evals >= 1, "server.stop_after_loss_growth_evals",
+        s.stop_after_loss_growth_evals, ">= 1 (server.stop_after_loss_growth: null turns the rule off)",
+    )  # fmt: skip
 
 
 def check_eval_batch_size(cfg: Config) -> None:
