@@ -69,7 +69,8 @@ class ClientPlan:
 @dataclass(frozen=True, kw_only=True)
 class RoundInput:
     """What a task needs beyond the global model: this round's clip norm, SCAFFOLD's
-    server control variate, and the state of the group's clients."""
+    server control variate, the state of the group's clients, and how much work each
+    does when the system model gives some less."""
 
     round: int
     clip_norm: float | None = None
@@ -80,6 +81,11 @@ class RoundInput:
     # Asynchronous runs: a group's clients were dispatched at its own event, which keys
     # their draws in place of the round (group index -> event).
     group_rounds: dict[int, int] = field(default_factory=dict)
+    # Partial work (client.system): client -> its local epochs when fewer than
+    # client.epochs (a straggler), and client -> the samples it processes before the
+    # deadline cuts it; clients not named do full work.
+    local_epochs: dict[int, int] = field(default_factory=dict)
+    sample_budgets: dict[int, int] = field(default_factory=dict)
 
     def for_group(self, group_index: int) -> RoundInput:
         """This input as the clients of group ``group_index`` see it."""

@@ -84,3 +84,5 @@ class Stream(int, enum.Enum):
     SPEED = Key.SYSTEM, 11  # each client's fixed speed (round 0)
     AVAILABLE = Key.SYSTEM, 12  # which clients are online
     SYSTEM_DROPOUT = Key.SYSTEM, 13  # which selected clients fail to report
+    STRAGGLERS = Key.SYSTEM, 20  # which selected clients straggle (client -1: one draw a round)
+    STRAGGLER_EPOCHS = Key.SYSTEM, 21  # a straggler's local epochs

@@ -73,6 +73,8 @@ class ClientTask:
     personal model is pulled towards the global one); default ``start``.
     keep: (n,) bool: the trained entries to return as ``kept`` (a personal head), or None.
     max_steps: stop after this many local steps (fine-tuning), or None for whole epochs.
+    max_samples: stop before the first batch that would take the samples processed past
+    this budget (partial work cut at a deadline), or None.
     augment: crops and flips each training batch (data.augment), or None.
     """
 
@@ -90,6 +92,7 @@ class ClientTask:
     anchor: np.ndarray | None = None
     keep: np.ndarray | None = None
     max_steps: int | None = None
+    max_samples: int | None = None
     augment: Augmenter | None = None
 
 
@@ -114,6 +117,8 @@ def train_client(task: ClientTask) -> ClientResult:
             positions = order[start : start + cfg.batch_size]
             if len(positions) < smallest:
                 continue
+            if task.max_samples is not None and seen + len(positions) > task.max_samples:
+                break
             loss = model.loss_and_grad(*data.batch(positions))
             step.take(model)
             loss_sum += loss * len(positions)

@@ -399,7 +399,12 @@ class ClientWorker:
         task = ClientTask(
             model=self.model, start=global_params, x=x, y=labels, shard=shard, cfg=self.plan.training,
             rng=rng, client_id=client_id, mask=inputs.mask, augment=augment,
+            max_samples=inputs.sample_budgets.get(client_id),
         )  # fmt: skip
+        if client_id in inputs.local_epochs:  # a straggler (client.system.stragglers)
+            task = dataclasses.replace(
+                task, cfg=dataclasses.replace(task.cfg, epochs=inputs.local_epochs[client_id])
+            )
         try:
             if self.plan.update_kind == "gradients":
                 return client_gradient(task), {}

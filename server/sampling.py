@@ -44,7 +44,8 @@ def poisson_sample(seed: int, round_: int, num_clients: int, rate: float) -> np.
 class ClientSampler:
     """Who takes part in each round: ``per_round`` of ``num_clients`` uniformly (FedAvg),
     each with probability per_round / num_clients (``poisson``, for DP accounting), or
-    as the ``system`` model plans it from each client's ``work`` (samples per round)."""
+    as the ``system`` model plans it from each client's ``work`` (samples per round:
+    ``epochs`` passes over its shard in batches of ``batch_size``)."""
 
     seed: int
     num_clients: int
@@ -52,6 +53,8 @@ class ClientSampler:
     poisson: bool = False
     system: SystemModel | None = None
     work: np.ndarray | None = None
+    epochs: int = 1
+    batch_size: int = 1
 
     def sample(self, round_: int) -> tuple[np.ndarray, RoundPlan | None]:
         """Sorted participant ids, and the system model's plan when it decided them."""
@@ -63,7 +66,10 @@ class ClientSampler:
             return sample_clients(self.seed, round_, self.num_clients, self.per_round), None
         if self.work is None:
             raise ValueError("the system model needs each client's work per round")
-        plan = plan_round(self.seed, round_, self.num_clients, self.per_round, self.work, self.system)
+        plan = plan_round(
+            self.seed, round_, self.num_clients, self.per_round, self.work, self.system,
+            epochs=self.epochs, batch_size=self.batch_size,
+        )  # fmt: skip
         return plan.participants, plan
 
     def simulated_seconds(self, participants: np.ndarray) -> float:

@@ -10,7 +10,11 @@ online clients uniformly, from the very draw FedAvg's sampling makes (so with
 everyone online and no over-selection they are FedAvg's sample, and speeds alone
 change nothing); each drops out with probability ``dropout``; a client's
 simulated time is its local work (samples processed) over its speed; those
-past the ``deadline`` do not count, and of the rest the k fastest do.
+past the ``deadline`` do not count (or, with ``partial_work``, count with the
+steps they finished by then), and of the rest the k fastest do. A share
+``stragglers`` of the selected clients train a uniform 1..E-1 of the E local
+epochs, as FedProx's experiments (Section 5.2 and its reference code) have
+them; their partial work counts, or with ``drop_stragglers`` they are dropped.
 
 All draws come from (seed, round, client, purpose) generators, so who takes
 part is decided before anyone trains, exactly and reproducibly; clients that
@@ -20,7 +24,7 @@ would not count are not trained at all.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,12 +39,15 @@ class SystemModel:
     dropout: float = 0.0  # probability a selected client fails to report
     deadline: float | None = None  # simulated seconds; None = wait for everyone
     over_selection: float = 0.0  # extra share of clients selected
+    stragglers: float = 0.0  # share of the selected clients that train 1..E-1 epochs (FedProx)
+    drop_stragglers: bool = False  # stragglers neither train nor count (FedProx's FedAvg baseline)
+    partial_work: bool = False  # a client past the deadline sends the steps it finished by then
 
     @property
     def active(self) -> bool:
         return (
             self.speed_sigma > 0 or self.availability < 1 or self.dropout > 0
-            or self.deadline is not None or self.over_selection > 0
+            or self.deadline is not None or self.over_selection > 0 or self.stragglers > 0
         )  # fmt: skip
 
 
@@ -51,6 +58,11 @@ class RoundPlan:
     selected: np.ndarray  # sorted ids
     participants: np.ndarray  # sorted ids of the clients whose updates count
     simulated_seconds: float
+    stragglers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted selected ids
+    # Participants that do less than full work: their local epochs (stragglers), and the
+    # samples they process before the deadline cuts them (partial work).
+    local_epochs: dict[int, int] = field(default_factory=dict)
+    sample_budgets: dict[int, int] = field(default_factory=dict)
 
 
 def local_work(sizes: np.ndarray, update_kind: str, epochs: int, batch_size: int, local_steps: int | None):
@@ -75,21 +87,72 @@ def client_speeds(seed: int, client_ids: np.ndarray, model: SystemModel) -> np.n
 
 
 def plan_round(
-    seed: int, round_: int, num_clients: int, per_round: int, work: np.ndarray, model: SystemModel
-) -> RoundPlan:
-    """``work``: (num_clients,) samples each client processes in a round (epochs x shard size)."""
+    seed: int, round_: int, num_clients: int, per_round: int, work: np.ndarray, model: SystemModel,
+    *, epochs: int = 1, batch_size: int = 1,
+) -> RoundPlan:  # fmt: skip
+    """``work``: (num_clients,) samples each client processes in a round: ``epochs`` passes
+    over its shard in batches of ``batch_size`` (a straggler's and a cut client's share of
+    it follow from those two)."""
     online = np.flatnonzero(_draws(seed, round_, num_clients, Stream.AVAILABLE) < model.availability)
     wanted = min(len(online), math.ceil(per_round * (1 + model.over_selection) - 1e-9))  # 100 * 1.1 is 110
     selected = uniform_sample(seed, round_, online, wanted)
     if not len(selected):
         return RoundPlan(selected, selected, 0.0)
-    times = work[selected] / client_speeds(seed, selected, model)
+    # Stragglers are decided first: their smaller work is what their time is made of.
+    local_epochs = straggler_epochs(seed, round_, selected, model.stragglers, epochs)
+    straggling = local_epochs < epochs
+    speeds = client_speeds(seed, selected, model)
+    times = work[selected] * (local_epochs / epochs) / speeds
     dropped = _draws(seed, round_, num_clients, Stream.SYSTEM_DROPOUT)[selected] < model.dropout
-    in_time = ~dropped if model.deadline is None else ~dropped & (times <= model.deadline)
-    finishers = selected[in_time][np.lexsort((selected[in_time], times[in_time]))][:per_round]
+    if model.drop_stragglers:
+        dropped |= straggling
+    first_batch = np.minimum(batch_size, work[selected] / epochs)
+    counted, budgets = _reporting(times, speeds, dropped, first_batch, model)
+    ends = times if model.deadline is None else np.minimum(times, model.deadline)  # cut ones report then
+    finishers = np.sort(selected[counted][np.lexsort((selected[counted], ends[counted]))][:per_round])
+    waited = ~(straggling & model.drop_stragglers)  # dropped stragglers are not waited for
+    finished = np.isin(selected, finishers)
+    short = finished & straggling
     return RoundPlan(
-        selected, np.sort(finishers), _round_seconds(times, in_time, finishers, selected, per_round, model)
-    )
+        selected, finishers, _round_seconds(ends, waited, finished, per_round, model),
+        stragglers=selected[straggling],
+        local_epochs=_by_client(selected[short], local_epochs[short]),
+        sample_budgets=_by_client(selected[finished & (budgets > 0)], budgets[finished & (budgets > 0)]),
+    )  # fmt: skip
+
+
+def _by_client(ids: np.ndarray, values: np.ndarray) -> dict[int, int]:
+    return {int(c): int(v) for c, v in zip(ids, values, strict=True)}
+
+
+def straggler_epochs(seed: int, round_: int, selected: np.ndarray, share: float, epochs: int) -> np.ndarray:
+    """Each selected client's local epochs (len(selected),) int64: ``epochs`` (E), but for
+    the round's stragglers, drawn as FedProx's reference code draws them (Li et al. 2020,
+    flearn/trainers/fedprox.py): round(k (1 - share)) of the k selected are active and
+    the rest straggle, each with a uniform number of epochs in {1, ..., E-1}."""
+    local = np.full(len(selected), epochs, np.int64)
+    count = len(selected) - round(len(selected) * (1 - share))
+    if count:
+        positions = _rng(seed, round_, -1, Stream.STRAGGLERS).choice(len(selected), size=count, replace=False)
+        local[positions] = [
+            _rng(seed, round_, int(c), Stream.STRAGGLER_EPOCHS).integers(1, epochs)
+            for c in selected[positions]
+        ]
+    return local
+
+
+def _reporting(times, speeds, dropped, first_batch, model: SystemModel) -> tuple[np.ndarray, np.ndarray]:
+    """Which selected clients report (bool mask), and the samples (int64, 0 for none) each
+    client past the deadline processed by then, when partial work keeps its steps; a client
+    whose budget does not reach its first batch finished no step and does not report."""
+    if model.deadline is None:
+        return ~dropped, np.zeros(len(times), np.int64)
+    late = times > model.deadline
+    if not model.partial_work:
+        return ~dropped & ~late, np.zeros(len(times), np.int64)
+    budgets = np.floor(np.where(late, model.deadline * speeds, 0.0)).astype(np.int64)
+    partial = ~dropped & late & (budgets >= first_batch)
+    return ~dropped & (~late | partial), np.where(partial, budgets, 0)
 
 
 def uniform_sample(seed: int, round_: int, candidates: np.ndarray, count: int) -> np.ndarray:
@@ -100,13 +163,14 @@ def uniform_sample(seed: int, round_: int, candidates: np.ndarray, count: int) -
     return np.sort(candidates[rng.choice(len(candidates), size=count, replace=False)]).astype(np.int64)
 
 
-def _round_seconds(times, in_time, finishers, selected, per_round, model: SystemModel) -> float:
-    """The round ends when the k-th finisher reports; else at the deadline; else the last."""
-    if len(finishers) == per_round and len(finishers):
-        return float(times[np.isin(selected, finishers)].max())
+def _round_seconds(ends, waited, finished, per_round: int, model: SystemModel) -> float:
+    """The round ends when the k-th finisher reports; else at the deadline; else when the
+    last client it waits for ends (``ends``, ``waited``, ``finished``: per selected client)."""
+    if finished.sum() == per_round:
+        return float(ends[finished].max())
     if model.deadline is not None:
         return float(model.deadline)
-    return float(times.max())
+    return float(ends[waited].max()) if waited.any() else 0.0
 
 
 def _rng(seed: int, round_: int, client: int, purpose: int) -> np.random.Generator:

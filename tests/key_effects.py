@@ -90,8 +90,11 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "module_bn": {"model.name": "module", "model.factory": "tests.module_models:BatchNormNet"},
     "cnn": {"model.name": "cnn", "model.conv_channels": [2, 2], "model.fc_width": 8},
     "fedsgd": {"server.update": "gradients", "server.lr": 0.5, "client.batch_size": 20},
-    # About half the clients beat the deadline: speeds and deadlines decide who counts.
-    "system": {"client.system.speed_sigma": 1.0, "client.system.deadline": 0.15},
+    # 3 of the 8 clients sampled in two rounds beat the deadline: speeds and deadlines
+    # decide who counts.
+    "system": {"client.system.speed_sigma": 1.0, "client.system.deadline": 0.2},
+    # Two of the four clients a round straggle: each trains 1 or 2 of the 3 epochs.
+    "stragglers": {"client.epochs": 3, "client.system.stragglers": 0.5},
     "momentum": {"server.optimizer": "momentum"},
     "adam": {"server.optimizer": "adam", "server.lr": 0.01},
     "trimmed": {"server.aggregator": "trimmed_mean"},
@@ -231,6 +234,9 @@ ROWS = [
     Row("client.system.dropout", 0.3, "trains"),
     Row("client.system.deadline", 0.3, "trains", "system"),
     Row("client.system.over_selection", 0.5, "trains", "system"),
+    Row("client.system.stragglers", 0.0, "trains", "stragglers"),
+    Row("client.system.drop_stragglers", True, "trains", "stragglers"),
+    Row("client.system.partial_work", True, "trains", "system", why="the clients past the deadline count"),
     # server
     Row("server.clients_per_round", 5, "trains"),
     Row("server.lr", 0.5, "trains"),

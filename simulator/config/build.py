@@ -538,6 +538,8 @@ def build_sampler(cfg: Config, work: np.ndarray) -> ClientSampler:
         poisson=s.privacy.noise_multiplier > 0 and s.privacy.sampling == "poisson",
         system=from_section(SystemModel, cfg.client.system),
         work=work,
+        epochs=cfg.client.epochs,
+        batch_size=cfg.client.batch_size,
     )
 
 

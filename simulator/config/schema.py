@@ -185,6 +185,19 @@ class SystemConfig:
     dropout: float = _field(0.0, "probability a selected client fails to report")
     deadline: float | None = _field(None, "round deadline in simulated seconds; null = none")
     over_selection: float = _field(0.0, "extra share of clients selected; the first k to finish count")
+    stragglers: float = _field(
+        0.0,
+        "share of each round's selected clients that straggle: each trains a uniform 1..E-1 local "
+        "epochs and its partial work is aggregated (FedProx, Li et al. 2020, Section 5.2)",
+    )
+    drop_stragglers: bool = _field(
+        False, "stragglers neither train nor count (FedAvg as FedProx's experiments run it)"
+    )
+    partial_work: bool = _field(
+        False,
+        "with a deadline: a client that would finish late sends the local steps it finished by the "
+        "deadline instead of being cut",
+    )
 
 
 @dataclass(frozen=True)
@@ -230,7 +243,7 @@ class ClientConfig:
         at_most=10**9,
     )
     system: SystemConfig = _field(
-        SystemConfig(), "system heterogeneity: speeds, availability, dropout, deadline"
+        SystemConfig(), "system heterogeneity: speeds, availability, dropout, deadline, stragglers"
     )
     personalization: PersonalizationConfig = _field(
         PersonalizationConfig(), "personalized federated learning: FedPer, FedRep, FedBN, Ditto"

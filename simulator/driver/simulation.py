@@ -29,12 +29,13 @@ from threadpoolctl import threadpool_limits
 
 from clients.errors import ClusterError, FedsimError, RunDiverged
 from clients.models.engines import initial_state
-from clients.protocol import WorkerRun
+from clients.protocol import RoundInput, WorkerRun
 from clients.streams import Stream
 from server.async_buffer import AsyncRounds
 from server.evaluation import EvalResult, evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
+from server.system import RoundPlan
 from simulator.config.loading import (
     Overrides,
     apply_overrides,
@@ -241,9 +242,10 @@ class Simulation:
         if state.async_rounds is not None:
             return self._async_step(state, state.async_rounds, pool, round_, progress)
         start = time.perf_counter()
-        sampled, system_metrics = self._sample(state, round_)
+        sampled, system_metrics, plan = self._sample(state, round_)
         groups = reduction_groups(sampled, state.reduction_groups)
-        results = self._train(state, pool, round_, groups, None, _clients_trained(progress, round_, groups))
+        heard = _clients_trained(progress, round_, groups)
+        results = self._train(state, pool, round_, groups, None, heard, plan)
         # The model as broadcast this round, to every selected client (stragglers too).
         server = state.server
         bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
@@ -285,15 +287,17 @@ class Simulation:
         arrived = np.array(sorted(t.client for t in plan.arrivals), np.int64)
         return self._finish_row(state, pool, round_, row, results, arrived, start)
 
-    def _train(self, state, pool, round_, groups, events=None, on_groups_done=None) -> list:
+    def _train(self, state, pool, round_, groups, events=None, on_groups_done=None, plan=None) -> list:
         """Each group's result of training on the workers from the current model;
         ``events`` (async): group -> the dispatch event keying its clients' draws;
-        ``on_groups_done(indices)``: progress, as each task's groups come back."""
+        ``on_groups_done(indices)``: progress, as each task's groups come back;
+        ``plan``: the system model's RoundPlan, whose clients may do less than full work."""
         global_ref = ray.put(state.params)
         server = state.server
 
         def submit(actor, task):
-            inputs = server.round_input(round_, np.concatenate([ids for _, ids in task]))
+            clients = np.concatenate([ids for _, ids in task])
+            inputs = _with_reduced_work(server.round_input(round_, clients), plan, clients)
             if events:
                 inputs = dataclasses.replace(inputs, group_rounds={g: events[g] for g, _ in task})
             return actor.train_groups.remote(global_ref, inputs, task)
@@ -320,19 +324,27 @@ class Simulation:
         row["seconds"] = time.perf_counter() - start
         return row
 
-    def _sample(self, state: RunState, round_: int) -> tuple[np.ndarray, dict[str, Any]]:
-        """This round's participants, and what the system model measured."""
+    def _sample(self, state: RunState, round_: int) -> tuple[np.ndarray, dict[str, Any], RoundPlan | None]:
+        """This round's participants, what the system model measured, and its plan (if any)."""
         participants, plan = state.sampler.sample(round_)
         if plan is None:
             seconds = state.sampler.simulated_seconds(participants)
             state.simulated_elapsed += seconds
-            return participants, {"simulated_seconds": seconds, "simulated_elapsed": state.simulated_elapsed}
+            timed = {"simulated_seconds": seconds, "simulated_elapsed": state.simulated_elapsed}
+            return participants, timed, None
         state.simulated_elapsed += plan.simulated_seconds
-        return participants, {
+        measured = {
             "num_selected": len(plan.selected),
             "simulated_seconds": plan.simulated_seconds,
             "simulated_elapsed": state.simulated_elapsed,
         }
+        system = state.sampler.system
+        assert system is not None  # a plan comes from the system model
+        if system.stragglers:
+            measured["stragglers"] = len(plan.stragglers)
+        if system.partial_work:
+            measured["partial_clients"] = len(plan.sample_budgets)
+        return participants, measured, plan
 
     def _warn_once(self, messages: tuple[str, ...]) -> None:
         """A warning raised by clients is logged the first time it is seen in this run."""
@@ -648,6 +660,19 @@ class LoadedWorkers:
     def train_round(self, round_: int) -> dict[str, Any]:
         """One round from the state's server, as the run's loop trains it; its row (not logged)."""
         return self.simulation._round(self.state, self.pool, round_)
+
+
+def _with_reduced_work(inputs: RoundInput, plan: RoundPlan | None, client_ids: np.ndarray) -> RoundInput:
+    """``inputs`` with the less than full work ``plan`` gives any of ``client_ids``: a
+    straggler's epochs, a deadline's sample budget (keyed by client: no worker decides)."""
+    if plan is None or not (plan.local_epochs or plan.sample_budgets):
+        return inputs
+    ids = {int(c) for c in client_ids}
+    return dataclasses.replace(
+        inputs,
+        local_epochs={c: e for c, e in plan.local_epochs.items() if c in ids},
+        sample_budgets={c: b for c, b in plan.sample_budgets.items() if c in ids},
+    )
 
 
 def _clients_trained(progress: RoundProgress | None, round_: int, groups: list[np.ndarray]):

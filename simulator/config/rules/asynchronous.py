@@ -22,6 +22,14 @@ ASYNC_REFUSALS = (
         "client.system.over_selection", lambda c, s: c.system.over_selection > 0,
         "async keeps server.async.concurrency clients busy; over-selection is for sync rounds",
     ),
+    (
+        "client.system.stragglers", lambda c, s: c.system.stragglers > 0,
+        "stragglers are a share of each sync round's clients; an async client's trip is its whole work",
+    ),
+    (
+        "client.system.partial_work", lambda c, s: c.system.partial_work,
+        "an async trip past the deadline times out; partial work is for sync rounds",
+    ),
 )  # fmt: skip
 # What FedAsync's mixing step has no place for: it mixes one arrival into the model with
 # weight server.async.mixing x s(staleness), no buffer, no server optimiser or lr.

@@ -36,6 +36,7 @@ def _check_system(y: SystemConfig) -> None:
     require(y.deadline is None or y.deadline > 0, "client.system.deadline", y.deadline, "null or > 0")
     # Beyond a million times the round's clients, every online client is selected anyway.
     require(0 <= y.over_selection <= 1e6, "client.system.over_selection", y.over_selection, "in [0, 1e6]")
+    require(0 <= y.stragglers < 1, "client.system.stragglers", y.stragglers, "in [0, 1)")
 
 
 def check_combinations(cfg: Config) -> None:
@@ -67,3 +68,40 @@ def check_combinations(cfg: Config) -> None:
                 )
     if c.optimizer == "adam" and c.momentum:
         refuse("client.momentum", c.momentum, "the local adam optimiser has no momentum setting; set it to 0")
+    _check_partial_work(cfg)
+
+
+# Personalization methods whose local training is more than client.epochs plain passes.
+SEVERAL_PASSES = ("fedrep", "ditto")
+
+
+def _check_partial_work(cfg: Config) -> None:
+    """Stragglers and partial work cut a client's local epochs and steps: they need some."""
+    c, y = cfg.client, cfg.client.system
+    if y.drop_stragglers and not y.stragglers:
+        refuse("client.system.drop_stragglers", True, "it drops stragglers; set client.system.stragglers > 0")
+    if y.partial_work and y.deadline is None:
+        refuse(
+            "client.system.partial_work", True,
+            "it keeps the steps a client finished by client.system.deadline; set a deadline",
+        )  # fmt: skip
+    for key, value in (("stragglers", y.stragglers), ("partial_work", y.partial_work)):
+        if not value:
+            continue
+        if cfg.server.update == "gradients":
+            refuse(
+                f"client.system.{key}", value,
+                "FedSGD (server.update: gradients) sends one gradient: no local epochs or steps to cut",
+            )  # fmt: skip
+        if c.personalization.method in SEVERAL_PASSES:
+            refuse(
+                f"client.system.{key}", value,
+                f"client.personalization.method: {c.personalization.method} trains several passes a round; "
+                "partial work is defined for plain local epochs (fedavg, fedprox, scaffold, fedper, fedbn)",
+            )  # fmt: skip
+    if y.stragglers and c.epochs < 2:
+        refuse(
+            "client.system.stragglers", y.stragglers,
+            f"a straggler trains 1..E-1 local epochs (FedProx's reference code): needs client.epochs >= 2, "
+            f"got {c.epochs}",
+        )  # fmt: skip
