@@ -297,6 +297,7 @@ ROWS = [
         "server.eval_batch_size", 7, "none", "batchnorm",
         why="batch norm evaluates with the whole test set's statistics, gathered in batches",
     ),
+    Row("server.eval_batch_size", 7, "none", "module_bn", why="running statistics: evaluation is per row"),
     Row("server.federated_eval.every", 1, "trains", why="clients hold out part of their shard"),
     Row("server.federated_eval.fraction", 0.5, "reports", "fedeval", observe="federated_clients"),
     Row("server.federated_eval.holdout", 0.4, "trains", "fedeval"),
