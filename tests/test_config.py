@@ -7,7 +7,14 @@ import re
 import pytest
 
 from clients.errors import ConfigError
-from simulator.config.loading import apply_overrides, dump_yaml, from_dict, load_config, parse_override
+from simulator.config.loading import (
+    apply_overrides,
+    dump_yaml,
+    from_dict,
+    load_config,
+    load_run_config,
+    parse_override,
+)
 from simulator.config.schema import Config
 from tests.conftest import ROOT
 
@@ -87,6 +94,18 @@ def test_bad_values_name_key_value_and_rule(override, fragment):
 def test_a_key_that_could_not_act_in_its_combination_is_refused(overrides, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         load_config(ROOT / "configs" / "default.yaml", overrides)
+
+
+def test_a_run_directory_with_beta2_under_adagrad_reads_as_it_trained(tmp_path, caplog):
+    """Before issue 22, server.beta2 under adagrad was accepted and never acted: such a run
+    directory still loads (report, resume), with beta2 at its default."""
+    text = dump_yaml(load_config(ROOT / "configs" / "default.yaml", ["server.optimizer=adagrad"]))
+    assert text.count("beta2: 0.99") == 1
+    (tmp_path / "config.yaml").write_text(text.replace("beta2: 0.99", "beta2: 0.5"))
+    with caplog.at_level("WARNING", logger="fedsim"):
+        cfg = load_run_config(tmp_path)
+    assert cfg.server.optimizer == "adagrad" and cfg.server.beta2 == 0.99
+    assert "server.beta2: 0.99 (the run's 0.5 never acted)" in caplog.text
 
 
 def test_the_numpy_engine_is_refused_gpus():

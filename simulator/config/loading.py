@@ -13,7 +13,15 @@ from typing import Any
 from clients.errors import ConfigError
 from simulator.config import yaml_input
 from simulator.config.rules.personalization import PERSONALIZATION_READERS
-from simulator.config.schema import INT64_MAX, AsyncConfig, Config, PersonalizationConfig, log, yaml_key
+from simulator.config.schema import (
+    INT64_MAX,
+    AsyncConfig,
+    Config,
+    PersonalizationConfig,
+    ServerConfig,
+    log,
+    yaml_key,
+)
 from simulator.config.validation import validate
 from simulator.config.yaml_input import show
 
@@ -229,14 +237,16 @@ def as_trained(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 def inert_reset(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``raw`` (a run's config, or the config a checkpoint recorded) with the keys an
     older fedsim accepted although they never acted -- server.async.* in a sync run,
-    personalization keys their method does not read -- at their defaults, which
-    ``validate`` now asks of them; and what changed."""
+    personalization keys their method does not read, server.beta2 under adagrad -- at
+    their defaults, which ``validate`` now asks of them; and what changed."""
     server, client = raw.get("server"), raw.get("client")
     changes: list[str] = []
     sync = isinstance(server, dict) and server.get("mode", "sync") != "async"
     if sync and isinstance(server, dict) and isinstance(server.get("async"), dict):
         defaults = {yaml_key(f): f.default for f in dataclasses.fields(AsyncConfig)}
         server = {**server, "async": _defaults_for(server["async"], defaults, "server.async", changes)}
+    if isinstance(server, dict) and server.get("optimizer") == "adagrad":  # FedAdagrad has no decay
+        server = _defaults_for(server, {"beta2": ServerConfig.beta2}, "server", changes)
     personal = client.get("personalization") if isinstance(client, dict) else None
     if isinstance(personal, dict) and isinstance(client, dict):
         method = personal.get("method", "none")
