@@ -11,7 +11,8 @@ staleness the step is synchronous FedAvg bit for bit.
 
 FedAsync (``mixing`` set; Xie et al. 2019, Algorithm 1) takes one arrival per
 step and mixes the client's model x_new = x_tau + delta into the current x:
-x <- (1 - a_t) x + a_t x_new, a_t = mixing * s(staleness). That is the server's
+x <- (1 - a_t) x + a_t x_new, a_t = mixing * s(t - tau), where t - tau is one more
+than FedBuff's staleness (the paper's count of versions). That is the server's
 SGD step with lr = mixing on s * (x_new - x) = s * (delta + (x_tau - x)): the
 same buffer sum with each delta moved onto the current model, so the model
 x_tau each client in flight started from is kept until it arrives. Without
@@ -171,11 +172,17 @@ class AsyncRounds:
                 self._onto_current(t, u, params, plan.step - 1) for t, u in zip(trips, updates, strict=True)
             ]
             self._keep_starting_models(params, plan.step - 1)
-        weights = self.weight(plan.staleness(trips))
+        weights = self._weights(plan.staleness(trips))
         positions = reduction_groups(np.arange(len(trips)), self.groups)
         return [
             _summed(index, part, trips, updates, weights, params.size) for index, part in enumerate(positions)
         ]
+
+    def _weights(self, staleness: np.ndarray) -> np.ndarray:
+        """Each update's staleness weight. FedAsync's s(t - tau) counts versions as the paper
+        does: a client dispatched with the newest model x_{t-1} (tau = t - 1) arrives 1 step
+        stale, where FedBuff's count, the server steps between dispatch and arrival, says 0."""
+        return self.weight(staleness + 1 if self.mixing is not None else staleness)
 
     def _onto_current(
         self, trip: Trip, update: ClientUpdate, params: np.ndarray, current: int
@@ -205,7 +212,7 @@ class AsyncRounds:
             "simulated_elapsed": plan.time,
         }
         if self.mixing is not None:  # FedAsync's a_t = a * s(staleness) of the step's one arrival
-            row["mixing_weight"] = float(self.mixing * self.weight(staleness)[0])
+            row["mixing_weight"] = float(self.mixing * self._weights(staleness)[0])
         return row
 
 

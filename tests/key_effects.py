@@ -320,7 +320,7 @@ ROWS = [
     Row("server.async.max_staleness", 0, "trains", "async"),
     Row("server.async.rule", "fedasync", "trains", "async_hinge", why="mixes x <- (1 - a_t) x + a_t x_new"),
     Row("server.async.mixing", 0.9, "trains", "fedasync"),
-    Row("server.async.staleness", "constant", "trains", "fedasync", why="a_t = mixing x s(staleness)"),
+    Row("server.async.staleness", "constant", "trains", "fedasync", why="a_t = mixing x s(staleness + 1)"),
     # runtime
     Row("runtime.workers", 2, "none"),
     Row("runtime.cpus_per_worker", 0.5, "none", why="one torch thread either way"),

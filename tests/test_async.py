@@ -230,7 +230,8 @@ def _checkpoint_tensors(run_dir, round_):
 def test_fedasync_mixes_stale_models_as_published_and_resumes_bit_for_bit(ray_cluster, tmp_path):
     """Each stale step, recomputed in float64 from what the checkpoints before and after it
     hold (x_{t-1}, the arriving client's delta and the model x_tau it started from), is
-    x_t = (1 - a_t) x_{t-1} + a_t (x_tau + delta), a_t = a (1 + s)^-0.5; FedBuff's step
+    x_t = (1 - a_t) x_{t-1} + a_t (x_tau + delta), a_t = a (1 + (t - tau))^-0.5 with t - tau
+    one more than the reported staleness s (0 when fresh); FedBuff's step
     x_{t-1} + a_t delta is not. The run resumes bit for bit from mid-run."""
     saved = {}
 
@@ -245,6 +246,7 @@ def test_fedasync_mixes_stale_models_as_published_and_resumes_bit_for_bit(ray_cl
         row, after = saved[step]
         staleness = len(row["staleness_histogram"]) - 1
         if staleness == 0:
+            assert row["mixing_weight"] == pytest.approx(0.5 * 2**-0.5, rel=1e-12)  # s(t - tau = 1)
             continue
         before = saved[step - 1][1]
         (client,) = row["clients"]
@@ -254,7 +256,7 @@ def test_fedasync_mixes_stale_models_as_published_and_resumes_bit_for_bit(ray_cl
         start = before[f"server.async.model.{step - 1 - staleness}"].astype(np.float64)
         delta = before[delta_key].astype(np.float64)
         x_old, x_new = before["global_params"].astype(np.float64), after["global_params"].astype(np.float64)
-        a_t = 0.5 * (1 + staleness) ** -0.5
+        a_t = 0.5 * (2 + staleness) ** -0.5  # t - tau = staleness + 1, as the paper counts
         assert row["mixing_weight"] == pytest.approx(a_t, rel=1e-12)
         expected = (1 - a_t) * x_old + a_t * (start + delta)
         # Five float32 roundings (drift, delta + drift, weight x update, the step, the cast)

@@ -346,7 +346,8 @@ class AsyncConfig:
         "fedbuff",
         "async: the server step: fedbuff (Nguyen et al. 2022) steps with the buffer's staleness-weighted "
         "mean delta (server.lr, server.optimizer); fedasync (Xie et al. 2019) mixes each arrival into the "
-        "model, x <- (1 - a_t) x + a_t x_new with a_t = mixing * s(staleness) (buffer_size 1)",
+        "model, x <- (1 - a_t) x + a_t x_new with a_t = mixing * s(t - tau), t - tau = staleness + 1 "
+        "(buffer_size 1)",
         ASYNC_RULES,
     )
     mixing: float = _field(
