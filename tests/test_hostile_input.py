@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -574,25 +575,25 @@ def test_zero_means_a_run_that_learns_nothing_still_runs_to_the_end(ray_cluster,
 
 
 def test_a_finite_loss_that_explodes_stops_as_diverged_naming_the_growth(ray_cluster, tmp_path):
-    """client.lr=1e4 takes the digits test loss from ~2.3 to thousands while it stays finite: the
-    run stops as diverged once the loss stayed above 100 x the initial model's for
-    server.stop_after_loss_growth_evals evaluations; the CLI's exit code is 3, and a resume
-    counts the evaluations the run already had."""
-    grows = {"client.lr": 1e4, "server.stop_after_loss_growth_evals": 2}
-    with pytest.raises(
-        RunDiverged,
-        match=r"diverged at round 2: the test loss \S+ stayed above server.stop_after_loss_growth=100 x "
-        r"the initial model's 2.\d+ for 2 evaluations in a row \(likely client.lr=10000 too large",
-    ):
-        Simulation.from_yaml(DEFAULT, small_overrides(rounds=3, **grows), run_dir=tmp_path / "grows").run()
+    """client.lr=1e4 takes the digits test loss from ~2.3 to thousands while it stays finite.
+    Two evaluations above 100 x the initial model's loss are not yet the 3 in a row that stop
+    a run; resumed to a third round (the count goes on from the rows it has), it stops as
+    diverged, exit code 3. Off, it would say 'completed'
+    (test_the_loss_growth_counts_evaluations_in_a_row_from_a_positive_initial_loss)."""
+    overrides = small_overrides(rounds=2, **{"client.lr": 1e4})
+    history = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "grows").run()
+    assert history.summary["status"] == "completed"
+    assert all(math.isfinite(row["test_loss"]) and row["test_loss"] > 230 for row in history.rows)
+    code, _, err = cli("run", "--resume", tmp_path / "grows", "--set", "rounds=3")
+    assert code == 3 and "Traceback" not in err
+    assert re.search(
+        r"diverged at round 3: the test loss \S+ stayed above server.stop_after_loss_growth=100 x the "
+        r"initial model's 2.\d+ for 3 evaluations in a row \(likely client.lr=10000 too large",
+        err,
+    ), err
     summary = json.loads((tmp_path / "grows" / "summary.json").read_text())
-    assert summary["status"] == "diverged" and summary["rounds_completed"] == 2
-    assert math.isfinite(summary["final_test_loss"]) and summary["final_test_loss"] > 230
-    code, _, err = cli("run", "--resume", tmp_path / "grows")  # rounds 1-2 counted: round 3 stops it
-    assert code == 3 and "diverged at round 3: the test loss" in err and "Traceback" not in err
-    off = small_overrides(rounds=2, **grows, **{"server.stop_after_loss_growth": None})
-    history = Simulation.from_yaml(DEFAULT, off, run_dir=tmp_path / "off").run()
-    assert history.summary["status"] == "completed" and history.summary["final_test_loss"] > 230
+    assert summary["status"] == "diverged" and summary["rounds_completed"] == 3
+    assert "stop_after_loss_growth=100" in summary["error"]
 
 
 def test_the_loss_growth_counts_evaluations_in_a_row_from_a_positive_initial_loss():
@@ -611,6 +612,10 @@ def test_the_loss_growth_counts_evaluations_in_a_row_from_a_positive_initial_los
         watch = DivergenceWatch(cfg, initial_loss=lambda value=initial: value)
         for round_ in range(1, 5):
             watch.check(row(round_, 1e30), params)
+    off = load_config(DEFAULT, ["server.stop_after_loss_growth=null"])
+    watch = DivergenceWatch(off, initial_loss=lambda: pytest.fail("off: nothing to measure"))
+    for round_ in range(1, 5):
+        watch.check(row(round_, 1e30), params)
 
 
 # ---------------------------------------------------------------- other commands
