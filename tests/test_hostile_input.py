@@ -618,6 +618,13 @@ def test_the_loss_growth_counts_evaluations_in_a_row_from_a_positive_initial_los
         watch.check(row(round_, 1e30), params)
 
 
+def test_a_divergence_under_a_simulated_attack_blames_the_attack_first():
+    """configs/robust_attack.yaml with the mean: sign-flipped updates drive the loss up."""
+    attacked = load_config(ROOT / "configs" / "robust_attack.yaml", ["server.aggregator=mean"])
+    cause = DivergenceWatch(attacked).likely_cause()
+    assert cause.startswith("server.attack.kind=sign_flip with server.aggregator=mean, or client.lr=0.1 ")
+
+
 # ---------------------------------------------------------------- other commands
 
 

@@ -468,9 +468,13 @@ class DivergenceWatch:
             )
 
     def likely_cause(self) -> str:
-        """The settings that most likely blew the model up: a client's step or the server's."""
+        """The settings that most likely blew the model up: simulated attackers that the
+        aggregator follows, a client's step or the server's."""
         s = self.cfg.server
-        return f"{self.local_step_cause()} or server.lr={s.lr:g} too large for {s.optimizer}"
+        steps = f"{self.local_step_cause()} or server.lr={s.lr:g} too large for {s.optimizer}"
+        if s.attack.kind == "none":
+            return steps
+        return f"server.attack.kind={s.attack.kind} with server.aggregator={s.aggregator}, or {steps}"
 
     def cause(self, row: dict[str, Any], params: np.ndarray) -> str | None:
         """Why this round learned nothing finite, naming the setting most likely at fault."""
