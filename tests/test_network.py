@@ -15,6 +15,7 @@ written nowhere in the run directory.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import os
 import signal
@@ -105,6 +106,30 @@ def _session_dir(gcs: int) -> Path:
     raise AssertionError("no session folder on the GCS's command line")
 
 
+def _agent_answer(pids: set[int], driver: int) -> int | str:
+    """The HTTP status with which the runtime-env agent answers a request without the
+    token, on a port it listens on now (under load, a port seen while Ray came up was
+    sometimes closed again by the time of the request: connection refused)."""
+    listening = _listening()
+    ports = sorted(
+        listening[inode][1]
+        for pid in pids
+        if _name(pid, driver) == "ray::RuntimeEnvAgent"
+        for inode in _socket_inodes(pid) & listening.keys()
+    )
+    for port in ports:
+        url = f"http://127.0.0.1:{port}/get_runtime_envs_info"  # loopback, as asserted
+        request = urllib.request.Request(url, b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+        except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
+            continue  # not an HTTP port, or gone: the next one
+    return f"nothing (the agent's ports now: {ports})"
+
+
 def test_an_embedded_run_listens_on_loopback_only_and_wants_its_token(tmp_path):
     overrides = small_overrides(rounds=100_000)  # stopped once seen: it must outlast the look
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
@@ -133,14 +158,7 @@ def test_an_embedded_run_listens_on_loopback_only_and_wants_its_token(tmp_path):
         exposed = {f"{a}:{p}": who for (a, p), who in seen.items() if not _is_loopback(a)}
         assert not exposed, f"listening beyond loopback: {exposed}"
 
-        agent_port = next(p for (_, p), who in seen.items() if who == "ray::RuntimeEnvAgent")
-        url = f"http://127.0.0.1:{agent_port}/get_runtime_envs_info"  # loopback, as asserted above
-        request = urllib.request.Request(url, b"", method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                status = answer.status
-        except urllib.error.HTTPError as refused:
-            status = refused.code
+        status = _agent_answer(pids, driver.pid)
         assert status == 401, f"the runtime-env agent answered {status} without the token"
 
         gcs = next(pid for pid in pids if _name(pid, driver.pid) == "gcs_server")
