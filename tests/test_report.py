@@ -14,7 +14,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from clients.errors import FedsimError
-from simulator.report.charts import PANELS
+from simulator.report.charts import DPI, FIGSIZE, LEGEND_ROW_INCHES, PANELS
 from simulator.report.page import write_report
 from simulator.report.panels import OPTIONAL_PANELS, _participation_counts
 from simulator.report.runs import load_run, rounds_to_target
@@ -433,3 +433,24 @@ def test_report_and_the_sweep_comparison_load_neither_torch_nor_ray(alpha: Path,
     out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def _png_height(png: bytes) -> int:
+    return int.from_bytes(png[20:24], "big")  # the IHDR chunk's height field
+
+
+def test_a_sweeps_many_runs_get_their_legend_below_the_lines(alpha: Path, beta: Path, tmp_path: Path):
+    """Eight runs named as a sweep names them: the legend would cover the lines inside the
+    axes, so it goes below them (the chart grows) with one entry per run, the loss chart's
+    test and train lines sharing it."""
+    few = _embedded_pngs(write_report([alpha, beta], tmp_path / "few").read_text(encoding="utf-8"))
+    rows = [_row(1, 0.5, 1.2, 1.5), _row(2, 0.6, 1.0, 1.1)]
+    names = [f"fedprox (client.prox_mu={i % 2}__client.stragglers=0.{i}__seed=0)" for i in range(8)]
+    sweep = [_make_run(tmp_path, f"r{i}", name, rows) for i, name in enumerate(names)]
+    many = _embedded_pngs(write_report(sweep, tmp_path / "many").read_text(encoding="utf-8"))
+    for panel_id in ("panel-loss-vs-round", "panel-accuracy-vs-round"):
+        # Within a pixel: matplotlib truncates the figure's size in pixels.
+        assert abs(_png_height(few[panel_id]) - FIGSIZE[1] * DPI) <= 1
+        # Labels this long take a row each: eight rows below the axes (sixteen, were the
+        # loss chart's train lines listed too).
+        assert abs(_png_height(many[panel_id]) - (FIGSIZE[1] + 8 * LEGEND_ROW_INCHES) * DPI) <= 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,6 +24,9 @@ DPI = 110  # chart resolution, dots per inch
 
 
 FIGSIZE = (7.5, 4.6)  # chart size, inches
+LEGEND_INSIDE_MAX = 5  # more runs than this: the legend goes below the axes, not over the lines
+LEGEND_TWO_COLUMN_CHARS = 40  # labels up to this long fit two to a row below the axes
+LEGEND_ROW_INCHES = 0.22  # the figure grows by this per legend row below the axes
 
 
 MARKER_MAX_POINTS = 30  # draw point markers when a curve has at most this many
@@ -102,8 +106,25 @@ def finish_axes(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_ylabel(ylabel, fontsize=10)
     ax.tick_params(labelsize=9)
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=9, loc="best")
+    place_legend(ax, fontsize=9)
+
+
+def place_legend(ax: Axes, fontsize: int) -> bool:
+    """A legend where it hides no line: inside the axes for a few runs; for more (a
+    sweep's), below them, the figure growing by its height. False when nothing has a label."""
+    labels = ax.get_legend_handles_labels()[1]
+    if not labels:
+        return False
+    if len(labels) <= LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=fontsize, loc="best")
+        return True
+    columns = 2 if max(map(len, labels)) <= LEGEND_TWO_COLUMN_CHARS else 1
+    rows = math.ceil(len(labels) / columns)
+    fig = ax.get_figure()
+    assert fig is not None
+    fig.set_figheight(fig.get_figheight() + LEGEND_ROW_INCHES * rows)
+    ax.legend(fontsize=fontsize - 1, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=columns)
+    return True
 
 
 def draw_series(ax: Axes, run: RunRecord, key: str, x: str, style: dict[str, Any]) -> None:
@@ -127,15 +148,10 @@ def _plot_runs(ax: Axes, panel: Panel, runs: list[RunRecord], labels: list[str])
             run,
             "test_loss",
             panel.x,
-            {"color": colour, "linestyle": "-", "label": f"{label} (test)"},
+            {"color": colour, "linestyle": "-", "label": label},
         )
-        draw_series(
-            ax,
-            run,
-            "train_loss",
-            panel.x,
-            {"color": colour, "linestyle": "--", "label": f"{label} (train)"},
-        )
+        # One legend entry per run: the title says which line style is which loss.
+        draw_series(ax, run, "train_loss", panel.x, {"color": colour, "linestyle": "--"})
 
 
 def _decorate(ax: Axes, panel: Panel) -> None:
@@ -149,9 +165,7 @@ def _decorate(ax: Axes, panel: Panel) -> None:
     ax.set_ylabel("Test accuracy (%)" if panel.y == "accuracy" else "Loss", fontsize=11)
     ax.tick_params(labelsize=10)
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=10, loc="best")
-    else:
+    if not place_legend(ax, fontsize=10):
         ax.text(
             0.5,
             0.5,
