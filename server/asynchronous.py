@@ -1,7 +1,7 @@
 """Asynchronous aggregation on the simulated clock: FedBuff (Nguyen et al. 2022,
 arXiv:2106.06639, Algorithm 1) with FedAsync's staleness functions (Xie et al.
 2019, arXiv:1903.03934, Section 5.2), or FedAsync itself (its Algorithm 1: one
-arrival at a time, mixed into the model; ``server.async_buffer``).
+arrival at a time, mixed into the model; server/async_buffer.py).
 
 ``concurrency`` clients train at once. Each starts from the model version the
 server holds when it is dispatched; when it finishes, its update joins the

@@ -420,7 +420,8 @@ class ServerConfig:
         1024,
         "evaluation batch size (test set, federated evaluation); results do not depend on it "
         "(losses to float32 rounding): batch norm (model.batchnorm) evaluates with the statistics "
-        "of the whole evaluated set, gathered in such batches",
+        "of the whole evaluated set, gathered in such batches; a module model's BatchNorm without "
+        "running statistics (track_running_stats=False) normalises each batch by its own",
         at_most=10**7,
     )
     federated_eval: FederatedEvalConfig = _field(
