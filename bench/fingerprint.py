@@ -47,8 +47,11 @@ def fingerprint(config: Path, work: Path, keep: Path | None, resume_from: Path |
         return {"run": "not runnable here (its data are not on disk?)"}
     if keep is not None:
         shutil.copytree(run_dir, keep / config.stem, dirs_exist_ok=True)
+    kept = (resume_from or work) / config.stem
+    if not kept.is_dir():  # a config the old commit did not have
+        return {"run": _digest(run_dir), "resumed": f"no run directory {kept} to resume (a new config?)"}
     resumed = work / f"{config.stem}-resumed"
-    shutil.copytree((resume_from or work) / config.stem, resumed)
+    shutil.copytree(kept, resumed)
     outcome = _fedsim("run", "--resume", str(resumed), "--set", "rounds=3")
     return {
         "run": _digest(run_dir),
