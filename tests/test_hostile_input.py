@@ -31,7 +31,7 @@ from simulator import Simulation
 from simulator.cli import main
 from simulator.config.loading import dump_yaml, load_config
 from simulator.config.schema import Config
-from simulator.driver.simulation import DivergenceWatch
+from simulator.driver.divergence import DivergenceWatch
 from simulator.rundir.directory import RunLock
 from tests.conftest import ROOT, SHARED_DATA, small_overrides
 from tests.key_effects import validate_keys
@@ -497,7 +497,7 @@ KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
 from simulator.cli import main
-from simulator.driver.simulation import DivergenceWatch
+from simulator.driver.divergence import DivergenceWatch
 sys.exit(main(["run", {config!r}, "--set", "rounds=100000", "--out", {out!r}, "--quiet"]))
 """
 
