@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clients.streams import Stream
-from server.system import RoundPlan, SystemModel, plan_round, uniform_sample
+from server.system import LocalWork, RoundPlan, SystemModel, plan_round, uniform_sample
 
 
 def sample_clients(seed: int, round_: int, num_clients: int, per_round: int) -> np.ndarray:
@@ -44,17 +44,14 @@ def poisson_sample(seed: int, round_: int, num_clients: int, rate: float) -> np.
 class ClientSampler:
     """Who takes part in each round: ``per_round`` of ``num_clients`` uniformly (FedAvg),
     each with probability per_round / num_clients (``poisson``, for DP accounting), or
-    as the ``system`` model plans it from each client's ``work`` (samples per round:
-    ``epochs`` passes over its shard in batches of ``batch_size``)."""
+    as the ``system`` model plans it from each client's ``work`` in a round."""
 
     seed: int
     num_clients: int
     per_round: int
     poisson: bool = False
     system: SystemModel | None = None
-    work: np.ndarray | None = None
-    epochs: int = 1
-    batch_size: int = 1
+    work: LocalWork | None = None
 
     def sample(self, round_: int) -> tuple[np.ndarray, RoundPlan | None]:
         """Sorted participant ids, and the system model's plan when it decided them."""
@@ -66,10 +63,7 @@ class ClientSampler:
             return sample_clients(self.seed, round_, self.num_clients, self.per_round), None
         if self.work is None:
             raise ValueError("the system model needs each client's work per round")
-        plan = plan_round(
-            self.seed, round_, self.num_clients, self.per_round, self.work, self.system,
-            epochs=self.epochs, batch_size=self.batch_size,
-        )  # fmt: skip
+        plan = plan_round(self.seed, round_, self.num_clients, self.per_round, self.work, self.system)
         return plan.participants, plan
 
     def simulated_seconds(self, participants: np.ndarray) -> float:
@@ -78,4 +72,4 @@ class ClientSampler:
         if self.work is None or not len(participants):
             return 0.0
         speed = self.system.speed if self.system is not None else SystemModel().speed
-        return float(self.work[participants].max() / speed)
+        return float(self.work.samples[participants].max() / speed)

@@ -65,6 +65,17 @@ class RoundPlan:
     sample_budgets: dict[int, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, eq=False)
+class LocalWork:
+    """Each client's full local work in a round: ``samples`` (num_clients,) float64 it
+    processes, ``epochs`` passes over its shard in batches of ``batch_size``; a straggler's
+    and a deadline-cut client's share of it follow from those two."""
+
+    samples: np.ndarray
+    epochs: int = 1
+    batch_size: int = 1
+
+
 def local_work(sizes: np.ndarray, update_kind: str, epochs: int, batch_size: int, local_steps: int | None):
     """Samples each client processes in a round, (num_clients,) float64, from its shard
     size ``sizes``: E passes for FedAvg-style training (``update_kind`` "weights"); one
@@ -87,26 +98,25 @@ def client_speeds(seed: int, client_ids: np.ndarray, model: SystemModel) -> np.n
 
 
 def plan_round(
-    seed: int, round_: int, num_clients: int, per_round: int, work: np.ndarray, model: SystemModel,
-    *, epochs: int = 1, batch_size: int = 1,
-) -> RoundPlan:  # fmt: skip
-    """``work``: (num_clients,) samples each client processes in a round: ``epochs`` passes
-    over its shard in batches of ``batch_size`` (a straggler's and a cut client's share of
-    it follow from those two)."""
+    seed: int, round_: int, num_clients: int, per_round: int, work: LocalWork, model: SystemModel
+) -> RoundPlan:
+    """Who of ``num_clients`` is selected and whose update counts among ``per_round``, each
+    doing ``work`` or, as a straggler or cut by the deadline, a share of it."""
     online = np.flatnonzero(_draws(seed, round_, num_clients, Stream.AVAILABLE) < model.availability)
     wanted = min(len(online), math.ceil(per_round * (1 + model.over_selection) - 1e-9))  # 100 * 1.1 is 110
     selected = uniform_sample(seed, round_, online, wanted)
     if not len(selected):
         return RoundPlan(selected, selected, 0.0)
     # Stragglers are decided first: their smaller work is what their time is made of.
+    epochs, samples = work.epochs, work.samples[selected]
     local_epochs = straggler_epochs(seed, round_, selected, model.stragglers, epochs)
     straggling = local_epochs < epochs
     speeds = client_speeds(seed, selected, model)
-    times = work[selected] * (local_epochs / epochs) / speeds
+    times = samples * (local_epochs / epochs) / speeds
     dropped = _draws(seed, round_, num_clients, Stream.SYSTEM_DROPOUT)[selected] < model.dropout
     if model.drop_stragglers:
         dropped |= straggling
-    first_batch = np.minimum(batch_size, work[selected] / epochs)
+    first_batch = np.minimum(work.batch_size, samples / epochs)
     counted, budgets = _reporting(times, speeds, dropped, first_batch, model)
     ends = times if model.deadline is None else np.minimum(times, model.deadline)  # cut ones report then
     finishers = np.sort(selected[counted][np.lexsort((selected[counted], ends[counted]))][:per_round])

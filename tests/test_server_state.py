@@ -8,7 +8,7 @@ import pytest
 from clients.errors import ConfigError
 from clients.protocol import GroupResult
 from server.state import ServerState
-from server.system import SystemModel, plan_round
+from server.system import LocalWork, SystemModel, plan_round
 from simulator.config.build import build_dataset, build_model_spec, build_server_state
 from simulator.config.loading import apply_overrides, from_dict
 from tests.conftest import small_overrides
@@ -73,5 +73,5 @@ def test_dp_refuses_what_its_analysis_does_not_cover(extra, fragment):
 
 
 def test_over_selection_count_is_exact():
-    plan = plan_round(0, 1, 1000, 100, np.full(1000, 10.0), SystemModel(over_selection=0.1))
+    plan = plan_round(0, 1, 1000, 100, LocalWork(np.full(1000, 10.0)), SystemModel(over_selection=0.1))
     assert len(plan.selected) == 110

@@ -13,7 +13,7 @@ from clients.errors import ConfigError
 from clients.models.spec import build_spec, init_params
 from clients.models.torch_engine import TorchModel
 from clients.training import ClientTask, LocalTrainingConfig, client_rng, train_client
-from server.system import SystemModel, client_speeds, plan_round, straggler_epochs
+from server.system import LocalWork, SystemModel, client_speeds, plan_round, straggler_epochs
 from simulator import Simulation
 from simulator.config.loading import apply_overrides, load_config, read_yaml
 from simulator.driver.sweep import _plan, parse_grid
@@ -22,7 +22,7 @@ from tests.test_cli import assert_one_line_error, fedsim
 
 DEFAULT = ROOT / "configs" / "default.yaml"
 EPOCHS = 4  # stragglers train 1..3 epochs
-WORK = np.full(200, 100.0 * EPOCHS)  # every client: 100 samples, EPOCHS passes
+WORK = LocalWork(np.full(200, 100.0 * EPOCHS), EPOCHS, 10)  # every client: 100 samples, EPOCHS passes of 10
 
 
 def _run(tmp_path, name: str, **extra):
@@ -71,26 +71,26 @@ def test_partial_work_counts_the_clients_the_deadline_cuts(ray_cluster, tmp_path
 def test_the_plan_draws_the_reference_codes_straggler_count_and_epochs():
     model = SystemModel(stragglers=0.9)
     for round_ in range(1, 40):
-        plan = plan_round(5, round_, 200, 10, WORK, model, epochs=EPOCHS, batch_size=10)
+        plan = plan_round(5, round_, 200, 10, WORK, model)
         assert len(plan.stragglers) == 9 and plan.participants.tobytes() == plan.selected.tobytes()
         assert sorted(plan.local_epochs) == plan.stragglers.tolist()
         assert set(plan.local_epochs.values()) <= {1, 2, 3}  # uniform in 1..E-1, as the code draws
     # The reference keeps round(k (1 - s)) active: 5 - round(2.5) = 3 stragglers of 5.
     assert (straggler_epochs(0, 1, np.arange(5), 0.5, EPOCHS) < EPOCHS).sum() == 3
     dropping = SystemModel(stragglers=0.5, drop_stragglers=True)
-    dropped = plan_round(5, 1, 200, 10, WORK, dropping, epochs=EPOCHS, batch_size=10)
+    dropped = plan_round(5, 1, 200, 10, WORK, dropping)
     assert len(dropped.participants) == 5 and not dropped.local_epochs
 
 
 def test_partial_work_budgets_are_the_samples_processed_by_the_deadline():
     model = SystemModel(speed_sigma=1.0, deadline=0.3, partial_work=True)
-    plan = plan_round(6, 1, 200, 20, WORK, model, epochs=EPOCHS, batch_size=10)
-    cut = plan_round(6, 1, 200, 20, WORK, SystemModel(speed_sigma=1.0, deadline=0.3), epochs=EPOCHS)
+    plan = plan_round(6, 1, 200, 20, WORK, model)
+    cut = plan_round(6, 1, 200, 20, WORK, SystemModel(speed_sigma=1.0, deadline=0.3))
     ids = np.array(sorted(plan.sample_budgets))
     speeds = client_speeds(6, ids, model)
     assert len(ids) and not set(ids) & set(cut.participants.tolist())
     assert [plan.sample_budgets[c] for c in ids] == np.floor(0.3 * speeds).astype(int).tolist()
-    assert all(10 <= b < WORK[0] for b in plan.sample_budgets.values())  # a step at least, not all
+    assert all(10 <= b < WORK.samples[0] for b in plan.sample_budgets.values())  # a step at least, not all
     assert plan.simulated_seconds == 0.3
 
 

@@ -7,14 +7,14 @@ import math
 import numpy as np
 
 from server.sampling import sample_clients
-from server.system import SystemModel, client_speeds, plan_round
+from server.system import LocalWork, SystemModel, client_speeds, plan_round
 from simulator import Simulation
 from simulator.config.build import build_dataset, build_partition
 from simulator.config.loading import load_config
 from simulator.report.page import write_report
 from tests.conftest import ROOT, small_overrides
 
-WORK = np.full(200, 100.0)  # every client processes 100 samples a round
+WORK = LocalWork(np.full(200, 100.0))  # every client processes 100 samples a round
 
 
 def test_dropout_follows_its_binomial_distribution():
@@ -40,7 +40,7 @@ def test_deadline_cuts_the_slow_clients_and_bounds_the_round():
     assert all(p.simulated_seconds <= 0.1 + 1e-12 for p in plans)
     speeds = client_speeds(2, np.arange(200), model)
     for p in plans[:20]:
-        assert np.all(WORK[p.participants] / speeds[p.participants] <= 0.1)
+        assert np.all(WORK.samples[p.participants] / speeds[p.participants] <= 0.1)
 
 
 def test_over_selection_keeps_the_k_fastest():
@@ -70,7 +70,7 @@ def test_a_run_trains_exactly_the_planned_participants(ray_cluster, tmp_path):
     elapsed = 0.0
     assert sum(row["num_clients"] for row in history.rows) > 0
     for row in history.rows:
-        plan = plan_round(cfg.seed, row["round"], cfg.data.num_clients, 8, work, model)
+        plan = plan_round(cfg.seed, row["round"], cfg.data.num_clients, 8, LocalWork(work), model)
         elapsed += plan.simulated_seconds
         assert row["num_clients"] == len(plan.participants)
         assert row["num_selected"] == len(plan.selected)

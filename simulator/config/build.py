@@ -54,7 +54,7 @@ from server.privacy import PrivacyAccountant
 from server.pruning import PruningSchedule
 from server.sampling import ClientSampler
 from server.state import ServerParts, ServerState
-from server.system import SystemModel, local_work
+from server.system import LocalWork, SystemModel, local_work
 from simulator.config.rules.model import model_task, refuse_under_regression
 from simulator.config.rules.personalization import module_personal_entries, personal_layer_names
 from simulator.config.schema import (
@@ -537,9 +537,7 @@ def build_sampler(cfg: Config, work: np.ndarray) -> ClientSampler:
         per_round=sampled_per_round(s, n),
         poisson=s.privacy.noise_multiplier > 0 and s.privacy.sampling == "poisson",
         system=from_section(SystemModel, cfg.client.system),
-        work=work,
-        epochs=cfg.client.epochs,
-        batch_size=cfg.client.batch_size,
+        work=LocalWork(work, cfg.client.epochs, cfg.client.batch_size),
     )
 
 
