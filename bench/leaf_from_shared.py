@@ -11,7 +11,8 @@ Users are written in the archive's order, --users-per-shard to a file (LEAF also
 shards its output, and the loaders must join a split over several files).
 Shards are streamed user by user, so the JSON is never built whole in memory.
 
-    python bench/leaf_from_shared.py --shared ../shared/data --out /tmp/leaf [--users-per-shard 100]
+    python bench/leaf_from_shared.py --shared ../shared/data --out /tmp/leaf \
+        [--users-per-shard 100] [--max-users N]
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def write_split(
     out_dir: Path,
     to_json: Callable[[np.ndarray, np.ndarray], JsonRows],
     users_per_shard: int,
+    max_users: int | None = None,
 ) -> int:
-    """Write archive's split ("train" or "test") as LEAF shards in out_dir; returns rows written."""
-    users = [str(user) for user in archive["users"]]
+    """Write archive's split ("train" or "test") as LEAF shards in out_dir, its first
+    ``max_users`` users (None: all); returns rows written."""
+    users = [str(user) for user in archive["users"]][:max_users]
     offsets, x, y = archive[f"{split}_offsets"], archive[f"x_{split}"], archive[f"y_{split}"]
     out_dir.mkdir(parents=True, exist_ok=True)
     for shard, first in enumerate(range(0, len(users), users_per_shard)):
@@ -64,7 +67,7 @@ def write_split(
                 y,
                 to_json,
             )
-    return int(offsets[-1])
+    return int(offsets[len(users)])
 
 
 def write_shard(stream, users: list[str], spans: list[tuple[int, int]], x, y, to_json) -> None:
@@ -78,8 +81,9 @@ def write_shard(stream, users: list[str], spans: list[tuple[int, int]], x, y, to
     stream.write("}}")
 
 
-def convert(shared: Path, out: Path, users_per_shard: int) -> None:
-    """Write both datasets under out and print the rows, users and seconds of each."""
+def convert(shared: Path, out: Path, users_per_shard: int, max_users: int | None = None) -> None:
+    """Write both datasets under out (each's first ``max_users`` users; None: all) and
+    print the rows, users and seconds of each."""
     for name, archive_path, to_json in (
         ("femnist", FEMNIST_ARCHIVE, femnist_rows),
         ("shakespeare", SHAKESPEARE_ARCHIVE, shakespeare_rows),
@@ -87,10 +91,12 @@ def convert(shared: Path, out: Path, users_per_shard: int) -> None:
         started = time.perf_counter()
         with np.load(shared / archive_path, allow_pickle=False) as archive:
             rows = {
-                split: write_split(archive, split, out / name / "data" / split, to_json, users_per_shard)
+                split: write_split(
+                    archive, split, out / name / "data" / split, to_json, users_per_shard, max_users
+                )
                 for split in ("train", "test")
             }
-            users = len(archive["users"])
+            users = len(archive["users"][:max_users])
         seconds = time.perf_counter() - started
         print(f"{name}: {users} users, {rows['train']} train / {rows['test']} test rows, {seconds:.1f}s")
 
@@ -102,10 +108,11 @@ def main() -> None:
         "--out", type=Path, required=True, help="root to write <name>/data/{train,test} under"
     )
     parser.add_argument("--users-per-shard", type=int, default=100, help="users per JSON file (default 100)")
+    parser.add_argument("--max-users", type=int, help="write only each archive's first N users")
     args = parser.parse_args()
-    if args.users_per_shard < 1:
-        parser.error("--users-per-shard must be >= 1")
-    convert(args.shared, args.out, args.users_per_shard)
+    if args.users_per_shard < 1 or (args.max_users is not None and args.max_users < 1):
+        parser.error("--users-per-shard and --max-users must be >= 1")
+    convert(args.shared, args.out, args.users_per_shard, args.max_users)
 
 
 if __name__ == "__main__":
