@@ -122,6 +122,9 @@ class GroupResult:
     # accepted clients, in client-id order, and the sum of their n_i.
     buffer_sum: np.ndarray | None = None
     buffer_weight: float = 0.0
+    # (k,) int64 local steps of each accepted client (0: rejected or empty); None where a
+    # group was put together from single updates (an asynchronous buffer).
+    steps: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ class ClientWorker:
         acc = _GroupAccumulator(global_params.size, self.plan.reduction, self.plan.weighting)
         sizes, losses = np.zeros(count, np.int64), np.zeros(count, np.float64)
         accepted, norms = np.zeros(count, bool), np.full(count, np.nan)
-        bytes_up = np.zeros(count, np.int64)
+        bytes_up, steps = np.zeros(count, np.int64), np.zeros(count, np.int64)
         new_states: dict[int, dict[str, np.ndarray]] = {}
         for i, cid in enumerate(int(c) for c in client_ids):
             state = inputs.client_states.get(cid, {})
@@ -194,10 +194,11 @@ class ClientWorker:
                 continue  # empty or non-finite: never reaches the model
             processed = self._postprocess(update, norm, inputs, cid, cid_state)
             cid_state.update(personal_state)
-            accepted[i], norms[i], bytes_up[i] = (
+            accepted[i], norms[i], bytes_up[i], steps[i] = (
                 True,
                 processed.norm,
                 self._bytes_up(processed.bytes, update.size),
+                result.steps,
             )
             acc.add(processed.update, result.num_samples)
             acc.add_flow(result.flow, result.num_samples)
@@ -212,7 +213,7 @@ class ClientWorker:
             weight_total=acc.weight_total, weighted_sum=acc.total, stacked=_stack(acc.stacked),
             stacked_weights=np.asarray(acc.stacked_weights), flow_sum=acc.flow_sum,
             control_delta_sum=acc.control_sum, new_states=new_states, buffer_sum=acc.buffer_sum,
-            buffer_weight=acc.buffer_weight,
+            buffer_weight=acc.buffer_weight, steps=steps,
         )  # fmt: skip
 
     def _start_buffers(self, global_buffers: np.ndarray | None, state: dict, policy: str = "") -> None:

@@ -15,6 +15,7 @@ from clients.models.torch_engine import TorchModel
 from clients.training import ClientTask, LocalTrainingConfig, client_rng, train_client
 from server.system import LocalWork, SystemModel, client_speeds, plan_round, straggler_epochs
 from simulator import Simulation
+from simulator.config.build import build_dataset, build_partition
 from simulator.config.loading import apply_overrides, load_config, read_yaml
 from simulator.driver.sweep import _plan, parse_grid
 from tests.conftest import ROOT, small_overrides
@@ -41,6 +42,7 @@ def test_stragglers_train_fewer_epochs_and_their_work_counts(ray_cluster, tmp_pa
         # The same clients are selected; 6 - round(6 x 0.5) = 3 of them straggle.
         assert k["clients"] == b["clients"] and k["num_clients"] == 6
         assert k["stragglers"] == d["stragglers"] == 3 and "stragglers" not in b
+        assert len(k["client_steps"]) == 6 and len(d["client_steps"]) == 3 and "client_steps" not in b
         selected = np.array(b["clients"])
         stragglers = selected[straggler_epochs(seed, b["round"], selected, 0.5, EPOCHS) < EPOCHS]
         assert d["clients"] == sorted(set(b["clients"]) - set(stragglers.tolist()))  # dropped: not trained
@@ -48,6 +50,27 @@ def test_stragglers_train_fewer_epochs_and_their_work_counts(ray_cluster, tmp_pa
     assert kept.final_params.tobytes() != dropped.final_params.tobytes()  # ...and their work kept
     # A straggler's epochs come from (seed, round, client): whichever worker trains it.
     assert one_worker.final_params.tobytes() == kept.final_params.tobytes()
+
+
+def test_rows_report_the_local_steps_the_plan_gave_each_client(ray_cluster, tmp_path):
+    """The plan's straggler epochs and deadline budgets reach the workers: on 8 iid digits
+    shards of 179-180 rows, a full epoch is 18 batches of 10, so each client's steps are
+    exact: 18 x its epochs, or 40 when 4 s at 100 samples/s (400 samples) cut it."""
+    iid = {"data.num_clients": 8, "data.partition": "iid", "client.system.stragglers": 0.5}
+    cut = {"client.system.partial_work": True, "client.system.speed": 100.0, "client.system.deadline": 4.0}
+    cfg = load_config(DEFAULT, small_overrides(**{"client.epochs": EPOCHS, **iid}))
+    sizes = [len(p) for p in build_partition(build_dataset(cfg.data, cfg.seed), cfg.data, cfg.seed)]
+    assert set(sizes) == {179, 180} and cfg.client.batch_size == 10  # 18 batches an epoch
+    for extra in ({}, cut):
+        for row in _run(tmp_path, f"steps{len(extra)}", **iid, **extra).rows:
+            clients = np.array(row["clients"])
+            assert row["num_selected"] == len(clients) == 6  # everyone selected counts
+            epochs = straggler_epochs(cfg.seed, row["round"], clients, 0.5, EPOCHS)
+            assert (epochs < EPOCHS).sum() == 3
+            late = epochs * 180 > 400 if extra else np.zeros(6, bool)  # 3 epochs are 537-540 samples
+            assert row["client_steps"] == np.where(late, 40, 18 * epochs).tolist()
+            assert row["local_steps"] == sum(row["client_steps"])
+            assert row.get("partial_clients", 0) == late.sum()
 
 
 def test_partial_work_counts_the_clients_the_deadline_cuts(ray_cluster, tmp_path):

@@ -255,6 +255,9 @@ class Simulation:
             server.prune(pruning_scores(pruning.method, state, pool, state.params, sampled), target)
         row = _round_row(round_, results, state.model_bytes, state.spec.loss.is_regression)
         row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
+        system = state.sampler.system
+        if system is not None and (system.stragglers or system.partial_work):  # how much work was done
+            row.update(_local_steps(results, sampled))
         return self._finish_row(state, pool, round_, row, results, sampled, start)
 
     def _async_step(
@@ -544,6 +547,14 @@ def _with_reduced_work(inputs: RoundInput, plan: RoundPlan | None, client_ids: n
         local_epochs={c: e for c, e in plan.local_epochs.items() if c in ids},
         sample_budgets={c: b for c, b in plan.sample_budgets.items() if c in ids},
     )
+
+
+def _local_steps(results: list, clients: np.ndarray) -> dict[str, Any]:
+    """The local steps each of ``clients`` (the row's list) took (0: rejected or empty
+    update), and their sum."""
+    taken = {int(c): int(n) for r in results for c, n in zip(r.client_ids, r.steps, strict=True)}
+    steps = [taken.get(int(c), 0) for c in clients]
+    return {"client_steps": steps, "local_steps": sum(steps)}
 
 
 def _clients_trained(progress: RoundProgress | None, round_: int, groups: list[np.ndarray]):
