@@ -147,6 +147,23 @@ def test_a_sample_budget_cuts_local_training_before_the_batch_that_would_pass_it
             "FedSGD (server.update: gradients) sends one gradient",
         ),
         (["client.system.drop_stragglers=true"], "set client.system.stragglers > 0"),
+        (  # banker's rounding: round(0.5) = 0, as the reference code counts
+            [
+                "client.system.stragglers=0.5",
+                "client.system.drop_stragglers=true",
+                "server.clients_per_round=0.02",
+            ],
+            "round(1 x (1 - 0.5)) = 0 of its 1 selected (server.clients_per_round=0.02) stay active",
+        ),
+        (
+            [
+                "client.system.stragglers=0.96",
+                "client.system.drop_stragglers=true",
+                "client.system.over_selection=0.1",
+            ],
+            "round(11 x (1 - 0.96)) = 0 of its 11 selected (server.clients_per_round=10 with "
+            "client.system.over_selection=0.1)",
+        ),
         (["client.system.partial_work=true"], "client.system.partial_work: True is not allowed here"),
         (
             ["client.system.partial_work=true", "client.system.deadline=1", "server.update=gradients"],
@@ -168,6 +185,12 @@ def test_partial_work_that_could_not_act_is_refused(overrides, fragment):
 
 
 def test_refusals_are_one_line_from_the_cli():
+    drop = ("--set", "client.system.drop_stragglers=true", "--set", "client.system.stragglers=0.96")
+    assert_one_line_error(
+        fedsim("validate", DEFAULT, *drop), "client.system.stragglers: 0.96",
+        "round(10 x (1 - 0.96)) = 0 of its 10 selected (server.clients_per_round=10)", "never trains",
+    )  # fmt: skip
+    load_config(DEFAULT, ["client.system.drop_stragglers=true", "client.system.stragglers=0.95"])  # 1 active
     result = fedsim("validate", DEFAULT, "--set", "client.epochs=1", "--set", "client.system.stragglers=0.9")
     assert_one_line_error(result, "client.system.stragglers: 0.9", "needs client.epochs >= 2, got 1")
     assert_one_line_error(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -522,3 +523,10 @@ def sampled_per_round(s: ServerConfig, num_clients: int) -> int:
     """``server.clients_per_round`` as a count: a fraction of ``num_clients`` resolves to at least 1."""
     per_round = s.clients_per_round
     return max(1, round(per_round * num_clients)) if isinstance(per_round, float) else per_round
+
+
+def selected_per_round(cfg: Config) -> int:
+    """Clients the system model selects in a round when every client is online: ceil(k (1 +
+    client.system.over_selection)) of data.num_clients (k: ``sampled_per_round``)."""
+    k, num_clients = sampled_per_round(cfg.server, cfg.data.num_clients), cfg.data.num_clients
+    return min(num_clients, math.ceil(k * (1 + cfg.client.system.over_selection) - 1e-9))  # 100 * 1.1 is 110

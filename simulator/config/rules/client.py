@@ -5,7 +5,8 @@ gradient clipping and FedSGD's local steps, SCAFFOLD, and system heterogeneity
 from __future__ import annotations
 
 from simulator.config.rules import refuse, require
-from simulator.config.schema import Config, SystemConfig
+from simulator.config.schema import Config, SystemConfig, selected_per_round
+from simulator.config.yaml_input import show
 
 
 def check_training(cfg: Config) -> None:
@@ -69,6 +70,7 @@ def check_combinations(cfg: Config) -> None:
     if c.optimizer == "adam" and c.momentum:
         refuse("client.momentum", c.momentum, "the local adam optimiser has no momentum setting; set it to 0")
     _check_partial_work(cfg)
+    _check_dropped_stragglers(cfg)
 
 
 # Personalization methods whose local training is more than client.epochs plain passes.
@@ -104,4 +106,24 @@ def _check_partial_work(cfg: Config) -> None:
             "client.system.stragglers", y.stragglers,
             f"a straggler trains 1..E-1 local epochs (FedProx's reference code): needs client.epochs >= 2, "
             f"got {c.epochs}",
+        )  # fmt: skip
+
+
+def _check_dropped_stragglers(cfg: Config) -> None:
+    """Dropping stragglers must leave a round someone to train: of its selected clients,
+    round(selected x (1 - stragglers)) stay active (FedProx's reference count)."""
+    y = cfg.client.system
+    if not y.drop_stragglers:
+        return
+    selected = selected_per_round(cfg)
+    if round(selected * (1 - y.stragglers)) == 0:
+        clients = f"server.clients_per_round={show(cfg.server.clients_per_round)}"
+        if y.over_selection:
+            clients += f" with client.system.over_selection={y.over_selection:g}"
+        refuse(
+            "client.system.stragglers", y.stragglers,
+            f"with client.system.drop_stragglers: true every client of a round would be dropped: "
+            f"round({selected} x (1 - {y.stragglers:g})) = 0 of its {selected} selected ({clients}) stay "
+            "active and the model never trains; lower the share, or keep their partial work "
+            "(drop_stragglers: false)",
         )  # fmt: skip

@@ -8,7 +8,14 @@ import math
 from clients.data.datasets import DIGITS_SHAPE
 from clients.errors import ConfigError
 from simulator.config.rules.data import SYNTHETIC_MEAN_SAMPLES
-from simulator.config.schema import Config, DataConfig, FederatedEvalConfig, async_shape, sampled_per_round
+from simulator.config.schema import (
+    Config,
+    DataConfig,
+    FederatedEvalConfig,
+    async_shape,
+    sampled_per_round,
+    selected_per_round,
+)
 from simulator.config.yaml_input import show
 
 # The work a config asks for, estimated before anything runs; past these no run ends in
@@ -108,8 +115,7 @@ def _round_trips(cfg: Config) -> tuple[int, str, str]:
         per_round = async_shape(s, d.num_clients)[1]
         size = s.async_.buffer_size if s.async_.buffer_size is not None else f"null (= {per_round})"
         return per_round, f"server.async.buffer_size={size}", _n(cfg.rounds, "step")
-    k = sampled_per_round(s, d.num_clients)
-    per_round = min(d.num_clients, math.ceil(k * (1 + c.system.over_selection) - 1e-9))
+    k, per_round = sampled_per_round(s, d.num_clients), selected_per_round(cfg)
     clients = f"server.clients_per_round={show(s.clients_per_round)}"
     if per_round > k:
         clients = f"client.system.over_selection={c.system.over_selection:g}"
