@@ -31,7 +31,7 @@ from simulator import Simulation
 from simulator.cli import main
 from simulator.config.loading import dump_yaml, load_config
 from simulator.config.schema import Config
-from simulator.driver.divergence import DivergenceWatch
+from simulator.driver.divergence import DivergenceWatch, LossGrowth
 from simulator.rundir.directory import RunLock
 from tests.conftest import ROOT, SHARED_DATA, small_overrides
 from tests.key_effects import validate_keys
@@ -587,8 +587,9 @@ def test_a_finite_loss_that_explodes_stops_as_diverged_naming_the_growth(ray_clu
     code, _, err = cli("run", "--resume", tmp_path / "grows", "--set", "rounds=3")
     assert code == 3 and "Traceback" not in err
     assert re.search(
-        r"diverged at round 3: the test loss \S+ stayed above server.stop_after_loss_growth=100 x the "
-        r"initial model's 2.\d+ for 3 evaluations in a row \(likely client.lr=10000 too large",
+        r"diverged at round 3: the test loss \S+ stayed above server.stop_after_loss_growth=100 x chance "
+        r"level ln\(10\)=2.303 \(the initial model's 2.\d+ is below it\) for 3 evaluations in a row "
+        r"\(likely client.lr=10000 too large",
         err,
     ), err
     summary = json.loads((tmp_path / "grows" / "summary.json").read_text())
@@ -616,6 +617,36 @@ def test_the_loss_growth_counts_evaluations_in_a_row_from_a_positive_initial_los
     watch = DivergenceWatch(off, initial_loss=lambda: pytest.fail("off: nothing to measure"))
     for round_ in range(1, 5):
         watch.check(row(round_, 1e30), params)
+
+
+def test_the_loss_growth_scale_is_floored_at_chance_level_for_a_classifier():
+    """factor x max(initial, ln C) for classification; the initial loss alone for regression."""
+    pretrained = LossGrowth(100, 3, initial=0.005, classes=10)
+    assert pretrained.scale == math.log(10)
+    assert not any(pretrained.count(loss) for loss in (1.0, 200.0, 230.2))  # 230.2 < 100 ln 10
+    assert [pretrained.count(231.0) for _ in range(3)] == [False, False, True]
+    assert (
+        "x chance level ln(10)=2.303 (the initial model's 0.005 is below it) for 3" in pretrained.describe()
+    )
+    regression = LossGrowth(100, 3, initial=0.005, classes=None)  # no chance level to floor at
+    assert [regression.count(0.6) for _ in range(3)] == [False, False, True]
+    untrained = LossGrowth(100, 3, initial=2.5, classes=10)  # above chance: its own loss is the scale
+    assert untrained.scale == 2.5 and not untrained.count(240.0)
+    assert LossGrowth(100, 3, initial=0.005, classes=1).scale == 0.005  # ln 1 = 0
+
+
+def test_a_pretrained_classifier_fine_tuned_above_100x_its_small_loss_is_not_stopped(
+    ray_cluster, tmp_path, monkeypatch
+):
+    """A pretrained model's initial test loss can be 0.005: a healthy fine-tune whose
+    loss sits above 100 x that, yet far below 100 x ln 10 (chance level), runs to the end.
+    The measured initial loss is patched on the driver (the run itself is real): with the
+    initial loss as the scale, evaluations above 0.5 would have stopped it."""
+    monkeypatch.setattr("simulator.driver.simulation._initial_test_loss", lambda state: 0.005)
+    overrides = small_overrides(rounds=2, **{"server.stop_after_loss_growth_evals": 1})
+    history = Simulation.from_yaml(DEFAULT, overrides, run_dir=tmp_path / "fine_tune").run()
+    assert history.summary["status"] == "completed" and len(history.rows) == 2
+    assert all(0.5 < row["test_loss"] < 100 * math.log(10) for row in history.rows)
 
 
 def test_a_divergence_under_a_simulated_attack_blames_the_attack_first():

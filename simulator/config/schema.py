@@ -410,8 +410,9 @@ class ServerConfig:
     stop_after_loss_growth: float | None = _field(
         100.0,
         "stop with status 'diverged' (exit 3) once the test loss, finite but exploding, is above this "
-        "many times the initial model's for stop_after_loss_growth_evals evaluations in a row; "
-        "a factor > 1; null = never (also off when the initial loss is not > 0)",
+        "many times the initial model's (for classification at least chance level, ln(classes)) for "
+        "stop_after_loss_growth_evals evaluations in a row; a factor > 1; null = never (also off when "
+        "the initial loss is not > 0)",
     )
     stop_after_loss_growth_evals: int = _field(
         3, "evaluations in a row above stop_after_loss_growth that stop the run", at_most=10**9

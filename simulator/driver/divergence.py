@@ -18,27 +18,36 @@ HUGE_WEIGHT = 1e15  # no trained model has such weights: the server step must ha
 
 
 class LossGrowth:
-    """Counts evaluations in a row whose test loss is finite and above ``factor`` times
-    ``initial``, the initial model's: a run that explodes while staying finite (a NaN or
-    Inf loss is DivergenceWatch's own cause). Rounds without an evaluation leave the
-    count as it is."""
+    """Counts evaluations in a row whose test loss is finite and above ``factor`` times a
+    scale: a run that explodes while staying finite (a NaN or Inf loss is DivergenceWatch's
+    own cause). Rounds without an evaluation leave the count as it is. The scale is
+    ``initial``, the initial model's loss, floored for a classifier of ``classes`` classes
+    at chance level ln(classes), the cross-entropy of a uniform prediction: a pretrained
+    model may start at 0.005, and a healthy fine-tune of it sit above 100 x that. None
+    (regression): the initial loss alone, as a regression loss has no chance level; its
+    scale is the targets'."""
 
-    def __init__(self, factor: float, evals: int, initial: float):
-        self.factor, self.evals, self.initial = factor, evals, initial
+    def __init__(self, factor: float, evals: int, initial: float, classes: int | None = None):
+        self.factor, self.evals, self.initial, self.classes = factor, evals, initial, classes
+        chance = None if classes is None else math.log(max(classes, 1))
+        self.scale = initial if chance is None else max(initial, chance)
         self.streak = 0
         self.loss = math.nan  # the last evaluated loss
 
     def count(self, loss: float | None) -> bool:
         """Count an evaluation's ``loss`` (None: not evaluated); whether the run diverged."""
         if loss is not None:
-            grown = math.isfinite(loss) and loss > self.factor * self.initial
+            grown = math.isfinite(loss) and loss > self.factor * self.scale
             self.streak, self.loss = (self.streak + 1 if grown else 0), loss
         return self.streak >= self.evals
 
     def describe(self) -> str:
+        scale = f"the initial model's {self.initial:.4g}"
+        if self.scale != self.initial:
+            scale = f"chance level ln({self.classes})={self.scale:.4g} ({scale} is below it)"
         return (
             f"the test loss {self.loss:.4g} stayed above server.stop_after_loss_growth={self.factor:g} x "
-            f"the initial model's {self.initial:.4g} for {self.streak} evaluations in a row"
+            f"{scale} for {self.streak} evaluations in a row"
         )
 
 
@@ -50,16 +59,21 @@ class DivergenceWatch:
     finite; a non-finite test loss stands until the next evaluation says otherwise, so
     rounds between evaluations (server.eval_every > 1) count too. Given ``initial_loss``,
     which measures the initial model's test loss, it also stops a run whose finite test
-    loss grew past ``server.stop_after_loss_growth`` times it (LossGrowth); it is measured
-    at the first evaluation, so that a loss that fails fails in the clients' first round as
-    without the rule. A loss that is not > 0 gives no scale to grow from: the rule is off."""
+    loss grew past ``server.stop_after_loss_growth`` times it, or times chance level for a
+    classifier of ``classes`` classes (None: regression) where that is higher (LossGrowth);
+    it is measured at the first evaluation, so that a loss that fails fails in the clients'
+    first round as without the rule. A loss that is not > 0 gives no scale to grow from:
+    the rule is off."""
 
-    def __init__(self, cfg: Config, initial_loss: Callable[[], float] | None = None):
+    def __init__(
+        self, cfg: Config, initial_loss: Callable[[], float] | None = None, classes: int | None = None
+    ):
         self.cfg = cfg
         self.limit = cfg.server.stop_after_nonfinite_rounds
         self.streak = 0
         self.loss_cause: str | None = None  # the last evaluation's, while its loss was not finite
         self.initial_loss = initial_loss if cfg.server.stop_after_loss_growth else None
+        self.classes = classes
         self.growth: LossGrowth | None = None
 
     def replay(self, rows: list[dict[str, Any]]) -> None:
@@ -74,7 +88,9 @@ class DivergenceWatch:
         if loss is not None and self.initial_loss is not None:  # measured once
             initial, self.initial_loss = self.initial_loss(), None
             if s.stop_after_loss_growth and math.isfinite(initial) and initial > 0:
-                self.growth = LossGrowth(s.stop_after_loss_growth, s.stop_after_loss_growth_evals, initial)
+                self.growth = LossGrowth(
+                    s.stop_after_loss_growth, s.stop_after_loss_growth_evals, initial, self.classes
+                )
         return self.growth is not None and self.growth.count(loss)
 
     def check(self, row: dict[str, Any], params: np.ndarray) -> None:

@@ -220,7 +220,8 @@ class Simulation:
         pool.actors.clear()
 
     def _loop(self, state: RunState, pool: WorkerPool, progress: RoundProgress, trackers: Trackers) -> None:
-        divergence = DivergenceWatch(self.cfg, lambda: _initial_test_loss(state))
+        classes = None if state.spec.loss.is_regression else state.spec.num_classes
+        divergence = DivergenceWatch(self.cfg, lambda: _initial_test_loss(state), classes)
         divergence.replay([r for r in state.metrics.rows if r["round"] <= state.completed_round])
         for round_ in range(state.next_round, state.rounds + 1):
             row = self._round(state, pool, round_, progress)
