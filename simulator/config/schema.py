@@ -192,7 +192,9 @@ class SystemConfig:
         "epochs and its partial work is aggregated (FedProx, Li et al. 2020, Section 5.2)",
     )
     drop_stragglers: bool = _field(
-        False, "stragglers neither train nor count (FedAvg as FedProx's experiments run it)"
+        False,
+        "stragglers neither train nor count (FedAvg as FedProx's experiments run it); refused when it "
+        "would drop every selected client",
     )
     partial_work: bool = _field(
         False,
