@@ -120,8 +120,8 @@ def place_legend(ax: Axes, fontsize: int) -> bool:
         return True
     columns = 2 if max(map(len, labels)) <= LEGEND_TWO_COLUMN_CHARS else 1
     rows = math.ceil(len(labels) / columns)
-    fig = ax.get_figure()
-    assert fig is not None
+    fig = ax.get_figure(root=True)
+    assert isinstance(fig, Figure)
     fig.set_figheight(fig.get_figheight() + LEGEND_ROW_INCHES * rows)
     ax.legend(fontsize=fontsize - 1, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=columns)
     return True
