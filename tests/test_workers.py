@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import ray
 
-from clients.errors import ClusterError
+from clients.errors import ClusterError, RunDiverged
 from clients.models.spec import build_spec
 from clients.protocol import ClientPlan, WorkerRun
 from clients.training import LocalTrainingConfig
@@ -58,6 +58,19 @@ def test_a_reused_worker_computes_the_bits_of_a_fresh_one(ray_cluster, tmp_path)
     assert len(processes) == 2
     assert reused.final_params.tobytes() == fresh.final_params.tobytes()
     assert metrics(reused) == metrics(fresh)
+
+
+def test_a_diverged_run_hands_its_workers_on(ray_cluster, tmp_path):
+    """Divergence is found between rounds, with every worker idle: the next run (a sweep's
+    next grid point, the next test) is served by the same warm workers."""
+    overrides = small_overrides(rounds=1)
+    run(tmp_path, "before", overrides)
+    processes = client_worker_pids()
+    exploding = small_overrides(rounds=3, **{"client.lr": 1e4, "server.stop_after_loss_growth_evals": 1})
+    with pytest.raises(RunDiverged):
+        run(tmp_path, "diverged", exploding)
+    run(tmp_path, "after", overrides)
+    assert client_worker_pids() == processes and len(processes) == 2
 
 
 def test_a_run_of_another_shape_stops_the_idle_workers_it_cannot_use(ray_cluster, tmp_path):

@@ -147,6 +147,9 @@ class Simulation:
             try:
                 self._loop(state, pool, progress, trackers)
                 completed = True
+            except RunDiverged:
+                completed = True  # found between rounds: every worker is idle, and sound
+                raise
             finally:
                 self._stop_workers(state, pool, session, reusable=completed)
         except KeyboardInterrupt:
