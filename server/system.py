@@ -141,7 +141,7 @@ def straggler_epochs(seed: int, round_: int, selected: np.ndarray, share: float,
     flearn/trainers/fedprox.py): round(k (1 - share)) of the k selected are active and
     the rest straggle, each with a uniform number of epochs in {1, ..., E-1}."""
     local = np.full(len(selected), epochs, np.int64)
-    count = len(selected) - round(len(selected) * (1 - share))
+    count = len(selected) - active_count(len(selected), share)
     if count:
         positions = _rng(seed, round_, -1, Stream.STRAGGLERS).choice(len(selected), size=count, replace=False)
         local[positions] = [
@@ -149,6 +149,12 @@ def straggler_epochs(seed: int, round_: int, selected: np.ndarray, share: float,
             for c in selected[positions]
         ]
     return local
+
+
+def active_count(selected: int, share: float) -> int:
+    """Of ``selected`` clients with a ``share`` of stragglers, how many do full work: the
+    reference code's round(k (1 - share)), Python's round (half to even) as there."""
+    return round(selected * (1 - share))
 
 
 def _reporting(times, speeds, dropped, first_batch, model: SystemModel) -> tuple[np.ndarray, np.ndarray]:

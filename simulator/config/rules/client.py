@@ -4,6 +4,7 @@ gradient clipping and FedSGD's local steps, SCAFFOLD, and system heterogeneity
 
 from __future__ import annotations
 
+from server.system import active_count
 from simulator.config.rules import refuse, require
 from simulator.config.schema import Config, SystemConfig, selected_per_round
 from simulator.config.yaml_input import show
@@ -116,7 +117,7 @@ def _check_dropped_stragglers(cfg: Config) -> None:
     if not y.drop_stragglers:
         return
     selected = selected_per_round(cfg)
-    if round(selected * (1 - y.stragglers)) == 0:
+    if active_count(selected, y.stragglers) == 0:
         clients = f"server.clients_per_round={show(cfg.server.clients_per_round)}"
         if y.over_selection:
             clients += f" with client.system.over_selection={y.over_selection:g}"
