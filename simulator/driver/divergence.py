@@ -112,7 +112,7 @@ class DivergenceWatch:
         """The settings that most likely blew the model up: simulated attackers that the
         aggregator follows, a client's step or the server's."""
         s = self.cfg.server
-        steps = f"{self.local_step_cause()} or server.lr={s.lr:g} too large for {s.optimizer}"
+        steps = f"{self.local_step_cause()} or {self.server_step_cause()}"
         if s.attack.kind == "none":
             return steps
         return f"server.attack.kind={s.attack.kind} with server.aggregator={s.aggregator}, or {steps}"
@@ -120,7 +120,7 @@ class DivergenceWatch:
     def cause(self, row: dict[str, Any], params: np.ndarray) -> str | None:
         """Why this round learned nothing finite, naming the setting most likely at fault."""
         s = self.cfg.server
-        server_step = f"server.lr={s.lr:g} too large for {s.optimizer}"
+        server_step = self.server_step_cause()
         local_step = self.local_step_cause()
         loss = row.get("test_loss")
         if loss is not None:
@@ -141,6 +141,10 @@ class DivergenceWatch:
             share = f"more than server.stop_after_rejected_share={s.stop_after_rejected_share:g}"
             return f"{rejected} of {clients} updates were NaN or Inf, {share} (likely {local_step})"
         return self.loss_cause
+
+    def server_step_cause(self) -> str:
+        s = self.cfg.server
+        return f"server.lr={s.lr:g} too large for {s.optimizer}"
 
     def local_step_cause(self) -> str:
         """The setting most likely to blow up a client's local step, as 'KEY=VALUE too
