@@ -15,7 +15,6 @@ naming user code runs it); starts no Ray.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from server.evaluation import evaluate
 from simulator.config.loading import load_run_config
 from simulator.driver.prune import load_model_params
 from simulator.driver.run_state import RunState
+from simulator.rundir.metrics import read_metrics
 
 
 def training_objective(run_dir: Path) -> tuple[float, float | None] | None:
@@ -42,7 +42,7 @@ def training_objective(run_dir: Path) -> tuple[float, float | None] | None:
 
 
 def last_evaluation(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     return [row for row in rows if row.get("test_loss") is not None][-1]
 
 
