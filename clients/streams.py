@@ -64,10 +64,13 @@ class Stream(int, enum.Enum):
     PRUNING = Key.RUN, 8  # random pruning's scores
     HOLDOUT = Key.RUN, 10  # each client's rows held out for federated evaluation
     TEST_SPLIT = Key.RUN, 18  # users' data without a test split: the rows held out
+    TRACE_PROFILES = Key.RUN, 22  # which device-trace profile each client gets (mapping: seeded)
+    SYNTHETIC_TRACE = Key.RUN, 24  # `fedsim traces make`'s generated devices (its --seed)
 
     SAMPLING = Key.ROUND, 2  # the clients sampled (uniform or Poisson; FedBuff: per event)
     SERVER_NOISE = Key.ROUND, 7  # the server's Gaussian noise on the aggregate (DP)
     FEDERATED_EVAL = Key.ROUND, 15  # the clients that evaluate the model
+    SELECTION = Key.ROUND, 23  # Oort's exploration and exploitation draws, power-of-choice's candidates
 
     SYNTHETIC_DEVICE = Key.DEVICE, 0x5E  # a generated Synthetic(alpha, beta) device's rows
 
