@@ -27,6 +27,12 @@ from simulator.report.charts import (
     run_colour,
     runs_with,
 )
+from simulator.report.device_panels import (
+    participation_by_availability,
+    participation_by_speed,
+    round_length,
+    selection_fairness,
+)
 from simulator.report.fairness import worst_share_mean
 from simulator.report.prune_charts import prune_accuracy_panel, prune_layers_panel
 from simulator.report.runs import RunRecord, has_accuracy, logs, metric
@@ -419,4 +425,25 @@ OPTIONAL_PANELS = (
     ConditionalPanel("panel-update-norms", "update_norms.png", "Client update norms", _update_norms),
     ConditionalPanel("panel-clipping", "clipping.png", "Update clipping", _clipping),
     ConditionalPanel("panel-epsilon", "epsilon.png", "Differential privacy: ε over rounds", _epsilon),
+    ConditionalPanel(
+        "panel-participation-by-speed",
+        "participation_by_speed.png",
+        "Participation by device speed decile",
+        participation_by_speed,
+    ),
+    ConditionalPanel(
+        "panel-participation-by-availability",
+        "participation_by_availability.png",
+        "Participation by availability",
+        participation_by_availability,
+    ),
+    ConditionalPanel(
+        "panel-selection-fairness",
+        "selection_fairness.png",
+        "Fairness of selection: selections per client",
+        selection_fairness,
+    ),
+    ConditionalPanel(
+        "panel-round-length", "round_length.png", "Round length on the simulated clock", round_length
+    ),
 )
