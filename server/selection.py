@@ -140,9 +140,9 @@ class OortSelector:
         self.round_threshold = np.float64(settings.round_threshold)
         self.preferred_duration = np.float64(math.inf)
         self.blacklisted = np.int64(0)  # in the last selection
-        # Exploited utility of the last 2 x pacer_step selections, oldest first.
-        self.pacer_history = np.zeros(2 * settings.pacer_step, np.float64)
-        self.pacer_entries = np.int64(0)
+        # Summed exploited utility of the pacer's last whole window and of the one under way:
+        # the authors' history list, kept as two sums so memory does not grow with pacer_step.
+        self.pacer_windows = np.zeros(2, np.float64)
 
     def _per_client(self, name: str, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, np.float64)
@@ -198,19 +198,21 @@ class OortSelector:
         return blacklisted
 
     def _pace(self, round_: int) -> None:
-        """Record the mean utility of the last selection's exploited clients that reported;
-        at every pacer_step-th round, from the 2 x pacer_step-th on, compare the summed
-        history of the last window with the one before: flat -> relax T's percentile by
-        pacer_delta (at most 100); a sharp change -> tighten it (at least pacer_delta)."""
+        """Add the mean utility of the last selection's exploited clients that reported to
+        the window under way; every pacer_step-th round it closes, and from the 2 x
+        pacer_step-th on it is compared with the window before: flat -> relax T's
+        percentile by pacer_delta (at most 100); a sharp change -> tighten it (at least
+        pacer_delta)."""
         reported = (self.role == _EXPLOITED) & (self.reported == 1)
-        mean_utility = self.utility[reported].sum() / (_MIN_WEIGHT_SUM + reported.sum())
-        self.pacer_history = np.append(self.pacer_history[1:], mean_utility)
-        self.pacer_entries = np.int64(min(int(self.pacer_entries) + 1, len(self.pacer_history)))
+        self.pacer_windows[1] += self.utility[reported].sum() / (_MIN_WEIGHT_SUM + reported.sum())
         self.reported[:] = 0
         step, delta = self.settings.pacer_step, self.settings.pacer_delta
-        if round_ < 2 * step or round_ % step or self.pacer_entries < 2 * step:
+        if round_ % step:
             return
-        before, last = self.pacer_history[:step].sum(), self.pacer_history[step:].sum()
+        before, last = self.pacer_windows
+        self.pacer_windows = np.array([last, 0.0])
+        if round_ < 2 * step:
+            return
         if abs(last - before) <= before * _FLAT_CHANGE:
             self.round_threshold = np.float64(min(100.0, self.round_threshold + delta))
         elif abs(last - before) >= before * _SHARP_CHANGE:
@@ -303,13 +305,13 @@ class OortSelector:
     # --- checkpoints and metrics -----------------------------------------------
 
     _PER_CLIENT = ("utility", "duration", "last_round", "participations", "role", "reported")
-    _SCALARS = ("exploration", "round_threshold", "preferred_duration", "blacklisted", "pacer_entries")
+    _SCALARS = ("exploration", "round_threshold", "preferred_duration", "blacklisted")
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every piece of state as named arrays (copies), for a checkpoint."""
         out = {name: getattr(self, name).copy() for name in self._PER_CLIENT}
         out.update({name: np.asarray(getattr(self, name)).copy() for name in self._SCALARS})
-        out["pacer_history"] = self.pacer_history.copy()
+        out["pacer_windows"] = self.pacer_windows.copy()
         return out
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -322,22 +324,22 @@ class OortSelector:
             if value.shape != current.shape:
                 raise ValueError(f"Oort's {name!r} has shape {value.shape}, expected {current.shape}")
             value = value.astype(current.dtype, copy=True)
-            setattr(self, name, value if name in self._PER_CLIENT or name == "pacer_history" else value[()])
+            setattr(self, name, value if name in self._PER_CLIENT or name == "pacer_windows" else value[()])
 
     def metrics(self) -> dict[str, float]:
         """The last selection for a round's row: exploration share, T (absent while
         infinite), T's percentile, clients explored so far, blacklisted, exploited and
         explored in this selection."""
         out = {
-            "oort_exploration": float(self.exploration),
-            "oort_round_threshold": float(self.round_threshold),
-            "oort_explored_clients": float((self.participations > 0).sum()),
-            "oort_blacklisted": float(self.blacklisted),
-            "oort_exploited": float((self.role == _EXPLOITED).sum()),
-            "oort_explored": float((self.role == _EXPLORED).sum()),
+            "exploration": float(self.exploration),
+            "round_threshold": float(self.round_threshold),
+            "explored_clients": float((self.participations > 0).sum()),
+            "blacklisted": float(self.blacklisted),
+            "exploited": float((self.role == _EXPLOITED).sum()),
+            "explored": float((self.role == _EXPLORED).sum()),
         }
         if math.isfinite(self.preferred_duration):
-            out["oort_preferred_duration"] = float(self.preferred_duration)
+            out["preferred_duration"] = float(self.preferred_duration)
         return out
 
 

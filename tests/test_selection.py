@@ -54,8 +54,8 @@ def test_oort_pacer_relaxes_the_preferred_duration_while_utility_is_flat():
     for round_ in range(1, 41):
         ids = selector.select(round_, EVERYONE, 8)
         selector.feedback(round_, ids, utility[ids], duration[ids])
-        thresholds[round_] = selector.metrics()["oort_round_threshold"]
-        preferred[round_] = selector.metrics().get("oort_preferred_duration")
+        thresholds[round_] = selector.metrics()["round_threshold"]
+        preferred[round_] = selector.metrics().get("preferred_duration")
     # Round 1 exploits no one (nothing explored yet), so the window ending at round 4
     # grows from 0: a sharp change, which tightens T's percentile; from round 6 on each
     # window's exploited utility equals the one before and every 2nd round adds 5.
@@ -77,7 +77,7 @@ def test_oort_blacklists_clients_after_blacklist_rounds_participations_up_to_the
     capped = _oort(utility, duration, blacklist_rounds=2, blacklist_max_share=0.3)
     picks = _run(capped, range(1, 31), utility, duration, online=online, count=4)
     assert all(len(ids) == 4 for ids in picks)
-    assert capped.metrics()["oort_blacklisted"] == 6  # int(0.3 x 20): the rest are let back in
+    assert capped.metrics()["blacklisted"] == 6  # int(0.3 x 20): the rest are let back in
     assert capped.participations.max() > 3
 
 
@@ -110,8 +110,8 @@ def test_oort_refuses_state_of_another_shape():
     arrays = selector.arrays()
     with pytest.raises(ValueError, match=r"'utility' has shape \(39,\), expected \(40,\)"):
         selector.load_arrays({**arrays, "utility": np.ones(39)})
-    del arrays["pacer_history"]
-    with pytest.raises(ValueError, match="lacks 'pacer_history'"):
+    del arrays["pacer_windows"]
+    with pytest.raises(ValueError, match="lacks 'pacer_windows'"):
         selector.load_arrays(arrays)
 
 
