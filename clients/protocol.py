@@ -65,6 +65,21 @@ class ClientPlan:
         if self.buffers not in BUFFER_POLICIES:
             raise ValueError(f"buffers must be in {BUFFER_POLICIES}, got {self.buffers!r}")
 
+    def upload_bytes(self, sent: int, size: int, buffer_size: int) -> int:
+        """What a client uploads: its processed update of ``sent`` bytes (of a model of
+        ``size`` parameters), less what a personalized client keeps when the update travels
+        dense, plus SCAFFOLD's control-variate change and, averaged, its ``buffer_size``
+        buffers."""
+        if self.personal is not None and sent == 4 * size:
+            sent -= self.personal.kept_bytes
+        averaged = buffer_size if self.buffers == "average" else 0
+        return sent + (4 * size if self.scaffold else 0) + 4 * averaged
+
+    def planned_upload_bytes(self, size: int, buffer_size: int, mask: np.ndarray | None) -> int:
+        """``upload_bytes`` of any client's update this round, known before anyone trains."""
+        sent = 4 * size if self.postprocess is None else self.postprocess.sent_bytes(size, mask)
+        return self.upload_bytes(sent, size, buffer_size)
+
 
 @dataclass(frozen=True, kw_only=True)
 class RoundInput:
@@ -125,6 +140,9 @@ class GroupResult:
     # (k,) int64 local steps of each accepted client (0: rejected or empty); None where a
     # group was put together from single updates (an asynchronous buffer).
     steps: np.ndarray | None = None
+    # (k,) float64 each client's batch-size-weighted mean of squared minibatch losses (nan
+    # where none); None where a group was put together from single updates.
+    loss_squares: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ class ClientResult:
     flow: np.ndarray | None = None  # (layers, 2) mean |dL/dh|, |dL/dθ| over local steps
     steps: int = 0
     kept: np.ndarray | None = None  # the trained model's entries under ``keep`` (personal state)
+    # The batch-size-weighted mean of squared minibatch losses (Oort's statistical utility).
+    loss_square: float = float("nan")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +110,7 @@ def train_client(task: ClientTask) -> ClientResult:
     data = _client_batches(model, task)
     flow = FlowAverage() if model.track_gradients else None
     smallest = smallest_batch(model)
-    loss_sum, seen, steps = 0.0, 0, 0
+    loss_sum, square_sum, seen, steps = 0.0, 0.0, 0, 0
     for _ in range(cfg.epochs):
         order = task.rng.permutation(len(shard))
         for start in range(0, len(order), cfg.batch_size):
@@ -122,6 +124,7 @@ def train_client(task: ClientTask) -> ClientResult:
             loss = model.loss_and_grad(*data.batch(positions))
             step.take(model)
             loss_sum += loss * len(positions)
+            square_sum += loss * loss * len(positions)
             seen += len(positions)
             steps += 1
             if flow is not None:
@@ -132,6 +135,7 @@ def train_client(task: ClientTask) -> ClientResult:
     return ClientResult(
         client_id=task.client_id, num_samples=len(shard), train_loss=mean_loss, update=delta,
         flow=flow.mean() if flow else None, steps=steps, kept=kept,
+        loss_square=square_sum / seen if seen else float("nan"),
     )  # fmt: skip
 
 
@@ -206,11 +210,12 @@ def client_gradient(task: ClientTask) -> ClientResult:
         batches = batches[: cfg.local_steps]
     batches = [b for b in batches if len(b) >= smallest_batch(model)]
     total = arrays.zeros_like(model.grad, dtype=np.float64)
-    loss_sum, seen = 0.0, 0
+    loss_sum, square_sum, seen = 0.0, 0.0, 0
     for positions in batches:
         loss = model.loss_and_grad(*data.batch(positions))
         total += len(positions) * model.grad
         loss_sum += loss * len(positions)
+        square_sum += loss * loss * len(positions)
         seen += len(positions)
     gradient = arrays.to_numpy(total / max(seen, 1)).astype(np.float32)
     if task.mask is not None:
@@ -218,7 +223,7 @@ def client_gradient(task: ClientTask) -> ClientResult:
     mean_loss = loss_sum / seen if seen else float("nan")
     return ClientResult(
         client_id=task.client_id, num_samples=len(task.shard) if seen else 0, train_loss=mean_loss,
-        update=gradient, steps=len(batches),
+        update=gradient, steps=len(batches), loss_square=square_sum / seen if seen else float("nan"),
     )  # fmt: skip
 
 

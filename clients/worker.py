@@ -181,6 +181,7 @@ class ClientWorker:
         count = len(client_ids)
         acc = _GroupAccumulator(global_params.size, self.plan.reduction, self.plan.weighting)
         sizes, losses = np.zeros(count, np.int64), np.zeros(count, np.float64)
+        squares = np.full(count, np.nan)
         accepted, norms = np.zeros(count, bool), np.full(count, np.nan)
         bytes_up, steps = np.zeros(count, np.int64), np.zeros(count, np.int64)
         new_states: dict[int, dict[str, np.ndarray]] = {}
@@ -188,7 +189,7 @@ class ClientWorker:
             state = inputs.client_states.get(cid, {})
             self._start_buffers(inputs.buffers, state)
             result, personal_state = self._train_one(global_params, inputs, cid, state)
-            sizes[i], losses[i] = result.num_samples, result.train_loss
+            sizes[i], losses[i], squares[i] = result.num_samples, result.train_loss, result.loss_square
             update, norm, cid_state = self._client_update(result, global_params, inputs, state)
             if update is None:
                 continue  # empty or non-finite: never reaches the model
@@ -197,7 +198,7 @@ class ClientWorker:
             accepted[i], norms[i], bytes_up[i], steps[i] = (
                 True,
                 processed.norm,
-                self._bytes_up(processed.bytes, update.size),
+                self.plan.upload_bytes(processed.bytes, update.size, self.buffer_size),
                 result.steps,
             )
             acc.add(processed.update, result.num_samples)
@@ -213,7 +214,7 @@ class ClientWorker:
             weight_total=acc.weight_total, weighted_sum=acc.total, stacked=_stack(acc.stacked),
             stacked_weights=np.asarray(acc.stacked_weights), flow_sum=acc.flow_sum,
             control_delta_sum=acc.control_sum, new_states=new_states, buffer_sum=acc.buffer_sum,
-            buffer_weight=acc.buffer_weight, steps=steps,
+            buffer_weight=acc.buffer_weight, steps=steps, loss_squares=squares,
         )  # fmt: skip
 
     def _start_buffers(self, global_buffers: np.ndarray | None, state: dict, policy: str = "") -> None:
@@ -240,14 +241,6 @@ class ClientWorker:
             new_state["buffers"] = buffers
         else:
             acc.add_buffers(buffers, num_samples)
-
-    def _bytes_up(self, sent: int, size: int) -> int:
-        """What a client uploads: its (processed) update, less what a personalized client
-        keeps when the update travels dense, plus SCAFFOLD's control-variate change."""
-        if self.plan.personal is not None and sent == 4 * size:
-            sent -= self.plan.personal.kept_bytes
-        averaged = self.buffer_size if self.plan.buffers == "average" else 0
-        return sent + (4 * size if self.plan.scaffold else 0) + 4 * averaged
 
     def _client_update(self, result: ClientResult, global_params, inputs: RoundInput, state: dict):
         """The update the client sends (after any attack), its L2 norm and the client's new
@@ -301,6 +294,28 @@ class ClientWorker:
                 total += len(shard) * scores
                 weight += len(shard)
             out.append((index, total, weight))
+        return out
+
+    def loss_groups(
+        self,
+        global_params: np.ndarray,
+        groups: list[tuple[int, np.ndarray]],
+        batch_size: int,
+        buffers: np.ndarray | None = None,
+    ) -> list[tuple[int, np.ndarray]]:
+        """Each client's mean loss of ``global_params`` on its own training rows (the local
+        loss power-of-choice selection ranks candidates by): per group, (index, (k,) float64
+        in client order; nan for a client without rows)."""
+        out = []
+        for index, client_ids in groups:
+            losses = np.full(len(client_ids), np.nan)
+            for i, cid in enumerate(int(c) for c in client_ids):
+                x, y, shard = self._client_data(cid)
+                if len(shard):
+                    self._start_buffers(buffers, {}, policy="average")
+                    loss_sum, _, count = self._evaluated(global_params, cid, x[shard], y[shard], batch_size)
+                    losses[i] = loss_sum / count
+            out.append((index, losses))
         return out
 
     def evaluate_groups(

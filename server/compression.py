@@ -26,6 +26,18 @@ COMPRESSION_METHODS = ("none", "topk", "qsgd8")  # what compress() sends
 LEVELS = 256
 
 
+def top_k_count(n: int, fraction: float) -> int:
+    """Entries top-k keeps of ``n``: max(1, ceil(fraction * n)), at most n."""
+    return min(n, max(1, math.ceil(fraction * n - 1e-9)))
+
+
+def sent_bytes(method: str, n: int, fraction: float) -> int:
+    """Bytes ``compress`` reports for an update of ``n`` entries sent by ``method``."""
+    if method == "topk":
+        return 8 * top_k_count(n, fraction)
+    return n + 8 if method == "qsgd8" else 4 * n
+
+
 def top_k(update: np.ndarray, fraction: float) -> tuple[np.ndarray, int, int]:
     """update (n,) -> (float32 (n,) with only the k largest-|x| entries kept, k, bytes = 8k).
 
@@ -36,7 +48,7 @@ def top_k(update: np.ndarray, fraction: float) -> tuple[np.ndarray, int, int]:
     if update.ndim != 1 or update.size == 0 or not 0 < fraction <= 1:
         raise ValueError(f"need update (n,), n >= 1 and 0 < fraction <= 1, got {update.shape}, {fraction}")
     n = update.size
-    k = min(n, max(1, math.ceil(fraction * n - 1e-9)))
+    k = top_k_count(n, fraction)
     keep = np.argsort(-np.abs(update), kind="stable")[:k]
     sparse = np.zeros(n, dtype=np.float32)
     sparse[keep] = update[keep]

@@ -16,7 +16,7 @@ import numpy as np
 
 from server.aggregation import AGGREGATORS, PartialSums
 from server.clipping import clip_update
-from server.compression import compress
+from server.compression import compress, sent_bytes
 from server.privacy import add_gaussian_noise, dp_mean
 from server.pruning import sparse_bytes
 
@@ -37,6 +37,14 @@ class UpdatePostprocessor:
     method: str = "none"  # compression: none, topk or qsgd8
     fraction: float = 0.01
     error_feedback: bool = True
+
+    def sent_bytes(self, size: int, mask: np.ndarray | None = None) -> int:
+        """Bytes ``process`` reports for any update of ``size`` entries under ``mask``: they
+        depend on its length and the mask, never on its values (a trip's time is planned
+        from them before anyone trains)."""
+        if self.method == "none" and mask is not None:
+            return min(4 * size, sparse_bytes(mask, mask))  # its size is the mask's alone
+        return sent_bytes(self.method, size, self.fraction)
 
     def process(
         self, update: np.ndarray, clip_norm: float | None, rng, residual, mask=None

@@ -165,6 +165,12 @@ class ServerState:
             "layer_density": layer_densities(self.mask, self.layout),
         }
 
+    def trip_bytes(self) -> int:
+        """Bytes one client's trip moves this round, the model down and its update up:
+        what a device trace's bandwidth times (the same counts as bytes_down / bytes_up)."""
+        up = self.plan.planned_upload_bytes(self.params.size, self.buffers.size, self.mask)
+        return self.bytes_down(1) + up
+
     def bytes_down(self, clients: int) -> int:
         per_client = self.params.nbytes
         if self.mask is not None:  # a sender picks the cheaper encoding
