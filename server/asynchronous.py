@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clients.streams import EVENT_KEY_SUFFIX, Stream
-from server.system import SystemModel, client_speeds
+from server.system import Devices, SystemModel, parametric_devices
 
 STALENESS_KINDS = ("constant", "polynomial", "hinge")
 ASYNC_RULES = ("fedbuff", "fedasync")  # the server step: buffered mean delta, or model mixing
@@ -102,7 +102,10 @@ class AsyncSchedule:
     """The event simulation; ``next_step()`` returns the plan of each server step in turn.
 
     ``work``: (num_clients,) samples each client processes in a trip; its simulated
-    duration is work / speed (``server.system.client_speeds``)."""
+    duration is work / speed on its device (``server.system.Devices``: the lognormal
+    model's speeds by default), plus, with a device trace's bandwidth, the ``trip_bytes``
+    it downloads and uploads. With an availability trace a client is dispatched only
+    while online, and one offline again when its trip ends is lost (it drops)."""
 
     def __init__(
         self,
@@ -114,12 +117,16 @@ class AsyncSchedule:
         work: np.ndarray,
         system: SystemModel,
         max_staleness: int | None = None,
+        devices: Devices | None = None,
+        trip_bytes: int = 0,
     ):
         if not 1 <= concurrency <= num_clients or buffer_size < 1:
             raise ValueError(f"need 1 <= concurrency <= {num_clients} and buffer_size >= 1")
         self.seed, self.num_clients = seed, num_clients
         self.concurrency, self.buffer_size = concurrency, buffer_size
         self.work, self.system, self.max_staleness = np.asarray(work, np.float64), system, max_staleness
+        self.devices = devices or parametric_devices(seed, num_clients, system)
+        self.trip_bytes = trip_bytes
         self.version, self.events, self.time = 0, 0, 0.0
         self.in_flight: dict[int, Trip] = {}  # client -> its trip
         self.queue: list[tuple[float, int, int, int]] = []  # (time, 0 finish / 1 dispatch, client, event)
@@ -182,7 +189,7 @@ class AsyncSchedule:
         if free <= 0:
             return
         self.events += 1
-        chosen = self._sample(self.events, free)
+        chosen = self._sample(self.events, free, time)
         for client in chosen:
             trip = self._trip(int(client), self.events, time)
             self.in_flight[trip.client] = trip
@@ -192,35 +199,48 @@ class AsyncSchedule:
             self._fruitless()
             self._push_dispatch(time + self._typical_duration())
 
-    def _sample(self, event: int, count: int) -> np.ndarray:
-        """Sorted ids of up to ``count`` idle (and online) clients, drawn uniformly from
-        (seed, event); with no client in flight, exactly ``sample_clients(seed, event, ...)``."""
+    def _sample(self, event: int, count: int, time: float) -> np.ndarray:
+        """Sorted ids of up to ``count`` idle (and online at ``time``) clients, drawn uniformly
+        from (seed, event); with no client in flight, exactly ``sample_clients(seed, event, ...)``."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, event, Stream.SAMPLING]))
         busy = np.fromiter(self.in_flight, np.int64, len(self.in_flight))
-        if self.system.availability >= 1:
+        if self.devices.availability is not None:
+            online = self.devices.online(np.arange(self.num_clients), time)
+        elif self.system.availability >= 1:
             # A uniform draw of count + busy distinct ids, in random order, holds at least
             # `count` idle ones; its first `count` idle ones are a uniform sample of them.
             drawn = rng.choice(self.num_clients, size=min(self.num_clients, count + len(busy)), replace=False)
             idle = drawn[~np.isin(drawn, busy)] if len(busy) else drawn
             return np.sort(idle[:count])
-        online = (
-            _event_rng(self.seed, event, -1, Stream.AVAILABLE).random(self.num_clients)
-            < self.system.availability
-        )
+        else:
+            online = (
+                _event_rng(self.seed, event, -1, Stream.AVAILABLE).random(self.num_clients)
+                < self.system.availability
+            )
         online[busy] = False
         candidates = np.flatnonzero(online)
         return np.sort(rng.choice(candidates, size=min(count, len(candidates)), replace=False))
 
     def _trip(self, client: int, event: int, start: float) -> Trip:
-        duration = float(self.work[client] / client_speeds(self.seed, np.array([client]), self.system)[0])
+        duration = float(self.work[client] / self.devices.speed[client])
+        link = self.devices.link_seconds(np.array([client]), self.trip_bytes)
+        if link is not None:
+            duration += float(link[0])
         outcome, dropout = "arrives", self.system.dropout
         if dropout > 0 and _event_rng(self.seed, event, client, Stream.SYSTEM_DROPOUT).random() < dropout:
             outcome = "drops"
         elif self.system.deadline is not None and duration > self.system.deadline:
             outcome, duration = "times_out", float(self.system.deadline)
+        elif (
+            self.devices.availability is not None
+            and not self.devices.online(np.array([client]), start + duration)[0]
+        ):
+            outcome = "drops"  # offline again before its update is in
         return Trip(client, event, self.version, start, start + duration, outcome)
 
     def _typical_duration(self) -> float:
+        if self.devices.traced:
+            return max(float(np.median(self.work / self.devices.speed)), 1e-9)
         return max(float(np.median(self.work)) / self.system.speed, 1e-9)
 
 

@@ -16,6 +16,15 @@ steps they finished by then), and of the rest the k fastest do. A share
 epochs, as FedProx's experiments (Section 5.2 and its reference code) have
 them; their partial work counts, or with ``drop_stragglers`` they are dropped.
 
+With device traces (``Devices``, server/traces.py) a client's speed and link come
+from its trace profile: a trip is download + compute + upload, compute its samples
+at 1000 / (backward_factor x ms per sample) samples a second, the transfers the
+bytes the round actually sends over its bandwidth; who is online is its
+availability windows at the round's start on the simulated clock, and a client
+offline again when its trip ends is lost (FedScale's rule). Who of the online
+clients is selected is the selection policy's call (``RoundContext.select``;
+uniform by default).
+
 All draws come from (seed, round, client, purpose) generators, so who takes
 part is decided before anyone trains, exactly and reproducibly; clients that
 would not count are not trained at all.
@@ -24,11 +33,18 @@ would not count are not trained at all.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clients.streams import Stream
+
+if TYPE_CHECKING:
+    from server.traces import AvailabilityTrace
+
+KILOBIT = 1000  # bits: trace bandwidths are kilobits a second
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,10 @@ class RoundPlan:
     # samples they process before the deadline cuts them (partial work).
     local_epochs: dict[int, int] = field(default_factory=dict)
     sample_budgets: dict[int, int] = field(default_factory=dict)
+    # Each selected client's whole trip in simulated seconds (aligned with ``selected``),
+    # and the clients online when the round started.
+    trip_seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    num_online: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +94,65 @@ class LocalWork:
     samples: np.ndarray
     epochs: int = 1
     batch_size: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Devices:
+    """Every client's device: ``speed`` (num_clients,) training samples per simulated
+    second; with a capacity trace its ``bandwidth_kbps`` (num_clients,) (None: transfers
+    take no time, the parametric model) and ``compute_ms`` (the trace's inference ms per
+    sample); with an availability trace, ``availability`` and each client's profile in
+    it, ``profiles`` (num_clients,) (None: client.system.availability's draw)."""
+
+    speed: np.ndarray
+    bandwidth_kbps: np.ndarray | None = None
+    compute_ms: np.ndarray | None = None
+    availability: AvailabilityTrace | None = None
+    profiles: np.ndarray | None = None
+    # (kind, path, sha256) of each trace file read: "capacity", "availability".
+    trace_files: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def traced(self) -> bool:
+        return self.bandwidth_kbps is not None or self.availability is not None
+
+    def link_seconds(self, clients: np.ndarray, link_bytes: int) -> np.ndarray | None:
+        """(k,) seconds each of ``clients`` takes to download and upload ``link_bytes``
+        (both ways together), or None when transfers take no time."""
+        if self.bandwidth_kbps is None:
+            return None
+        return link_bytes * 8 / KILOBIT / self.bandwidth_kbps[clients]
+
+    def online(self, clients: np.ndarray, t: float | np.ndarray) -> np.ndarray:
+        """(k,) bool: whether each of ``clients`` is online at simulated time ``t``
+        (a scalar, or (k,) one per client) by its availability trace."""
+        assert self.availability is not None and self.profiles is not None
+        return self.availability.online(self.profiles[clients], t)
+
+    def online_share(self) -> np.ndarray | None:
+        """(num_clients,) the share of its trace's period each client is online, or None."""
+        if self.availability is None or self.profiles is None:
+            return None
+        return self.availability.online_fraction(self.profiles)
+
+
+def parametric_devices(seed: int, num_clients: int, model: SystemModel) -> Devices:
+    """Devices of the lognormal model: client_speeds of every client (identical when
+    ``model.speed_sigma`` is 0, without a draw: exp(0 x z) is exactly 1)."""
+    if model.speed_sigma == 0:
+        return Devices(np.full(num_clients, model.speed * 1.0))
+    return Devices(client_speeds(seed, np.arange(num_clients, dtype=np.int64), model))
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What a round's plan takes beyond the seed and the round: the simulated time it starts
+    at, the bytes a client's trip moves (download + upload), and the selection policy,
+    ``select(online sorted ids, count) -> sorted ids`` (None: uniform)."""
+
+    now: float = 0.0
+    link_bytes: int = 0
+    select: Callable[[np.ndarray, int], np.ndarray] | None = None
 
 
 def local_work(sizes: np.ndarray, update_kind: str, epochs: int, batch_size: int, local_steps: int | None):
@@ -98,27 +177,42 @@ def client_speeds(seed: int, client_ids: np.ndarray, model: SystemModel) -> np.n
 
 
 def plan_round(
-    seed: int, round_: int, num_clients: int, per_round: int, work: LocalWork, model: SystemModel
+    seed: int,
+    round_: int,
+    num_clients: int,
+    per_round: int,
+    work: LocalWork,
+    model: SystemModel,
+    devices: Devices | None = None,
+    context: RoundContext = RoundContext(),
 ) -> RoundPlan:
     """Who of ``num_clients`` is selected and whose update counts among ``per_round``, each
-    doing ``work`` or, as a straggler or cut by the deadline, a share of it."""
-    online = np.flatnonzero(_draws(seed, round_, num_clients, Stream.AVAILABLE) < model.availability)
+    doing ``work`` or, as a straggler or cut by the deadline, a share of it, on ``devices``
+    (default: the lognormal model's) at ``context``'s time, bytes and selection."""
+    devices = devices or parametric_devices(seed, num_clients, model)
+    online = _online(seed, round_, num_clients, model, devices, context.now)
     wanted = min(len(online), math.ceil(per_round * (1 + model.over_selection) - 1e-9))  # 100 * 1.1 is 110
-    selected = uniform_sample(seed, round_, online, wanted)
+    select = context.select or (lambda candidates, count: uniform_sample(seed, round_, candidates, count))
+    selected = select(online, wanted)
     if not len(selected):
-        return RoundPlan(selected, selected, 0.0)
+        return RoundPlan(selected, selected, 0.0, num_online=len(online))
     # Stragglers are decided first: their smaller work is what their time is made of.
     epochs, samples = work.epochs, work.samples[selected]
     local_epochs = straggler_epochs(seed, round_, selected, model.stragglers, epochs)
     straggling = local_epochs < epochs
-    speeds = client_speeds(seed, selected, model)
+    speeds = devices.speed[selected]
+    link = devices.link_seconds(selected, context.link_bytes)
     times = samples * (local_epochs / epochs) / speeds
+    if link is not None:
+        times = times + link
     dropped = _draws(seed, round_, num_clients, Stream.SYSTEM_DROPOUT)[selected] < model.dropout
     if model.drop_stragglers:
         dropped |= straggling
-    first_batch = np.minimum(work.batch_size, samples / epochs)
-    counted, budgets = _reporting(times, speeds, dropped, first_batch, model)
     ends = times if model.deadline is None else np.minimum(times, model.deadline)  # cut ones report then
+    if devices.availability is not None:  # offline again by the end of its trip: lost
+        dropped |= ~devices.online(selected, context.now + ends)
+    first_batch = np.minimum(work.batch_size, samples / epochs)
+    counted, budgets = _reporting(times, speeds, link, dropped, first_batch, model)
     finishers = np.sort(selected[counted][np.lexsort((selected[counted], ends[counted]))][:per_round])
     waited = ~(straggling & model.drop_stragglers)  # dropped stragglers are not waited for
     finished = np.isin(selected, finishers)
@@ -128,7 +222,16 @@ def plan_round(
         stragglers=selected[straggling],
         local_epochs=_by_client(selected[short], local_epochs[short]),
         sample_budgets=_by_client(selected[finished & (budgets > 0)], budgets[finished & (budgets > 0)]),
+        trip_seconds=times, num_online=len(online),
     )  # fmt: skip
+
+
+def _online(seed: int, round_: int, num_clients: int, model: SystemModel, devices: Devices, now: float):
+    """Sorted ids of the clients online at the round's start: by their availability trace
+    at ``now``, or each with probability ``model.availability``."""
+    if devices.availability is not None:
+        return np.flatnonzero(devices.online(np.arange(num_clients), now))
+    return np.flatnonzero(_draws(seed, round_, num_clients, Stream.AVAILABLE) < model.availability)
 
 
 def _by_client(ids: np.ndarray, values: np.ndarray) -> dict[int, int]:
@@ -157,16 +260,20 @@ def active_count(selected: int, share: float) -> int:
     return round(selected * (1 - share))
 
 
-def _reporting(times, speeds, dropped, first_batch, model: SystemModel) -> tuple[np.ndarray, np.ndarray]:
+def _reporting(
+    times, speeds, link, dropped, first_batch, model: SystemModel
+) -> tuple[np.ndarray, np.ndarray]:
     """Which selected clients report (bool mask), and the samples (int64, 0 for none) each
-    client past the deadline processed by then, when partial work keeps its steps; a client
-    whose budget does not reach its first batch finished no step and does not report."""
+    client past the deadline processed by then, when partial work keeps its steps (its
+    transfers, ``link`` seconds or None, come out of its time); a client whose budget does
+    not reach its first batch finished no step and does not report."""
     if model.deadline is None:
         return ~dropped, np.zeros(len(times), np.int64)
     late = times > model.deadline
     if not model.partial_work:
         return ~dropped & ~late, np.zeros(len(times), np.int64)
-    budgets = np.floor(np.where(late, model.deadline * speeds, 0.0)).astype(np.int64)
+    computing = model.deadline if link is None else np.maximum(model.deadline - link, 0.0)
+    budgets = np.floor(np.where(late, computing * speeds, 0.0)).astype(np.int64)
     partial = ~dropped & late & (budgets >= first_batch)
     return ~dropped & (~late | partial), np.where(partial, budgets, 0)
 

@@ -52,9 +52,11 @@ from server.optimizers import SERVER_OPTIMIZERS
 from server.pipeline import Aggregation, UpdatePostprocessor
 from server.privacy import PrivacyAccountant
 from server.pruning import PruningSchedule
-from server.sampling import ClientSampler
+from server.sampling import ClientSampler, Selection
+from server.selection import OortSelector, OortSettings
 from server.state import ServerParts, ServerState
-from server.system import LocalWork, SystemModel, local_work
+from server.system import Devices, LocalWork, SystemModel, local_work, parametric_devices
+from server.traces import assign_profiles, read_availability, read_capacity
 from simulator.config.rules.model import model_task, refuse_under_regression
 from simulator.config.rules.personalization import module_personal_entries, personal_layer_names
 from simulator.config.schema import (
@@ -527,23 +529,74 @@ def _mixing_step(s: ServerConfig) -> dict[str, float]:
     return {"lr": s.async_.mixing} if s.mode == "async" and s.async_.rule == "fedasync" else {}
 
 
-def build_sampler(cfg: Config, work: np.ndarray) -> ClientSampler:
+def build_sampler(cfg: Config, work: np.ndarray, sizes: np.ndarray, server: ServerState) -> ClientSampler:
     """Who takes part in each round; the system model sees each client's local ``work``
-    (and times every round on the simulated clock, heterogeneous or not)."""
+    on its device (and times every round on the simulated clock, heterogeneous or not);
+    the selection policy sees each client's training samples ``sizes`` and ``server``'s
+    bytes a trip moves."""
     s, n = cfg.server, cfg.data.num_clients
+    system = from_section(SystemModel, cfg.client.system)
+    devices = build_devices(cfg, system)
     return ClientSampler(
         seed=cfg.seed,
         num_clients=n,
         per_round=sampled_per_round(s, n),
         poisson=s.privacy.noise_multiplier > 0 and s.privacy.sampling == "poisson",
-        system=from_section(SystemModel, cfg.client.system),
+        system=system,
         work=LocalWork(work, cfg.client.epochs, cfg.client.batch_size),
+        devices=devices,
+        selection=build_selection(cfg, sizes, _trip_seconds(devices, server.trip_bytes(), work)),
     )
 
 
-def build_async(cfg: Config, work: np.ndarray, system: SystemModel) -> AsyncRounds | None:
+def _trip_seconds(devices: Devices, trip_bytes: int, work: np.ndarray) -> np.ndarray:
+    """Each client's whole trip in simulated seconds, its full ``work`` (num_clients,)."""
+    compute = work / devices.speed
+    link = devices.link_seconds(np.arange(len(work)), trip_bytes)
+    return compute if link is None else compute + link
+
+
+def build_devices(cfg: Config, system: SystemModel) -> Devices:
+    """Every client's device: from client.system.trace's files where given (each client
+    mapped to a profile by trace.mapping), else the lognormal model's speeds."""
+    t, n = cfg.client.system.trace, cfg.data.num_clients
+    devices = parametric_devices(cfg.seed, n, system)
+    if t.capacity is not None:
+        capacity = read_capacity(Path(t.capacity).expanduser())
+        profiles = assign_profiles(n, len(capacity.ids), t.mapping, cfg.seed)
+        compute_ms = capacity.compute_ms[profiles]
+        devices = Devices(
+            1000.0 / (t.backward_factor * compute_ms), capacity.bandwidth_kbps[profiles], compute_ms,
+            trace_files=(("capacity", t.capacity, capacity.sha256),),
+        )  # fmt: skip
+    if t.availability is not None:
+        availability = read_availability(Path(t.availability).expanduser())
+        profiles = assign_profiles(n, len(availability.ids), t.mapping, cfg.seed)
+        files = (*devices.trace_files, ("availability", t.availability, availability.sha256))
+        devices = dataclasses.replace(
+            devices, availability=availability, profiles=profiles, trace_files=files
+        )
+    return devices
+
+
+def build_selection(cfg: Config, sizes: np.ndarray, trip_seconds: np.ndarray) -> Selection | None:
+    """server.selection's policy (None: uniform); Oort registers each client with its
+    ``sizes`` (training samples) and expected ``trip_seconds``, as FedScale registers them."""
+    s = cfg.server
+    if s.selection == "uniform":
+        return None
+    sizes = np.asarray(sizes, np.float64)
+    if s.selection == "power_of_choice":
+        return Selection(cfg.seed, sizes, None, s.power_of_choice.candidates)
+    settings = from_section(OortSettings, s.oort)
+    return Selection(cfg.seed, sizes, OortSelector(len(sizes), settings, cfg.seed, sizes, trip_seconds))
+
+
+def build_async(
+    cfg: Config, work: np.ndarray, system: SystemModel, devices: Devices | None, trip_bytes: int
+) -> AsyncRounds | None:
     """The asynchronous server's schedule and staleness weighting (server.mode: async),
-    on the sampler's ``system`` model."""
+    on the sampler's ``system`` model and ``devices``, each trip moving ``trip_bytes``."""
     s, n = cfg.server, cfg.data.num_clients
     if s.mode != "async":
         return None
@@ -551,7 +604,7 @@ def build_async(cfg: Config, work: np.ndarray, system: SystemModel) -> AsyncRoun
     a = s.async_
     schedule = AsyncSchedule(
         seed=cfg.seed, num_clients=n, concurrency=concurrency, buffer_size=buffer_size, work=work,
-        system=system, max_staleness=a.max_staleness,
+        system=system, max_staleness=a.max_staleness, devices=devices, trip_bytes=trip_bytes,
     )  # fmt: skip
     weight = StalenessWeight(a.staleness, a.staleness_a, a.staleness_b)
     mixing = a.mixing if a.rule == "fedasync" else None
@@ -604,7 +657,7 @@ def build_run(cfg: Config) -> RunSetup:
     sizes = _sizes(shards, population, cfg.data.num_clients)
     training = server.plan.training
     work = from_section(local_work, training, sizes=sizes, update_kind=cfg.server.update)
-    sampler = build_sampler(cfg, work)
+    sampler = build_sampler(cfg, work, sizes, server)
     eval_shards = None if splits.held_out is None else ClientShards.pack(splits.held_out)
     system = sampler.system
     assert system is not None  # build_sampler gives every sampler a system model
@@ -615,5 +668,5 @@ def build_run(cfg: Config) -> RunSetup:
         # A client costs about a batch beyond its samples: the model copy, its update's norm and sum.
         client_work=work + training.batch_size,
         reduction_groups=cfg.runtime.reduction_groups,
-        async_rounds=build_async(cfg, work, system),
+        async_rounds=build_async(cfg, work, system, sampler.devices, server.trip_bytes()),
     )  # fmt: skip

@@ -179,6 +179,32 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TraceConfig:
+    capacity: str | None = _field(
+        None,
+        "device capacity trace (each device's compute ms per sample and bandwidth): FedScale's "
+        "client_device_capacity pickle (read without running code) or fedsim's JSON lines "
+        "(docs/traces.md); replaces client.system.speed and speed_sigma; null = none",
+    )
+    availability: str | None = _field(
+        None,
+        "device availability trace (online windows, periodic): FedScale's client_behave_trace pickle "
+        "or fedsim's JSON lines; replaces client.system.availability; null = none",
+    )
+    mapping: str = _field(
+        "seeded",
+        "which trace profile each client gets: seeded (a permutation drawn from the seed; client n "
+        "takes perm[n mod count]) or fedscale (client n takes profile (n + 1) mod count, FedScale's rule)",
+        ("seeded", "fedscale"),
+    )
+    backward_factor: float = _field(
+        3.0,
+        "a training sample costs this many times the trace's inference ms per sample (forward + "
+        "backward; FedScale uses 3)",
+    )
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     speed: float = _field(1000.0, "median client speed, samples per simulated second")
     speed_sigma: float = _field(0.0, "lognormal spread of client speeds (0 = all equal)")
@@ -200,6 +226,11 @@ class SystemConfig:
         False,
         "with a deadline: a client that would finish late sends the local steps it finished by the "
         "deadline instead of being cut",
+    )
+    trace: TraceConfig = _field(
+        TraceConfig(),
+        "device traces: compute speed, bandwidth and availability of measured devices; a trip is "
+        "download + compute + upload of the bytes actually sent (docs/traces.md)",
     )
 
 
@@ -360,6 +391,52 @@ class AsyncConfig:
 
 
 @dataclass(frozen=True)
+class OortConfig:
+    exploration: float = _field(
+        0.9, "oort: initial share of each round's clients explored (exploration_factor)"
+    )
+    exploration_decay: float = _field(0.98, "oort: the exploration share is multiplied by this each round")
+    exploration_min: float = _field(0.3, "oort: the exploration share never decays below this")
+    alpha: float = _field(
+        2.0, "oort: system penalty exponent: utility x (T / duration)^alpha above the preferred duration T"
+    )
+    pacer_step: int = _field(
+        20, "oort: rounds between the pacer's checks of exploited utility", at_most=10**9
+    )
+    pacer_delta: float = _field(
+        5.0, "oort: the pacer relaxes T's duration percentile by this many points when utility stalls"
+    )
+    cutoff_utility: float = _field(
+        0.05,
+        "oort: exploitation samples from the clients scoring at least (1 - this) x the (k+1)-th best "
+        "score (the paper's 95%)",
+    )
+    sample_window: float = _field(
+        5.0, "oort: unexplored clients considered for exploration: this many times the exploration slots"
+    )
+    round_threshold: float = _field(
+        30.0, "oort: the preferred duration T is this percentile of the clients' known trip times"
+    )
+    clip_bound: float = _field(0.9, "oort: statistical utilities are clipped at this quantile of them")
+    blacklist_rounds: int = _field(
+        -1,
+        "oort: a client that reported more than this many times is no longer selected; -1 = never",
+        at_most=10**9,
+    )
+    blacklist_max_share: float = _field(0.3, "oort: at most this share of the clients is blacklisted")
+
+
+@dataclass(frozen=True)
+class PowerOfChoiceConfig:
+    candidates: int | None = _field(
+        None,
+        "power_of_choice: d, the candidates drawn (by data size) whose local loss is measured; null = "
+        "twice the clients selected",
+        at_most=10**7,
+    )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     mode: str = _field(
         "sync",
@@ -433,6 +510,17 @@ class ServerConfig:
     )
     async_: AsyncConfig = _field(
         AsyncConfig(), "asynchronous aggregation (server.mode: async)", yaml_key="async"
+    )
+    selection: str = _field(
+        "uniform",
+        "who of the online clients is selected: uniform (FedAvg), oort (Lai et al. 2021: statistical "
+        "utility and system speed, server.oort) or power_of_choice (Cho et al. 2022: the highest local "
+        "loss of d candidates, server.power_of_choice); sync rounds",
+        ("uniform", "oort", "power_of_choice"),
+    )
+    oort: OortConfig = _field(OortConfig(), "Oort's settings (server.selection: oort)")
+    power_of_choice: PowerOfChoiceConfig = _field(
+        PowerOfChoiceConfig(), "power-of-choice's settings (server.selection: power_of_choice)"
     )
 
 

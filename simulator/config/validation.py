@@ -23,6 +23,7 @@ from simulator.config.rules import (
     pruning,
     run,
     runtime,
+    selection,
     server,
     work,
 )
@@ -37,6 +38,7 @@ RULES: tuple[Callable[[Config], None], ...] = (
     federated_eval.check_sampling,
     server.check_eval_batch_size,
     asynchronous.check_values,
+    selection.check_values,
     federated_eval.check_finetune,
     client.check_local_steps,
     server.check_optimizer_and_aggregator,
@@ -48,6 +50,7 @@ RULES: tuple[Callable[[Config], None], ...] = (
     server.check_combinations,
     privacy.check_combinations,
     asynchronous.check_combinations,
+    selection.check_combinations,
     personalization.check_personalization,
     model.check_batch_norm_batches,
     runtime.check_runtime,

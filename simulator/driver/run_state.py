@@ -16,6 +16,7 @@ import ray
 from clients.errors import ConfigError, FedsimError
 from clients.models.engines import build_model
 from clients.protocol import WorkerRun
+from server.system import SystemModel
 from simulator.config.build import build_run, build_server_state
 from simulator.config.loading import dump_yaml, inert_reset
 from simulator.config.schema import Config
@@ -23,6 +24,7 @@ from simulator.config.yaml_input import show
 from simulator.driver.federated_eval import FederatedEvalPlan
 from simulator.driver.workers import WorkerShape
 from simulator.rundir.checkpoints import Checkpoint, intact_checkpoints, save_checkpoint, save_model
+from simulator.rundir.devices import check_same_traces, write_devices
 from simulator.rundir.directory import RunLock, create_run_dir, read_run_id
 from simulator.rundir.files import atomic_write_text, write_json
 from simulator.rundir.metrics import ClientEvalLog, MetricsLog
@@ -119,6 +121,8 @@ class RunState:
             self.run_id = create_run_dir(self.run_dir)
             self.lock.acquire()
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
+            if self.sampler.planned and self.sampler.devices is not None:
+                write_devices(self.run_dir, self.sampler.devices, self.sampler.system or SystemModel())
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
             self.checkpoint()  # round 0: resumable even if stopped before its first round
         self.client_evals = ClientEvalLog(self.run_dir / "clients.jsonl", self.completed_round)
@@ -157,11 +161,15 @@ class RunState:
         if disagreed:
             self.metrics.cut_after(ckpt.round, f"a checkpoint after round {ckpt.round} disagrees with them")
         self._check_checkpoint(ckpt)
+        if self.sampler.devices is not None:
+            check_same_traces(self.run_dir, self.sampler.devices)
         self.metrics.settle()  # only now that the run can go on is anything in the log changed
         self.server.params = ckpt.params.astype(np.float32)
         self.server.load_arrays(ckpt.server_state)
         if self.async_rounds is not None:
             self.async_rounds.restore(ckpt.round, ckpt.server_state)
+        if self.sampler.selection is not None:
+            self.sampler.selection.load_arrays(ckpt.server_state)
         self.completed_round, self.next_round = ckpt.round, ckpt.round + 1
         atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.cfg))
 
@@ -219,6 +227,8 @@ class RunState:
         arrays = self.server.arrays()
         if self.async_rounds is not None:  # updates still in flight
             arrays.update(self.async_rounds.arrays())
+        if self.sampler.selection is not None:  # what the policy has learnt of the clients
+            arrays.update(self.sampler.selection.arrays())
         identity = {"metrics_sha256": self.metrics.prefix_digest(self.completed_round)}
         if self.run_id is not None:
             identity["run_id"] = self.run_id

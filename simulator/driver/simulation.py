@@ -34,7 +34,7 @@ from server.async_buffer import AsyncRounds
 from server.evaluation import EvalResult, evaluate
 from server.pruning import magnitude_scores, random_scores
 from server.sampling import reduction_groups
-from server.system import RoundPlan
+from server.system import RoundContext, RoundPlan
 from simulator.config.loading import (
     Overrides,
     apply_overrides,
@@ -245,10 +245,14 @@ class Simulation:
         if state.async_rounds is not None:
             return self._async_step(state, state.async_rounds, pool, round_, progress)
         start = time.perf_counter()
-        sampled, system_metrics, plan = self._sample(state, round_)
+        sampled, system_metrics, plan = self._sample(state, pool, round_)
         groups = reduction_groups(sampled, state.reduction_groups)
         heard = _clients_trained(progress, round_, groups)
         results = self._train(state, pool, round_, groups, None, heard, plan)
+        selection = state.sampler.selection
+        if selection is not None and plan is not None:
+            selection.learn(round_, plan, results)
+            system_metrics.update(selection.metrics())
         # The model as broadcast this round, to every selected client (stragglers too).
         server = state.server
         bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
@@ -330,11 +334,22 @@ class Simulation:
         row["seconds"] = time.perf_counter() - start
         return row
 
-    def _sample(self, state: RunState, round_: int) -> tuple[np.ndarray, dict[str, Any], RoundPlan | None]:
+    def _sample(
+        self, state: RunState, pool: WorkerPool, round_: int
+    ) -> tuple[np.ndarray, dict[str, Any], RoundPlan | None]:
         """This round's participants, what the system model measured, and its plan (if any)."""
-        participants, plan = state.sampler.sample(round_)
+        sampler = state.sampler
+        selection = sampler.selection
+        context = RoundContext(
+            now=state.simulated_elapsed,
+            link_bytes=state.server.trip_bytes(),
+            select=None if selection is None else selection.chooser(
+                round_, lambda clients: _local_losses(state, pool, clients)
+            ),
+        )  # fmt: skip
+        participants, plan = sampler.sample(round_, context)
         if plan is None:
-            seconds = state.sampler.simulated_seconds(participants)
+            seconds = sampler.simulated_seconds(participants)
             state.simulated_elapsed += seconds
             timed = {"simulated_seconds": seconds, "simulated_elapsed": state.simulated_elapsed}
             return participants, timed, None
@@ -344,12 +359,17 @@ class Simulation:
             "simulated_seconds": plan.simulated_seconds,
             "simulated_elapsed": state.simulated_elapsed,
         }
-        system = state.sampler.system
+        system = sampler.system
         assert system is not None  # a plan comes from the system model
         if system.stragglers:
             measured["stragglers"] = len(plan.stragglers)
         if system.partial_work:
             measured["partial_clients"] = len(plan.sample_budgets)
+        devices = sampler.devices
+        if system.availability < 1 or (devices is not None and devices.availability is not None):
+            measured["num_online"] = plan.num_online
+        if selection is not None or (devices is not None and devices.traced):
+            measured["selected"] = plan.selected.tolist()
         return participants, measured, plan
 
     def _warn_once(self, messages: tuple[str, ...]) -> None:
@@ -489,6 +509,15 @@ def _every_answer(refs: list[ray.ObjectRef]) -> list[Any]:
     if first_error is not None:
         raise first_error
     return answers
+
+
+def _local_losses(state: RunState, pool: WorkerPool, clients: np.ndarray) -> np.ndarray:
+    """Each of ``clients``' (sorted ids) mean loss of the current model on its own training
+    rows (power-of-choice's ranking), (k,) float64 in their order."""
+    buffers = state.server.buffers if state.server.buffers.size else None
+    call = GroupCall("loss_groups", (state.schedule.eval_batch_size, buffers), state.client_work)
+    parts = map_groups(pool, state.params, clients, state.reduction_groups, call)
+    return np.concatenate([losses for _, losses in parts]) if parts else np.zeros(0)
 
 
 def federated_scores(
