@@ -9,7 +9,14 @@ import math
 
 from clients.errors import ConfigError
 from simulator.config.rules import refuse, require
-from simulator.config.schema import Config, OortConfig, PowerOfChoiceConfig, yaml_key
+from simulator.config.schema import (
+    Config,
+    OortConfig,
+    PowerOfChoiceConfig,
+    SystemConfig,
+    TraceConfig,
+    yaml_key,
+)
 from simulator.config.yaml_input import show
 
 # A section that acts only under one server.selection policy.
@@ -54,6 +61,7 @@ def _check_oort(o: OortConfig) -> None:
 
 
 def check_combinations(cfg: Config) -> None:
+    _check_trace(cfg.client.system)
     s = cfg.server
     for section, settings in POLICY_SECTIONS:
         if s.selection == section:
@@ -77,3 +85,29 @@ def check_combinations(cfg: Config) -> None:
             "server.selection", s.selection,
             "DP accounting assumes uniform (or Poisson) sampling of clients; use server.selection: uniform",
         )  # fmt: skip
+
+
+def _check_trace(y: SystemConfig) -> None:
+    """A trace replaces the parametric settings it measures; its settings need a trace."""
+    t = y.trace
+    if t.capacity is not None:
+        for key in ("speed", "speed_sigma"):
+            if getattr(y, key) != getattr(SystemConfig, key):
+                refuse(
+                    f"client.system.{key}", getattr(y, key),
+                    "client.system.trace.capacity gives each client its speed (leave speed, speed_sigma out)",
+                )  # fmt: skip
+    elif t.backward_factor != TraceConfig.backward_factor:
+        refuse(
+            "client.system.trace.backward_factor", t.backward_factor,
+            "it scales a capacity trace's compute times; set client.system.trace.capacity",
+        )  # fmt: skip
+    if t.availability is not None and y.availability != SystemConfig.availability:
+        refuse(
+            "client.system.availability", y.availability,
+            "client.system.trace.availability says when each client is online (leave availability out)",
+        )  # fmt: skip
+    if t.capacity is None and t.availability is None and t.mapping != TraceConfig.mapping:
+        refuse(
+            "client.system.trace.mapping", t.mapping, "it maps trace profiles to clients; set a trace file"
+        )
