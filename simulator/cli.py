@@ -22,6 +22,8 @@ from typing import Any
 from clients.errors import FedsimError, RunDiverged
 from server.pruning import PRUNING_SCORES, SCOPES
 from simulator.config.yaml_input import one_line, show
+from simulator.traces_cmd import arguments as traces_arguments
+from simulator.traces_cmd import cmd_traces
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3  # nothing finite learned, or the loss exploded (server.stop_after_* rules)
@@ -347,6 +349,10 @@ COMMANDS = {
         _arg("--model", help="check only this built-in model (default: every layer and model)"),
         _arg("--engine", choices=("numpy", "torch"), default="numpy", help="engine whose gradients to check"),
     )),
+    "traces": Command(
+        "device traces: make synthetic ones (make OUT_DIR), summarise files (describe FILE [FILE])",
+        cmd_traces, traces_arguments(_arg),
+    ),
 }  # fmt: skip
 
 
