@@ -589,7 +589,6 @@ def describe_files(paths: list[Path], out_png: Path | None) -> str:
 
 @dataclass(frozen=True)
 class _Summary:
-    kind: str
     table: str
     series: dict[str, np.ndarray]  # what the charts draw
 
@@ -605,9 +604,7 @@ def _summary(path: Path) -> _Summary:
         table += [
             f"{name:<20}" + "".join(f"{v:>12.4g}" for v in np.percentile(x, QUANTILES)) for name, x in rows
         ]
-        return _Summary(
-            "capacity", "\n".join(table), {"compute": trace.compute_ms, "bandwidth": trace.bandwidth_kbps}
-        )
+        return _Summary("\n".join(table), {"compute": trace.compute_ms, "bandwidth": trace.bandwidth_kbps})
     trace = _availability(loaded)
     share = trace.online_fraction(np.arange(len(trace.ids)))
     by_hour = online_by_hour(trace)
@@ -622,7 +619,7 @@ def _summary(path: Path) -> _Summary:
         "hour   " + "".join(f"{h:>6}" for h in range(HOURS // 2, HOURS)),
         "online " + "".join(f"{v:>6.3f}" for v in by_hour[HOURS // 2 :]),
     ]
-    return _Summary("availability", "\n".join(table), {"share": share, "by_hour": by_hour})
+    return _Summary("\n".join(table), {"share": share, "by_hour": by_hour})
 
 
 def online_by_hour(trace: AvailabilityTrace) -> np.ndarray:
