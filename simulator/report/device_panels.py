@@ -250,13 +250,19 @@ participation_by_availability = functools.partial(
 )
 
 
-def selection_counts(run: RunRecord) -> np.ndarray | None:
-    """(N,) how many rounds selected each client (never-selected clients 0); None unless
-    the run logged "selected"."""
+def selection_counts(run: RunRecord) -> tuple[np.ndarray, str] | None:
+    """((N,) picks of each client over the rounds, never-picked clients 0; which picks) for
+    a run with devices: its selections ("selected"), or where it logged none (uniform
+    selection on parametric devices, where every selected client trains unless a deadline,
+    dropout or over-selection cuts it) its counted participations ("clients"); else None."""
     record = device_record(run)
-    if record is None or "selected" not in record.picks:
+    if record is None or not os.path.lexists(run.run_dir / DEVICES_FILE):
         return None
-    return np.bincount(np.concatenate(record.picks["selected"]), minlength=record.population)
+    key = next((key for key, _, _ in PICKS if key in record.picks), None)
+    if key is None:
+        return None
+    counts = np.bincount(np.concatenate(record.picks[key]), minlength=record.population)
+    return counts, key
 
 
 def jain_index(counts: np.ndarray) -> float:
@@ -273,19 +279,21 @@ def _lorenz(ax: Axes, counts: np.ndarray, colour: str, label: str) -> None:
 
 
 def selection_fairness(runs: list[RunRecord], labels: list[str]) -> Figure | None:
-    """Lorenz curve per run of selections per client, Jain's index in the legend."""
-    counted = [(selection_counts(run), label) for run, label in zip(runs, labels, strict=True)]
-    tracked = [(counts, label) for counts, label in counted if counts is not None and counts.sum() > 0]
+    """Lorenz curve per run of selections (or counted participations) per client, Jain's
+    index in the legend."""
+    picked = [(selection_counts(run), label) for run, label in zip(runs, labels, strict=True)]
+    tracked = [(found, label) for found, label in picked if found is not None and found[0].sum() > 0]
     if not tracked:
         return None
     fig, ax = new_axes()
     ax.plot([0, 100], [0, 100], color="grey", linewidth=1, linestyle=":", label="every client equally often")
-    for i, (counts, label) in enumerate(tracked):
-        spread = f"Jain {jain_index(counts):.3f}, {counts.min()}–{counts.max()} per client"
+    for i, ((counts, key), label) in enumerate(tracked):
+        what = "selections" if key == "selected" else "participations"
+        spread = f"Jain {jain_index(counts):.3f}, {counts.min()}–{counts.max()} {what} per client"
         _lorenz(ax, counts, run_colour(i, len(tracked)), f"{label}: {spread}")
     title = "Fairness of selection: Lorenz curve of selections per client"
-    xlabel = "Clients, least selected first (%)"
-    finish_axes(ax, title, xlabel, "Share of all selections (%)")
+    xlabel = "Clients, least picked first (%)"
+    finish_axes(ax, title, xlabel, "Share of the run's picks (%)")
     return fig
 
 
