@@ -598,13 +598,15 @@ def _summary(path: Path) -> _Summary:
     devices = f"{len(loaded.records):,} devices ({FORMAT_NAMES[loaded.fmt]})"
     head = f"{loaded.kind} trace {path}: {devices}, sha256 {loaded.sha256[:16]}"
     if loaded.kind == "capacity":
-        trace = _capacity(loaded)
-        rows = [("compute ms/sample", trace.compute_ms), ("bandwidth kbps", trace.bandwidth_kbps)]
+        capacity = _capacity(loaded)
+        rows = [("compute ms/sample", capacity.compute_ms), ("bandwidth kbps", capacity.bandwidth_kbps)]
         table = [head, f"{'':<20}" + "".join(f"{f'{q}%':>12}" for q in QUANTILES)]
         table += [
             f"{name:<20}" + "".join(f"{v:>12.4g}" for v in np.percentile(x, QUANTILES)) for name, x in rows
         ]
-        return _Summary("\n".join(table), {"compute": trace.compute_ms, "bandwidth": trace.bandwidth_kbps})
+        return _Summary(
+            "\n".join(table), {"compute": capacity.compute_ms, "bandwidth": capacity.bandwidth_kbps}
+        )
     trace = _availability(loaded)
     share = trace.online_fraction(np.arange(len(trace.ids)))
     by_hour = online_by_hour(trace)
