@@ -39,7 +39,6 @@ client:
 server: {{clients_per_round: 5, selection: {selection}}}
 runtime: {{workers: 1, cpus_per_worker: 0.5}}
 """
-DEVICES = "{speed_sigma: 1.0, availability: 0.7}"
 DEVICE_PANELS = {
     "panel-participation-by-speed",
     "panel-participation-by-availability",
@@ -58,23 +57,24 @@ def _run(root: Path, name: str, seed: int, rounds: int, system: str, selection: 
 
 @pytest.fixture(scope="module")
 def runs(ray_cluster, tmp_path_factory) -> dict[str, Path]:
-    """Two 3-round runs with lognormal speeds and availability 0.7: uniform selection (seed
-    0; its rows log only whose updates counted) and power-of-choice (seed 1; its rows log
-    whom it selected too); and a 1-round run without a system model."""
+    """3-round runs: uniform selection on lognormal speeds with availability 0.7 (its rows
+    log only whose updates counted), and power-of-choice on synthetic capacity and
+    availability traces from `fedsim traces make` (its rows log whom it selected too; its
+    clients' online shares differ); and a 1-round run without devices."""
     root = tmp_path_factory.mktemp("device_runs")
+    traces = root / "traces"
+    assert (
+        main(["traces", "make", str(traces), "--devices", "40", "--period", "10", "--online-mean", "0.6"])
+        == 0
+    )
+    traced = (
+        f"{{trace: {{capacity: {traces / 'capacity.jsonl'}, availability: {traces / 'availability.jsonl'}}}}}"
+    )
     return {
-        "uniform": _run(root, "uniform", 0, 3, DEVICES),
-        "power": _run(root, "power", 1, 3, DEVICES, "power_of_choice"),
+        "uniform": _run(root, "uniform", 0, 3, "{speed_sigma: 1.0, availability: 0.7}"),
+        "power": _run(root, "power", 1, 3, traced, "power_of_choice"),
         "plain": _run(root, "plain", 0, 1, "{}"),
     }
-
-
-def _with_devices(run_dir: Path, dest: Path, **fields) -> Path:
-    """A copy of ``run_dir`` whose devices.json has ``fields`` replaced."""
-    shutil.copytree(run_dir, dest)
-    devices = json.loads((dest / "devices.json").read_text())
-    (dest / "devices.json").write_text(json.dumps(devices | fields))
-    return dest
 
 
 def _report(capsys, caplog, *args) -> tuple[str, list[logging.LogRecord]]:
@@ -108,15 +108,9 @@ def _speed_deciles(devices: dict) -> dict[int, int]:
 
 
 def test_runs_with_devices_get_the_device_panels(runs, tmp_path, capsys, caplog):
-    """Uniform, power-of-choice and a copy of the uniform run whose clients' online shares
-    vary (as an availability trace gives)."""
-    shares = [round(0.05 + 0.9 * c / (NUM_CLIENTS - 1), 6) for c in range(NUM_CLIENTS)]
-    varied = _with_devices(runs["uniform"], tmp_path / "varied", online_share=shares)
     out = tmp_path / "report"
 
-    page, warnings = _report(
-        capsys, caplog, runs["uniform"], runs["power"], varied, "--out", out, "--target", "0.3"
-    )
+    page, warnings = _report(capsys, caplog, runs["uniform"], runs["power"], "--out", out, "--target", "0.3")
 
     assert warnings == []
     assert _sections(page) >= DEVICE_PANELS
@@ -130,23 +124,23 @@ def test_runs_with_devices_get_the_device_panels(runs, tmp_path, capsys, caplog)
     assert "Simulated time to 30.00%" in page  # --target's column, from simulated_elapsed
 
 
-def test_speed_deciles_and_availability_bins_equal_a_hand_count(runs, tmp_path):
-    run_dir = runs["power"]
-    rates = speed_decile_rates(load_run(run_dir))
+def _availability_bins(devices: dict) -> dict[int, int]:
+    return {c: min(int(5 * share), 4) for c, share in enumerate(devices["online_share"])}
 
-    assert set(rates) == {"selected", "clients"}
+
+def test_speed_deciles_and_availability_bins_equal_a_hand_count(runs):
+    power = load_run(runs["power"])
+    by_speed, by_share = speed_decile_rates(power), availability_rates(power)
+
+    assert set(by_speed) == set(by_share) == {"selected", "clients"}
     for key in ("selected", "clients"):
         # The same ratios, divided in another order: equal to float rounding.
-        np.testing.assert_allclose(rates[key], _hand_rates(run_dir, key, _speed_deciles), rtol=1e-12)
-    assert not availability_rates(load_run(run_dir))  # everyone online 70% of the time: no bins
-
-    shares = [0.1, 0.3, 0.5, 0.7, 1.0] * (NUM_CLIENTS // 5)
-    varied = _with_devices(run_dir, tmp_path / "varied", online_share=shares)
-    by_share = availability_rates(load_run(varied))
-    hand = _hand_rates(
-        varied, "selected", lambda d: {c: int(5 * s) if s < 1 else 4 for c, s in enumerate(shares)}
-    )
-    np.testing.assert_allclose(by_share["selected"], hand, rtol=1e-12)
+        hand = _hand_rates(runs["power"], key, _speed_deciles)
+        np.testing.assert_allclose(by_speed[key], hand, rtol=1e-12)
+        hand = _hand_rates(runs["power"], key, _availability_bins)
+        np.testing.assert_allclose(by_share[key][~np.isnan(by_share[key])], hand, rtol=1e-12)
+    assert set(speed_decile_rates(load_run(runs["uniform"]))) == {"clients"}
+    assert not availability_rates(load_run(runs["uniform"]))  # everyone online 70% of the time
 
 
 @pytest.mark.parametrize(("run", "key"), [("power", "selected"), ("uniform", "clients")])
