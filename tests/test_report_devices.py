@@ -194,6 +194,20 @@ def test_a_damaged_devices_json_skips_the_device_panels_with_one_warning(runs, t
     assert {"panel-selection-fairness", "panel-round-length"} <= sections
 
 
+def test_metrics_naming_a_client_outside_the_devices_is_one_warning(runs, tmp_path, caplog):
+    run_dir = shutil.copytree(runs["uniform"], tmp_path / "foreign")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows[1]["clients"] = [*rows[1]["clients"], NUM_CLIENTS]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = load_run(run_dir)
+
+    with caplog.at_level(logging.WARNING, logger="fedsim"):
+        assert speed_decile_rates(run) == {} and selection_counts(run) is None
+
+    assert len(caplog.records) == 1  # read once for every panel
+    assert str(run_dir) in caplog.text and "round 2" in caplog.text
+
+
 def test_a_run_without_devices_has_no_device_panels(runs, tmp_path, capsys, caplog):
     assert not (runs["plain"] / "devices.json").exists()
 
