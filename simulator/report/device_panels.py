@@ -70,9 +70,17 @@ def device_record(run: RunRecord) -> DeviceRecord | None:
     return _records[key]
 
 
+@dataclass(frozen=True)
+class DeviceFile:
+    """devices.json's numbers the panels chart: speed (N,) and online_share (N,) or None."""
+
+    speed: np.ndarray
+    online_share: np.ndarray | None
+
+
 def _read_record(run: RunRecord) -> DeviceRecord | None:
     devices = _read_devices(run)
-    population = len(devices["speed"]) if devices else config_value(run.config, "data.num_clients")
+    population = len(devices.speed) if devices else config_value(run.config, "data.num_clients")
     if not isinstance(population, int) or isinstance(population, bool) or population < 1:
         return None
     try:
@@ -80,27 +88,29 @@ def _read_record(run: RunRecord) -> DeviceRecord | None:
     except ValueError as exc:
         log.warning("%s: %s; the device panels are skipped for this run", run.run_dir, exc)
         return None
-    return DeviceRecord(population, picks, **(devices or {}))
+    if devices is None:
+        return DeviceRecord(population, picks)
+    return DeviceRecord(population, picks, devices.speed, devices.online_share)
 
 
-def _read_devices(run: RunRecord) -> dict[str, np.ndarray | None] | None:
+def _read_devices(run: RunRecord) -> DeviceFile | None:
     path = run.run_dir / DEVICES_FILE
     if not os.path.lexists(path):
         return None
     try:
         devices = parse_devices(read_json(path, limit=MAX_DEVICES_BYTES))
         expected = config_value(run.config, "data.num_clients")
-        if isinstance(expected, int) and expected != len(devices["speed"]):
-            raise ValueError(f"lists {len(devices['speed'])} clients where config.yaml has {expected}")
+        if isinstance(expected, int) and expected != len(devices.speed):
+            raise ValueError(f"lists {len(devices.speed)} clients where config.yaml has {expected}")
     except (FedsimError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         log.warning("%s: unreadable (%s); its device panels are skipped", path, one_line(str(exc), 200))
         return None
     return devices
 
 
-def parse_devices(data: Any) -> dict[str, np.ndarray | None]:
-    """devices.json's speed (N,) and online_share (N,) or None; ValueError naming what is
-    wrong (format, a list's type or length, a value that is not finite or out of range)."""
+def parse_devices(data: Any) -> DeviceFile:
+    """devices.json's parsed JSON, checked; ValueError naming what is wrong (format, a
+    list's type or length, a value that is not finite or out of range)."""
     if not isinstance(data, dict) or data.get("format") != DEVICES_FORMAT:
         raise ValueError(f"not a JSON object with format {DEVICES_FORMAT!r}")
     n = data.get("num_clients")
@@ -113,7 +123,7 @@ def parse_devices(data: Any) -> dict[str, np.ndarray | None]:
     share = None
     if data.get("online_share") is not None:
         share = _numbers(data, "online_share", n, low=0.0, high=1.0)
-    return {"speed": speed, "online_share": share}
+    return DeviceFile(speed, share)
 
 
 def _numbers(data: dict, key: str, n: int, low: float, high: float, low_open: bool = False) -> np.ndarray:
@@ -196,10 +206,9 @@ def availability_rates(run: RunRecord) -> dict[str, np.ndarray]:
     """{"selected" | "clients": (5,) group_rates by online-share bin}; {} unless the
     clients' online shares are known and differ."""
     record = device_record(run)
-    share = None if record is None else record.online_share
-    if share is None or share.min() == share.max():
+    if record is None or record.online_share is None or np.ptp(record.online_share) == 0:
         return {}
-    bins = availability_bins(share)
+    bins = availability_bins(record.online_share)
     return {key: group_rates(bins, AVAILABILITY_BINS, ids) for key, ids in record.picks.items()}
 
 
