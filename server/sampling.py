@@ -99,7 +99,11 @@ class Selection:
         squares = np.concatenate([r.loss_squares[r.accepted] for r in accepted] or [np.zeros(0)])
         trips = plan.trip_seconds[np.searchsorted(plan.selected, ids)]
         order = np.argsort(ids, kind="stable")
-        self.oort.feedback(round_, ids[order], statistical_utility(samples, squares)[order], trips[order])
+        # A loss too large to square is still a large utility, not a missing one.
+        utilities = np.nan_to_num(
+            statistical_utility(samples, squares), nan=0.0, posinf=np.finfo(np.float64).max
+        )
+        self.oort.feedback(round_, ids[order], utilities[order], trips[order])
         silent = ~np.isin(plan.selected, ids)
         self.oort.observe_durations(plan.selected[silent], plan.trip_seconds[silent])
 

@@ -132,7 +132,7 @@ def _accuracy_vs_simulated_time(runs: list[RunRecord], labels: list[str]) -> Fig
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, color=run_colour(i, len(tracked)), label=label, linewidth=1.8)
-    xlabel = "Simulated time (s): clients' work over their speeds (sync rounds wait for the slowest)"
+    xlabel = "Simulated time (s): a sync round lasts until its k-th counted client's trip ends"
     finish_axes(ax, "Test accuracy against simulated time", xlabel, "Test accuracy (%)")
     return fig
 
