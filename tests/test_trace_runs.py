@@ -360,22 +360,26 @@ def test_worker_counts_give_the_same_traced_run(ray_cluster, tmp_path):
     assert model_sha256(one) == model_sha256(two)
 
 
-def test_a_traced_run_resumes_bit_for_bit_and_refuses_an_edited_trace(ray_cluster, tmp_path, capsys):
+def stopped_after(config: Path, run_dir: Path, round_: int, overrides: dict) -> None:
+    """Run config into run_dir and stop it after round_ as Ctrl-C does."""
     from simulator import Simulation
 
+    def interrupt(row):
+        if row["round"] == round_:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Simulation.from_yaml(config, overrides, run_dir=run_dir, on_round_end=interrupt).run()
+
+
+def test_a_traced_run_resumes_bit_for_bit_and_refuses_an_edited_trace(ray_cluster, tmp_path, capsys):
     cap, avail = write_jsonl_traces(tmp_path / "traces")
     config = write_config(tmp_path, cap, avail, rounds=4)
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     # One worker: an interrupted run stops its workers (they may be mid-task), and
     # starting one is most of this test's time.
     assert run(config, full, "runtime.workers=1") == 0
-
-    def interrupt(row):
-        if row["round"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Simulation.from_yaml(config, {"runtime.workers": 1}, run_dir=stopped, on_round_end=interrupt).run()
+    stopped_after(config, stopped, 2, {"runtime.workers": 1})
     edited = tmp_path / "edited"
     edited.mkdir()
     for item in stopped.iterdir():  # a copy of the stopped run resumes against an edited trace
@@ -397,3 +401,19 @@ def test_a_traced_run_resumes_bit_for_bit_and_refuses_an_edited_trace(ray_cluste
         avail.write_bytes(original)
     assert_refused(capsys, code, "client.system.trace.availability", str(avail), "devices.json")
     assert len(rows(edited)) == 2  # nothing was run or rewritten
+
+
+def test_an_async_traced_run_resumes_bit_for_bit(ray_cluster, tmp_path):
+    """The schedule's trips, dispatched by the windows, are replayed from the checkpoint."""
+    cap, avail = write_jsonl_traces(tmp_path / "traces", windows=ASYNC_WINDOWS)
+    config = write_config(tmp_path, cap, avail, rounds=8)
+    overrides = {
+        "server.mode": "async", "server.async.concurrency": 2, "server.async.buffer_size": 1,
+        "runtime.workers": 1,
+    }  # fmt: skip
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert run(config, full, *(f"{k}={v}" for k, v in overrides.items())) == 0
+    stopped_after(config, stopped, 3, overrides)
+    assert main(["run", "--resume", str(stopped), "--quiet"]) == 0
+    assert without_seconds(rows(stopped)) == without_seconds(rows(full))
+    assert model_sha256(stopped) == model_sha256(full)
