@@ -50,6 +50,10 @@ BASE = {
     "runtime.reduction_groups": 2,
 }
 
+# Oort over the devices of capacity_a.jsonl (all online) for 3 rounds: enough for both
+# exploration and exploitation to choose among several clients (the "oort" context).
+OORT = {"server.selection": "oort", "client.system.trace.capacity": "{traces}/capacity_a.jsonl", "rounds": 3}
+
 CONTEXTS: dict[str, dict[str, Any]] = {
     "base": {},
     "synthetic": {"data.dataset": "synthetic"},
@@ -134,6 +138,24 @@ CONTEXTS: dict[str, dict[str, Any]] = {
     "fedrep": {"client.personalization.method": "fedrep"},
     "ditto": {"client.personalization.method": "ditto", "server.federated_eval.every": 1},
     "mlflow": {"runtime.mlflow": "file://{tmp}/mlruns"},
+    # Devices from traces (write_trace_files): clients 1-6 are online and all 6 selected; the
+    # first 4 back count (3, 4, 5 and 6: trips of 0.2-1.1 s of compute and link time).
+    "traces": {
+        "client.system.trace.capacity": "{traces}/capacity_a.jsonl",
+        "client.system.trace.availability": "{traces}/availability_a.jsonl",
+        "client.system.over_selection": 0.5,
+    },
+    # Oort over traced devices, 3 rounds: 4 explored in round 1; 1 exploited of those and 3
+    # explored in round 2; 3 exploited of 7 and the last one explored in round 3.
+    "oort": OORT,
+    # The pacer every round, 20 points a step: T's percentile is 50 in round 2, back to 30 in 3.
+    "oort_pacer": {**OORT, "server.oort.pacer_step": 1, "server.oort.pacer_delta": 20.0},
+    # Exploration halves each round: floored at exploration_min (0.3) from round 2.
+    "oort_decay": {**OORT, "server.oort.exploration_decay": 0.5},
+    # Clients that reported once are blacklisted, at most 30% of them (2).
+    "oort_blacklist": {**OORT, "server.oort.blacklist_rounds": 0},
+    # d = twice the 4 selected: all 8 clients are candidates, the 4 of highest loss take part.
+    "power_of_choice": {"server.selection": "power_of_choice"},
 }  # fmt: skip
 
 
@@ -322,6 +344,59 @@ ROWS = [
     Row("server.async.rule", "fedasync", "trains", "async_hinge", why="mixes x <- (1 - a_t) x + a_t x_new"),
     Row("server.async.mixing", 0.9, "trains", "fedasync"),
     Row("server.async.staleness", "constant", "trains", "fedasync", why="a_t = mixing x s(staleness + 1)"),
+    # devices and client selection
+    Row("client.system.trace.capacity", "{traces}/capacity_b.jsonl", "trains", "traces"),
+    Row("client.system.trace.availability", "{traces}/availability_b.jsonl", "trains", "traces"),
+    Row(
+        "client.system.trace.mapping", "fedscale", "trains", "traces",
+        why="client n takes profile n + 1: other devices, and clients 5 and 6 offline",
+    ),
+    Row(
+        "client.system.trace.backward_factor", 1.0, "trains", "traces",
+        why="compute takes a third of the time: client 1 overtakes client 5, whose trip is mostly link",
+    ),
+    Row("server.selection", "oort", "trains"),
+    Row("server.selection", "power_of_choice", "trains", "oort"),
+    Row("server.oort.exploration", 0.5, "trains", "oort", why="round 2 exploits 3 clients, not 1"),
+    Row("server.oort.exploration_decay", 0.5, "trains", "oort", why="round 2 exploits 3 clients, not 1"),
+    Row(
+        "server.oort.exploration_min", 0.6, "trains", "oort_decay",
+        why="exploration floored at 0.6: rounds 2 and 3 exploit 2 clients, not 3",
+    ),
+    Row("server.oort.alpha", 0.0, "trains", "oort", why="no penalty for clients slower than T"),
+    Row(
+        "server.oort.pacer_step", 2, "trains", "oort_pacer",
+        why="the first window is compared in round 4: T stays at the 30th percentile in round 2",
+    ),
+    Row(
+        "server.oort.pacer_delta", 5.0, "trains", "oort_pacer",
+        why="the 35th percentile of 8 durations is the 30th's (the 3rd smallest); the 50th is the 5th",
+    ),
+    Row(
+        "server.oort.cutoff_utility", 0.9, "trains", "oort",
+        why="exploitation admits scores down to a tenth of the (m+1)-th best, not 95% of it",
+    ),
+    Row(
+        "server.oort.sample_window", 1.0, "trains", "oort",
+        why="exploration draws from as many clients as it takes: round 1 takes the 4 best registered",
+    ),
+    Row("server.oort.round_threshold", 100.0, "trains", "oort", why="T is infinite: no system penalty"),
+    Row(
+        "server.oort.clip_bound", 0.0, "trains", "oort",
+        why="every utility is clipped to the smallest: staleness and speed alone rank the explored",
+    ),
+    Row(
+        "server.oort.blacklist_rounds", 0, "trains", "oort",
+        why="from round 2 the 2 clients first by reports (then by id) are not exploited",
+    ),
+    Row(
+        "server.oort.blacklist_max_share", 0.5, "trains", "oort_blacklist",
+        why="round 2 blacklists all 4 explored clients and takes the 4 unexplored",
+    ),
+    Row(
+        "server.power_of_choice.candidates", 5, "trains", "power_of_choice",
+        why="5 candidates drawn by data size, not all 8, are ranked by loss",
+    ),
     # runtime
     Row("runtime.workers", 2, "none"),
     Row("runtime.cpus_per_worker", 0.5, "none", why="one torch thread either way"),
@@ -396,6 +471,43 @@ def write_data_roots(tmp: Path) -> dict[str, str]:
         ]
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
     return {"csv": str(root)}
+
+
+# Eight device profiles (ms of inference per sample, kbps) for the eight clients. A trip
+# moves 4,880 bytes (39 kbit: the 64-8-10 MLP down and its update up), so links take
+# 0.04-0.8 s and computing a client's 95-326 samples 3x 0.25-4 ms each 0.07-3.9 s: both
+# matter, and no device is fastest at both.
+CAPACITY_A = ((0.5, 50.0), (1.0, 500.0), (2.0, 100.0), (0.5, 1000.0),
+              (4.0, 500.0), (1.0, 60.0), (2.0, 1000.0), (0.25, 80.0))  # fmt: skip
+# One window a period of 10 simulated seconds; the "traces" runs last under 3 s, so the
+# profiles whose window opens at 5 s are offline throughout: 6 of the 8 clients are online.
+ALWAYS, LATER = ([0.0], [10.0]), ([5.0], [10.0])
+
+
+def write_trace_files(tmp: Path) -> dict[str, str]:
+    """fedsim JSON Lines traces for the trace contexts, {"traces": folder}: capacity_a and
+    capacity_b (the same devices in reverse profile order), availability_a (profiles 6, 7
+    offline) and availability_b (profiles 0, 1 offline)."""
+    root = tmp / "traces"
+    root.mkdir(parents=True, exist_ok=True)
+    for name, devices in (("a", CAPACITY_A), ("b", CAPACITY_A[::-1])):
+        lines = [
+            {"id": i, "compute_ms_per_sample": ms, "bandwidth_kbps": kbps}
+            for i, (ms, kbps) in enumerate(devices)
+        ]
+        _write_lines(root / f"capacity_{name}.jsonl", lines)
+    for name, offline in (("a", {6, 7}), ("b", {0, 1})):
+        windows = [LATER if i in offline else ALWAYS for i in range(len(CAPACITY_A))]
+        lines = [
+            {"id": i, "active": active, "inactive": inactive, "period": 10.0}
+            for i, (active, inactive) in enumerate(windows)
+        ]
+        _write_lines(root / f"availability_{name}.jsonl", lines)
+    return {"traces": str(root)}
+
+
+def _write_lines(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
 def _tiny(count: int, seed: int) -> tuple:

@@ -20,7 +20,15 @@ import torch
 from simulator import Simulation
 from simulator.driver.workers import reuse_workers
 from tests.conftest import ROOT
-from tests.key_effects import ROUNDING_ATOL, ROWS, WORKER_KEYS, Row, write_data_roots, write_leaf_roots
+from tests.key_effects import (
+    ROUNDING_ATOL,
+    ROWS,
+    WORKER_KEYS,
+    Row,
+    write_data_roots,
+    write_leaf_roots,
+    write_trace_files,
+)
 from tests.test_tracking import RecordingMlflow
 
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -78,6 +86,7 @@ def test_every_key_changes_the_model_exactly_when_it_should(ray_cluster, tmp_pat
     paths = {
         **write_leaf_roots(tmp_path),
         **write_data_roots(tmp_path),
+        **write_trace_files(tmp_path),
         "tmp": str(tmp_path),
         "address": ray_cluster.get_runtime_context().gcs_address,
     }
