@@ -22,7 +22,15 @@ from simulator.config.build import build_run, from_section, section_kwargs
 from simulator.config.loading import apply_overrides, dump_yaml, from_dict, load_config
 from simulator.config.schema import ClientConfig, Config, SystemConfig, yaml_key
 from tests.conftest import ROOT
-from tests.key_effects import CONTEXTS, ROWS, Row, validate_keys, write_data_roots, write_leaf_roots
+from tests.key_effects import (
+    CONTEXTS,
+    ROWS,
+    Row,
+    validate_keys,
+    write_data_roots,
+    write_leaf_roots,
+    write_trace_files,
+)
 
 DEFAULT = ROOT / "configs" / "default.yaml"
 
@@ -56,7 +64,10 @@ def reads_of_build_run(cfg: Config) -> set[str]:
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("wiring")
-    return {**write_leaf_roots(tmp), **write_data_roots(tmp), "tmp": str(tmp), "address": "auto"}
+    return {
+        **write_leaf_roots(tmp), **write_data_roots(tmp), **write_trace_files(tmp), "tmp": str(tmp),
+        "address": "auto",
+    }  # fmt: skip
 
 
 def test_every_key_fedsim_validate_prints_has_a_row():
