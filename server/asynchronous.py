@@ -197,7 +197,7 @@ class AsyncSchedule:
             heapq.heappush(self.queue, (trip.finish, 0, trip.client, trip.event))
         if not self.in_flight:  # nobody online: try again after a typical trip
             self._fruitless()
-            self._push_dispatch(time + self._typical_duration())
+            self._push_dispatch(self._next_try(time))
 
     def _sample(self, event: int, count: int, time: float) -> np.ndarray:
         """Sorted ids of up to ``count`` idle (and online at ``time``) clients, drawn uniformly
@@ -237,6 +237,15 @@ class AsyncSchedule:
         ):
             outcome = "drops"  # offline again before its update is in
         return Trip(client, event, self.version, start, start + duration, outcome)
+
+    def _next_try(self, time: float) -> float:
+        """When to try dispatching again after nobody could be: when the first device
+        comes online by its availability trace, else after a typical trip."""
+        if self.devices.availability is not None:
+            opening = self.devices.next_online(np.arange(self.num_clients), time)
+            if opening > time:
+                return opening
+        return time + self._typical_duration()
 
     def _typical_duration(self) -> float:
         if self.devices.traced:

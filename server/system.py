@@ -20,8 +20,9 @@ With device traces (``Devices``, server/traces.py) a client's speed and link com
 from its trace profile: a trip is download + compute + upload, compute its samples
 at 1000 / (backward_factor x ms per sample) samples a second, the transfers the
 bytes the round actually sends over its bandwidth; who is online is its
-availability windows at the round's start on the simulated clock, and a client
-offline again when its trip ends is lost (FedScale's rule). Who of the online
+availability windows at the round's start on the simulated clock (a round that
+finds nobody online starts when the first device comes online, the wait counted in
+its length), and a client offline again when its trip ends is lost (FedScale's rule). Who of the online
 clients is selected is the selection policy's call (``RoundContext.select``;
 uniform by default).
 
@@ -129,6 +130,11 @@ class Devices:
         assert self.availability is not None and self.profiles is not None
         return self.availability.online(self.profiles[clients], t)
 
+    def next_online(self, clients: np.ndarray, t: float) -> float:
+        """The earliest simulated time >= ``t`` at which one of ``clients`` is online."""
+        assert self.availability is not None and self.profiles is not None
+        return self.availability.next_online(self.profiles[clients], t)
+
     def online_share(self) -> np.ndarray | None:
         """(num_clients,) the share of its trace's period each client is online, or None."""
         if self.availability is None or self.profiles is None:
@@ -190,12 +196,17 @@ def plan_round(
     doing ``work`` or, as a straggler or cut by the deadline, a share of it, on ``devices``
     (default: the lognormal model's) at ``context``'s time, bytes and selection."""
     devices = devices or parametric_devices(seed, num_clients, model)
-    online = _online(seed, round_, num_clients, model, devices, context.now)
+    start = context.now
+    online = _online(seed, round_, num_clients, model, devices, start)
+    if not len(online) and devices.availability is not None:  # wait for the first device online
+        start = devices.next_online(np.arange(num_clients), start)
+        online = _online(seed, round_, num_clients, model, devices, start)
+    idle = start - context.now
     wanted = min(len(online), math.ceil(per_round * (1 + model.over_selection) - 1e-9))  # 100 * 1.1 is 110
     select = context.select or (lambda candidates, count: uniform_sample(seed, round_, candidates, count))
     selected = select(online, wanted)
     if not len(selected):
-        return RoundPlan(selected, selected, 0.0, num_online=len(online))
+        return RoundPlan(selected, selected, idle, num_online=len(online))
     # Stragglers are decided first: their smaller work is what their time is made of.
     epochs, samples = work.epochs, work.samples[selected]
     local_epochs = straggler_epochs(seed, round_, selected, model.stragglers, epochs)
@@ -210,7 +221,7 @@ def plan_round(
         dropped |= straggling
     ends = times if model.deadline is None else np.minimum(times, model.deadline)  # cut ones report then
     if devices.availability is not None:  # offline again by the end of its trip: lost
-        dropped |= ~devices.online(selected, context.now + ends)
+        dropped |= ~devices.online(selected, start + ends)
     first_batch = np.minimum(work.batch_size, samples / epochs)
     counted, budgets = _reporting(times, speeds, link, dropped, first_batch, model)
     finishers = np.sort(selected[counted][np.lexsort((selected[counted], ends[counted]))][:per_round])
@@ -218,7 +229,7 @@ def plan_round(
     finished = np.isin(selected, finishers)
     short = finished & straggling
     return RoundPlan(
-        selected, finishers, _round_seconds(ends, waited, finished, per_round, model),
+        selected, finishers, idle + _round_seconds(ends, waited, finished, per_round, model),
         stragglers=selected[straggling],
         local_epochs=_by_client(selected[short], local_epochs[short]),
         sample_budgets=_by_client(selected[finished & (budgets > 0)], budgets[finished & (budgets > 0)]),

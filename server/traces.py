@@ -84,6 +84,22 @@ class AvailabilityTrace:
         mine = last >= self.offsets[profiles]
         return mine & (phase <= self.ends[np.maximum(last, 0)])
 
+    def next_online(self, profiles: np.ndarray, t: float) -> float:
+        """The earliest simulated time >= ``t`` at which one of ``profiles`` is online: the
+        next opening of one of their windows, periodic in each profile's period."""
+        profiles = np.unique(np.asarray(profiles, dtype=np.int64))
+        if self.online(profiles, t).any():
+            return float(t)
+        windows = np.isin(self.window_profile, profiles)
+        period = self.period[self.window_profile[windows]]
+        ahead = np.mod(self.starts[windows] - np.mod(t, period), period)  # to each window's next start
+        when = float(t + ahead.min())
+        for _ in range(4):  # the sum may round to just before the window's edge
+            if self.online(profiles, when).any():
+                break
+            when = float(np.nextafter(when, np.inf))
+        return when
+
     def online_fraction(self, profiles: np.ndarray) -> np.ndarray:
         """(k,) float64: share of its period each profile is online."""
         profiles = np.asarray(profiles, dtype=np.int64)

@@ -35,7 +35,9 @@ PROFILE_OF_CLIENT = ["p1", "p2", "p0"]
 # STALLS: round 1 starts at 0 with everyone online; client 0's window closes at 2 s, before
 #   its trip ends: lost; the round lasts client 2's trip. Round 2 starts at 5.548 s: only
 #   client 2 ([0, 6]) is online; its trip ends at 11.096 s, outside its window: lost too,
-#   and the round again lasts its trip. Round 3 starts at 11.096 s: nobody is online.
+#   and the round again lasts its trip. Round 3 finds nobody online at 11.096 s: it starts
+#   when the first window opens, at 20 s (the next period), with all three online, and its
+#   length counts the wait: 20 - 11.096 + 5.548 s; as in round 1, client 0 is lost.
 # LIVELY: all three finish round 1 (ends 5.548 s); in round 2 (5.548 s) client 1 is offline;
 #   in round 3 (11.096 s) client 0; round 4 (16.644 s) has all three, and client 2's trip
 #   ends at 22.192 s, in the next period's first window ([0, 6]): it counts.
@@ -47,7 +49,7 @@ LIVELY = {
     "p2": ([0.0, 9.0], [4.0, 20.0]),
 }
 HAND_TIMELINES = {  # per round: (num_online, clients that count)
-    "stalls": (STALLS, [(3, [1, 2]), (1, []), (0, [])]),
+    "stalls": (STALLS, [(3, [1, 2]), (1, []), (3, [1, 2])]),
     "lively": (LIVELY, [(3, [0, 1, 2]), (2, [0, 2]), (2, [1, 2]), (3, [0, 1, 2])]),
 }
 
@@ -166,6 +168,14 @@ def online(windows: dict, client: int, t: float) -> bool:
     return any(s <= phase <= e for s, e in zip(starts, ends, strict=True))
 
 
+def round_start(windows: dict, t: float) -> float:
+    """When a round asked for at t starts: t, or with nobody online then, the next opening of
+    any window (each window's start comes round again every PERIOD)."""
+    if any(online(windows, c, t) for c in range(3)):
+        return t
+    return min(t + (s - t % PERIOD) % PERIOD for starts, _ in windows.values() for s in starts)
+
+
 def model_sha256(out: Path) -> str:
     return hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
 
@@ -183,11 +193,12 @@ def test_a_hand_made_trace_times_each_round_and_loses_who_goes_offline(ray_clust
     trips = [trip_seconds(c, per_client) for c in range(3)]
     clock = 0.0
     for row in table:
-        up = [c for c in range(3) if online(windows, c, clock)]
+        start = round_start(windows, clock)
+        up = [c for c in range(3) if online(windows, c, start)]
         assert row["num_online"] == len(up) and row["selected"] == up  # all the online ones (3 a round)
-        kept = [c for c in up if online(windows, c, clock + trips[c])]
+        kept = [c for c in up if online(windows, c, start + trips[c])]
         assert row["clients"] == kept, (row["round"], clock)
-        expected = max(trips[c] for c in up) if up else 0.0  # k = 3: the last of the selected
+        expected = start - clock + max(trips[c] for c in up)  # k = 3: the last of the selected
         # 1e-9: fedsim divides by a speed where this multiplies by ms; a few float64 ulps apart.
         assert row["simulated_seconds"] == pytest.approx(expected, rel=1e-9, abs=0)
         clock += row["simulated_seconds"]
@@ -219,19 +230,17 @@ def test_over_selection_and_a_deadline_on_traced_trips(ray_cluster, tmp_path):
     assert [r["simulated_seconds"] for r in table[1:]] == [5.0, 5.0, 5.0]  # the deadline, exactly
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/system.py plan_round: a round with nobody online lasts 0 s, so the simulated "
-    "clock never reaches the next window and every later round is empty too",
-)
-def test_a_round_with_nobody_online_moves_the_clock_to_when_someone_is(ray_cluster, tmp_path):
-    """STALLS reaches 11.096 s with everyone offline; everyone is online again at 20 s."""
+def test_a_round_with_nobody_online_waits_for_the_first_device(ray_cluster, tmp_path):
+    """STALLS reaches 11.096 s with everyone offline; everyone is online again at 20 s: the
+    third round starts then, its length counting the wait, and training goes on."""
     cap, avail = write_jsonl_traces(tmp_path / "traces", windows=STALLS)
     out = tmp_path / "run"
-    assert run(write_config(tmp_path, cap, avail, rounds=5), out) == 0
+    assert run(write_config(tmp_path, cap, avail, rounds=4), out) == 0
     table = rows(out)
-    assert table[2]["num_online"] == 0  # the empty round of the hand timeline
-    assert any(row["num_online"] > 0 for row in table[3:]), [r["simulated_elapsed"] for r in table]
+    assert [r["num_online"] for r in table] == [3, 1, 3, 1]
+    assert table[1]["simulated_elapsed"] < PERIOD < table[2]["simulated_elapsed"]
+    assert table[2]["simulated_elapsed"] == pytest.approx(PERIOD + table[0]["simulated_seconds"], rel=1e-12)
+    assert table[2]["clients"] == [1, 2]
 
 
 def test_fedscale_pickles_of_the_trace_give_the_jsonl_runs_bits(ray_cluster, tmp_path):

@@ -101,6 +101,17 @@ def test_a_hand_made_trace_is_online_exactly_when_computed_by_hand(tmp_path, fmt
     assert np.array_equal(trace.online_fraction(np.array([0, 1, 2, 2])), [0.3, 0.25, 0.75, 0.75])
 
 
+def test_next_online_is_the_next_window_opening_by_hand(tmp_path):
+    trace = read_availability(hand_files(tmp_path)["jsonl"][1])
+    a, b = np.array([0]), np.array([1])
+    assert trace.next_online(a, 5.0) == 5.0  # online already
+    assert trace.next_online(a, 10.5) == 40.0 and trace.next_online(a, 61.0) == 100.0  # wraps
+    assert trace.next_online(b, 4.5) == 10.0 and trace.next_online(b, 1001.0) == 1002.0  # 125 x 8 + 2
+    assert trace.next_online(np.array([0, 1]), 61.0) == 66.0  # b's window opens first (8 x 8 + 2)
+    for devices, t in ((a, 0.1 + 123.4 * 7), (b, 1e6 + 0.3)):
+        assert trace.online(devices, trace.next_online(devices, t)).all()  # exactly at the edge
+
+
 def test_online_by_hour_averages_each_devices_share_of_each_24th(tmp_path):
     trace = read_availability(hand_files(tmp_path)["jsonl"][1])
     by_hour = online_by_hour(trace)
