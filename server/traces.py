@@ -26,7 +26,6 @@ import math
 import os
 import pickle
 import pickletools
-import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from clients.errors import ConfigError, DataError, FedsimError
+from clients.files import read_regular
 from clients.streams import Stream
 
 MAX_TRACE_BYTES = 2 << 30  # FedScale's largest file is a few hundred MB
@@ -190,31 +190,9 @@ def _load(path: Path, kind: str | None) -> _Loaded:
 
 
 def _read_bytes(path: Path) -> bytes:
-    """A regular file's bytes; a FIFO or device is refused without waiting on it, and a
-    file over MAX_TRACE_BYTES before it is read."""
-    try:  # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise DataError(f"trace file not found: {path}") from None
-    except OSError as exc:
-        raise DataError(f"cannot read trace file {path}: {exc.strerror or exc}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise DataError(f"trace file {path} is not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        if info.st_size > MAX_TRACE_BYTES:
-            raise DataError(
-                f"trace file {path} is {info.st_size:,} bytes; at most {MAX_TRACE_BYTES:,} are read"
-            )
-        os.set_blocking(fd, True)
-        try:
-            data = f.read(MAX_TRACE_BYTES + 1)  # it may have grown since the stat
-        except OSError as exc:
-            raise DataError(f"cannot read trace file {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_TRACE_BYTES:
-        raise DataError(f"trace file {path} is over {MAX_TRACE_BYTES:,} bytes")
-    return data
+    """A regular file's bytes (a link to one is followed: the user named it); a FIFO or
+    device is refused without waiting on it, a file over MAX_TRACE_BYTES before it is read."""
+    return read_regular(path, MAX_TRACE_BYTES, follow_links=True, error=DataError)
 
 
 class _NotPlainData(Exception):

@@ -322,9 +322,9 @@ def test_jsonl_ids_keep_their_order_and_blank_lines_are_skipped(tmp_path):
 
 
 def test_a_missing_file_or_a_folder_is_one_error(tmp_path):
-    with pytest.raises(DataError, match="trace file not found"):
+    with pytest.raises(DataError, match="No such file or directory"):
         read_capacity(tmp_path / "none.jsonl")
-    with pytest.raises(DataError, match="is not a regular file"):
+    with pytest.raises(DataError, match="is a folder, not a regular file"):
         read_capacity(tmp_path)
 
 

@@ -25,10 +25,11 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from clients.errors import FedsimError
+from clients.files import read_regular
 from clients.models.layout import Layout
 from simulator.config.yaml_input import one_line, show
 from simulator.rundir.directory import RUN_FILE
-from simulator.rundir.files import atomic_write_bytes, check_folder, read_regular
+from simulator.rundir.files import atomic_write_bytes, check_folder
 
 log = logging.getLogger("fedsim")
 

@@ -13,7 +13,8 @@ import uuid
 from pathlib import Path
 
 from clients.errors import FedsimError
-from simulator.rundir.files import MAX_SMALL_FILE_BYTES, open_regular, read_regular, write_json
+from clients.files import open_regular, read_regular
+from simulator.rundir.files import MAX_SMALL_FILE_BYTES, write_json
 
 LOCK_NAME = ".lock"
 LOCK_ATTEMPTS = 5

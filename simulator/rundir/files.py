@@ -5,12 +5,11 @@ whole (to a temporary name first, then moved into place) and small JSON files.
 A run directory is data a user may have copied, edited or been handed; a link in it
 would make fedsim write to (or read) a file outside it, a FIFO would hang the read,
 and ``/dev/zero`` would never end. Every file fedsim opens inside a run directory goes
-through ``open_regular``.
+through ``clients.files.open_regular``.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -19,39 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from clients.errors import FedsimError
+from clients.files import kind_of, open_error, read_regular
 
 MAX_SMALL_FILE_BYTES = 1 << 20  # run.json, summary.json
-
-
-def open_regular(
-    path: Path, flags: int = os.O_RDONLY, *, follow_links: bool = False, mode: int = 0o644
-) -> int:
-    """A blocking descriptor for ``path``, which must be a regular file (``follow_links``:
-    a link to one is accepted too). O_NONBLOCK makes the open of a FIFO return at once,
-    so it can be refused instead of waiting for a writer."""
-    extra = os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags | extra, mode)
-    except OSError as exc:
-        raise FedsimError(_open_error(path, exc)) from None
-    kind = _kind(os.fstat(fd).st_mode)
-    if kind != "regular file":
-        os.close(fd)
-        raise FedsimError(f"{path}: is a {kind}, not a regular file; fedsim opens only regular files here")
-    os.set_blocking(fd, True)
-    return fd
-
-
-def read_regular(path: Path, limit: int, *, follow_links: bool = False) -> bytes:
-    """The bytes of the regular file ``path``, refused when it holds more than ``limit``."""
-    fd = open_regular(path, follow_links=follow_links)
-    with os.fdopen(fd, "rb") as f:
-        if os.fstat(fd).st_size > limit:
-            raise FedsimError(f"{path}: over {limit:,} bytes; at most that is read")
-        data = f.read()
-    if len(data) > limit:  # it grew since the stat
-        raise FedsimError(f"{path}: over {limit:,} bytes; at most that is read")
-    return data
 
 
 def check_folder(path: Path) -> None:
@@ -59,30 +28,11 @@ def check_folder(path: Path) -> None:
     try:
         info = os.lstat(path)
     except OSError as exc:
-        raise FedsimError(_open_error(path, exc)) from None
+        raise FedsimError(open_error(path, exc)) from None
     if stat.S_ISLNK(info.st_mode):
         raise FedsimError(f"{path}: is a symbolic link; fedsim follows no links inside a run directory")
     if not stat.S_ISDIR(info.st_mode):
-        raise FedsimError(f"{path}: is a {_kind(info.st_mode)}, not a folder")
-
-
-def _open_error(path: Path, exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:  # what O_NOFOLLOW answers for a link
-        return f"{path}: is a symbolic link; fedsim follows no links inside a run directory"
-    if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
-        return f"{path}: is a FIFO, not a regular file; fedsim opens only regular files here"
-    return f"{path}: {exc.strerror or exc}"
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
-        (stat.S_ISLNK, "symbolic link"),
-    ):  # fmt: skip
-        if test(mode):
-            return name
-    return "special file"
+        raise FedsimError(f"{path}: is a {kind_of(info.st_mode)}, not a folder")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from clients.errors import FedsimError
+from clients.files import open_regular
 from simulator.config.yaml_input import show
-from simulator.rundir.files import open_regular
 
 log = logging.getLogger("fedsim")
 
