@@ -37,6 +37,15 @@ from clients.files import read_regular
 from clients.streams import Stream
 
 MAX_TRACE_BYTES = 2 << 30  # FedScale's largest file is a few hundred MB
+# What a trace may expand into (a pickle's aliases can make a small file describe much):
+# FedScale's traces hold about 500,000 profiles and a few windows each.
+MAX_PROFILES = 5_000_000
+MAX_WINDOWS = 100_000_000
+# Ranges that keep every trip time finite: a sample at most 10^7 ms (almost three hours),
+# a link of at least 1 bit a second, a period of at most 10^12 s.
+COMPUTE_MS_RANGE = (0.0, 1e7)
+BANDWIDTH_KBPS_RANGE = (1e-3, 1e12)
+PERIOD_RANGE = (0.0, 1e12)
 PICKLE_PROTOCOL_BYTE = 0x80  # the first byte of every pickle of protocol 2 and later
 HOURS = 24  # describe's buckets of a period
 QUANTILES = (5, 25, 50, 75, 95)
@@ -259,11 +268,13 @@ def _pickle_records(path: Path, data: bytes) -> list[_Record]:
         raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
     if type(obj) is not dict:
         raise DataError(f"{path}: holds a pickled {type(obj).__name__}; a FedScale trace is a dict of dicts")
+    if len(obj) > MAX_PROFILES:
+        raise DataError(f"{path}: {len(obj):,} profiles; at most {MAX_PROFILES:,} are read")
     records = []
     for key, value in obj.items():
+        if type(key) not in (int, str) or (type(key) is int and key.bit_length() > 64):
+            raise DataError(f"{path}: key {_short(key)}: a key must be a string or an int of at most 64 bits")
         record = _Record(str(key), value, line=None, key=key)
-        if type(key) not in (int, str):
-            raise DataError(f"{path}: {record.where}: a key must be an int or a string")
         if type(value) is not dict:
             raise DataError(f"{path}: {record.where}: holds a {type(value).__name__}; each profile is a dict")
         records.append(record)
@@ -295,7 +306,11 @@ def _jsonl_records(path: Path, data: bytes) -> list[_Record]:
         device = obj.pop("id")
         if type(device) not in (int, str):
             raise DataError(f"{path}: {where}: id {_short(device)} is not an integer or a string")
+        if type(device) is int and device.bit_length() > 64:
+            raise DataError(f"{path}: {where}: id {_short(device)} is not an integer of at most 64 bits")
         records.append(_Record(str(device), obj, line=number))
+        if len(records) > MAX_PROFILES:
+            raise DataError(f"{path}: over {MAX_PROFILES:,} devices; at most that many are read")
     return records
 
 
@@ -340,8 +355,8 @@ def _capacity(loaded: _Loaded) -> CapacityTrace:
     compute = np.empty(len(loaded.records))
     bandwidth = np.empty(len(loaded.records))
     for i, record in enumerate(loaded.records):
-        compute[i] = _positive(loaded.path, record, compute_key)
-        bandwidth[i] = _positive(loaded.path, record, bandwidth_key)
+        compute[i] = _positive(loaded.path, record, compute_key, COMPUTE_MS_RANGE)
+        bandwidth[i] = _positive(loaded.path, record, bandwidth_key, BANDWIDTH_KBPS_RANGE)
     return CapacityTrace(tuple(r.id for r in loaded.records), compute, bandwidth, loaded.sha256)
 
 
@@ -349,8 +364,12 @@ def _availability(loaded: _Loaded) -> AvailabilityTrace:
     active_key, inactive_key, period_key = FIELDS[loaded.fmt, "availability"]
     starts, ends, counts = [], [], np.zeros(len(loaded.records), dtype=np.int64)
     period = np.empty(len(loaded.records))
+    total = 0
     for i, record in enumerate(loaded.records):
-        period[i] = _positive(loaded.path, record, period_key)
+        period[i] = _positive(loaded.path, record, period_key, PERIOD_RANGE)
+        total += _length(_field(loaded.path, record, active_key))
+        if total > MAX_WINDOWS:  # before any list is copied: aliased lists stay unexpanded
+            raise DataError(f"{loaded.path}: over {MAX_WINDOWS:,} online windows; at most that many are read")
         start = _times(loaded.path, record, active_key)
         end = _times(loaded.path, record, inactive_key)
         _check_windows(loaded.path, record, start, end, period[i], (active_key, inactive_key, period_key))
@@ -370,12 +389,18 @@ def _field(path: Path, record: _Record, key: str) -> Any:
     return record.fields[key]
 
 
-def _positive(path: Path, record: _Record, key: str) -> float:
+def _positive(path: Path, record: _Record, key: str, bounds: tuple[float, float]) -> float:
+    """A number in (low, high] (or [low, high] when low > 0)."""
     value = _field(path, record, key)
-    number = _number(value)
-    if number is None or not number > 0:
-        raise DataError(f"{path}: {record.where}: {key} is {_short(value)}; must be a finite number > 0")
+    number, (low, high) = _number(value), bounds
+    if number is None or not (low < number <= high or number == low > 0):
+        allowed = f"> 0 and <= {high:g}" if low == 0 else f"in [{low:g}, {high:g}]"
+        raise DataError(f"{path}: {record.where}: {key} is {_short(value)}; must be a number {allowed}")
     return number
+
+
+def _length(values: Any) -> int:
+    return len(values) if type(values) is list else 0
 
 
 def _number(value: Any) -> float | None:
@@ -563,11 +588,6 @@ def _synthetic_lines(devices: int, seed: int, dist: SyntheticDistribution) -> tu
 
 
 # ------------------------------------------------------------------ describing a trace
-
-
-def describe(path: Path, out_png: Path | None) -> str:
-    """A text table summarising the trace in ``path``; with ``out_png``, its charts too."""
-    return describe_files([Path(path)], out_png)
 
 
 def describe_files(paths: list[Path], out_png: Path | None) -> str:

@@ -175,6 +175,25 @@ def test_aliased_containers_are_refused_without_being_expanded(tmp_path):
         read_availability(path)
 
 
+def test_what_a_trace_expands_into_and_its_numbers_are_bounded(tmp_path, monkeypatch):
+    path = tmp_path / "trace"
+    path.write_bytes(pickle.dumps({10**20000: {"computation": 1.0, "communication": 1.0}}))  # LONG4
+    with pytest.raises(DataError, match="a key must be a string or an int of at most 64 bits"):
+        read_capacity(path)
+    path.write_bytes(pickle.dumps({1: {"computation": 1.0, "communication": 1e-320}}))
+    with pytest.raises(DataError, match=r"communication is 1e-320; must be a number in \[0.001, 1e\+12\]"):
+        read_capacity(path)  # a trip over it would take infinitely long
+    monkeypatch.setattr(traces, "MAX_WINDOWS", 1000)
+    windows = [float(t) for t in range(600)]  # one list, aliased by every profile
+    profile = {"active": windows, "inactive": windows, "finish_time": 1e6}
+    path.write_bytes(pickle.dumps({1: profile, 2: profile}))
+    with pytest.raises(DataError, match="over 1,000 online windows"):
+        read_availability(path)
+    monkeypatch.setattr(traces, "MAX_PROFILES", 1)
+    with pytest.raises(DataError, match="2 profiles; at most 1 are read"):
+        read_availability(path)
+
+
 def availability_with(**changes):
     trace = fedscale_availability()
     trace[2] = {**trace[2], **changes}
@@ -187,11 +206,11 @@ BAD_PICKLES = [
     (pickle.dumps([1, 2]), "holds a pickled list; a FedScale trace is a dict of dicts"),
     (pickle.dumps({}), "holds no devices"),
     (pickle.dumps({1: [1.0]}), "profile 1: holds a list; each profile is a dict"),
-    (pickle.dumps({1.5: {"active": []}}), "profile 1.5: a key must be an int or a string"),
+    (pickle.dumps({1.5: {"active": []}}), "key 1.5: a key must be a string or an int"),
     (pickle.dumps({1, 2}), r"holds something other than plain data \(opcode EMPTY_SET\)"),
     (
         pickle.dumps(availability_with(finish_time=0.0)),
-        "profile 2: finish_time is 0.0; must be a finite number > 0",
+        "profile 2: finish_time is 0.0; must be a number > 0",
     ),
     (pickle.dumps(availability_with(finish_time=float("inf"))), "profile 2: finish_time is inf"),
     (pickle.dumps(availability_with(active=[2.0, 5.0])), "profile 2: active has 2 times, inactive 1"),
@@ -246,7 +265,7 @@ def test_a_malformed_availability_pickle_is_one_error_naming_the_file(tmp_path, 
     [
         (
             {"computation": -3.0, "communication": 10.0},
-            "profile 2: computation is -3.0; must be a finite number > 0",
+            "profile 2: computation is -3.0; must be a number > 0",
         ),
         ({"computation": 3.0, "communication": 0}, "profile 2: communication is 0"),
         ({"computation": True, "communication": 1.0}, "profile 2: computation is True"),
