@@ -410,6 +410,12 @@ def test_a_traced_run_resumes_bit_for_bit_and_refuses_an_edited_trace(ray_cluste
         avail.write_bytes(original)
     assert_refused(capsys, code, "client.system.trace.availability", str(avail), "devices.json")
     assert len(rows(edited)) == 2  # nothing was run or rewritten
+    # Without the record of its traces a run cannot show it resumes on the same ones.
+    (edited / "devices.json").unlink()
+    assert_refused(capsys, main(["run", "--resume", str(edited), "--quiet"]), "devices.json", "records the")
+    (edited / "devices.json").symlink_to(stopped / "devices.json")  # a link out of the run: refused too
+    assert_refused(capsys, main(["run", "--resume", str(edited), "--quiet"]), "symbolic link")
+    assert len(rows(edited)) == 2
 
 
 def test_an_async_traced_run_resumes_bit_for_bit(ray_cluster, tmp_path):

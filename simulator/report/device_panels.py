@@ -30,13 +30,11 @@ from simulator.config.yaml_input import one_line
 from simulator.report.charts import Axis, Line, finish_axes, new_axes, rounds_chart, run_colour, runs_with
 from simulator.report.runs import RunRecord
 from simulator.report.settings import config_value
+from simulator.rundir.devices import DEVICES_FORMAT, DEVICES_NAME, MAX_DEVICES_BYTES
 from simulator.rundir.files import read_json
 
 log = logging.getLogger("fedsim")
 
-DEVICES_FILE = "devices.json"
-DEVICES_FORMAT = "fedsim-devices-1"
-MAX_DEVICES_BYTES = 64 << 20  # ~20 bytes a number, 4 lists: room for over 500,000 clients
 SPEED_DECILES = 10
 AVAILABILITY_BINS = 5  # online share in [0, 0.2), [0.2, 0.4), ..., [0.8, 1]
 PICKS = (("selected", "selected", "-"), ("clients", "counted", "--"))  # row key, legend word, line
@@ -94,7 +92,7 @@ def _read_record(run: RunRecord) -> DeviceRecord | None:
 
 
 def _read_devices(run: RunRecord) -> DeviceFile | None:
-    path = run.run_dir / DEVICES_FILE
+    path = run.run_dir / DEVICES_NAME
     if not os.path.lexists(path):
         return None
     try:
@@ -265,7 +263,7 @@ def selection_counts(run: RunRecord) -> tuple[np.ndarray, str] | None:
     selection on parametric devices, where every selected client trains unless a deadline,
     dropout or over-selection cuts it) its counted participations ("clients"); else None."""
     record = device_record(run)
-    if record is None or not os.path.lexists(run.run_dir / DEVICES_FILE):
+    if record is None or not os.path.lexists(run.run_dir / DEVICES_NAME):
         return None
     key = next((key for key, _, _ in PICKS if key in record.picks), None)
     if key is None:
@@ -316,5 +314,5 @@ _round_length_chart = functools.partial(
 def round_length(runs: list[RunRecord], labels: list[str]) -> Figure | None:
     """Simulated seconds per round of the runs with devices (a devices.json, readable or
     not): without them every client has the same speed and the chart says little."""
-    tracked = runs_with(runs, labels, lambda run: os.path.lexists(run.run_dir / DEVICES_FILE))
+    tracked = runs_with(runs, labels, lambda run: os.path.lexists(run.run_dir / DEVICES_NAME))
     return _round_length_chart([r for r, _ in tracked], [lab for _, lab in tracked]) if tracked else None

@@ -15,11 +15,15 @@ from typing import Any
 import numpy as np
 
 from clients.errors import FedsimError
+from clients.files import read_regular
 from server.system import Devices, SystemModel
-from simulator.rundir.files import write_json
+from simulator.config.yaml_input import show
+from simulator.rundir.files import atomic_write_text
 
 DEVICES_NAME = "devices.json"
 DEVICES_FORMAT = "fedsim-devices-1"
+MAX_DEVICES_BYTES = 64 << 20  # what a report reads: four numbers a client, over 500,000 clients
+BYTES_PER_CLIENT = 128  # a resume reads what a run of its size wrote: four numbers of ~20 bytes
 
 
 def write_devices(run_dir: Path, devices: Devices, system: SystemModel) -> None:
@@ -27,8 +31,7 @@ def write_devices(run_dir: Path, devices: Devices, system: SystemModel) -> None:
     share = devices.online_share()
     if share is None:
         share = np.full(len(devices.speed), system.availability)
-    write_json(
-        run_dir / DEVICES_NAME,
+    devices_json = json.dumps(  # compact: a 100,000-client run's is about 8 MB
         {
             "format": DEVICES_FORMAT,
             "num_clients": len(devices.speed),
@@ -38,26 +41,33 @@ def write_devices(run_dir: Path, devices: Devices, system: SystemModel) -> None:
             "online_share": share.tolist(),
             "trace": _trace_files(devices),
         },
+        separators=(",", ":"),
     )
+    atomic_write_text(run_dir / DEVICES_NAME, devices_json + "\n")
 
 
 def check_same_traces(run_dir: Path, devices: Devices) -> None:
-    """A resume must read the traces the run started with: FedsimError when a trace file
-    recorded in devices.json now has other contents (or another file is configured)."""
-    path = run_dir / DEVICES_NAME
-    if not devices.trace_files or not path.is_file():
+    """A resume must read the traces the run started with: FedsimError when devices.json,
+    which records their sha256, is missing, damaged or a link, does not record a configured
+    trace, or records other contents than the file now holds."""
+    if not devices.trace_files:
         return
+    path = run_dir / DEVICES_NAME
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("trace") or {}
-    except (OSError, ValueError, AttributeError):
-        raise FedsimError(f"{path}: unreadable; it records the device traces this run started with") from None
+        limit = max(MAX_DEVICES_BYTES, BYTES_PER_CLIENT * len(devices.speed))
+        recorded = json.loads(read_regular(path, limit))["trace"]
+    except FedsimError as exc:
+        raise FedsimError(f"{exc}; {DEVICES_NAME} records the device traces this run started with") from None
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise FedsimError(f"{path}: damaged; it records the device traces this run started with") from None
     for kind, file, sha256 in devices.trace_files:
         was = recorded.get(kind) if isinstance(recorded, dict) else None
-        if isinstance(was, dict) and was.get("sha256") != sha256:
+        started = was.get("sha256") if isinstance(was, dict) else None
+        if started != sha256:
             raise FedsimError(
                 f"client.system.trace.{kind}: {file} is not the trace this run started with (its sha256 "
-                f"{sha256[:16]}... differs from {str(was.get('sha256'))[:16]}... in {path}); put the "
-                "original file back to resume, or start a new run"
+                f"{sha256[:16]}... is not the {show(started)} in {path}); put the original file back to "
+                "resume, or start a new run"
             )
 
 
