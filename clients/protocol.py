@@ -141,8 +141,10 @@ class GroupResult:
     # group was put together from single updates (an asynchronous buffer).
     steps: np.ndarray | None = None
     # (k,) float64 each client's batch-size-weighted mean of squared minibatch losses (nan
-    # where none); None where a group was put together from single updates.
+    # where none), and (k,) int64 the samples it processed; None where a group was put
+    # together from single updates.
     loss_squares: np.ndarray | None = None
+    samples_seen: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

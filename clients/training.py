@@ -52,8 +52,10 @@ class ClientResult:
     flow: np.ndarray | None = None  # (layers, 2) mean |dL/dh|, |dL/dθ| over local steps
     steps: int = 0
     kept: np.ndarray | None = None  # the trained model's entries under ``keep`` (personal state)
-    # The batch-size-weighted mean of squared minibatch losses (Oort's statistical utility).
+    # The batch-size-weighted mean of squared minibatch losses over the samples it processed
+    # (all epochs): Oort's statistical utility.
     loss_square: float = float("nan")
+    samples_seen: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,7 +137,7 @@ def train_client(task: ClientTask) -> ClientResult:
     return ClientResult(
         client_id=task.client_id, num_samples=len(shard), train_loss=mean_loss, update=delta,
         flow=flow.mean() if flow else None, steps=steps, kept=kept,
-        loss_square=square_sum / seen if seen else float("nan"),
+        loss_square=square_sum / seen if seen else float("nan"), samples_seen=seen,
     )  # fmt: skip
 
 
@@ -224,6 +226,7 @@ def client_gradient(task: ClientTask) -> ClientResult:
     return ClientResult(
         client_id=task.client_id, num_samples=len(task.shard) if seen else 0, train_loss=mean_loss,
         update=gradient, steps=len(batches), loss_square=square_sum / seen if seen else float("nan"),
+        samples_seen=seen,
     )  # fmt: skip
 
 

@@ -181,7 +181,7 @@ class ClientWorker:
         count = len(client_ids)
         acc = _GroupAccumulator(global_params.size, self.plan.reduction, self.plan.weighting)
         sizes, losses = np.zeros(count, np.int64), np.zeros(count, np.float64)
-        squares = np.full(count, np.nan)
+        squares, seen = np.full(count, np.nan), np.zeros(count, np.int64)
         accepted, norms = np.zeros(count, bool), np.full(count, np.nan)
         bytes_up, steps = np.zeros(count, np.int64), np.zeros(count, np.int64)
         new_states: dict[int, dict[str, np.ndarray]] = {}
@@ -190,6 +190,7 @@ class ClientWorker:
             self._start_buffers(inputs.buffers, state)
             result, personal_state = self._train_one(global_params, inputs, cid, state)
             sizes[i], losses[i], squares[i] = result.num_samples, result.train_loss, result.loss_square
+            seen[i] = result.samples_seen
             update, norm, cid_state = self._client_update(result, global_params, inputs, state)
             if update is None:
                 continue  # empty or non-finite: never reaches the model
@@ -214,7 +215,7 @@ class ClientWorker:
             weight_total=acc.weight_total, weighted_sum=acc.total, stacked=_stack(acc.stacked),
             stacked_weights=np.asarray(acc.stacked_weights), flow_sum=acc.flow_sum,
             control_delta_sum=acc.control_sum, new_states=new_states, buffer_sum=acc.buffer_sum,
-            buffer_weight=acc.buffer_weight, steps=steps, loss_squares=squares,
+            buffer_weight=acc.buffer_weight, steps=steps, loss_squares=squares, samples_seen=seen,
         )  # fmt: skip
 
     def _start_buffers(self, global_buffers: np.ndarray | None, state: dict, policy: str = "") -> None:
@@ -302,18 +303,23 @@ class ClientWorker:
         groups: list[tuple[int, np.ndarray]],
         batch_size: int,
         buffers: np.ndarray | None = None,
+        states: dict[int, dict[str, np.ndarray]] | None = None,
     ) -> list[tuple[int, np.ndarray]]:
-        """Each client's mean loss of ``global_params`` on its own training rows (the local
-        loss power-of-choice selection ranks candidates by): per group, (index, (k,) float64
-        in client order; nan for a client without rows)."""
+        """Each client's mean loss of ``global_params`` on its own training rows, as it would
+        start training (its labels, flipped if it attacks so; the buffers it would start
+        from: ``buffers`` global, or its own in ``states``): the local loss power-of-choice
+        ranks candidates by. Per group, (index, (k,) float64 in client order; nan for a
+        client without rows)."""
         out = []
         for index, client_ids in groups:
             losses = np.full(len(client_ids), np.nan)
             for i, cid in enumerate(int(c) for c in client_ids):
-                x, y, shard = self._client_data(cid)
+                x, labels, shard = self._training_rows(cid)
                 if len(shard):
-                    self._start_buffers(buffers, {}, policy="average")
-                    loss_sum, _, count = self._evaluated(global_params, cid, x[shard], y[shard], batch_size)
+                    self._start_buffers(buffers, (states or {}).get(cid, {}))
+                    loss_sum, _, count = self._evaluated(
+                        global_params, cid, x[shard], labels[shard], batch_size
+                    )
                     losses[i] = loss_sum / count
             out.append((index, losses))
         return out
@@ -397,10 +403,9 @@ class ClientWorker:
             return x, y, np.arange(len(x))
         return self.x, self.y, self.shards.shard(client_id)
 
-    def _train_one(self, global_params: np.ndarray, inputs: RoundInput, client_id: int, state: dict):
-        rng = client_rng(self.seed, inputs.round, client_id, Stream.DATA_ORDER)
-        if self.has_dropout:
-            self.model.set_rng(client_rng(self.seed, inputs.round, client_id, Stream.LOCAL_DROPOUT))
+    def _training_rows(self, client_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, labels, indices of the client's rows): its labels as it trains on them,
+        flipped when it is a label-flipping attacker."""
         x, labels, shard = self._client_data(client_id)
         if self.plan.attack is not None and self.plan.attack.flips_labels_of(client_id):
             if self.population is None:
@@ -408,6 +413,13 @@ class ClientWorker:
                 labels = self.y_flipped
             else:
                 labels = flip_labels(labels, self.model.spec.num_classes)
+        return x, labels, shard
+
+    def _train_one(self, global_params: np.ndarray, inputs: RoundInput, client_id: int, state: dict):
+        rng = client_rng(self.seed, inputs.round, client_id, Stream.DATA_ORDER)
+        if self.has_dropout:
+            self.model.set_rng(client_rng(self.seed, inputs.round, client_id, Stream.LOCAL_DROPOUT))
+        x, labels, shard = self._training_rows(client_id)
         augment = None
         if self.plan.augment is not None:
             augment_rng = client_rng(self.seed, inputs.round, client_id, Stream.AUGMENT)

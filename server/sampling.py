@@ -93,9 +93,9 @@ class Selection:
         trip seconds of the selected clients that did not report."""
         if self.oort is None:
             return
-        accepted = [r for r in results if r.loss_squares is not None]
+        accepted = [r for r in results if r.loss_squares is not None and r.samples_seen is not None]
         ids = np.concatenate([r.client_ids[r.accepted] for r in accepted] or [np.zeros(0, np.int64)])
-        samples = np.concatenate([r.num_samples[r.accepted] for r in accepted] or [np.zeros(0)])
+        samples = np.concatenate([r.samples_seen[r.accepted] for r in accepted] or [np.zeros(0)])
         squares = np.concatenate([r.loss_squares[r.accepted] for r in accepted] or [np.zeros(0)])
         trips = plan.trip_seconds[np.searchsorted(plan.selected, ids)]
         order = np.argsort(ids, kind="stable")

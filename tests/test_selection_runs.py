@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.attacks import malicious_clients
+from clients.attacks import flip_labels, malicious_clients
 from clients.models.engines import build_model
 from server.evaluation import evaluate
 from simulator import Simulation
@@ -207,20 +207,26 @@ def test_selection_runs_are_the_same_on_one_worker_as_on_two(policy, straight, t
 # ---------------------------------------------------------------- power-of-choice
 
 
-def test_power_of_choice_with_every_client_a_candidate_selects_the_highest_losses(ray_cluster, tmp_path):
+@pytest.mark.parametrize("attack", [{}, {"server.attack.kind": "label_flip", "server.attack.fraction": 0.3}])
+def test_power_of_choice_with_every_client_a_candidate_selects_the_highest_losses(
+    ray_cluster, tmp_path, attack
+):
     """d = every client: round r selects the PER_ROUND clients whose training rows the
     model after round r - 1 fits worst. Checked against losses computed here, outside the
     workers: the initial model (round 1) and the checkpoints of rounds 1 and 2 evaluated
-    on each client's rows with the numpy engine. Only the ranking is compared; a tie
-    within float rounding at the k-th place would be needed to flip it."""
+    on each client's rows with the numpy engine, with the labels each client trains on (a
+    label-flipping attacker's flipped). Only the ranking is compared; a tie within float
+    rounding at the k-th place would be needed to flip it."""
     settings = overrides(
         **{
             "server.selection": "power_of_choice",
             "server.power_of_choice.candidates": CLIENTS,
             "runtime.checkpoint_every": 1,
             "model.engine": "numpy",
+            **attack,
         }
     )
+    flipped = set(malicious_clients(0, CLIENTS, 0.3).tolist()) if attack else set()
     rows = rows_of(settings, tmp_path / "run")
     assert [row["candidates_measured"] for row in rows] == [CLIENTS] * 3
     setup = build_run(load_config(DEFAULT, settings))
@@ -230,7 +236,10 @@ def test_power_of_choice_with_every_client_a_candidate_selects_the_highest_losse
     after_rounds = [load_checkpoint(path, run_id).params for path in list_checkpoints(tmp_path / "run")[:2]]
     models = [setup.server.params, *after_rounds]
     for row, params in zip(rows, models, strict=True):
-        losses = np.array([evaluate(model, params, x[part], y[part], 64).loss for part in setup.splits.train])
+        labels = [flip_labels(y[p], 10) if c in flipped else y[p] for c, p in enumerate(setup.splits.train)]
+        losses = np.array(
+            [evaluate(model, params, x[p], labels[c], 64).loss for c, p in enumerate(setup.splits.train)]
+        )
         highest = np.sort(np.argsort(-losses, kind="stable")[:PER_ROUND])
         assert row["selected"] == highest.tolist(), (row["round"], losses.round(4).tolist())
     assert rows[0]["selected"] != rows[1]["selected"]  # the ranking follows the model

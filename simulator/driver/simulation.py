@@ -514,8 +514,10 @@ def _every_answer(refs: list[ray.ObjectRef]) -> list[Any]:
 def _local_losses(state: RunState, pool: WorkerPool, clients: np.ndarray) -> np.ndarray:
     """Each of ``clients``' (sorted ids) mean loss of the current model on its own training
     rows (power-of-choice's ranking), (k,) float64 in their order."""
-    buffers = state.server.buffers if state.server.buffers.size else None
-    call = GroupCall("loss_groups", (state.schedule.eval_batch_size, buffers), state.client_work)
+    server = state.server
+    buffers = server.buffers if server.buffers.size else None
+    kept = {int(c): server.client_states[int(c)] for c in clients if int(c) in server.client_states}
+    call = GroupCall("loss_groups", (state.schedule.eval_batch_size, buffers, kept), state.client_work)
     parts = map_groups(pool, state.params, clients, state.reduction_groups, call)
     return np.concatenate([losses for _, losses in parts]) if parts else np.zeros(0)
 

@@ -80,6 +80,13 @@ def check_combinations(cfg: Config) -> None:
             "server.selection", s.selection,
             "asynchronous dispatch samples idle clients uniformly; selection policies are for sync rounds",
         )  # fmt: skip
+    method = cfg.client.personalization.method
+    if s.selection == "power_of_choice" and method != "none":
+        refuse(
+            "server.selection", s.selection,
+            f"power-of-choice ranks candidates by the global model's loss, and a {method} client trains "
+            "a model of its own (client.personalization.method)",
+        )  # fmt: skip
     if s.privacy.noise_multiplier > 0:
         refuse(
             "server.selection", s.selection,
