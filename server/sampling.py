@@ -65,7 +65,10 @@ class Selection:
         self, seed: int, sizes: np.ndarray, oort: OortSelector | None, candidates: int | None = None
     ):
         self.seed, self.sizes, self.oort, self.candidates = seed, sizes, oort, candidates
-        self.measured = 0  # power-of-choice: candidates whose loss the last round measured
+        # power-of-choice: the candidates whose loss the last round measured, and how long
+        # that poll took on the simulated clock
+        self.measured = np.zeros(0, np.int64)
+        self.polled_for = 0.0
 
     def chooser(
         self, round_: int, local_losses: Callable[[np.ndarray], np.ndarray]
@@ -81,12 +84,22 @@ class Selection:
                 self.seed, round_, online, self.candidates or 2 * count, self.sizes
             )
             if len(drawn) <= count:  # every candidate is selected: no loss to rank by
-                self.measured = 0
+                self.measured = np.zeros(0, np.int64)
                 return drawn
-            self.measured = len(drawn)
+            self.measured = drawn
             return PowerOfChoice.pick(drawn, local_losses(drawn), count)
 
         return highest_loss
+
+    def poll_seconds(self, devices: Devices, down_bytes: int) -> float | None:
+        """How long the last selection's poll took (None: it polled nobody): until the
+        slowest candidate has downloaded the model and computed its loss over its rows."""
+        if not len(self.measured):
+            return None
+        self.polled_for = float(
+            devices.query_seconds(self.measured, self.sizes[self.measured], down_bytes).max()
+        )
+        return self.polled_for
 
     def learn(self, round_: int, plan: RoundPlan, results: list[Any]) -> None:
         """Oort hears each reporting client's statistical utility and trip seconds, and the
@@ -109,7 +122,8 @@ class Selection:
 
     def metrics(self) -> dict[str, Any]:
         if self.oort is None:
-            return {"candidates_measured": self.measured}
+            polled = {"poll_seconds": self.polled_for} if len(self.measured) else {}
+            return {"candidates_measured": len(self.measured), **polled}
         return {f"oort_{key}": value for key, value in self.oort.metrics().items()}
 
     def arrays(self) -> dict[str, np.ndarray]:

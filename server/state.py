@@ -168,8 +168,11 @@ class ServerState:
     def trip_bytes(self) -> int:
         """Bytes one client's trip moves this round, the model down and its update up:
         what a device trace's bandwidth times (the same counts as bytes_down / bytes_up)."""
-        up = self.plan.planned_upload_bytes(self.params.size, self.buffers.size, self.mask)
-        return self.bytes_down(1) + up
+        return self.bytes_down(1) + self.upload_bytes()
+
+    def upload_bytes(self) -> int:
+        """Bytes one client's update takes up this round (as the workers will count them)."""
+        return self.plan.planned_upload_bytes(self.params.size, self.buffers.size, self.mask)
 
     def bytes_down(self, clients: int) -> int:
         per_client = self.params.nbytes

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from server.traces import AvailabilityTrace
 
 KILOBIT = 1000  # bits: trace bandwidths are kilobits a second
+# Forward passes a training sample costs (forward + backward): FedScale's factor 3, also
+# client.system.trace.backward_factor's default; times a loss query without a trace.
+FORWARD_PASSES = 3.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,17 @@ class Devices:
         assert self.availability is not None and self.profiles is not None
         return self.availability.online(self.profiles[clients], t)
 
+    def query_seconds(self, clients: np.ndarray, samples: np.ndarray, down_bytes: int) -> np.ndarray:
+        """(k,) seconds each of ``clients`` takes to download ``down_bytes`` and compute its
+        loss over ``samples`` (k,) rows: forward passes, at the trace's inference ms per
+        sample or, without a trace, at FORWARD_PASSES training samples' time a row."""
+        if self.compute_ms is None:
+            forward = samples / (self.speed[clients] * FORWARD_PASSES)
+        else:
+            forward = samples * self.compute_ms[clients] / 1000
+        link = self.link_seconds(clients, down_bytes)
+        return forward if link is None else forward + link
+
     def next_online(self, clients: np.ndarray, t: float) -> float:
         """The earliest simulated time >= ``t`` at which one of ``clients`` is online."""
         assert self.availability is not None and self.profiles is not None
@@ -153,12 +167,17 @@ def parametric_devices(seed: int, num_clients: int, model: SystemModel) -> Devic
 @dataclass(frozen=True)
 class RoundContext:
     """What a round's plan takes beyond the seed and the round: the simulated time it starts
-    at, the bytes a client's trip moves (download + upload), and the selection policy,
-    ``select(online sorted ids, count) -> sorted ids`` (None: uniform)."""
+    at, the bytes a client's trip moves (download + upload; ``upload_bytes`` of them up),
+    and the selection policy, ``select(online sorted ids, count) -> sorted ids`` (None:
+    uniform). ``polled``, asked after ``select``: the simulated seconds the selection spent
+    polling candidates that then hold the model (power-of-choice's loss queries), or None
+    when it polled nobody; the trips start after it and need no download."""
 
     now: float = 0.0
     link_bytes: int = 0
     select: Callable[[np.ndarray, int], np.ndarray] | None = None
+    upload_bytes: int = 0
+    polled: Callable[[], float | None] | None = None
 
 
 def local_work(sizes: np.ndarray, update_kind: str, epochs: int, batch_size: int, local_steps: int | None):
@@ -205,6 +224,10 @@ def plan_round(
     wanted = min(len(online), math.ceil(per_round * (1 + model.over_selection) - 1e-9))  # 100 * 1.1 is 110
     select = context.select or (lambda candidates, count: uniform_sample(seed, round_, candidates, count))
     selected = select(online, wanted)
+    polling = context.polled() if context.polled else None
+    link_bytes = context.link_bytes if polling is None else context.upload_bytes
+    if polling is not None:  # the trips start once the poll is over
+        idle, start = idle + polling, start + polling
     if not len(selected):
         return RoundPlan(selected, selected, idle, num_online=len(online))
     # Stragglers are decided first: their smaller work is what their time is made of.
@@ -212,7 +235,7 @@ def plan_round(
     local_epochs = straggler_epochs(seed, round_, selected, model.stragglers, epochs)
     straggling = local_epochs < epochs
     speeds = devices.speed[selected]
-    link = devices.link_seconds(selected, context.link_bytes)
+    link = devices.link_seconds(selected, link_bytes)
     times = samples * (local_epochs / epochs) / speeds
     if link is not None:
         times = times + link

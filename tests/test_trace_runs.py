@@ -243,6 +243,35 @@ def test_a_round_with_nobody_online_waits_for_the_first_device(ray_cluster, tmp_
     assert table[2]["clients"] == [1, 2]
 
 
+def test_power_of_choice_polls_on_the_clock_and_in_the_bytes(ray_cluster, tmp_path):
+    """1 of the 3 clients a round, all 3 candidates asked for their loss: the round first
+    waits for the slowest candidate to download the model (328 bytes) and compute its loss
+    over its rows (a forward pass: the trace's ms per sample), then the selected one trains
+    and uploads (it holds the model already). By hand from CAPACITY and SIZES."""
+    cap, _ = write_jsonl_traces(tmp_path / "traces")
+    sets = (
+        "server.clients_per_round=1",
+        "server.selection=power_of_choice",
+        "server.power_of_choice.candidates=3",
+    )
+    out = tmp_path / "run"
+    assert run(write_config(tmp_path, cap, None, rounds=2), out, *sets) == 0
+    model_bytes, down_bits = 82 * 4, 82 * 4 * 8 / 1000  # kbit
+    queries = [
+        SIZES["abc"[c]] * CAPACITY[PROFILE_OF_CLIENT[c]][0] / 1000
+        + down_bits / CAPACITY[PROFILE_OF_CLIENT[c]][1]
+        for c in range(3)
+    ]  # 0.1 + 1.312, 0.8 + 0.328, 0.1 + 2.624 s: client 2 answers last
+    for row in rows(out):
+        assert row["candidates_measured"] == 3 and len(row["selected"]) == 1
+        assert row["poll_seconds"] == pytest.approx(max(queries), rel=1e-9, abs=0)
+        (chosen,) = row["selected"]
+        compute_ms, kbps = CAPACITY[PROFILE_OF_CLIENT[chosen]]
+        training = SIZES["abc"[chosen]] * BACKWARD * compute_ms / 1000 + model_bytes * 8 / 1000 / kbps
+        assert row["simulated_seconds"] == pytest.approx(max(queries) + training, rel=1e-9, abs=0)
+        assert row["bytes_down"] == 3 * model_bytes and row["bytes_up"] == model_bytes + 3 * 8
+
+
 def test_fedscale_pickles_of_the_trace_give_the_jsonl_runs_bits(ray_cluster, tmp_path):
     out = {}
     for fmt, write in (("jsonl", write_jsonl_traces), ("fedscale", write_fedscale_traces)):

@@ -62,6 +62,7 @@ from simulator.report.tracking import Trackers
 from simulator.rundir.directory import check_new_run_dir
 
 log = logging.getLogger("fedsim")
+LOSS_BYTES = 8  # a power-of-choice candidate's answer: its loss, one float64
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -250,12 +251,15 @@ class Simulation:
         heard = _clients_trained(progress, round_, groups)
         results = self._train(state, pool, round_, groups, None, heard, plan)
         selection = state.sampler.selection
+        polled = 0
         if selection is not None and plan is not None:
             selection.learn(round_, plan, results)
             system_metrics.update(selection.metrics())
-        # The model as broadcast this round, to every selected client (stragglers too).
+            polled = system_metrics.get("candidates_measured", 0)
+        # The model as broadcast this round, to every selected client (stragglers too), or
+        # to every candidate a poll asked for its loss (the selected among them).
         server = state.server
-        bytes_down = server.bytes_down(system_metrics.get("num_selected", len(sampled)))
+        bytes_down = server.bytes_down(max(polled, system_metrics.get("num_selected", len(sampled))))
         server_metrics = server.step(round_, results)
         target, pruning = server.pruning_target(round_), server.pruning
         # Gradient-based scores come from the round's clients: without any, no step yet.
@@ -263,6 +267,7 @@ class Simulation:
             server.prune(pruning_scores(pruning.method, state, pool, state.params, sampled), target)
         row = _round_row(round_, results, state.model_bytes, state.spec.loss.is_regression)
         row.update(server_metrics, bytes_down=bytes_down, **server.pruning_metrics(), **system_metrics)
+        row["bytes_up"] += LOSS_BYTES * polled  # each polled candidate's answer
         system = state.sampler.system
         if system is not None and (system.stragglers or system.partial_work):  # how much work was done
             row.update(_local_steps(results, sampled))
@@ -338,15 +343,16 @@ class Simulation:
         self, state: RunState, pool: WorkerPool, round_: int
     ) -> tuple[np.ndarray, dict[str, Any], RoundPlan | None]:
         """This round's participants, what the system model measured, and its plan (if any)."""
-        sampler = state.sampler
-        selection = sampler.selection
-        context = RoundContext(
-            now=state.simulated_elapsed,
-            link_bytes=state.server.trip_bytes(),
-            select=None if selection is None else selection.chooser(
-                round_, lambda clients: _local_losses(state, pool, clients)
-            ),
-        )  # fmt: skip
+        sampler, server = state.sampler, state.server
+        selection, devices = sampler.selection, sampler.devices
+        context = RoundContext(now=state.simulated_elapsed, link_bytes=server.trip_bytes())
+        if selection is not None and devices is not None:
+            context = dataclasses.replace(
+                context,
+                select=selection.chooser(round_, lambda clients: _local_losses(state, pool, clients)),
+                upload_bytes=server.upload_bytes(),
+                polled=lambda: selection.poll_seconds(devices, server.bytes_down(1)),
+            )
         participants, plan = sampler.sample(round_, context)
         if plan is None:
             seconds = sampler.simulated_seconds(participants)
@@ -365,7 +371,6 @@ class Simulation:
             measured["stragglers"] = len(plan.stragglers)
         if system.partial_work:
             measured["partial_clients"] = len(plan.sample_budgets)
-        devices = sampler.devices
         if system.availability < 1 or (devices is not None and devices.availability is not None):
             measured["num_online"] = plan.num_online
         if selection is not None or (devices is not None and devices.traced):
