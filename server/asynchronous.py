@@ -249,7 +249,9 @@ class AsyncSchedule:
 
     def _typical_duration(self) -> float:
         if self.devices.traced:
-            return max(float(np.median(self.work / self.devices.speed)), 1e-9)
+            link = self.devices.link_seconds(np.arange(self.num_clients), self.trip_bytes)
+            trips = self.work / self.devices.speed + (0.0 if link is None else link)
+            return max(float(np.median(trips)), 1e-9)
         return max(float(np.median(self.work)) / self.system.speed, 1e-9)
 
 
