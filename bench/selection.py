@@ -31,7 +31,10 @@ POLICIES = ("uniform", "power_of_choice", "oort")
 def run_policy(config: Path, policy: str, seed: int, out: Path, overrides: dict) -> list[dict]:
     run_dir = out / f"{policy}-seed{seed}"
     sim = Simulation.from_yaml(
-        config, {**overrides, "server.selection": policy, "seed": seed}, run_dir=run_dir, quiet=True
+        config,
+        {**overrides, "server.selection": policy, "seed": seed, "name": f"{config.stem}-{policy}"},
+        run_dir=run_dir,
+        quiet=True,
     )
     sim.run()
     return read_metrics(run_dir / "metrics.jsonl")
