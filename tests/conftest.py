@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    """Ctrl-C tests send the process SIGINT. A shell that starts the suite in the background
+    (``make test &``, nohup) has it ignored, and Python then raises no KeyboardInterrupt:
+    give SIGINT Python's own handler, as a terminal would."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
