@@ -325,6 +325,10 @@ def test_a_hostile_truncated_or_negative_trace_is_one_line_and_runs_nothing(ray_
     code = run(write_config(tmp_path, cap, None), tmp_path / "run3")
     assert_refused(capsys, code, str(cap), "line 2", "bandwidth_kbps")
 
+    missing = write_config(tmp_path, Path("no-such-folder/capacity.jsonl"), None)
+    code = run(missing, tmp_path / "run4")
+    assert_refused(capsys, code, "no-such-folder/capacity.jsonl not found", "read from the working directory")
+
 
 def test_compression_shortens_the_trips_by_the_bytes_it_saves(ray_cluster, tmp_path):
     cap, _ = write_jsonl_traces(tmp_path / "traces")

@@ -562,7 +562,7 @@ def build_devices(cfg: Config, system: SystemModel) -> Devices:
     t, n = cfg.client.system.trace, cfg.data.num_clients
     devices = parametric_devices(cfg.seed, n, system)
     if t.capacity is not None:
-        capacity = read_capacity(Path(t.capacity).expanduser())
+        capacity = read_capacity(_trace_path("capacity", t.capacity))
         profiles = assign_profiles(n, len(capacity.ids), t.mapping, cfg.seed)
         compute_ms = capacity.compute_ms[profiles]
         devices = Devices(
@@ -570,13 +570,27 @@ def build_devices(cfg: Config, system: SystemModel) -> Devices:
             trace_files=(("capacity", t.capacity, capacity.sha256),),
         )  # fmt: skip
     if t.availability is not None:
-        availability = read_availability(Path(t.availability).expanduser())
+        availability = read_availability(_trace_path("availability", t.availability))
         profiles = assign_profiles(n, len(availability.ids), t.mapping, cfg.seed)
         files = (*devices.trace_files, ("availability", t.availability, availability.sha256))
         devices = dataclasses.replace(
             devices, availability=availability, profiles=profiles, trace_files=files
         )
     return devices
+
+
+def _trace_path(kind: str, path: str) -> Path:
+    """client.system.trace.``kind``'s file; a missing one is one error saying where a relative
+    path was looked for."""
+    found = Path(path).expanduser()
+    if not found.exists():
+        where = (
+            ""
+            if found.is_absolute()
+            else f" (a relative path is read from the working directory, {Path.cwd()})"
+        )
+        raise DataError(f"client.system.trace.{kind}: {path} not found{where}")
+    return found
 
 
 def build_selection(cfg: Config, sizes: np.ndarray, trip_seconds: np.ndarray) -> Selection | None:
